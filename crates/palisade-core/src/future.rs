@@ -1,0 +1,116 @@
+//! The observed response future: hands the response body to an [`ObservedBody`], or reports
+//! the end itself when the RPC ends at the response headers, fails, or is dropped.
+
+use std::{
+    any::Any,
+    future::Future,
+    pin::Pin,
+    task::{Context, Poll, ready},
+};
+
+use http::Response;
+use pin_project_lite::pin_project;
+
+use crate::{
+    body::ObservedBody,
+    observe::{Counts, Observer, Side},
+    outcome::{Outcome, Source},
+};
+
+pin_project! {
+    /// Wraps a service's response future so that its [`Observer`] hears exactly one end:
+    ///
+    /// - a trailers-only response or an HTTP error status: at once, from the headers;
+    /// - any other response: when its [`ObservedBody`] ends;
+    /// - an `Err` from the inner service: at once, from the error (a [`tonic::Status`] inside it
+    ///   gives the code, anything else [`Side::error_fallback`]);
+    /// - the future dropped before it resolved: `Cancelled`.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use http::Response;
+    /// use palisade_core::{observe::on_end, ObservedFuture, Rejection, Side, Code};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let (tx, rx) = std::sync::mpsc::channel();
+    /// let inner = async { Ok::<_, std::convert::Infallible>(
+    ///     Rejection::new(Code::NotFound, "gone").into_response::<String>()) };
+    /// let observed = ObservedFuture::new(inner, Side::Server, on_end(move |o, _| tx.send(o.code()).unwrap()));
+    /// let response = observed.await.unwrap();
+    /// assert_eq!(rx.recv().unwrap(), Code::NotFound);
+    /// # }
+    /// ```
+    pub struct ObservedFuture<F, O: Observer> {
+        #[pin]
+        inner: F,
+        observer: Option<O>,
+        side: Side,
+    }
+
+    impl<F, O: Observer> PinnedDrop for ObservedFuture<F, O> {
+        fn drop(this: Pin<&mut Self>) {
+            if let Some(observer) = this.project().observer.take() {
+                observer.on_end(Outcome::cancelled(), Counts::default());
+            }
+        }
+    }
+}
+
+impl<F, O: Observer> ObservedFuture<F, O> {
+    /// Observes the response of `inner`.
+    pub fn new(inner: F, side: Side, observer: O) -> Self {
+        Self {
+            inner,
+            observer: Some(observer),
+            side,
+        }
+    }
+}
+
+impl<F, O, B, E> Future for ObservedFuture<F, O>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+    O: Observer,
+    E: Any,
+{
+    type Output = Result<Response<ObservedBody<B, O>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = ready!(this.inner.poll(cx));
+        let side = *this.side;
+        let Some(observer) = this.observer.take() else {
+            // Polled after completion: there is nothing left to observe.
+            return Poll::Ready(
+                result.map(|response| response.map(|b| ObservedBody::ended(b, side))),
+            );
+        };
+        Poll::Ready(match result {
+            Ok(response) => {
+                match Outcome::from_response_head(response.status(), response.headers()) {
+                    Some(outcome) => {
+                        observer.on_end(outcome, Counts::default());
+                        Ok(response.map(|body| ObservedBody::ended(body, side)))
+                    }
+                    None => Ok(response.map(|body| ObservedBody::response(body, side, observer))),
+                }
+            }
+            Err(error) => {
+                let outcome =
+                    Outcome::from_error(&error, Source::ServiceError, side.error_fallback());
+                observer.on_end(outcome, Counts::default());
+                Err(error)
+            }
+        })
+    }
+}
+
+impl<F, O: Observer> std::fmt::Debug for ObservedFuture<F, O> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ObservedFuture")
+            .field("side", &self.side)
+            .field("ended", &self.observer.is_none())
+            .finish_non_exhaustive()
+    }
+}

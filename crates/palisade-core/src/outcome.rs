@@ -1,0 +1,251 @@
+//! The outcome of an RPC: its gRPC code, read from wherever it really is.
+
+use std::{any::Any, borrow::Cow, error::Error, fmt};
+
+use http::{HeaderMap, HeaderValue, StatusCode};
+use percent_encoding::percent_decode;
+use tonic::Status;
+
+use crate::code::{self, Code};
+
+/// Where an [`Outcome`]'s code was read from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Source {
+    /// `grpc-status` in the trailers at the end of the response stream.
+    Trailers,
+    /// `grpc-status` in the response headers of a trailers-only response.
+    TrailersOnly,
+    /// An HTTP status other than 200 without `grpc-status`, mapped by the gRPC spec's table.
+    HttpStatus,
+    /// The stream ended, or its trailers came, without any `grpc-status` (read as `Unknown`).
+    MissingStatus,
+    /// The body failed mid-stream.
+    BodyError,
+    /// The caller dropped the call before it ended (`Cancelled`).
+    Dropped,
+    /// The inner service returned an error instead of a response.
+    ServiceError,
+    /// A request body that ended normally (its code is `Ok`).
+    EndOfStream,
+}
+
+/// The result of one RPC: its gRPC code, where that code came from, and its message.
+///
+/// # Example
+///
+/// ```
+/// use http::{HeaderMap, HeaderValue};
+/// use palisade_core::{outcome::Source, Code, Outcome};
+///
+/// let mut trailers = HeaderMap::new();
+/// trailers.insert("grpc-status", HeaderValue::from_static("5"));
+/// trailers.insert("grpc-message", HeaderValue::from_static("no%20such%20user"));
+/// let outcome = Outcome::from_trailers(&trailers);
+/// assert_eq!(outcome.code(), Code::NotFound);
+/// assert_eq!(outcome.source(), Source::Trailers);
+/// assert_eq!(outcome.message().as_deref(), Some("no such user"));
+/// ```
+#[derive(Clone, PartialEq, Eq)]
+pub struct Outcome {
+    code: Code,
+    source: Source,
+    message: Option<Message>,
+}
+
+#[derive(Clone, PartialEq, Eq)]
+enum Message {
+    /// A `grpc-message` value, still percent-encoded.
+    Header(HeaderValue),
+    Text(Cow<'static, str>),
+}
+
+impl Outcome {
+    /// An outcome with a code and no message.
+    pub const fn new(code: Code, source: Source) -> Self {
+        Self {
+            code,
+            source,
+            message: None,
+        }
+    }
+
+    /// Adds a message.
+    #[must_use]
+    pub fn with_message(mut self, message: impl Into<Cow<'static, str>>) -> Self {
+        self.message = Some(Message::Text(message.into()));
+        self
+    }
+
+    /// The caller dropped the call before it ended.
+    pub const fn cancelled() -> Self {
+        Self::new(Code::Cancelled, Source::Dropped)
+    }
+
+    /// Reads the outcome from trailers: `grpc-status` (missing: `Unknown`) and `grpc-message`.
+    pub fn from_trailers(trailers: &HeaderMap) -> Self {
+        match code::grpc_status(trailers) {
+            Some(code) => Self {
+                code,
+                source: Source::Trailers,
+                message: grpc_message(trailers),
+            },
+            None => Self::new(Code::Unknown, Source::MissingStatus),
+        }
+    }
+
+    /// The outcome of a response whose RPC already ended at its headers: a trailers-only
+    /// response (`grpc-status` in the headers), or an HTTP status other than 200 (mapped by the
+    /// gRPC spec's table). `None` when the outcome comes later, with the body's trailers.
+    ///
+    /// ```
+    /// use http::{HeaderMap, StatusCode};
+    /// use palisade_core::{Code, Outcome};
+    ///
+    /// let headers = HeaderMap::new();
+    /// let outcome = Outcome::from_response_head(StatusCode::SERVICE_UNAVAILABLE, &headers);
+    /// assert_eq!(outcome.unwrap().code(), Code::Unavailable);
+    /// assert!(Outcome::from_response_head(StatusCode::OK, &headers).is_none());
+    /// ```
+    pub fn from_response_head(status: StatusCode, headers: &HeaderMap) -> Option<Self> {
+        if let Some(code) = code::grpc_status(headers) {
+            return Some(Self {
+                code,
+                source: Source::TrailersOnly,
+                message: grpc_message(headers),
+            });
+        }
+        if status != StatusCode::OK {
+            return Some(Self::new(
+                code::from_http_status(status),
+                Source::HttpStatus,
+            ));
+        }
+        None
+    }
+
+    /// The outcome of an error, from the inner service or from a body.
+    ///
+    /// A [`tonic::Status`] — the error itself, or found in the source chain of a boxed error —
+    /// gives its code and message; any other error gets `fallback` (usually `Unknown` on a
+    /// server, `Unavailable` on a client, where errors are transport failures).
+    pub fn from_error<E: Any>(error: &E, source: Source, fallback: Code) -> Self {
+        match find_status(error) {
+            Some(status) => {
+                Self::new(status.code(), source).with_message(status.message().to_owned())
+            }
+            None => {
+                let outcome = Self::new(fallback, source);
+                match (error as &dyn Any).downcast_ref::<BoxError>() {
+                    Some(boxed) => outcome.with_message(boxed.to_string()),
+                    None => outcome,
+                }
+            }
+        }
+    }
+
+    /// The gRPC code.
+    pub fn code(&self) -> Code {
+        self.code
+    }
+
+    /// Where the code was read from.
+    pub fn source(&self) -> Source {
+        self.source
+    }
+
+    /// Whether the code is `Ok`.
+    pub fn is_ok(&self) -> bool {
+        self.code == Code::Ok
+    }
+
+    /// The status message, percent-decoded (invalid UTF-8 replaced), if there is one.
+    pub fn message(&self) -> Option<Cow<'_, str>> {
+        match self.message.as_ref()? {
+            Message::Header(value) => Some(percent_decode(value.as_bytes()).decode_utf8_lossy()),
+            Message::Text(text) => Some(Cow::Borrowed(text)),
+        }
+    }
+}
+
+impl fmt::Debug for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Outcome")
+            .field("code", &self.code)
+            .field("source", &self.source)
+            .field("message", &self.message())
+            .finish()
+    }
+}
+
+fn grpc_message(headers: &HeaderMap) -> Option<Message> {
+    headers
+        .get("grpc-message")
+        .filter(|value| !value.is_empty())
+        .map(|value| Message::Header(value.clone()))
+}
+
+type BoxError = Box<dyn Error + Send + Sync>;
+
+/// Finds a [`tonic::Status`] in an error: the error itself, or in the source chain of a boxed
+/// error (`Box<dyn Error + Send + Sync>`, what most tower stacks use).
+///
+/// ```
+/// use palisade_core::{outcome::find_status, Code};
+///
+/// let boxed: Box<dyn std::error::Error + Send + Sync> = Box::new(tonic::Status::aborted("x"));
+/// assert_eq!(find_status(&boxed).unwrap().code(), Code::Aborted);
+/// assert!(find_status(&std::io::Error::other("x")).is_none());
+/// ```
+pub fn find_status<E: Any>(error: &E) -> Option<&Status> {
+    let any = error as &dyn Any;
+    if let Some(status) = any.downcast_ref::<Status>() {
+        return Some(status);
+    }
+    let mut next: Option<&(dyn Error + 'static)> = match any.downcast_ref::<BoxError>() {
+        Some(boxed) => Some(boxed.as_ref()),
+        None => None,
+    };
+    while let Some(error) = next {
+        if let Some(status) = error.downcast_ref::<Status>() {
+            return Some(status);
+        }
+        next = error.source();
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invalid_percent_encoding_is_kept_lossily() {
+        let mut trailers = HeaderMap::new();
+        trailers.insert("grpc-status", HeaderValue::from_static("13"));
+        trailers.insert("grpc-message", HeaderValue::from_static("bad%zz%e9%ff%"));
+        let outcome = Outcome::from_trailers(&trailers);
+        assert_eq!(outcome.code(), Code::Internal);
+        assert_eq!(outcome.message().unwrap(), "bad%zz\u{fffd}\u{fffd}%");
+    }
+
+    #[test]
+    fn trailers_without_status_are_unknown() {
+        let outcome = Outcome::from_trailers(&HeaderMap::new());
+        assert_eq!(outcome.code(), Code::Unknown);
+        assert_eq!(outcome.source(), Source::MissingStatus);
+    }
+
+    #[test]
+    fn errors_without_status_take_the_fallback() {
+        let err = std::io::Error::other("boom");
+        let outcome = Outcome::from_error(&err, Source::ServiceError, Code::Unavailable);
+        assert_eq!(outcome.code(), Code::Unavailable);
+        let boxed: BoxError = Box::new(err);
+        let outcome = Outcome::from_error(&boxed, Source::ServiceError, Code::Unknown);
+        assert_eq!(
+            (outcome.code(), outcome.message().unwrap()),
+            (Code::Unknown, "boom".into())
+        );
+    }
+}

@@ -1,0 +1,381 @@
+//! The observed body and future: byte-for-byte forwarding, exact message counts, and exactly
+//! one completion on every path an RPC can end by.
+
+use std::{
+    convert::Infallible,
+    future::Future,
+    pin::Pin,
+    sync::{Arc, Mutex},
+    task::{Context, Poll},
+};
+
+use bytes::{Bytes, BytesMut};
+use futures_util::{FutureExt, stream};
+use http::{HeaderMap, HeaderValue, Response, StatusCode};
+use http_body::{Body, Frame};
+use http_body_util::{BodyExt, StreamBody};
+use palisade_core::{
+    Code, Counts, ObservedBody, ObservedFuture, Observer, Outcome, Rejection, Side, outcome::Source,
+};
+use palisade_demo::frames::{self, GrpcBody};
+use proptest::prelude::*;
+
+/// Records every end it hears; the tests assert there is exactly one.
+#[derive(Clone, Default)]
+struct Recorder(Arc<Mutex<Vec<(Outcome, Counts)>>>);
+
+impl Recorder {
+    fn ends(&self) -> Vec<(Outcome, Counts)> {
+        self.0.lock().unwrap().clone()
+    }
+
+    fn single(&self) -> (Outcome, Counts) {
+        let ends = self.ends();
+        assert_eq!(ends.len(), 1, "exactly one completion, got {ends:?}");
+        ends.into_iter().next().unwrap()
+    }
+}
+
+impl Observer for Recorder {
+    fn on_end(self, outcome: Outcome, counts: Counts) {
+        self.0.lock().unwrap().push((outcome, counts));
+    }
+}
+
+async fn respond<B>(body: B) -> Result<Response<B>, Infallible> {
+    Ok(Response::new(body))
+}
+
+async fn observe_to_end<B>(body: B) -> (Recorder, Result<Collected, B::Error>)
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: 'static,
+{
+    let recorder = Recorder::default();
+    let response = ObservedFuture::new(respond(body), Side::Server, recorder.clone())
+        .await
+        .unwrap();
+    assert!(recorder.ends().is_empty(), "not over at the headers");
+    let collected = collect(response.into_body()).await;
+    (recorder, collected)
+}
+
+#[derive(Debug, Default)]
+struct Collected {
+    data: BytesMut,
+    trailers: Option<HeaderMap>,
+}
+
+async fn collect<B: Body<Data = Bytes> + Unpin>(mut body: B) -> Result<Collected, B::Error> {
+    let mut out = Collected::default();
+    while let Some(frame) = body.frame().await {
+        let frame = frame?;
+        match frame.into_data() {
+            Ok(data) => out.data.extend_from_slice(&data),
+            Err(frame) => out.trailers = frame.into_trailers().ok(),
+        }
+    }
+    Ok(out)
+}
+
+#[tokio::test]
+async fn ok_in_trailers() {
+    let body = GrpcBody::new(
+        [frames::message(b"one"), frames::message(b"two")],
+        Some(frames::trailers(Code::Ok, None)),
+    );
+    let (recorder, collected) = observe_to_end(body).await;
+    let (outcome, counts) = recorder.single();
+    assert_eq!(
+        (outcome.code(), outcome.source()),
+        (Code::Ok, Source::Trailers)
+    );
+    assert_eq!(counts.messages, 2);
+    assert_eq!(counts.bytes, 16);
+    assert_eq!(collected.unwrap().trailers.unwrap()["grpc-status"], "0");
+}
+
+#[tokio::test]
+async fn error_in_trailers() {
+    let body = GrpcBody::new(
+        [frames::message(b"partial")],
+        Some(frames::trailers(Code::Aborted, Some("try again"))),
+    );
+    let (recorder, _) = observe_to_end(body).await;
+    let (outcome, counts) = recorder.single();
+    assert_eq!(outcome.code(), Code::Aborted);
+    assert_eq!(outcome.message().unwrap(), "try again");
+    assert_eq!(counts.messages, 1);
+}
+
+#[tokio::test]
+async fn trailers_only_error_ends_at_the_headers() {
+    let recorder = Recorder::default();
+    let inner = async {
+        Ok::<_, Infallible>(
+            Rejection::new(Code::PermissionDenied, "no").into_response::<GrpcBody>(),
+        )
+    };
+    let response = ObservedFuture::new(inner, Side::Server, recorder.clone())
+        .await
+        .unwrap();
+    let (outcome, _) = recorder.single();
+    assert_eq!(
+        (outcome.code(), outcome.source()),
+        (Code::PermissionDenied, Source::TrailersOnly)
+    );
+    // Polling the (empty) body and dropping it reports nothing more.
+    collect(response.into_body()).await.unwrap();
+    recorder.single();
+}
+
+#[tokio::test]
+async fn trailers_only_body_dropped_unpolled_is_not_cancelled() {
+    // hyper does not poll a body whose `is_end_stream` is true: dropping it must not count.
+    let recorder = Recorder::default();
+    let inner = async {
+        Ok::<_, Infallible>(Rejection::new(Code::NotFound, "x").into_response::<GrpcBody>())
+    };
+    let response = ObservedFuture::new(inner, Side::Server, recorder.clone())
+        .await
+        .unwrap();
+    assert!(response.body().is_end_stream());
+    drop(response);
+    assert_eq!(recorder.single().0.code(), Code::NotFound);
+}
+
+#[tokio::test]
+async fn http_503_without_grpc_status() {
+    let recorder = Recorder::default();
+    let inner = async {
+        let mut response = Response::new(GrpcBody::new(
+            [Bytes::from_static(b"<html>busy</html>")],
+            None,
+        ));
+        *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+        Ok::<_, Infallible>(response)
+    };
+    let response = ObservedFuture::new(inner, Side::Client, recorder.clone())
+        .await
+        .unwrap();
+    let (outcome, _) = recorder.single();
+    assert_eq!(
+        (outcome.code(), outcome.source()),
+        (Code::Unavailable, Source::HttpStatus)
+    );
+    collect(response.into_body()).await.unwrap();
+    recorder.single();
+}
+
+#[tokio::test]
+async fn body_error_mid_stream() {
+    let frames = vec![
+        Ok(Frame::data(frames::message(b"first"))),
+        Err(tonic::Status::data_loss("stream broke")),
+        Ok(Frame::data(frames::message(b"never"))),
+    ];
+    let body = StreamBody::new(stream::iter(frames));
+    let (recorder, collected) = observe_to_end(body).await;
+    assert_eq!(collected.unwrap_err().code(), Code::DataLoss);
+    let (outcome, counts) = recorder.single();
+    assert_eq!(
+        (outcome.code(), outcome.source()),
+        (Code::DataLoss, Source::BodyError)
+    );
+    assert_eq!(outcome.message().unwrap(), "stream broke");
+    assert_eq!(counts.messages, 1);
+}
+
+#[tokio::test]
+async fn body_dropped_before_the_end_is_cancelled() {
+    let recorder = Recorder::default();
+    let body = GrpcBody::new(
+        [frames::message(b"a"), frames::message(b"b")],
+        Some(frames::trailers(Code::Ok, None)),
+    );
+    let response = ObservedFuture::new(respond(body), Side::Server, recorder.clone())
+        .await
+        .unwrap();
+    let mut body = response.into_body();
+    body.frame().await.unwrap().unwrap();
+    assert!(recorder.ends().is_empty());
+    drop(body);
+    let (outcome, counts) = recorder.single();
+    assert_eq!(
+        (outcome.code(), outcome.source()),
+        (Code::Cancelled, Source::Dropped)
+    );
+    assert_eq!(counts.messages, 1);
+}
+
+/// A response future that is never ready.
+struct Pending;
+
+impl Future for Pending {
+    type Output = Result<Response<GrpcBody>, Infallible>;
+    fn poll(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Self::Output> {
+        Poll::Pending
+    }
+}
+
+#[tokio::test]
+async fn response_future_dropped_before_it_resolves() {
+    let recorder = Recorder::default();
+    let mut future = ObservedFuture::new(Pending, Side::Client, recorder.clone());
+    assert!((&mut future).now_or_never().is_none());
+    assert!(recorder.ends().is_empty());
+    drop(future);
+    assert_eq!(recorder.single().0.code(), Code::Cancelled);
+}
+
+#[tokio::test]
+async fn inner_service_error() {
+    let recorder = Recorder::default();
+    let inner = async { Err::<Response<GrpcBody>, _>(tonic::Status::resource_exhausted("full")) };
+    let error = ObservedFuture::new(inner, Side::Server, recorder.clone())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        error.code(),
+        Code::ResourceExhausted,
+        "the error is handed on unchanged"
+    );
+    let (outcome, _) = recorder.single();
+    assert_eq!(
+        (outcome.code(), outcome.source()),
+        (Code::ResourceExhausted, Source::ServiceError)
+    );
+
+    // A transport error with no status inside: Unavailable on a client.
+    let recorder = Recorder::default();
+    let boxed: Box<dyn std::error::Error + Send + Sync> = "connection refused".into();
+    let inner = async move { Err::<Response<GrpcBody>, _>(boxed) };
+    ObservedFuture::new(inner, Side::Client, recorder.clone())
+        .await
+        .unwrap_err();
+    assert_eq!(recorder.single().0.code(), Code::Unavailable);
+}
+
+#[tokio::test]
+async fn stream_ending_without_trailers_is_unknown() {
+    let body = GrpcBody::new([frames::message(b"x")], None);
+    let (recorder, _) = observe_to_end(body).await;
+    let (outcome, counts) = recorder.single();
+    assert_eq!(
+        (outcome.code(), outcome.source()),
+        (Code::Unknown, Source::MissingStatus)
+    );
+    assert_eq!(counts.messages, 1);
+}
+
+#[tokio::test]
+async fn bad_grpc_status_and_message_values() {
+    for (status, message, code, text) in [
+        ("abc", "ok", Code::Unknown, "ok"),
+        ("17", "%", Code::Unknown, "%"),
+        ("-1", "%G0%zz", Code::Unknown, "%G0%zz"),
+        (
+            "4",
+            "%C3%A9t%C3%A9%FF",
+            Code::DeadlineExceeded,
+            "été\u{fffd}",
+        ),
+    ] {
+        let mut trailers = HeaderMap::new();
+        trailers.insert("grpc-status", HeaderValue::from_static(status));
+        trailers.insert("grpc-message", HeaderValue::from_static(message));
+        let (recorder, _) = observe_to_end(GrpcBody::new([], Some(trailers))).await;
+        let (outcome, _) = recorder.single();
+        assert_eq!(outcome.code(), code, "{status}");
+        assert_eq!(outcome.message().unwrap(), text, "{message}");
+    }
+}
+
+#[tokio::test]
+async fn four_gib_prefix_and_split_prefix() {
+    // A prefix announcing 4 GiB, then the stream ends: no message, nothing reserved, no panic.
+    let body = GrpcBody::new(
+        [Bytes::from_static(&[0, 0xff, 0xff, 0xff, 0xff, 1, 2, 3])],
+        Some(frames::trailers(Code::Ok, None)),
+    );
+    let (recorder, _) = observe_to_end(body).await;
+    assert_eq!(recorder.single().1.messages, 0);
+
+    // A 5-byte prefix split over five frames.
+    let message = frames::message(b"split");
+    let mut pieces: Vec<Bytes> = (0..5).map(|i| message.slice(i..i + 1)).collect();
+    pieces.push(message.slice(5..));
+    let (recorder, collected) = observe_to_end(GrpcBody::new(
+        pieces,
+        Some(frames::trailers(Code::Ok, None)),
+    ))
+    .await;
+    assert_eq!(recorder.single().1.messages, 1);
+    assert_eq!(&collected.unwrap().data[..], &message[..]);
+}
+
+#[tokio::test]
+async fn request_bodies_end_ok_or_cancelled() {
+    let recorder = Recorder::default();
+    let body = ObservedBody::request(
+        GrpcBody::new([frames::message(b"a"), frames::message(b"")], None),
+        Side::Server,
+        recorder.clone(),
+    );
+    collect(body).await.unwrap();
+    let (outcome, counts) = recorder.single();
+    assert_eq!((outcome.code(), counts.messages), (Code::Ok, 2));
+
+    let recorder = Recorder::default();
+    let mut body = ObservedBody::request(
+        GrpcBody::new([frames::message(b"a"), frames::message(b"b")], None),
+        Side::Server,
+        recorder.clone(),
+    );
+    body.frame().await.unwrap().unwrap();
+    drop(body);
+    assert_eq!(recorder.single().0.code(), Code::Cancelled);
+}
+
+/// A gRPC stream with its bytes cut into frames at the given points.
+fn split(stream: &[u8], cuts: &[usize]) -> Vec<Bytes> {
+    let mut points: Vec<usize> = cuts.iter().map(|c| c % (stream.len() + 1)).collect();
+    points.push(0);
+    points.push(stream.len());
+    points.sort_unstable();
+    points.dedup();
+    points
+        .windows(2)
+        .map(|w| Bytes::copy_from_slice(&stream[w[0]..w[1]]))
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    #[test]
+    fn forwards_every_byte_and_counts_every_message(
+        sizes in prop::collection::vec(0usize..65_536, 0..50),
+        cuts in prop::collection::vec(any::<usize>(), 0..40),
+        with_trailers in any::<bool>(),
+        code in 0i32..17,
+    ) {
+        let mut stream = BytesMut::new();
+        for (i, size) in sizes.iter().enumerate() {
+            stream.extend_from_slice(&frames::message(&vec![i as u8; *size]));
+        }
+        let pieces = split(&stream, &cuts);
+        let trailers = with_trailers.then(|| frames::trailers(Code::from_i32(code), None));
+        let body = GrpcBody::new(pieces, trailers.clone());
+        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let (recorder, collected) = runtime.block_on(observe_to_end(body));
+        let collected = collected.unwrap();
+        prop_assert_eq!(&collected.data[..], &stream[..]);
+        prop_assert_eq!(&collected.trailers, &trailers);
+        let (outcome, counts) = recorder.single();
+        prop_assert_eq!(counts.messages, sizes.len() as u64);
+        prop_assert_eq!(counts.bytes, stream.len() as u64);
+        let expected = if with_trailers { Code::from_i32(code) } else { Code::Unknown };
+        prop_assert_eq!(outcome.code(), expected);
+    }
+}
