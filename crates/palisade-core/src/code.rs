@@ -91,7 +91,7 @@ pub fn header_value(code: Code) -> HeaderValue {
 /// ```
 pub fn grpc_status(headers: &HeaderMap) -> Option<Code> {
     headers
-        .get("grpc-status")
+        .get(crate::headers::GRPC_STATUS)
         .map(|value| Code::from_bytes(value.as_bytes()))
 }
 

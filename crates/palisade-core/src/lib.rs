@@ -55,6 +55,7 @@ pub mod code;
 pub mod counter;
 pub mod deadline;
 pub mod future;
+pub mod headers;
 pub mod matcher;
 pub mod method;
 pub mod observe;

@@ -180,7 +180,7 @@ impl fmt::Debug for Outcome {
 
 fn grpc_message(headers: &HeaderMap) -> Option<Message> {
     headers
-        .get("grpc-message")
+        .get(crate::headers::GRPC_MESSAGE)
         .filter(|value| !value.is_empty())
         .map(|value| Message::Header(value.clone()))
 }

@@ -5,7 +5,10 @@ use std::borrow::Cow;
 use http::{HeaderMap, HeaderName, HeaderValue, Response, header::CONTENT_TYPE};
 use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
 
-use crate::code::{self, Code};
+use crate::{
+    code::{self, Code},
+    headers::{GRPC_MESSAGE, GRPC_STATUS, GRPC_STATUS_DETAILS},
+};
 
 /// What gRPC percent-encodes in `grpc-message`: everything outside printable ASCII, and `%`.
 const GRPC_MESSAGE_ENCODE: &AsciiSet = &CONTROLS.add(b'%');
@@ -61,10 +64,7 @@ impl Rejection {
     /// Adds a metadata entry in place; see [`Rejection::with_metadata`].
     pub fn insert_metadata(&mut self, name: impl TryInto<HeaderName>, value: HeaderValue) {
         if let Ok(name) = name.try_into()
-            && !matches!(
-                name.as_str(),
-                "grpc-status" | "grpc-message" | "content-type" | "grpc-status-details-bin"
-            )
+            && ![GRPC_STATUS, GRPC_MESSAGE, GRPC_STATUS_DETAILS, CONTENT_TYPE].contains(&name)
         {
             self.metadata.insert(name, value);
         }
@@ -98,18 +98,18 @@ impl Rejection {
         let headers = response.headers_mut();
         *headers = self.metadata;
         headers.insert(CONTENT_TYPE, GRPC_CONTENT_TYPE);
-        headers.insert("grpc-status", code::header_value(self.code));
+        headers.insert(GRPC_STATUS, code::header_value(self.code));
         if let Some(message) = self.message {
-            headers.insert("grpc-message", message);
+            headers.insert(GRPC_MESSAGE, message);
         }
         response
     }
 
     fn write_status(&self, headers: &mut HeaderMap) {
         headers.insert(CONTENT_TYPE, GRPC_CONTENT_TYPE);
-        headers.insert("grpc-status", code::header_value(self.code));
+        headers.insert(GRPC_STATUS, code::header_value(self.code));
         if let Some(message) = &self.message {
-            headers.insert("grpc-message", message.clone());
+            headers.insert(GRPC_MESSAGE, message.clone());
         }
     }
 }

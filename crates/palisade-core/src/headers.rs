@@ -1,0 +1,15 @@
+//! The gRPC header names, as constants: looking a header up by a `HeaderName` skips the
+//! parsing a `&str` name costs on every call.
+
+use http::HeaderName;
+
+/// `grpc-status`: the RPC's code, in trailers or trailers-only headers.
+pub const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+/// `grpc-message`: the percent-encoded status message.
+pub const GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
+/// `grpc-status-details-bin`: the encoded `google.rpc.Status`.
+pub const GRPC_STATUS_DETAILS: HeaderName = HeaderName::from_static("grpc-status-details-bin");
+/// `grpc-timeout`: the caller's deadline.
+pub const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
+/// `grpc-retry-pushback-ms`: how long a client should wait before retrying.
+pub const GRPC_RETRY_PUSHBACK_MS: HeaderName = HeaderName::from_static("grpc-retry-pushback-ms");
