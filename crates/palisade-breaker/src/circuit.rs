@@ -1,0 +1,371 @@
+//! One circuit: its state machine, and the permit each admitted call carries to its end.
+//!
+//! The decisions come from failsafe (a [`failsafe::FailurePolicy`] and its backoff); the
+//! state machine around them is here rather than failsafe's `StateMachine`, because that one
+//! reads `std::time::Instant` (tokio's paused time cannot drive it), lets every call through
+//! while half-open, takes a lock on every permission check, cannot tell a probe's outcome from
+//! a late outcome of a call admitted before the circuit opened, and has no way to read its
+//! state. This one:
+//!
+//! - keeps the state and a generation in one atomic word, so a closed circuit admits a call
+//!   with one atomic load and an open one rejects it with a clock read, both without a lock;
+//! - bounds half-open probes with an atomic counter, released by the permit's `Drop`, so
+//!   every path — success, failure, ignored outcome, cancellation, a dropped future or
+//!   stream, a panic — gives the slot back;
+//! - counts an outcome only when the circuit is still in the generation that admitted the
+//!   call: probes decide half-open, late outcomes of older calls are dropped;
+//! - changes state under a mutex that also guards the policy, so the gauge, the log line and
+//!   the hook see the changes in order.
+
+use std::{
+    fmt,
+    sync::{
+        Arc, Mutex, MutexGuard, PoisonError,
+        atomic::{AtomicU32, AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use failsafe::FailurePolicy;
+use metrics::{Counter, Gauge};
+use palisade_core::{Counts, Observer, Outcome, Side};
+use tokio::time::Instant;
+
+use crate::{
+    classify::{Rules, Timing, Verdict},
+    hook::{OnStateChange, State, Transition},
+    policy::{Backoff, DynPolicy, Policy},
+};
+
+/// Settings shared by every circuit of a layer.
+#[derive(Debug)]
+pub(crate) struct Settings {
+    pub(crate) policy: Policy,
+    pub(crate) backoff: Backoff,
+    pub(crate) rules: Rules,
+    pub(crate) probes: u32,
+    pub(crate) successes: u32,
+    pub(crate) side: Side,
+}
+
+/// Settings and the hook, shared by every circuit of a layer.
+pub(crate) struct Shared<H> {
+    pub(crate) settings: Settings,
+    pub(crate) hook: H,
+}
+
+/// The metric handles of one circuit, registered once.
+struct Handles {
+    state: Gauge,
+    permitted: Counter,
+    rejected: Counter,
+}
+
+impl Handles {
+    fn new(name: &Arc<str>) -> Self {
+        let label = || metrics::SharedString::from_shared(name.clone());
+        Handles {
+            state: metrics::gauge!("palisade_breaker_state", "breaker" => label()),
+            permitted: metrics::counter!("palisade_breaker_permitted_total", "breaker" => label()),
+            rejected: metrics::counter!("palisade_breaker_rejected_total", "breaker" => label()),
+        }
+    }
+}
+
+struct Core {
+    policy: DynPolicy,
+    /// How long the circuit was last opened for (reused when a failed probe gets no new
+    /// duration from the policy, as failsafe does).
+    delay: Duration,
+    /// Probes that succeeded in the current half-open period.
+    probe_successes: u32,
+}
+
+/// Why a call was admitted: in the closed state, or as a half-open probe.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Ticket {
+    generation: u64,
+    probe: bool,
+}
+
+/// One circuit breaker.
+pub(crate) struct Circuit<H> {
+    name: Arc<str>,
+    /// `generation << 2 | state`; the generation grows with every transition.
+    word: AtomicU64,
+    /// While open: until when, in nanoseconds since `epoch`.
+    open_until: AtomicU64,
+    /// Probes in flight.
+    probes: AtomicU32,
+    epoch: Instant,
+    core: Mutex<Core>,
+    shared: Arc<Shared<H>>,
+    handles: Handles,
+}
+
+const fn pack(generation: u64, state: State) -> u64 {
+    generation << 2 | state.bits()
+}
+
+const fn generation(word: u64) -> u64 {
+    word >> 2
+}
+
+impl<H> Circuit<H> {
+    pub(crate) fn new(name: Arc<str>, shared: Arc<Shared<H>>) -> Self {
+        let settings = &shared.settings;
+        let policy = settings.policy.build(&settings.backoff);
+        let handles = Handles::new(&name);
+        handles.state.set(State::Closed.gauge_value());
+        Circuit {
+            name,
+            word: AtomicU64::new(pack(0, State::Closed)),
+            open_until: AtomicU64::new(0),
+            probes: AtomicU32::new(0),
+            epoch: Instant::now(),
+            core: Mutex::new(Core {
+                policy,
+                delay: Duration::ZERO,
+                probe_successes: 0,
+            }),
+            shared,
+            handles,
+        }
+    }
+
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub(crate) fn state(&self) -> State {
+        State::from_bits(self.word.load(Ordering::Acquire))
+    }
+
+    pub(crate) fn settings(&self) -> &Settings {
+        &self.shared.settings
+    }
+
+    fn now_nanos(&self) -> u64 {
+        let elapsed = Instant::now().saturating_duration_since(self.epoch);
+        u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Core> {
+        // A panicking user policy must not wedge the circuit: its state stays usable.
+        self.core.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn release_probe(&self) {
+        self.probes.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl<H: OnStateChange> Circuit<H> {
+    /// Admits a call, or `None` when the circuit is open or its probes are all taken.
+    pub(crate) fn try_acquire(&self) -> Option<Ticket> {
+        let mut word = self.word.load(Ordering::Acquire);
+        loop {
+            match State::from_bits(word) {
+                State::Closed => {
+                    self.handles.permitted.increment(1);
+                    return Some(Ticket {
+                        generation: generation(word),
+                        probe: false,
+                    });
+                }
+                State::Open => {
+                    if self.now_nanos() < self.open_until.load(Ordering::Acquire) {
+                        self.handles.rejected.increment(1);
+                        return None;
+                    }
+                    word = self.to_half_open(word);
+                }
+                State::HalfOpen => {
+                    let max = self.shared.settings.probes;
+                    let taken =
+                        self.probes
+                            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                                (n < max).then_some(n + 1)
+                            });
+                    if taken.is_err() {
+                        self.handles.rejected.increment(1);
+                        return None;
+                    }
+                    let now = self.word.load(Ordering::Acquire);
+                    if now != word {
+                        // The probes changed the state meanwhile: this slot is not a probe.
+                        self.release_probe();
+                        word = now;
+                        continue;
+                    }
+                    self.handles.permitted.increment(1);
+                    return Some(Ticket {
+                        generation: generation(word),
+                        probe: true,
+                    });
+                }
+            }
+        }
+    }
+
+    /// The open duration passed: half-open, unless another call got there first. Returns the
+    /// current word.
+    fn to_half_open(&self, seen: u64) -> u64 {
+        let mut core = self.lock();
+        if self.word.load(Ordering::Acquire) == seen {
+            core.probe_successes = 0;
+            self.transit(seen, State::HalfOpen, None);
+        }
+        self.word.load(Ordering::Acquire)
+    }
+
+    /// Records how an admitted call ended.
+    pub(crate) fn complete(&self, ticket: Ticket, verdict: Verdict) {
+        if verdict == Verdict::Ignore {
+            return;
+        }
+        let mut core = self.lock();
+        let word = self.word.load(Ordering::Acquire);
+        if generation(word) != ticket.generation {
+            // Admitted before the last transition: its outcome no longer says anything.
+            return;
+        }
+        match (State::from_bits(word), verdict) {
+            (State::Closed, Verdict::Success) => core.policy.record_success(),
+            (State::Closed, Verdict::Failure) => {
+                if let Some(delay) = core.policy.mark_dead_on_failure() {
+                    self.open(&mut core, word, delay);
+                }
+            }
+            (State::HalfOpen, Verdict::Success) => {
+                core.probe_successes += 1;
+                if core.probe_successes >= self.shared.settings.successes {
+                    core.policy.revived();
+                    core.policy.record_success();
+                    self.transit(word, State::Closed, None);
+                }
+            }
+            (State::HalfOpen, Verdict::Failure) => {
+                // The policy's next (longer) duration, or the last one again.
+                let delay = core.policy.mark_dead_on_failure().unwrap_or(core.delay);
+                self.open(&mut core, word, delay);
+            }
+            _ => {}
+        }
+    }
+
+    fn open(&self, core: &mut Core, word: u64, delay: Duration) {
+        core.delay = delay;
+        let delay_nanos = u64::try_from(delay.as_nanos()).unwrap_or(u64::MAX);
+        let until = self.now_nanos().saturating_add(delay_nanos);
+        self.open_until.store(until, Ordering::Release);
+        self.transit(word, State::Open, Some(delay));
+    }
+
+    /// Moves to `to` (the caller holds the lock), then tells the gauge, the log and the hook.
+    fn transit(&self, word: u64, to: State, open_for: Option<Duration>) {
+        let from = State::from_bits(word);
+        self.word
+            .store(pack(generation(word) + 1, to), Ordering::Release);
+        self.handles.state.set(to.gauge_value());
+        let component = self.shared.settings.side.as_str();
+        let name = &*self.name;
+        match to {
+            State::Open => tracing::warn!(
+                target: "palisade_breaker",
+                breaker = name,
+                "grpc.component" = component,
+                from = from.as_str(),
+                to = to.as_str(),
+                open_ms = open_for.map_or(0, |d| d.as_millis() as u64),
+                "circuit opened"
+            ),
+            State::HalfOpen => tracing::info!(
+                target: "palisade_breaker",
+                breaker = name,
+                "grpc.component" = component,
+                from = from.as_str(),
+                to = to.as_str(),
+                "circuit half-open: probing"
+            ),
+            State::Closed => tracing::info!(
+                target: "palisade_breaker",
+                breaker = name,
+                "grpc.component" = component,
+                from = from.as_str(),
+                to = to.as_str(),
+                "circuit closed"
+            ),
+        }
+        self.shared.hook.on_state_change(&Transition {
+            breaker: name,
+            from,
+            to,
+            open_for,
+        });
+    }
+}
+
+impl<H> fmt::Debug for Circuit<H> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Circuit")
+            .field("name", &self.name)
+            .field("state", &self.state())
+            .field("probes", &self.probes.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+/// The permit of one admitted call: the [`Observer`] that reports its outcome to its circuit
+/// at the end of the RPC, and gives back its probe slot when dropped — whichever way the call
+/// ends.
+pub struct Permit<H> {
+    circuit: Arc<Circuit<H>>,
+    ticket: Ticket,
+    timing: Timing,
+}
+
+impl<H> Permit<H> {
+    pub(crate) fn new(circuit: Arc<Circuit<H>>, ticket: Ticket, timing: Timing) -> Self {
+        Permit {
+            circuit,
+            ticket,
+            timing,
+        }
+    }
+
+    /// The name of the circuit that admitted the call.
+    pub fn breaker(&self) -> &str {
+        self.circuit.name()
+    }
+
+    /// Whether the call is a half-open probe.
+    pub fn is_probe(&self) -> bool {
+        self.ticket.probe
+    }
+}
+
+impl<H: OnStateChange> Observer for Permit<H> {
+    fn on_end(self, outcome: Outcome, _: Counts) {
+        let verdict = self.circuit.settings().rules.verdict(&outcome, self.timing);
+        self.circuit.complete(self.ticket, verdict);
+        // Dropping `self` gives the probe slot back, after the outcome is in.
+    }
+}
+
+impl<H> Drop for Permit<H> {
+    fn drop(&mut self) {
+        if self.ticket.probe {
+            self.circuit.release_probe();
+        }
+    }
+}
+
+impl<H> fmt::Debug for Permit<H> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Permit")
+            .field("breaker", &self.circuit.name())
+            .field("probe", &self.ticket.probe)
+            .finish_non_exhaustive()
+    }
+}

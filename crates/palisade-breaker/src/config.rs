@@ -1,0 +1,352 @@
+//! Configuring a [`BreakerLayer`]: policy, backoff, what fails, probes, keys, hook.
+
+use std::{borrow::Cow, fmt, sync::Arc, time::Duration};
+
+use palisade_core::{CodeSet, Matcher, Outcome, Side};
+
+use crate::{
+    circuit::{Settings, Shared},
+    classify::{Classifier, DEFAULT_FAILURE_CODES, Rules, Verdict},
+    hook::OnStateChange,
+    layer::BreakerLayer,
+    policy::{Backoff, Policy},
+    registry::{KeyBy, Registry, RequestHead},
+};
+
+/// Builds a [`BreakerLayer`]. Every setting has a default:
+///
+/// | setting | default |
+/// |---|---|
+/// | [`policy`](Builder::policy) | 5 failures in a row, or ≥ 50 % of ≥ 20 calls in 10 s |
+/// | [`backoff`](Builder::backoff) | exponential, 5 s to 60 s |
+/// | [`failure_codes`](Builder::failure_codes) | [`DEFAULT_FAILURE_CODES`], and transport errors |
+/// | [`slow_call`](Builder::slow_call) | off |
+/// | [`half_open_probes`](Builder::half_open_probes) | 1 |
+/// | [`successes_to_close`](Builder::successes_to_close) | 1 |
+/// | key | one circuit, named by [`name`](Builder::name) (`"default"`) |
+/// | [`max_breakers`](Builder::max_breakers) | 1024 |
+/// | [`side`](Builder::side) | [`Side::Client`] |
+/// | [`skip`](Builder::skip) | nothing skipped |
+/// | [`on_state_change`](Builder::on_state_change) | `()` |
+///
+/// # Example
+///
+/// ```
+/// use std::time::Duration;
+/// use palisade_breaker::{Backoff, BreakerLayer};
+/// use palisade_core::{Code, CodeSet, Matcher};
+///
+/// let layer = BreakerLayer::builder()
+///     .per_method()
+///     .consecutive_failures(3)
+///     .backoff(Backoff::exponential(Duration::from_secs(1), Duration::from_secs(30)))
+///     .failure_codes(CodeSet::of(&[Code::Unavailable, Code::Internal]))
+///     .slow_call(Duration::from_secs(2))
+///     .half_open_probes(2)
+///     .skip(Matcher::health_and_reflection())
+///     .build();
+/// # let _ = layer;
+/// ```
+pub struct Builder<H = ()> {
+    name: Arc<str>,
+    policy: Policy,
+    backoff: Backoff,
+    rules: Rules,
+    probes: u32,
+    successes: u32,
+    side: Side,
+    key: KeyBy,
+    skip: Option<Matcher>,
+    max_breakers: usize,
+    hook: H,
+}
+
+impl Builder<()> {
+    /// The defaults above.
+    pub fn new() -> Self {
+        Builder {
+            name: "default".into(),
+            policy: Policy::default(),
+            backoff: Backoff::default(),
+            rules: Rules::default(),
+            probes: 1,
+            successes: 1,
+            side: Side::Client,
+            key: KeyBy::Single,
+            skip: None,
+            max_breakers: 1024,
+            hook: (),
+        }
+    }
+}
+
+impl Default for Builder<()> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<H> Builder<H> {
+    /// The name of the layer's single circuit: the `breaker` label of its metrics, its log
+    /// lines and hook calls (usually the backend: `"greeter"`, `"billing"`). Keyed layers name
+    /// each circuit by its key instead.
+    #[must_use]
+    pub fn name(mut self, name: impl AsRef<str>) -> Self {
+        self.name = name.as_ref().into();
+        self
+    }
+
+    /// When a circuit opens; see [`Policy`].
+    #[must_use]
+    pub fn policy(mut self, policy: Policy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// Shorthand for `policy(Policy::consecutive_failures(failures))`.
+    ///
+    /// # Panics
+    ///
+    /// When `failures` is 0.
+    #[must_use]
+    pub fn consecutive_failures(self, failures: u32) -> Self {
+        self.policy(Policy::consecutive_failures(failures))
+    }
+
+    /// Shorthand for `policy(Policy::failure_rate(failure_rate, min_calls, window))`.
+    ///
+    /// # Panics
+    ///
+    /// As [`Policy::failure_rate`].
+    #[must_use]
+    pub fn failure_rate(self, failure_rate: f64, min_calls: u32, window: Duration) -> Self {
+        self.policy(Policy::failure_rate(failure_rate, min_calls, window))
+    }
+
+    /// How long a circuit stays open; see [`Backoff`].
+    #[must_use]
+    pub fn backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    /// The codes that count as failures (default [`DEFAULT_FAILURE_CODES`]); every other code
+    /// is a success. Replaces a [`classify`](Builder::classify) closure.
+    #[must_use]
+    pub fn failure_codes(mut self, failures: CodeSet) -> Self {
+        let transport = match self.rules.classifier {
+            Classifier::Codes { transport, .. } => transport,
+            Classifier::Fn(_) => true,
+        };
+        self.rules.classifier = Classifier::Codes {
+            failures,
+            transport,
+        };
+        self
+    }
+
+    /// Whether an error of the inner service (a transport error, a local timeout below the
+    /// layer) or of the response body counts as a failure whatever its code (default `true`).
+    /// Replaces a [`classify`](Builder::classify) closure.
+    #[must_use]
+    pub fn transport_errors_are_failures(mut self, yes: bool) -> Self {
+        let failures = match self.rules.classifier {
+            Classifier::Codes { failures, .. } => failures,
+            Classifier::Fn(_) => DEFAULT_FAILURE_CODES,
+        };
+        self.rules.classifier = Classifier::Codes {
+            failures,
+            transport: yes,
+        };
+        self
+    }
+
+    /// Decides each call's [`Verdict`] from its [`Outcome`] instead of the code set.
+    ///
+    /// The closure sees every real end of the RPC, inner service errors included
+    /// (`outcome.source()` is `ServiceError`). A caller's cancellation never reaches it — it
+    /// is always [`Verdict::Ignore`] — unless the call's `grpc-timeout` had passed, which
+    /// reaches it as `DeadlineExceeded`.
+    ///
+    /// ```
+    /// use palisade_breaker::{BreakerLayer, Verdict};
+    /// use palisade_core::{Code, Outcome};
+    ///
+    /// let layer = BreakerLayer::builder()
+    ///     .classify(|outcome: &Outcome| match outcome.code() {
+    ///         Code::Unavailable | Code::Internal => Verdict::Failure,
+    ///         Code::ResourceExhausted => Verdict::Ignore, // our quota, not their health
+    ///         _ => Verdict::Success,
+    ///     })
+    ///     .build();
+    /// # let _ = layer;
+    /// ```
+    #[must_use]
+    pub fn classify<F>(mut self, classify: F) -> Self
+    where
+        F: Fn(&Outcome) -> Verdict + Send + Sync + 'static,
+    {
+        self.rules.classifier = Classifier::Fn(Arc::new(classify));
+        self
+    }
+
+    /// A call that succeeds but takes longer than `threshold` (to the end of its stream)
+    /// counts as a failure. Reads the clock at the start and end of every call.
+    #[must_use]
+    pub fn slow_call(mut self, threshold: Duration) -> Self {
+        self.rules.slow_call = Some(threshold);
+        self
+    }
+
+    /// How many probe calls may be in flight while half-open (default 1); others are
+    /// rejected like calls on an open circuit.
+    ///
+    /// # Panics
+    ///
+    /// When `probes` is 0.
+    #[must_use]
+    pub fn half_open_probes(mut self, probes: u32) -> Self {
+        assert!(probes > 0, "half_open_probes needs at least 1 probe");
+        self.probes = probes;
+        self
+    }
+
+    /// How many probes must succeed, with none failing, to close the circuit (default 1).
+    ///
+    /// # Panics
+    ///
+    /// When `successes` is 0.
+    #[must_use]
+    pub fn successes_to_close(mut self, successes: u32) -> Self {
+        assert!(successes > 0, "successes_to_close needs at least 1 success");
+        self.successes = successes;
+        self
+    }
+
+    /// Which side the layer runs on (default [`Side::Client`]): only the code an error
+    /// without a gRPC status reads as, and the `grpc.component` of log lines.
+    #[must_use]
+    pub fn side(mut self, side: Side) -> Self {
+        self.side = side;
+        self
+    }
+
+    /// One circuit per gRPC method, named `package.Service/Method`. Paths that are not gRPC
+    /// methods share the [`OVERFLOW_BREAKER`](crate::OVERFLOW_BREAKER) circuit.
+    #[must_use]
+    pub fn per_method(mut self) -> Self {
+        self.key = KeyBy::Method;
+        self
+    }
+
+    /// One circuit per endpoint: the request's `:authority` (its URI authority, else its
+    /// `host` header). A tonic `Channel` sets the authority inside itself, below any layer, so
+    /// on a client put the layer on each endpoint's channel, or use [`per_key`](Self::per_key).
+    #[must_use]
+    pub fn per_authority(mut self) -> Self {
+        self.key = KeyBy::Authority;
+        self
+    }
+
+    /// One circuit per key of your own, read from the request; calls without a key share the
+    /// [`OVERFLOW_BREAKER`](crate::OVERFLOW_BREAKER) circuit.
+    ///
+    /// ```
+    /// use std::borrow::Cow;
+    /// use palisade_breaker::BreakerLayer;
+    ///
+    /// // One circuit per tenant.
+    /// let layer = BreakerLayer::builder()
+    ///     .per_key(|head| {
+    ///         let tenant = head.headers().get("x-tenant")?.to_str().ok()?;
+    ///         Some(Cow::Borrowed(tenant))
+    ///     })
+    ///     .build();
+    /// # let _ = layer;
+    /// ```
+    #[must_use]
+    pub fn per_key<F>(mut self, key: F) -> Self
+    where
+        F: for<'a> Fn(&RequestHead<'a>) -> Option<Cow<'a, str>> + Send + Sync + 'static,
+    {
+        self.key = KeyBy::Custom(Arc::new(key));
+        self
+    }
+
+    /// At most this many keyed circuits (default 1024); calls with further keys share the
+    /// [`OVERFLOW_BREAKER`](crate::OVERFLOW_BREAKER) circuit, so memory and metric labels stay
+    /// bounded whatever paths or keys callers send.
+    #[must_use]
+    pub fn max_breakers(mut self, max: usize) -> Self {
+        self.max_breakers = max;
+        self
+    }
+
+    /// Calls the matcher selects bypass the breaker: never rejected, never counted (for
+    /// example `Matcher::health_and_reflection()`).
+    #[must_use]
+    pub fn skip(mut self, matcher: Matcher) -> Self {
+        self.skip = Some(matcher);
+        self
+    }
+
+    /// Told of every state change; see [`OnStateChange`].
+    #[must_use]
+    pub fn on_state_change<H2>(self, hook: H2) -> Builder<H2> {
+        Builder {
+            name: self.name,
+            policy: self.policy,
+            backoff: self.backoff,
+            rules: self.rules,
+            probes: self.probes,
+            successes: self.successes,
+            side: self.side,
+            key: self.key,
+            skip: self.skip,
+            max_breakers: self.max_breakers,
+            hook,
+        }
+    }
+
+    /// The layer. Every service it makes shares its circuits.
+    pub fn build(self) -> BreakerLayer<H>
+    where
+        H: OnStateChange,
+    {
+        let shared = Shared {
+            settings: Settings {
+                policy: self.policy,
+                backoff: self.backoff,
+                rules: self.rules,
+                probes: self.probes,
+                successes: self.successes,
+                side: self.side,
+            },
+            hook: self.hook,
+        };
+        BreakerLayer::from_registry(Registry::new(
+            shared,
+            self.name,
+            self.key,
+            self.skip,
+            self.max_breakers,
+        ))
+    }
+}
+
+impl<H> fmt::Debug for Builder<H> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Builder")
+            .field("name", &self.name)
+            .field("policy", &self.policy)
+            .field("backoff", &self.backoff)
+            .field("rules", &self.rules)
+            .field("probes", &self.probes)
+            .field("successes", &self.successes)
+            .field("side", &self.side)
+            .field("key", &self.key)
+            .field("skip", &self.skip)
+            .field("max_breakers", &self.max_breakers)
+            .finish_non_exhaustive()
+    }
+}

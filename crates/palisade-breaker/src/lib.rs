@@ -1,0 +1,107 @@
+//! Circuit breaking for gRPC on tower, with [failsafe]'s policies and backoffs, on the real
+//! outcome of every RPC.
+//!
+//! Put a [`BreakerLayer`] around a tonic `Channel` (its main use: stop calling a backend that
+//! is failing) or around a server's routes (shed calls while a dependency fails). Each call's
+//! outcome is read where the RPC really ends — `grpc-status` in the trailers or in a
+//! trailers-only response, an error of the inner service (a transport error, a local timeout
+//! below the layer), a body error — through palisade-core's observed body, so streams count
+//! when they end, not at their response headers.
+//!
+//! - **What fails**: by default Unknown, DeadlineExceeded, ResourceExhausted, Internal,
+//!   Unavailable, DataLoss ([`DEFAULT_FAILURE_CODES`]) and transport errors; any code set, or
+//!   a closure ([`Builder::classify`]). A caller's cancellation counts as neither — unless the
+//!   call's `grpc-timeout` had passed, which is a timeout. Optionally, a success slower than a
+//!   threshold is a failure ([`Builder::slow_call`]).
+//! - **When it opens**: failsafe's consecutive failures, or a failure rate over a rolling
+//!   window with a minimum number of calls, or both ([`Policy`]); for how long: failsafe's
+//!   constant, exponential or jittered [`Backoff`], longer after each failed probe.
+//! - **Open**: calls are answered at once with a trailers-only `UNAVAILABLE` "circuit open"
+//!   (a tonic client sees a `Status`), without reaching the inner service.
+//! - **Half-open**: at most [`Builder::half_open_probes`] calls (default 1) go through; the
+//!   others are rejected. A probe's success closes the circuit, its failure reopens it.
+//! - **Permits**: every admitted call carries a [`Permit`] that gives its probe slot back on
+//!   every path — success, failure, ignored outcome, cancellation, dropped response future,
+//!   dropped stream, panic — so a circuit never sticks half-open.
+//! - **Keys**: one circuit per layer, or per method, per endpoint (`:authority`), or per key
+//!   of your own, bounded in number ([`Builder::max_breakers`]).
+//! - **Observability**: `palisade_breaker_state{breaker}` (0 closed, 1 half-open, 2 open),
+//!   `palisade_breaker_permitted_total{breaker}` and `palisade_breaker_rejected_total{breaker}`
+//!   through the `metrics` facade, a `tracing` event per transition (target
+//!   `palisade_breaker`), and a hook ([`OnStateChange`]).
+//!
+//! Time is tokio's clock, so `tokio::time::pause` drives open durations and windows in tests.
+//! Metric handles are registered when a circuit is made — for a layer with one circuit, when
+//! it is built — so install the `metrics` recorder before building the layer.
+//!
+//! # Example
+//!
+//! A client whose circuit opens after three `UNAVAILABLE` answers:
+//!
+//! ```
+//! use std::time::Duration;
+//! use palisade_breaker::{Backoff, BreakerLayer, State};
+//! use palisade_demo::pb::{greeter_client::GreeterClient, HelloRequest};
+//! use tonic::Code;
+//! use tower::ServiceBuilder;
+//!
+//! # #[tokio::main] async fn main() {
+//! # let server = palisade_demo::spawn(tower::layer::util::Identity::new()).await;
+//! # let channel = server.channel().await;
+//! let breaker = BreakerLayer::builder()
+//!     .name("greeter")
+//!     .consecutive_failures(3)
+//!     .backoff(Backoff::constant(Duration::from_secs(5)))
+//!     .build();
+//! let mut client = GreeterClient::new(ServiceBuilder::new().layer(breaker.clone()).service(channel));
+//!
+//! let failing = HelloRequest { fail_code: Code::Unavailable as i32, ..Default::default() };
+//! for _ in 0..3 {
+//!     let status = client.say_hello(failing.clone()).await.unwrap_err();
+//!     assert_eq!(status.message(), "demo failure: The service is currently unavailable");
+//! }
+//! assert_eq!(breaker.state("greeter"), Some(State::Open));
+//!
+//! // The next call does not reach the server.
+//! let status = client.say_hello(HelloRequest::default()).await.unwrap_err();
+//! assert_eq!((status.code(), status.message()), (Code::Unavailable, "circuit open"));
+//! # }
+//! ```
+//!
+//! On a server, shedding one method's calls while the other methods keep working:
+//!
+//! ```
+//! use palisade_breaker::BreakerLayer;
+//! use palisade_core::{Matcher, Side};
+//!
+//! let breaker = BreakerLayer::builder()
+//!     .side(Side::Server)
+//!     .per_method()
+//!     .skip(Matcher::health_and_reflection())
+//!     .build();
+//! // tonic::transport::Server::builder().layer(breaker).add_service(...)
+//! # let _ = breaker;
+//! ```
+//!
+//! [failsafe]: https://docs.rs/failsafe
+#![forbid(unsafe_code)]
+
+mod circuit;
+mod classify;
+mod config;
+mod future;
+mod hook;
+mod layer;
+pub mod policy;
+mod registry;
+mod service;
+
+pub use circuit::Permit;
+pub use classify::{DEFAULT_FAILURE_CODES, Verdict};
+pub use config::Builder;
+pub use future::{CIRCUIT_OPEN, ResponseFuture};
+pub use hook::{OnStateChange, State, Transition};
+pub use layer::BreakerLayer;
+pub use policy::{Backoff, Policy};
+pub use registry::{OVERFLOW_BREAKER, RequestHead};
+pub use service::{Breaker, ResponseBody};

@@ -1,0 +1,278 @@
+//! A layer's circuits: one, or one per key (method, authority, your key), bounded in number.
+
+use std::{
+    borrow::Cow,
+    collections::HashMap,
+    fmt,
+    sync::{Arc, OnceLock, PoisonError, RwLock},
+};
+
+use http::{Extensions, HeaderMap, HeaderName, Request, Uri, header::HOST};
+use palisade_core::{Matcher, Method, deadline::grpc_timeout};
+use tokio::time::Instant;
+
+use crate::{
+    circuit::{Circuit, Permit, Shared},
+    classify::Timing,
+    hook::{OnStateChange, State},
+};
+
+const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
+
+/// The name of the circuit shared by calls whose key is missing, or new once the layer holds
+/// its maximum number of circuits.
+pub const OVERFLOW_BREAKER: &str = "other";
+
+/// The parts of a request a custom key is read from; see
+/// [`Builder::per_key`](crate::Builder::per_key).
+#[derive(Clone, Copy, Debug)]
+pub struct RequestHead<'a> {
+    uri: &'a Uri,
+    headers: &'a HeaderMap,
+    extensions: &'a Extensions,
+    method: Option<Method<'a>>,
+}
+
+impl<'a> RequestHead<'a> {
+    /// The head of a request.
+    pub fn new<B>(request: &'a Request<B>) -> Self {
+        RequestHead {
+            uri: request.uri(),
+            headers: request.headers(),
+            extensions: request.extensions(),
+            method: Method::from_request(request),
+        }
+    }
+
+    /// The request URI.
+    pub fn uri(&self) -> &'a Uri {
+        self.uri
+    }
+
+    /// The request headers (gRPC metadata).
+    pub fn headers(&self) -> &'a HeaderMap {
+        self.headers
+    }
+
+    /// The request extensions (peer, claims, … put there by other layers).
+    pub fn extensions(&self) -> &'a Extensions {
+        self.extensions
+    }
+
+    /// The gRPC method, when the path is one.
+    pub fn method(&self) -> Option<Method<'a>> {
+        self.method
+    }
+
+    /// The `:authority` of the request: the URI's authority, else the `host` header.
+    pub fn authority(&self) -> Option<&'a str> {
+        authority(self.uri, self.headers)
+    }
+}
+
+fn authority<'a>(uri: &'a Uri, headers: &'a HeaderMap) -> Option<&'a str> {
+    uri.authority()
+        .map(|a| a.as_str())
+        .or_else(|| headers.get(HOST).and_then(|v| v.to_str().ok()))
+}
+
+pub(crate) type KeyFn = dyn for<'a> Fn(&RequestHead<'a>) -> Option<Cow<'a, str>> + Send + Sync;
+
+/// How a layer picks the circuit of a call.
+#[derive(Clone)]
+pub(crate) enum KeyBy {
+    Single,
+    Method,
+    Authority,
+    Custom(Arc<KeyFn>),
+}
+
+impl fmt::Debug for KeyBy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            KeyBy::Single => "Single",
+            KeyBy::Method => "Method",
+            KeyBy::Authority => "Authority",
+            KeyBy::Custom(_) => "Custom(..)",
+        })
+    }
+}
+
+/// What the layer does with one call.
+pub(crate) enum Admission<H> {
+    /// The skip matcher selected it: straight through, not counted.
+    Skip,
+    /// The circuit is open, or its probes are all taken.
+    Rejected,
+    /// Admitted; the permit goes with the call to its end.
+    Permitted(Permit<H>),
+}
+
+/// The circuits of a layer, shared by every service the layer makes.
+pub(crate) struct Registry<H> {
+    shared: Arc<Shared<H>>,
+    key: KeyBy,
+    skip: Option<Matcher>,
+    max: usize,
+    single: Option<Arc<Circuit<H>>>,
+    map: RwLock<HashMap<Arc<str>, Arc<Circuit<H>>, foldhash::fast::RandomState>>,
+    overflow: OnceLock<Arc<Circuit<H>>>,
+}
+
+impl<H> Registry<H> {
+    pub(crate) fn new(
+        shared: Shared<H>,
+        name: Arc<str>,
+        key: KeyBy,
+        skip: Option<Matcher>,
+        max: usize,
+    ) -> Self {
+        let shared = Arc::new(shared);
+        let single =
+            matches!(key, KeyBy::Single).then(|| Arc::new(Circuit::new(name, shared.clone())));
+        Registry {
+            shared,
+            key,
+            skip,
+            max,
+            single,
+            map: RwLock::new(HashMap::default()),
+            overflow: OnceLock::new(),
+        }
+    }
+
+    pub(crate) fn side(&self) -> palisade_core::Side {
+        self.shared.settings.side
+    }
+
+    fn overflow(&self) -> &Arc<Circuit<H>> {
+        self.overflow
+            .get_or_init(|| Arc::new(Circuit::new(OVERFLOW_BREAKER.into(), self.shared.clone())))
+    }
+
+    /// The circuit for `key`, made on first sight while there is room.
+    fn keyed(&self, key: &str) -> Arc<Circuit<H>> {
+        let map = self.map.read().unwrap_or_else(PoisonError::into_inner);
+        if let Some(circuit) = map.get(key) {
+            return circuit.clone();
+        }
+        drop(map);
+        let mut map = self.map.write().unwrap_or_else(PoisonError::into_inner);
+        if let Some(circuit) = map.get(key) {
+            return circuit.clone();
+        }
+        if map.len() >= self.max {
+            drop(map);
+            return self.overflow().clone();
+        }
+        let name: Arc<str> = key.into();
+        let circuit = Arc::new(Circuit::new(name.clone(), self.shared.clone()));
+        map.insert(name, circuit.clone());
+        circuit
+    }
+
+    /// The state of the circuit named `name`, if the layer has made it.
+    pub(crate) fn state(&self, name: &str) -> Option<State> {
+        if let Some(single) = &self.single {
+            return (single.name() == name).then(|| single.state());
+        }
+        if name == OVERFLOW_BREAKER {
+            return self.overflow.get().map(|c| c.state());
+        }
+        let map = self.map.read().unwrap_or_else(PoisonError::into_inner);
+        map.get(name).map(|c| c.state())
+    }
+
+    /// Every circuit made so far, with its state, sorted by name.
+    pub(crate) fn states(&self) -> Vec<(String, State)> {
+        let map = self.map.read().unwrap_or_else(PoisonError::into_inner);
+        let mut states: Vec<_> = self
+            .single
+            .iter()
+            .chain(map.values())
+            .chain(self.overflow.get())
+            .map(|c| (c.name().to_owned(), c.state()))
+            .collect();
+        states.sort_by(|a, b| a.0.cmp(&b.0));
+        states
+    }
+}
+
+impl<H: OnStateChange> Registry<H> {
+    /// Decides what happens to a call.
+    pub(crate) fn admit<B>(&self, request: &Request<B>) -> Admission<H> {
+        // Parse the path once, and only when something reads it.
+        let method = if self.skip.is_some() || matches!(self.key, KeyBy::Method) {
+            Method::from_request(request)
+        } else {
+            None
+        };
+        if let Some(skip) = &self.skip
+            && skip.matches(method.as_ref())
+        {
+            return Admission::Skip;
+        }
+        match &self.key {
+            KeyBy::Single => match &self.single {
+                Some(circuit) => self.admit_in(circuit, request),
+                None => self.admit_in(self.overflow(), request),
+            },
+            KeyBy::Method => match method {
+                Some(method) => self.admit_in(&self.keyed(method.full_name()), request),
+                None => self.admit_in(self.overflow(), request),
+            },
+            KeyBy::Authority => match authority(request.uri(), request.headers()) {
+                Some(authority) => self.admit_in(&self.keyed(authority), request),
+                None => self.admit_in(self.overflow(), request),
+            },
+            KeyBy::Custom(key) => {
+                let head = RequestHead::new(request);
+                match key(&head) {
+                    Some(key) => self.admit_in(&self.keyed(&key), request),
+                    None => self.admit_in(self.overflow(), request),
+                }
+            }
+        }
+    }
+
+    fn admit_in<B>(&self, circuit: &Arc<Circuit<H>>, request: &Request<B>) -> Admission<H> {
+        match circuit.try_acquire() {
+            Some(ticket) => {
+                Admission::Permitted(Permit::new(circuit.clone(), ticket, self.timing(request)))
+            }
+            None => Admission::Rejected,
+        }
+    }
+
+    /// Reads the clock only when a rule needs the call's start: a slow-call threshold, or the
+    /// caller's `grpc-timeout` (a call dropped after it passed is a local timeout, not a
+    /// cancellation).
+    fn timing<B>(&self, request: &Request<B>) -> Timing {
+        // A lookup by a ready-made name: no parsing of the name on every call.
+        let timeout = if request.headers().contains_key(&GRPC_TIMEOUT) {
+            grpc_timeout(request.headers())
+        } else {
+            None
+        };
+        if timeout.is_none() && self.shared.settings.rules.slow_call.is_none() {
+            return Timing::default();
+        }
+        let started = Instant::now();
+        Timing {
+            started: Some(started),
+            deadline: timeout.and_then(|timeout| started.checked_add(timeout)),
+        }
+    }
+}
+
+impl<H> fmt::Debug for Registry<H> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Registry")
+            .field("settings", &self.shared.settings)
+            .field("key", &self.key)
+            .field("skip", &self.skip)
+            .field("max", &self.max)
+            .field("states", &self.states())
+            .finish()
+    }
+}
