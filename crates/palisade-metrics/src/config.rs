@@ -1,0 +1,225 @@
+//! The builder of a [`MetricsLayer`].
+
+use std::{fmt, marker::PhantomData, sync::Arc};
+
+use metrics::{Label, Recorder};
+use palisade_core::{Matcher, Method, MethodRegistry, Side};
+
+use crate::{
+    handles::{Family, Registrar, Table},
+    layer::{MetricsLayer, Shared},
+    naming::{Names, Naming},
+};
+
+/// How many methods first seen at run time get label values of their own when no method is
+/// known (no registry, no allow-list): the rest are recorded as `unknown`.
+pub const DEFAULT_MAX_DYNAMIC_METHODS: usize = 100;
+
+/// Configures a [`MetricsLayer`]; made by [`MetricsLayer::server`] or [`MetricsLayer::client`].
+///
+/// Handles are registered when [`build`](MetricsBuilder::build) runs, with the `metrics`
+/// facade's recorder of that moment (or the one given to
+/// [`recorder`](MetricsBuilder::recorder)): install the recorder first.
+///
+/// # Example
+///
+/// ```
+/// use palisade_core::{Matcher, MethodRegistry};
+/// use palisade_metrics::MetricsLayer;
+///
+/// let registry = MethodRegistry::from_encoded_file_descriptor_set(palisade_demo::FILE_DESCRIPTOR_SET)
+///     .unwrap();
+/// let layer = MetricsLayer::server()
+///     .registry(registry)                  // grpc_type, and the methods that get their own series
+///     .histogram_with_code(true)           // grpc_code on grpc_server_handling_seconds too
+///     .namespace("shop")                   // shop_grpc_server_started_total, ...
+///     .constant_label("region", "eu-west-1")
+///     .skip(Matcher::health_and_reflection())
+///     .build();
+/// # let _ = layer;
+/// ```
+#[derive(Clone)]
+pub struct MetricsBuilder {
+    side: Side,
+    naming: Naming,
+    namespace: Option<String>,
+    constant_labels: Vec<Label>,
+    histogram_with_code: bool,
+    registry: Option<MethodRegistry>,
+    allow: Vec<String>,
+    max_dynamic: Option<usize>,
+    skip: Option<Matcher>,
+    recorder: Option<Arc<dyn Recorder + Send + Sync>>,
+}
+
+impl MetricsBuilder {
+    pub(crate) fn new(side: Side) -> Self {
+        Self {
+            side,
+            naming: Naming::default(),
+            namespace: None,
+            constant_labels: Vec::new(),
+            histogram_with_code: false,
+            registry: None,
+            allow: Vec::new(),
+            max_dynamic: None,
+            skip: None,
+            recorder: None,
+        }
+    }
+
+    /// The names and labels to record under; go-grpc-prometheus's by default.
+    #[must_use]
+    pub fn naming(mut self, naming: Naming) -> Self {
+        self.naming = naming;
+        self
+    }
+
+    /// Prefixes every metric name, as Prometheus client libraries' `namespace` does:
+    /// `{namespace}_grpc_server_started_total`.
+    #[must_use]
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.namespace = Some(namespace.into());
+        self
+    }
+
+    /// Adds a label with a fixed value to every series this layer records.
+    #[must_use]
+    pub fn constant_label(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.constant_labels
+            .push(Label::new(key.into(), value.into()));
+        self
+    }
+
+    /// Adds `grpc_code` to the handling-time histogram (off by default, as in
+    /// go-grpc-prometheus). Its series are created per code on first use.
+    #[must_use]
+    pub fn histogram_with_code(mut self, enabled: bool) -> Self {
+        self.histogram_with_code = enabled;
+        self
+    }
+
+    /// The methods the service (or client) knows, with their types: they give `grpc_type`,
+    /// their series exist from the start with zero values, and — unless
+    /// [`max_dynamic_methods`](Self::max_dynamic_methods) says otherwise — only they get
+    /// label values of their own; every other path is recorded as `unknown`.
+    #[must_use]
+    pub fn registry(mut self, registry: MethodRegistry) -> Self {
+        self.registry = Some(registry);
+        self
+    }
+
+    /// Adds methods (`package.Service/Method`) to the allow-list: known like the registry's,
+    /// with `grpc_type` from the registry when it has them, `unknown` otherwise.
+    #[must_use]
+    pub fn allow_methods<I>(mut self, methods: I) -> Self
+    where
+        I: IntoIterator,
+        I::Item: Into<String>,
+    {
+        self.allow.extend(methods.into_iter().map(Into::into));
+        self
+    }
+
+    /// How many methods that are not known may still get label values of their own, first
+    /// come first served; past the cap they are recorded under `grpc_service="unknown"`,
+    /// `grpc_method="unknown"`, as Envoy's gRPC stats filter does. Default: 0 when methods are
+    /// known (a registry or an allow-list), [`DEFAULT_MAX_DYNAMIC_METHODS`] otherwise.
+    #[must_use]
+    pub fn max_dynamic_methods(mut self, max: usize) -> Self {
+        self.max_dynamic = Some(max);
+        self
+    }
+
+    /// RPCs this matcher selects are not recorded at all (their bodies pass untouched).
+    #[must_use]
+    pub fn skip(mut self, matcher: Matcher) -> Self {
+        self.skip = Some(matcher);
+        self
+    }
+
+    /// Registers handles with this recorder instead of the `metrics` facade's global one — for
+    /// tests, or to keep these series in a registry of their own.
+    #[must_use]
+    pub fn recorder<R: Recorder + Send + Sync + 'static>(mut self, recorder: Arc<R>) -> Self {
+        self.recorder = Some(recorder);
+        self
+    }
+
+    /// Registers the handles of every known method and makes the layer.
+    pub fn build(self) -> MetricsLayer {
+        // The first reading of the clock calibrates it: here, not on the first RPC.
+        let _ = quanta::Instant::now();
+        let family = Arc::new(Family {
+            naming: self.naming,
+            names: Names::new(self.naming, self.side, self.namespace.as_deref()),
+            constant_labels: self.constant_labels,
+            duration_by_code: self.histogram_with_code || self.naming == Naming::OpenTelemetry,
+            registrar: match self.recorder {
+                Some(recorder) => Registrar::Recorder(recorder),
+                None => Registrar::Facade,
+            },
+        });
+        family.describe();
+
+        let allowed: Vec<_> = self
+            .allow
+            .iter()
+            .filter_map(|name| {
+                let path = format!("/{}", name.trim_start_matches('/'));
+                Method::parse(&path)?;
+                Some(path)
+            })
+            .collect();
+        let registry = self.registry.unwrap_or_default();
+        let known = registry
+            .iter()
+            .map(|info| {
+                (
+                    info.service.as_str(),
+                    info.method.as_str(),
+                    Some(info.method_type),
+                )
+            })
+            .chain(allowed.iter().filter_map(|path| {
+                let method = Method::parse(path)?;
+                let method_type = registry.get(&method).map(|info| info.method_type);
+                Some((method.service(), method.method(), method_type))
+            }));
+        let any_known = !registry.is_empty() || !allowed.is_empty();
+        let max_dynamic = self.max_dynamic.unwrap_or(if any_known {
+            0
+        } else {
+            DEFAULT_MAX_DYNAMIC_METHODS
+        });
+        let table = Table::new(family.clone(), known, max_dynamic);
+
+        MetricsLayer {
+            shared: Arc::new(Shared {
+                table,
+                side: self.side,
+                naming: self.naming,
+                skip: self.skip,
+                count_messages: self.naming == Naming::GoGrpcPrometheus,
+            }),
+            _body: PhantomData,
+        }
+    }
+}
+
+impl fmt::Debug for MetricsBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MetricsBuilder")
+            .field("side", &self.side)
+            .field("naming", &self.naming)
+            .field("namespace", &self.namespace)
+            .field("constant_labels", &self.constant_labels)
+            .field("histogram_with_code", &self.histogram_with_code)
+            .field("registry", &self.registry)
+            .field("allow", &self.allow)
+            .field("max_dynamic", &self.max_dynamic)
+            .field("skip", &self.skip)
+            .field("recorder", &self.recorder.as_ref().map(|_| ".."))
+            .finish()
+    }
+}

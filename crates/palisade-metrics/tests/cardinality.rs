@@ -1,0 +1,162 @@
+//! 10 000 random method paths over a real server create no more series than the cap allows.
+
+mod support;
+
+use std::collections::BTreeSet;
+
+use http::Request;
+use http_body_util::BodyExt;
+use palisade_core::MethodRegistry;
+use palisade_demo::{
+    FILE_DESCRIPTOR_SET,
+    frames::{GrpcBody, message},
+};
+use palisade_metrics::MetricsLayer;
+use support::{Recorded, Samples};
+use tonic::body::Body;
+use tower::{Layer, Service, ServiceExt};
+
+const CALLS: usize = 10_000;
+const CAP: usize = 25;
+const TASKS: usize = 8;
+
+/// A small xorshift generator: random enough for paths, reproducible.
+struct XorShift(u64);
+
+impl XorShift {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// Mostly well-formed methods, some malformed paths, a few very long ones.
+    fn path(&mut self) -> String {
+        let n = self.next();
+        match n % 20 {
+            0 => format!("/{}", n >> 8),
+            1 => format!("/svc{}/{}/extra", n >> 8, n >> 16),
+            2 => format!(
+                "/long.Service/{}",
+                "x".repeat(300 + (n >> 8) as usize % 100)
+            ),
+            _ => format!(
+                "/pkg{}.Svc{}/Method{}",
+                (n >> 8) % 1000,
+                (n >> 20) % 50,
+                n >> 40
+            ),
+        }
+    }
+}
+
+fn methods(samples: &Samples, name: &str) -> BTreeSet<(String, String)> {
+    samples
+        .matching(name, &[])
+        .map(|s| {
+            (
+                s.labels["grpc_service"].clone(),
+                s.labels["grpc_method"].clone(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_random_paths_stay_within_the_cap() {
+    let server = Recorded::new();
+    let client = Recorded::new();
+    let registry = MethodRegistry::from_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET).unwrap();
+    let demo = palisade_demo::spawn(
+        MetricsLayer::server()
+            .registry(registry)
+            .recorder(server.recorder.clone())
+            .build(),
+    )
+    .await;
+    // The client knows no method: names are first come, first served, up to the cap.
+    let channel = MetricsLayer::client()
+        .max_dynamic_methods(CAP)
+        .recorder(client.recorder.clone())
+        .build()
+        .with_tonic_body()
+        .layer(demo.channel().await);
+
+    let mut tasks = Vec::new();
+    for task in 0..TASKS {
+        let mut channel = channel.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut rng = XorShift(0x9E37_79B9_7F4A_7C15 ^ (task as u64 + 1));
+            let mut distinct = BTreeSet::new();
+            for _ in 0..CALLS / TASKS {
+                let path = rng.path();
+                distinct.insert(path.clone());
+                let request = Request::post(path)
+                    .header("content-type", "application/grpc")
+                    .header("te", "trailers")
+                    .body(Body::new(GrpcBody::new([message(b"")], None)))
+                    .unwrap();
+                let response = ServiceExt::<Request<Body>>::ready(&mut channel)
+                    .await
+                    .unwrap()
+                    .call(request)
+                    .await
+                    .unwrap();
+                let _ = response.into_body().collect().await;
+            }
+            distinct
+        }));
+    }
+    let mut distinct = BTreeSet::new();
+    for task in tasks {
+        distinct.extend(task.await.unwrap());
+    }
+    assert!(
+        distinct.len() > 5_000,
+        "the paths are mostly distinct: {}",
+        distinct.len()
+    );
+
+    let samples = client.scrape();
+    let names = methods(&samples, "grpc_client_started_total");
+    // At most CAP methods of their own, plus `unknown`.
+    assert!(names.len() <= CAP + 1, "{} method label pairs", names.len());
+    assert!(names.contains(&("unknown".into(), "unknown".into())));
+    assert_eq!(samples.sum("grpc_client_started_total", &[]), CALLS as f64);
+    assert_eq!(samples.sum("grpc_client_handled_total", &[]), CALLS as f64);
+    for name in [
+        "grpc_client_handled_total",
+        "grpc_client_msg_sent_total",
+        "grpc_client_handling_seconds_count",
+    ] {
+        assert!(methods(&samples, name).is_subset(&names), "{name}");
+    }
+    // Every call got Unimplemented or another status the server chose: one code per method
+    // at most here, so the whole client exposition stays small.
+    let series = samples.0.len();
+    assert!(series <= (CAP + 1) * 20, "{series} client series");
+    // No label value is longer than the longest admitted path.
+    assert!(
+        samples
+            .0
+            .iter()
+            .all(|s| s.labels.values().all(|v| v.len() <= 256))
+    );
+
+    // The server knows its methods from the registry: every random path is `unknown`.
+    let samples = server.scrape();
+    let names = methods(&samples, "grpc_server_started_total");
+    assert_eq!(
+        names,
+        BTreeSet::from([
+            ("palisade.demo.v1.Greeter".into(), "SayHello".into()),
+            ("palisade.demo.v1.Greeter".into(), "SayHelloStream".into()),
+            ("unknown".into(), "unknown".into()),
+        ])
+    );
+    assert_eq!(
+        samples.get("grpc_server_started_total", &[("grpc_method", "unknown")]),
+        CALLS as f64
+    );
+}
