@@ -1,0 +1,229 @@
+//! Starting an RPC's span and ending it with the RPC's outcome.
+
+use std::{borrow::Cow, net::SocketAddr};
+
+use http::{Request, Uri};
+use opentelemetry::{
+    Context, KeyValue,
+    baggage::{Baggage, BaggageExt},
+    trace::{Link, Span, SpanBuilder, SpanKind, Status, TraceContextExt, Tracer},
+};
+use palisade_core::{CodeSet, Counts, Method, Observer, Outcome, Peer, Side};
+
+use crate::config::Config;
+
+/// The attribute names the spans carry, from OpenTelemetry's RPC and network conventions.
+pub mod attribute {
+    /// `rpc.system`: always `grpc`.
+    pub const RPC_SYSTEM: &str = "rpc.system";
+    /// `rpc.service`: the full service name, `package.Service`.
+    pub const RPC_SERVICE: &str = "rpc.service";
+    /// `rpc.method`: the method name, `Method`.
+    pub const RPC_METHOD: &str = "rpc.method";
+    /// `rpc.grpc.status_code`: the RPC's gRPC code, as an integer.
+    pub const RPC_GRPC_STATUS_CODE: &str = "rpc.grpc.status_code";
+    /// `server.address`: the server's host name or IP address.
+    pub const SERVER_ADDRESS: &str = "server.address";
+    /// `server.port`: the server's port.
+    pub const SERVER_PORT: &str = "server.port";
+    /// `network.peer.address`: the IP address of the other end of the connection (server spans).
+    pub const NETWORK_PEER_ADDRESS: &str = "network.peer.address";
+    /// `network.peer.port`: the port of the other end of the connection (server spans).
+    pub const NETWORK_PEER_PORT: &str = "network.peer.port";
+    /// The prefix of allow-listed request metadata, `rpc.grpc.request.metadata.<key>`, a
+    /// string array of the key's values.
+    pub const RPC_GRPC_REQUEST_METADATA: &str = "rpc.grpc.request.metadata.";
+}
+
+use attribute::*;
+
+/// The name of the span of requests whose path is not a gRPC method: low-cardinality, as
+/// OpenTelemetry wants span names to be.
+const NOT_A_METHOD: &str = "grpc";
+
+/// A started span: the context to make current, and whether the span records (only then is
+/// there anything to end).
+pub(crate) struct Started {
+    pub(crate) cx: Context,
+    pub(crate) recording: bool,
+}
+
+/// Starts the span of the RPC `request`; `None` when the configuration skips it.
+///
+/// Only the name and the kind are given when the span starts; the attributes are built only
+/// for spans that record, so an unsampled RPC costs no attribute at all.
+pub(crate) fn start<T, B>(config: &Config, tracer: &T, request: &Request<B>) -> Option<Started>
+where
+    T: Tracer,
+    T::Span: Send + Sync + 'static,
+{
+    let method = Method::from_request(request);
+    let method = method.as_ref();
+    if config
+        .skip
+        .as_ref()
+        .is_some_and(|skip| skip.matches(method))
+    {
+        return None;
+    }
+    let name = match method {
+        Some(method) => Cow::Owned(method.full_name().to_owned()),
+        None => Cow::Borrowed(NOT_A_METHOD),
+    };
+    let mut builder = SpanBuilder::from_name(name);
+    let parent = match config.side {
+        Side::Server => {
+            builder.span_kind = Some(SpanKind::Server);
+            let incoming = config.propagation.extract(request.headers());
+            if config
+                .public
+                .as_ref()
+                .is_some_and(|public| public.matches(method))
+            {
+                let (root, link) = public_root(&incoming);
+                builder.links = link.map(|link| vec![link]);
+                root
+            } else {
+                incoming
+            }
+        }
+        Side::Client => {
+            builder.span_kind = Some(SpanKind::Client);
+            Context::current()
+        }
+    };
+    let mut span = tracer.build_with_context(builder, &parent);
+    if !span.is_recording() {
+        // Children need only the ids and flags: no boxed span, no attributes.
+        let span_context = span.span_context().clone();
+        return Some(Started {
+            cx: parent.with_remote_span_context(span_context),
+            recording: false,
+        });
+    }
+    set_attributes(&mut span, config, method, request);
+    Some(Started {
+        cx: parent.with_span(span),
+        recording: true,
+    })
+}
+
+/// For a public endpoint: a context without the incoming span (so the new span is a root),
+/// keeping the incoming baggage, and a link to the incoming span when there was one.
+fn public_root(incoming: &Context) -> (Context, Option<Link>) {
+    let remote = incoming.span().span_context().clone();
+    let link = remote.is_valid().then(|| Link::with_context(remote));
+    let baggage = incoming.baggage();
+    let root = if baggage.is_empty() {
+        Context::new()
+    } else {
+        let copy: Baggage = baggage
+            .iter()
+            .map(|(key, value)| (key.clone(), value.clone()))
+            .collect();
+        Context::new().with_baggage(copy)
+    };
+    (root, link)
+}
+
+fn set_attributes<S: Span, B>(
+    span: &mut S,
+    config: &Config,
+    method: Option<&Method<'_>>,
+    request: &Request<B>,
+) {
+    span.set_attribute(KeyValue::new(RPC_SYSTEM, "grpc"));
+    if let Some(method) = method {
+        span.set_attribute(KeyValue::new(RPC_SERVICE, method.service().to_owned()));
+        span.set_attribute(KeyValue::new(RPC_METHOD, method.method().to_owned()));
+    }
+    match config.side {
+        Side::Server => {
+            let peer = Peer::from_request(request);
+            match uri_host(request.uri()) {
+                Some((host, port)) => set_server(span, host.to_owned(), port),
+                None => {
+                    if let Some(local) = peer.local_addr {
+                        set_server(span, local.ip().to_string(), Some(local.port()));
+                    }
+                }
+            }
+            if let Some(remote) = peer.remote_addr {
+                set_peer(span, remote);
+            }
+        }
+        Side::Client => match (&config.server, uri_host(request.uri())) {
+            (Some(server), _) => {
+                span.set_attribute(KeyValue::new(SERVER_ADDRESS, server.host.clone()));
+                span.set_attribute(KeyValue::new(SERVER_PORT, i64::from(server.port)));
+            }
+            (None, Some((host, port))) => set_server(span, host.to_owned(), port),
+            (None, None) => {}
+        },
+    }
+    for capture in config.metadata.iter() {
+        if let Some(attribute) = capture.attribute(request.headers()) {
+            span.set_attribute(attribute);
+        }
+    }
+}
+
+fn uri_host(uri: &Uri) -> Option<(&str, Option<u16>)> {
+    let host = uri.host()?;
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    Some((host, uri.port_u16()))
+}
+
+fn set_server<S: Span>(span: &mut S, host: String, port: Option<u16>) {
+    span.set_attribute(KeyValue::new(SERVER_ADDRESS, host));
+    if let Some(port) = port {
+        span.set_attribute(KeyValue::new(SERVER_PORT, i64::from(port)));
+    }
+}
+
+fn set_peer<S: Span>(span: &mut S, peer: SocketAddr) {
+    span.set_attribute(KeyValue::new(NETWORK_PEER_ADDRESS, peer.ip().to_string()));
+    span.set_attribute(KeyValue::new(NETWORK_PEER_PORT, i64::from(peer.port())));
+}
+
+/// Whether a code makes the span an error: on a server only the codes OpenTelemetry calls
+/// server errors, on a client every code but `Ok`.
+pub(crate) fn is_error(side: Side, code: palisade_core::Code) -> bool {
+    match side {
+        Side::Server => CodeSet::SERVER_ERRORS.contains(code),
+        Side::Client => code != palisade_core::Code::Ok,
+    }
+}
+
+/// Ends the span at the end of the RPC, with its code and status: the [`Observer`] of the
+/// observed response. Holds the context only for spans that record.
+pub(crate) struct SpanEnd {
+    cx: Option<Context>,
+    side: Side,
+}
+
+impl SpanEnd {
+    pub(crate) fn new(started: &Started, side: Side) -> Self {
+        Self {
+            cx: started.recording.then(|| started.cx.clone()),
+            side,
+        }
+    }
+}
+
+impl Observer for SpanEnd {
+    fn on_end(self, outcome: Outcome, _: Counts) {
+        let Some(cx) = self.cx else { return };
+        let span = cx.span();
+        let code = outcome.code();
+        span.set_attribute(KeyValue::new(RPC_GRPC_STATUS_CODE, code as i64));
+        if is_error(self.side, code) {
+            let description = outcome.message().map(Cow::into_owned).unwrap_or_default();
+            span.set_status(Status::error(description));
+        }
+        span.end();
+    }
+}

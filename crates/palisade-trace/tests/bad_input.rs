@@ -1,0 +1,199 @@
+//! Incoming context that cannot be trusted or read starts a fresh root trace: no error, no
+//! panic, nothing of it kept.
+
+mod support;
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+use opentelemetry::trace::{SpanId, SpanKind, TraceId};
+use palisade_demo::{Greeter, pb::HelloRequest};
+use palisade_trace::current_trace_id;
+use support::*;
+use tonic::{Request, metadata::MetadataMap};
+
+const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const SPAN: &str = "00f067aa0ba902b7";
+
+fn valid() -> String {
+    format!("00-{TRACE}-{SPAN}-01")
+}
+
+/// Calls SayHello with exactly these headers (no trace layer on the client); returns the
+/// server span and the trace id the handler saw.
+async fn call_with(headers: &[(&str, &[u8])]) -> (opentelemetry_sdk::trace::SpanData, String) {
+    let telemetry = Telemetry::new();
+    let greeter = Greeter::new().with_trace_id(current_trace_id);
+    let server = palisade_demo::spawn_with(greeter, telemetry.server_layer()).await;
+    let mut client = server.client().await;
+
+    let mut map = HeaderMap::new();
+    for (name, value) in headers {
+        map.append(
+            HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            HeaderValue::from_bytes(value).unwrap(),
+        );
+    }
+    let mut request = Request::new(HelloRequest::default());
+    *request.metadata_mut() = MetadataMap::from_headers(map);
+    let reply = client
+        .say_hello(request)
+        .await
+        .expect("no error")
+        .into_inner();
+
+    let spans = telemetry.spans();
+    (only(&spans, SpanKind::Server).clone(), reply.trace_id)
+}
+
+async fn assert_fresh_root(case: &str, headers: &[(&str, &[u8])]) {
+    let (span, in_handler) = call_with(headers).await;
+    assert_eq!(span.parent_span_id, SpanId::INVALID, "{case}: not a root");
+    assert!(span.span_context.is_valid(), "{case}");
+    assert!(
+        span.span_context.is_sampled(),
+        "{case}: a new root is sampled"
+    );
+    assert_ne!(
+        trace_id(&span),
+        TraceId::from_hex(TRACE).unwrap(),
+        "{case}: kept the trace"
+    );
+    assert_eq!(
+        in_handler,
+        trace_id(&span).to_string(),
+        "{case}: the handler's trace"
+    );
+    assert!(
+        span.span_context.trace_state().header().is_empty(),
+        "{case}"
+    );
+}
+
+#[tokio::test]
+async fn the_valid_header_is_followed() {
+    let (span, _) = call_with(&[("traceparent", valid().as_bytes())]).await;
+    assert_eq!(trace_id(&span), TraceId::from_hex(TRACE).unwrap());
+    assert_eq!(span.parent_span_id, SpanId::from_hex(SPAN).unwrap());
+}
+
+#[tokio::test]
+async fn malformed_traceparents_start_a_new_trace() {
+    let cases = [
+        "garbage".to_owned(),
+        String::new(),
+        "-".repeat(60),
+        format!("00_{TRACE}_{SPAN}_01"),
+        format!("00-{}-{SPAN}-01", TRACE.to_uppercase()),
+        format!("00-{TRACE}-{}-01", SPAN.to_uppercase()),
+        format!("00-{}-{SPAN}-01", TRACE.replace('4', "g")),
+        format!("00-{TRACE}-{SPAN}-0x"),
+        format!("00-{TRACE}-{SPAN}-01-extra"),
+        format!("00-{TRACE}-{SPAN}-1"),
+        format!("0-{TRACE}-{SPAN}-01"),
+        format!("00-{TRACE}{SPAN}-01"),
+        "x".repeat(8000),
+    ];
+    for case in &cases {
+        assert_fresh_root(case, &[("traceparent", case.as_bytes())]).await;
+    }
+}
+
+#[tokio::test]
+async fn truncated_traceparents_start_a_new_trace() {
+    let full = valid();
+    for len in [1, 2, 3, 10, 35, 36, 52, 53, 54] {
+        let case = &full[..len];
+        assert_fresh_root(case, &[("traceparent", case.as_bytes())]).await;
+    }
+}
+
+#[tokio::test]
+async fn all_zero_ids_start_a_new_trace() {
+    let zero_trace = format!("00-{}-{SPAN}-01", "0".repeat(32));
+    let zero_span = format!("00-{TRACE}-{}-01", "0".repeat(16));
+    for case in [&zero_trace, &zero_span] {
+        assert_fresh_root(case, &[("traceparent", case.as_bytes())]).await;
+    }
+}
+
+#[tokio::test]
+async fn unknown_versions_start_a_new_trace() {
+    // `ff` is forbidden; other versions must at least look like version 00 (W3C lets a
+    // parser read a higher version's first four fields, which the next case does not have).
+    for case in [
+        format!("ff-{TRACE}-{SPAN}-01"),
+        format!("zz-{TRACE}-{SPAN}-01"),
+        format!("100-{TRACE}-{SPAN}-01"),
+        format!("cc-{TRACE}-{SPAN}"),
+    ] {
+        assert_fresh_root(&case, &[("traceparent", case.as_bytes())]).await;
+    }
+}
+
+#[tokio::test]
+async fn duplicated_traceparents_start_a_new_trace() {
+    let other = format!("00-{}-{SPAN}-01", "1".repeat(32));
+    assert_fresh_root(
+        "two valid traceparents",
+        &[
+            ("traceparent", valid().as_bytes()),
+            ("traceparent", other.as_bytes()),
+        ],
+    )
+    .await;
+    assert_fresh_root(
+        "the same traceparent twice",
+        &[
+            ("traceparent", valid().as_bytes()),
+            ("traceparent", valid().as_bytes()),
+        ],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn non_ascii_metadata_starts_a_new_trace() {
+    let mut latin1 = valid().into_bytes();
+    latin1[10] = 0xe9;
+    assert_fresh_root("latin-1 byte", &[("traceparent", &latin1)]).await;
+    let with_utf8 = format!("00-{TRACE}-{SPAN}-01").replace("4bf9", "ébf");
+    assert_fresh_root("utf-8 bytes", &[("traceparent", with_utf8.as_bytes())]).await;
+    assert_fresh_root(
+        "non-ASCII baggage and tracestate only",
+        &[
+            ("baggage", "k=\u{e9}".as_bytes()),
+            ("tracestate", b"a=\xff"),
+        ],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn an_oversized_tracestate_is_dropped() {
+    let long_value = format!("vendor={}", "z".repeat(300));
+    let many_members: String = (0..500)
+        .map(|i| format!("k{i}=v{i}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let huge = "a=b,".repeat(2000);
+    // Alone, without a traceparent: a new trace, no trace state.
+    for case in [&long_value, &many_members, &huge] {
+        assert_fresh_root("tracestate alone", &[("tracestate", case.as_bytes())]).await;
+    }
+    // With a valid traceparent the trace continues, as W3C requires, but an invalid trace
+    // state is dropped and a long valid one is cut to its 32 list members.
+    let (span, _) = call_with(&[
+        ("traceparent", valid().as_bytes()),
+        ("tracestate", long_value.as_bytes()),
+    ])
+    .await;
+    assert_eq!(trace_id(&span), TraceId::from_hex(TRACE).unwrap());
+    assert!(span.span_context.trace_state().header().is_empty());
+    let (span, _) = call_with(&[
+        ("traceparent", valid().as_bytes()),
+        ("tracestate", many_members.as_bytes()),
+    ])
+    .await;
+    assert_eq!(trace_id(&span), TraceId::from_hex(TRACE).unwrap());
+    let kept = span.span_context.trace_state().header();
+    assert_eq!(kept.split(',').count(), 32, "{kept}");
+}

@@ -1,0 +1,340 @@
+//! The layer around in-process services: what is current while the inner future and body are
+//! polled, how early drops and errors end the span, what the client injects.
+
+mod support;
+
+use std::{
+    convert::Infallible,
+    future::Future,
+    pin::Pin,
+    sync::{Arc, Mutex},
+    task::{Context as TaskContext, Poll},
+};
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response};
+use http_body::{Body, Frame};
+use http_body_util::BodyExt;
+use opentelemetry::{
+    Context, Value,
+    trace::{
+        Span as _, SpanId, SpanKind, Status as SpanStatus, TraceContextExt, TraceId, Tracer as _,
+    },
+};
+use palisade_demo::frames::{message, trailers};
+use palisade_trace::{attribute, current_span_id, current_trace_id};
+use support::*;
+use tonic::Code;
+use tower::{Layer, Service, ServiceExt};
+
+type Seen = Arc<Mutex<Vec<String>>>;
+
+/// Yields `Pending` once (waking itself) before each step.
+#[derive(Default)]
+struct Stutter(bool);
+
+impl Stutter {
+    fn poll(&mut self, cx: &mut TaskContext<'_>) -> Poll<()> {
+        self.0 = !self.0;
+        if self.0 {
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    }
+}
+
+/// A response body of two messages and trailers, pausing before every frame, noting the
+/// current trace id at every poll.
+struct ProbeBody {
+    frames: Vec<Frame<Bytes>>,
+    stutter: Stutter,
+    seen: Seen,
+}
+
+impl Body for ProbeBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if self.frames.is_empty() {
+            // Polled again after the trailers (the span is over).
+            return Poll::Ready(None);
+        }
+        self.seen.lock().unwrap().push(current_trace_id());
+        if self.stutter.poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        Poll::Ready(self.frames.pop().map(Ok))
+    }
+}
+
+/// A service answering after a pause, noting the current trace id at every poll of its future
+/// and the request headers it got.
+#[derive(Clone)]
+struct Probe {
+    seen: Seen,
+    headers: Arc<Mutex<Option<HeaderMap>>>,
+    code: Code,
+}
+
+impl Probe {
+    fn new(code: Code) -> Self {
+        Self {
+            seen: Seen::default(),
+            headers: Arc::default(),
+            code,
+        }
+    }
+}
+
+struct ProbeFuture {
+    stutter: Stutter,
+    seen: Seen,
+    code: Code,
+}
+
+impl Future for ProbeFuture {
+    type Output = Result<Response<ProbeBody>, tonic::Status>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
+        self.seen.lock().unwrap().push(current_trace_id());
+        if self.stutter.poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        if self.code == Code::Unavailable {
+            return Poll::Ready(Err(tonic::Status::unavailable("inner error")));
+        }
+        let frames = vec![
+            Frame::trailers(trailers(self.code, Some("probe"))),
+            Frame::data(message(b"two")),
+            Frame::data(message(b"one")),
+        ];
+        Poll::Ready(Ok(Response::new(ProbeBody {
+            frames,
+            stutter: Stutter::default(),
+            seen: self.seen.clone(),
+        })))
+    }
+}
+
+impl<B> Service<Request<B>> for Probe {
+    type Response = Response<ProbeBody>;
+    type Error = tonic::Status;
+    type Future = ProbeFuture;
+
+    fn poll_ready(&mut self, _: &mut TaskContext<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<B>) -> ProbeFuture {
+        self.seen.lock().unwrap().push(current_trace_id());
+        *self.headers.lock().unwrap() = Some(request.headers().clone());
+        ProbeFuture {
+            stutter: Stutter::default(),
+            seen: self.seen.clone(),
+            code: self.code,
+        }
+    }
+}
+
+fn request(path: &str) -> Request<()> {
+    Request::builder().uri(path).body(()).unwrap()
+}
+
+#[tokio::test]
+async fn the_span_is_current_in_call_in_every_future_poll_and_every_body_poll() {
+    let telemetry = Telemetry::new();
+    let probe = Probe::new(Code::Ok);
+    let service = telemetry.server_layer().layer(probe.clone());
+
+    let response = service
+        .oneshot(request(&format!("/{SAY_HELLO}")))
+        .await
+        .unwrap();
+    assert_eq!(current_trace_id(), "", "not current outside the polls");
+    assert!(telemetry.spans().is_empty(), "not over at the headers");
+    let body = response.into_body().collect().await.unwrap();
+    assert_eq!(body.trailers().unwrap()["grpc-status"], "0");
+    assert_eq!(current_trace_id(), "");
+
+    let spans = telemetry.spans();
+    let span = only(&spans, SpanKind::Server);
+    let seen = probe.seen.lock().unwrap().clone();
+    // call, two future polls, two polls for each of three frames.
+    assert_eq!(seen.len(), 1 + 2 + 6, "{seen:?}");
+    assert!(
+        seen.iter().all(|id| *id == trace_id(span).to_string()),
+        "{seen:?}"
+    );
+    assert_eq!(span.name, SAY_HELLO);
+    assert_eq!(
+        attr(span, attribute::RPC_GRPC_STATUS_CODE),
+        Some(&Value::I64(0))
+    );
+}
+
+#[tokio::test]
+async fn a_body_dropped_early_ends_the_span_cancelled() {
+    for (layer_side, kind) in [(true, SpanKind::Server), (false, SpanKind::Client)] {
+        let telemetry = Telemetry::new();
+        let layer = if layer_side {
+            telemetry.server_layer()
+        } else {
+            telemetry.client_layer("127.0.0.1:1".parse().unwrap())
+        };
+        let service = layer.layer(Probe::new(Code::Ok));
+        let response = service
+            .oneshot(request(&format!("/{SAY_HELLO}")))
+            .await
+            .unwrap();
+        let mut body = response.into_body();
+        let first = body.frame().await.unwrap().unwrap();
+        assert_eq!(first.into_data().unwrap(), message(b"one"));
+        assert!(telemetry.spans().is_empty());
+        drop(body);
+
+        let spans = telemetry.spans();
+        let span = only(&spans, kind.clone());
+        assert_eq!(
+            attr(span, attribute::RPC_GRPC_STATUS_CODE),
+            Some(&Value::I64(Code::Cancelled as i64))
+        );
+        // Cancelled is not a server error, but any non-OK code fails a client span.
+        assert_eq!(
+            matches!(span.status, SpanStatus::Error { .. }),
+            kind == SpanKind::Client
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_inner_error_ends_the_span_with_its_status() {
+    let telemetry = Telemetry::new();
+    let service = telemetry
+        .server_layer()
+        .layer(Probe::new(Code::Unavailable));
+    let Err(error) = service.oneshot(request(&format!("/{SAY_HELLO}"))).await else {
+        panic!("the inner error goes through");
+    };
+    assert_eq!(
+        error.code(),
+        Code::Unavailable,
+        "the inner error type, unchanged"
+    );
+
+    let spans = telemetry.spans();
+    let span = only(&spans, SpanKind::Server);
+    assert_eq!(
+        attr(span, attribute::RPC_GRPC_STATUS_CODE),
+        Some(&Value::I64(Code::Unavailable as i64))
+    );
+    assert_eq!(
+        span.status,
+        SpanStatus::Error {
+            description: "inner error".into()
+        }
+    );
+}
+
+#[tokio::test]
+async fn the_client_injects_a_child_of_the_current_context() {
+    let telemetry = Telemetry::new();
+    let probe = Probe::new(Code::Ok);
+    let service = telemetry
+        .client_layer("127.0.0.1:1".parse().unwrap())
+        .layer(probe.clone());
+
+    let tracer = opentelemetry::trace::TracerProvider::tracer(&telemetry.provider, "test");
+    let parent = Context::current_with_span(tracer.start("parent"));
+    let parent_id = parent.span().span_context().span_id();
+    let response = {
+        let future = service.oneshot(request(&format!("/{SAY_HELLO}")));
+        opentelemetry::context::FutureExt::with_context(future, parent.clone()).await
+    };
+    response.unwrap().into_body().collect().await.unwrap();
+    parent.span().end();
+
+    let spans = telemetry.spans();
+    let client_span = only(&spans, SpanKind::Client);
+    assert_eq!(client_span.parent_span_id, parent_id);
+    let headers = probe.headers.lock().unwrap().take().unwrap();
+    let traceparent = headers["traceparent"].to_str().unwrap();
+    assert_eq!(
+        traceparent,
+        format!("00-{}-{}-01", trace_id(client_span), span_id(client_span))
+    );
+    // What the inner service (the channel) runs under is the client span.
+    let seen = probe.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 9, "{seen:?}");
+    assert!(
+        seen.iter()
+            .all(|id| *id == trace_id(client_span).to_string()),
+        "{seen:?}"
+    );
+}
+
+#[tokio::test]
+async fn the_server_continues_the_incoming_trace() {
+    let telemetry = Telemetry::new();
+    let service = telemetry.server_layer().layer(Probe::new(Code::Ok));
+    let mut request = request(&format!("/{SAY_HELLO}"));
+    request.headers_mut().insert(
+        "traceparent",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+            .parse()
+            .unwrap(),
+    );
+    let response = service.oneshot(request).await.unwrap();
+    response.into_body().collect().await.unwrap();
+
+    let spans = telemetry.spans();
+    let span = only(&spans, SpanKind::Server);
+    assert_eq!(
+        trace_id(span),
+        TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap()
+    );
+    assert_eq!(
+        span.parent_span_id,
+        SpanId::from_hex("00f067aa0ba902b7").unwrap()
+    );
+    assert!(span.parent_span_is_remote);
+}
+
+#[tokio::test]
+async fn paths_that_are_not_methods_get_a_low_cardinality_name() {
+    let telemetry = Telemetry::new();
+    let service = telemetry.server_layer().layer(Probe::new(Code::Ok));
+    let response = service
+        .oneshot(request("/no/such/method/123"))
+        .await
+        .unwrap();
+    response.into_body().collect().await.unwrap();
+
+    let spans = telemetry.spans();
+    let span = only(&spans, SpanKind::Server);
+    assert_eq!(span.name, "grpc");
+    assert_eq!(
+        attr(span, attribute::RPC_SYSTEM),
+        Some(&Value::from("grpc"))
+    );
+    assert_eq!(attr(span, attribute::RPC_SERVICE), None);
+}
+
+#[tokio::test]
+async fn current_ids_read_the_current_context() {
+    let telemetry = Telemetry::new();
+    let tracer = opentelemetry::trace::TracerProvider::tracer(&telemetry.provider, "test");
+    let span = tracer.start("s");
+    let (trace, id) = (
+        span.span_context().trace_id(),
+        span.span_context().span_id(),
+    );
+    let _guard = Context::current_with_span(span).attach();
+    assert_eq!(current_trace_id(), trace.to_string());
+    assert_eq!(current_span_id(), id.to_string());
+}
