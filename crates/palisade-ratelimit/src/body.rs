@@ -1,0 +1,369 @@
+//! The bodies of the server layer in [`Metered`](crate::Metered) mode: the request body, which
+//! takes a token per received message for per-message limits, and the response body, which
+//! ends a stream cut for want of tokens with the rejection's status. (The default
+//! [`Plain`](crate::Plain) mode wraps nothing.)
+//!
+//! How a stream is cut: the request body counts gRPC messages (palisade-core's
+//! [`MessageCounter`], across any frame split) and takes one token per message after the first
+//! (the first was paid when the call arrived). When a message finds no token, the frame
+//! completing it is not delivered; the body yields an error instead — a `tonic::Status` with
+//! the rejection's code, message and `grpc-retry-pushback-ms` — so the handler's
+//! `stream.message().await` returns that status, and the body ends. The rejection is also
+//! left for the response side: if the response has not started yet, the layer answers with
+//! the trailers-only rejection instead of what the handler returns; if it has (a bidi
+//! stream), its trailers' `grpc-status` and `grpc-message` are replaced. Either way the client
+//! sees the rejection's code, whatever the handler did with the error.
+
+use std::{
+    fmt,
+    pin::Pin,
+    sync::{Arc, OnceLock},
+    task::{Context, Poll, ready},
+};
+
+use bytes::Buf;
+use http::{HeaderMap, header::CONTENT_TYPE};
+use http_body::{Body, Frame, SizeHint};
+use palisade_core::{MessageCounter, Rejection, Status};
+use pin_project_lite::pin_project;
+use tonic::metadata::MetadataMap;
+
+use crate::{
+    backend::{Acquire, Decision, DecisionFuture},
+    series::Counters,
+    shared::{Charge, Shared},
+};
+
+/// A boxed error, as tower stacks and tonic's transport use.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Where a cut request stream leaves its rejection for the response.
+#[derive(Debug, Default)]
+pub(crate) struct Cut(OnceLock<Rejection>);
+
+impl Cut {
+    pub(crate) fn get(&self) -> Option<&Rejection> {
+        self.0.get()
+    }
+}
+
+pin_project! {
+    /// The request body the server layer hands on: the request's frames unchanged, unless the
+    /// call has a per-message limit ([`Limit::per_message`](crate::Limit::per_message)), whose
+    /// tokens it takes as messages arrive; see the [module docs](self) for how a stream is cut.
+    pub struct RequestBody<B>
+    where
+        B: Body,
+    {
+        #[pin]
+        inner: B,
+        meter: Option<Box<Meter<B::Data>>>,
+    }
+}
+
+impl<B: Body> RequestBody<B> {
+    /// The body as it is.
+    pub(crate) fn new(inner: B) -> Self {
+        Self { inner, meter: None }
+    }
+
+    pub(crate) fn metered(inner: B, meter: Meter<B::Data>) -> Self {
+        Self {
+            inner,
+            meter: Some(Box::new(meter)),
+        }
+    }
+
+    /// The wrapped body.
+    pub fn get_ref(&self) -> &B {
+        &self.inner
+    }
+}
+
+/// The per-message state of one stream.
+pub(crate) struct Meter<D> {
+    shared: Arc<Shared>,
+    counters: Counters,
+    charges: Box<[Charge]>,
+    counter: MessageCounter,
+    /// Messages paid for (the first with the call).
+    paid: u64,
+    /// The next charge to take for message `paid + 1`.
+    next_charge: usize,
+    pending: Option<DecisionFuture>,
+    /// The frame that completed unpaid messages, held until they are paid.
+    held: Option<Frame<D>>,
+    cut: Arc<Cut>,
+    ended: bool,
+    shadow_counted: bool,
+}
+
+impl<D> Meter<D> {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        counters: Counters,
+        charges: Box<[Charge]>,
+        cut: Arc<Cut>,
+    ) -> Self {
+        Self {
+            shared,
+            counters,
+            charges,
+            counter: MessageCounter::default(),
+            paid: 1,
+            next_charge: 0,
+            pending: None,
+            held: None,
+            cut,
+            ended: false,
+            shadow_counted: false,
+        }
+    }
+
+    /// Pays for every completed message; `Ready(Err)` when one found no token.
+    fn poll_pay(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        while self.paid < self.counter.messages() {
+            while self.next_charge < self.charges.len() {
+                let decision = match self.pending.as_mut() {
+                    Some(future) => {
+                        let decision = ready!(future.as_mut().poll(cx));
+                        self.pending = None;
+                        decision
+                    }
+                    None => match self.charges[self.next_charge].acquire() {
+                        Acquire::Ready(decision) => decision,
+                        Acquire::Pending(future) => {
+                            self.pending = Some(future);
+                            continue;
+                        }
+                    },
+                };
+                self.next_charge += 1;
+                if !decision.is_allowed() {
+                    if self.shared.shadow {
+                        if !self.shadow_counted {
+                            self.shadow_counted = true;
+                            self.counters.rejected.increment(1);
+                        }
+                    } else {
+                        // The charges before this one took tokens for a message that will not
+                        // be delivered: give them back.
+                        for charge in &self.charges[..self.next_charge - 1] {
+                            charge.refund();
+                        }
+                        return Poll::Ready(Err(self.cut(&decision)));
+                    }
+                }
+            }
+            self.next_charge = 0;
+            self.paid += 1;
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    #[cold]
+    fn cut(&mut self, decision: &Decision) -> BoxError {
+        self.ended = true;
+        self.held = None;
+        self.counters.rejected.increment(1);
+        let rejection = self.shared.rejection(Some(decision));
+        let status = Status::with_metadata(
+            rejection.code(),
+            self.shared.message.to_string(),
+            MetadataMap::from_headers(rejection.metadata().clone()),
+        );
+        let _ = self.cut.0.set(rejection);
+        Box::new(status)
+    }
+}
+
+impl<B> Body for RequestBody<B>
+where
+    B: Body,
+    B::Error: Into<BoxError>,
+{
+    type Data = B::Data;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let mut this = self.project();
+        let Some(meter) = this.meter.as_deref_mut() else {
+            return this.inner.poll_frame(cx).map_err(Into::into);
+        };
+        loop {
+            if meter.ended {
+                return Poll::Ready(None);
+            }
+            if meter.held.is_some() {
+                if let Err(error) = ready!(meter.poll_pay(cx)) {
+                    return Poll::Ready(Some(Err(error)));
+                }
+                return Poll::Ready(meter.held.take().map(Ok));
+            }
+            let frame = match ready!(this.inner.as_mut().poll_frame(cx)) {
+                Some(Ok(frame)) => frame,
+                other => return Poll::Ready(other.map(|result| result.map_err(Into::into))),
+            };
+            if let Some(data) = frame.data_ref() {
+                feed(&mut meter.counter, data);
+            }
+            if meter.paid >= meter.counter.messages() {
+                return Poll::Ready(Some(Ok(frame)));
+            }
+            meter.held = Some(frame);
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.meter {
+            Some(meter) if meter.ended => true,
+            Some(meter) if meter.held.is_some() => false,
+            _ => self.inner.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.meter {
+            Some(meter) if meter.ended => SizeHint::with_exact(0),
+            _ => self.inner.size_hint(),
+        }
+    }
+}
+
+/// Feeds a buffer to the counter without consuming it.
+fn feed(counter: &mut MessageCounter, data: &impl Buf) {
+    let chunk = data.chunk();
+    if chunk.len() == data.remaining() {
+        counter.feed(chunk);
+        return;
+    }
+    let mut slices = [std::io::IoSlice::new(&[]); 64];
+    let filled = data.chunks_vectored(&mut slices);
+    for slice in &slices[..filled] {
+        counter.feed(slice);
+    }
+}
+
+impl<B> fmt::Debug for RequestBody<B>
+where
+    B: Body + fmt::Debug,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RequestBody")
+            .field("inner", &self.inner)
+            .field("metered", &self.meter.is_some())
+            .finish()
+    }
+}
+
+pin_project! {
+    /// The response body the server layer returns: the inner body's frames unchanged, unless
+    /// the call's request stream was cut for want of tokens — then its final status is the
+    /// rejection's (see the [module docs](self)).
+    pub struct ResponseBody<B> {
+        #[pin]
+        inner: B,
+        cut: Option<Arc<Cut>>,
+        trailers_sent: bool,
+    }
+}
+
+impl<B> ResponseBody<B> {
+    pub(crate) fn new(inner: B, cut: Option<Arc<Cut>>) -> Self {
+        Self {
+            inner,
+            cut,
+            trailers_sent: false,
+        }
+    }
+
+    /// The wrapped body.
+    pub fn get_ref(&self) -> &B {
+        &self.inner
+    }
+
+    fn pending_status(&self) -> Option<&Rejection> {
+        if self.trailers_sent {
+            return None;
+        }
+        self.cut.as_deref()?.get()
+    }
+}
+
+impl<B: Default> Default for ResponseBody<B> {
+    fn default() -> Self {
+        Self::new(B::default(), None)
+    }
+}
+
+/// The rejection's status as trailers.
+fn status_trailers(rejection: &Rejection) -> HeaderMap {
+    let mut headers = rejection.to_response::<()>().into_parts().0.headers;
+    headers.remove(CONTENT_TYPE);
+    headers
+}
+
+impl<B: Body> Body for ResponseBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let Some(cut) = this.cut.as_deref() else {
+            return this.inner.poll_frame(cx);
+        };
+        match ready!(this.inner.poll_frame(cx)) {
+            Some(Ok(frame)) if frame.is_trailers() => {
+                *this.trailers_sent = true;
+                let Some(rejection) = cut.get() else {
+                    return Poll::Ready(Some(Ok(frame)));
+                };
+                let mut trailers = frame.into_trailers().unwrap_or_default();
+                trailers.remove("grpc-message");
+                trailers.extend(status_trailers(rejection));
+                Poll::Ready(Some(Ok(Frame::trailers(trailers))))
+            }
+            None if !*this.trailers_sent => {
+                *this.trailers_sent = true;
+                Poll::Ready(
+                    cut.get()
+                        .map(|rejection| Ok(Frame::trailers(status_trailers(rejection)))),
+                )
+            }
+            other => Poll::Ready(other),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.pending_status().is_none() && self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl<B: fmt::Debug> fmt::Debug for ResponseBody<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseBody")
+            .field("inner", &self.inner)
+            .field("watching", &self.cut.is_some())
+            .finish()
+    }
+}
+
+impl<D> fmt::Debug for Meter<D> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Meter")
+            .field("charges", &self.charges)
+            .field("paid", &self.paid)
+            .field("ended", &self.ended)
+            .finish_non_exhaustive()
+    }
+}

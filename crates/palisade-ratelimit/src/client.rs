@@ -1,0 +1,467 @@
+//! The client layer: a call waits for its tokens — never past its deadline or the maximum
+//! wait — and otherwise fails at once, unsent.
+
+use std::{
+    fmt,
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll, ready},
+    time::Duration,
+};
+
+use http::{HeaderValue, Request, Response};
+use palisade_core::{Rejection, deadline::grpc_timeout};
+use pin_project_lite::pin_project;
+use tokio::time::{Instant, Sleep, sleep_until};
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::{
+    backend::{Decision, DecisionFuture},
+    config::ClientRateLimitBuilder,
+    key::RequestInfo,
+    series::EntryRef,
+    shared::{Shared, Step, Tally},
+};
+
+/// Rate limits the calls a client makes: a call over its quota waits until its tokens are
+/// there, then goes; if they would come after the call's deadline (`grpc-timeout`) or the
+/// layer's maximum wait, it fails at once with the rejection's code (`RESOURCE_EXHAUSTED`
+/// by default, a trailers-only response tonic reads as a `Status`) without reaching the inner
+/// service. A call that waited goes out with its `grpc-timeout` shortened by the wait, so its
+/// deadline stays where the caller put it.
+///
+/// Limits, keys and matchers are the server layer's ([`Key::metadata`](crate::Key::metadata)
+/// reads the outgoing metadata; there is no peer); per-message limits do not apply.
+///
+/// # Example
+///
+/// ```
+/// use std::{num::NonZeroU32, time::Duration};
+/// use palisade_ratelimit::{ClientRateLimitLayer, Limit, Quota};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let channel = tonic::transport::Channel::from_static("http://127.0.0.1:50051").connect_lazy();
+/// let channel = tower::ServiceBuilder::new()
+///     .layer(
+///         ClientRateLimitLayer::builder()
+///             .limit(Limit::global(Quota::per_second(NonZeroU32::new(50).unwrap())))
+///             .max_wait(Duration::from_millis(250))
+///             .build(),
+///     )
+///     .service(channel);
+/// let client = palisade_demo::pb::greeter_client::GreeterClient::new(channel);
+/// # let _ = client; }
+/// ```
+#[derive(Clone)]
+pub struct ClientRateLimitLayer {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl ClientRateLimitLayer {
+    /// Configures a client layer.
+    pub fn builder() -> ClientRateLimitBuilder {
+        ClientRateLimitBuilder::new()
+    }
+
+    /// A client layer with one limit and the defaults.
+    pub fn new(limit: crate::Limit) -> Self {
+        Self::builder().limit(limit).build()
+    }
+}
+
+impl fmt::Debug for ClientRateLimitLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientRateLimitLayer")
+            .field("limits", &self.shared.limits)
+            .field("max_wait", &self.shared.max_wait)
+            .field("shadow", &self.shared.shadow)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S> Layer<S> for ClientRateLimitLayer {
+    type Service = ClientRateLimit<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        ClientRateLimit::new(inner, self.clone())
+    }
+}
+
+/// The client service; made by [`ClientRateLimitLayer`].
+///
+/// The inner service must be `Clone` (a `tonic::transport::Channel` is): a waiting call keeps
+/// the ready service until its tokens are there.
+pub struct ClientRateLimit<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+impl<S> ClientRateLimit<S> {
+    /// Wraps `inner` with the layer's limits.
+    pub fn new(inner: S, layer: ClientRateLimitLayer) -> Self {
+        Self {
+            inner,
+            shared: layer.shared,
+        }
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, unwrapped.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S: Clone> Clone for ClientRateLimit<S> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<S: fmt::Debug> fmt::Debug for ClientRateLimit<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientRateLimit")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How long a call may wait: until a deadline, strictly before it when it is the call's own
+/// (`None`: a deadline too far to be an `Instant`).
+#[derive(Clone, Copy, Debug)]
+struct Budget {
+    until: Option<Instant>,
+    /// The call's `grpc-timeout`, which the wait is taken from.
+    timeout: Option<Duration>,
+    strict: bool,
+}
+
+impl Budget {
+    fn new(now: Instant, timeout: Option<Duration>, max_wait: Duration) -> Self {
+        match timeout {
+            Some(timeout) if timeout <= max_wait => Self {
+                until: now.checked_add(timeout),
+                timeout: Some(timeout),
+                strict: true,
+            },
+            _ => Self {
+                until: now.checked_add(max_wait),
+                timeout,
+                strict: false,
+            },
+        }
+    }
+
+    fn allows(&self, ready_at: Instant) -> bool {
+        match self.until {
+            None => true,
+            Some(until) if self.strict => ready_at < until,
+            Some(until) => ready_at <= until,
+        }
+    }
+}
+
+impl<S, ReqB, ResB> Service<Request<ReqB>> for ClientRateLimit<S>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>> + Clone,
+    ResB: Default,
+{
+    type Response = Response<ResB>;
+    type Error = S::Error;
+    type Future = ClientResponseFuture<S, ReqB>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<ReqB>) -> Self::Future {
+        let Self { inner, shared } = self;
+        let lookup = shared.table.lookup(&**shared, request.uri().path());
+        let entry = lookup.entry();
+        if entry.plan.is_empty() {
+            return ClientResponseFuture::called(inner.call(request));
+        }
+        let mut tally = Tally::default();
+        let (pos, wait) = match shared.run(entry, &RequestInfo::new(&request), 0, &mut tally) {
+            Step::Done => {
+                shared.count_passed(entry, &tally);
+                return ClientResponseFuture::called(inner.call(request));
+            }
+            Step::NoKey => {
+                shared.refund(entry, &RequestInfo::new(&request), &mut tally);
+                entry.counters.rejected.increment(1);
+                return ClientResponseFuture::rejected(shared.rejection(None));
+            }
+            Step::Denied { pos, decision } => (pos, Wait::Sleep(decision)),
+            Step::Pending { pos, future } => (pos, Wait::Decision(future)),
+        };
+        let now = Instant::now();
+        let budget = Budget::new(now, grpc_timeout(request.headers()), shared.max_wait);
+        let wait = match wait {
+            Wait::Sleep(decision) => {
+                let ready_at = now.checked_add(decision.retry_after());
+                let Some(ready_at) = ready_at.filter(|&at| budget.allows(at)) else {
+                    shared.refund(entry, &RequestInfo::new(&request), &mut tally);
+                    entry.counters.rejected.increment(1);
+                    return ClientResponseFuture::rejected(shared.rejection(Some(&decision)));
+                };
+                Wait::Until(Box::pin(sleep_until(ready_at)))
+            }
+            other => other,
+        };
+        let clone = inner.clone();
+        let service = std::mem::replace(inner, clone);
+        ClientResponseFuture::waiting(Box::new(Waiter {
+            shared: shared.clone(),
+            entry: lookup.to_ref(),
+            pos,
+            tally,
+            wait,
+            budget,
+            started: now,
+            request: Some(request),
+            service,
+        }))
+    }
+}
+
+enum Wait {
+    /// A denial not yet turned into a sleep.
+    Sleep(Decision),
+    /// Until the tokens are there; then the limit at `pos` is asked again.
+    Until(Pin<Box<Sleep>>),
+    /// For the backend's decision on the limit at `pos`.
+    Decision(DecisionFuture),
+}
+
+/// A call waiting for its tokens.
+struct Waiter<S, B> {
+    shared: Arc<Shared>,
+    entry: EntryRef,
+    pos: usize,
+    tally: Tally,
+    wait: Wait,
+    budget: Budget,
+    started: Instant,
+    request: Option<Request<B>>,
+    service: S,
+}
+
+impl<S, B> Waiter<S, B>
+where
+    S: Service<Request<B>>,
+{
+    fn poll_wait(&mut self, cx: &mut Context<'_>) -> Poll<State<S, B>> {
+        loop {
+            let request = self.request.as_ref().expect("polled after completion");
+            let entry = self.shared.table.resolve(&self.entry);
+            let step = match &mut self.wait {
+                Wait::Until(sleep) => {
+                    ready!(sleep.as_mut().poll(cx));
+                    self.shared
+                        .run(entry, &RequestInfo::new(request), self.pos, &mut self.tally)
+                }
+                Wait::Decision(future) => {
+                    let decision = ready!(future.as_mut().poll(cx));
+                    match self.shared.apply(self.pos, decision, &mut self.tally) {
+                        Some(step) => step,
+                        None => self.shared.run(
+                            entry,
+                            &RequestInfo::new(request),
+                            self.pos + 1,
+                            &mut self.tally,
+                        ),
+                    }
+                }
+                Wait::Sleep(_) => unreachable!("sleeps are set up before waiting"),
+            };
+            match step {
+                Step::Done => {
+                    self.shared.count_passed(entry, &self.tally);
+                    let mut request = self.request.take().expect("polled after completion");
+                    if let Some(timeout) = self.budget.timeout {
+                        let left = timeout.saturating_sub(self.started.elapsed());
+                        request
+                            .headers_mut()
+                            .insert("grpc-timeout", timeout_header(left));
+                    }
+                    return Poll::Ready(State::Called {
+                        future: self.service.call(request),
+                    });
+                }
+                Step::NoKey => return Poll::Ready(self.reject(None)),
+                Step::Denied { pos, decision } => {
+                    let ready_at = Instant::now().checked_add(decision.retry_after());
+                    let Some(ready_at) = ready_at.filter(|&at| self.budget.allows(at)) else {
+                        return Poll::Ready(self.reject(Some(&decision)));
+                    };
+                    self.pos = pos;
+                    self.wait = Wait::Until(Box::pin(sleep_until(ready_at)));
+                }
+                Step::Pending { pos, future } => {
+                    self.pos = pos;
+                    self.wait = Wait::Decision(future);
+                }
+            }
+        }
+    }
+
+    fn reject(&mut self, decision: Option<&Decision>) -> State<S, B> {
+        let entry = self.shared.table.resolve(&self.entry);
+        if let Some(request) = self.request.take() {
+            self.shared
+                .refund(entry, &RequestInfo::new(&request), &mut self.tally);
+        }
+        entry.counters.rejected.increment(1);
+        State::Rejected {
+            rejection: Some(self.shared.rejection(decision)),
+        }
+    }
+}
+
+/// `grpc-timeout` for a duration, in the finest unit that fits its 8 digits, rounded down (a
+/// deadline is never moved later).
+fn timeout_header(left: Duration) -> HeaderValue {
+    let nanos = left.as_nanos();
+    let units: [(u128, char); 6] = [
+        (1, 'n'),
+        (1_000, 'u'),
+        (1_000_000, 'm'),
+        (1_000_000_000, 'S'),
+        (60_000_000_000, 'M'),
+        (3_600_000_000_000, 'H'),
+    ];
+    let (count, unit) = units
+        .iter()
+        .map(|&(per, unit)| (nanos / per, unit))
+        .find(|&(count, _)| count < 100_000_000)
+        .unwrap_or((99_999_999, 'H'));
+    HeaderValue::try_from(format!("{count}{unit}")).expect("digits and a unit letter")
+}
+
+pin_project! {
+    /// The response future of [`ClientRateLimit`]: the inner call, a trailers-only rejection,
+    /// or the wait for tokens before the call.
+    pub struct ClientResponseFuture<S, B>
+    where
+        S: Service<Request<B>>,
+    {
+        #[pin]
+        state: State<S, B>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<S, B>
+    where
+        S: Service<Request<B>>,
+    {
+        Called { #[pin] future: S::Future },
+        Rejected { rejection: Option<Rejection> },
+        Waiting { waiter: Box<Waiter<S, B>> },
+    }
+}
+
+impl<S, B> ClientResponseFuture<S, B>
+where
+    S: Service<Request<B>>,
+{
+    fn called(future: S::Future) -> Self {
+        Self {
+            state: State::Called { future },
+        }
+    }
+
+    fn rejected(rejection: Rejection) -> Self {
+        Self {
+            state: State::Rejected {
+                rejection: Some(rejection),
+            },
+        }
+    }
+
+    fn waiting(waiter: Box<Waiter<S, B>>) -> Self {
+        Self {
+            state: State::Waiting { waiter },
+        }
+    }
+}
+
+impl<S, B, ResB> Future for ClientResponseFuture<S, B>
+where
+    S: Service<Request<B>, Response = Response<ResB>>,
+    ResB: Default,
+{
+    type Output = Result<Response<ResB>, S::Error>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        loop {
+            let next = match self.as_mut().project().state.project() {
+                StateProj::Called { future } => return future.poll(cx),
+                StateProj::Rejected { rejection } => {
+                    let rejection = rejection.take().expect("polled after completion");
+                    return Poll::Ready(Ok(rejection.into_response()));
+                }
+                StateProj::Waiting { waiter } => ready!(waiter.poll_wait(cx)),
+            };
+            self.as_mut().project().state.set(next);
+        }
+    }
+}
+
+impl<S, B> fmt::Debug for ClientResponseFuture<S, B>
+where
+    S: Service<Request<B>>,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match &self.state {
+            State::Called { .. } => "Called",
+            State::Rejected { .. } => "Rejected",
+            State::Waiting { .. } => "Waiting",
+        };
+        f.debug_struct("ClientResponseFuture")
+            .field("state", &state)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timeouts_keep_eight_digits_and_round_down() {
+        let header = |d| timeout_header(d).to_str().unwrap().to_owned();
+        assert_eq!(header(Duration::from_nanos(99_999_999)), "99999999n");
+        assert_eq!(header(Duration::from_nanos(100_000_001)), "100000u");
+        assert_eq!(header(Duration::from_millis(1500)), "1500000u");
+        assert_eq!(header(Duration::from_secs(200_000)), "200000S");
+        assert_eq!(header(Duration::ZERO), "0n");
+        for d in [
+            Duration::from_millis(1),
+            Duration::from_secs(5),
+            Duration::from_secs(86_400 * 30),
+        ] {
+            let parsed = {
+                let mut headers = http::HeaderMap::new();
+                headers.insert("grpc-timeout", timeout_header(d));
+                grpc_timeout(&headers).unwrap()
+            };
+            assert!(
+                parsed <= d && d - parsed < d / 1000 + Duration::from_nanos(1),
+                "{d:?} {parsed:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,341 @@
+//! The builders of the server and client layers.
+
+use std::{borrow::Cow, fmt, marker::PhantomData, sync::Arc, time::Duration};
+
+use metrics::Recorder;
+use palisade_core::{Code, Matcher, MethodRegistry, Rejection, Side};
+
+use crate::{
+    backend::{Backend, Limiter, LimiterSpec, Local},
+    client::ClientRateLimitLayer,
+    layer::RateLimitLayer,
+    limit::Limit,
+    mode::Metered,
+    series::{MethodTable, Registrar},
+    shared::{LimitState, Plans, RateLimitHeaders, Shared},
+};
+
+/// The rejection message unless configured: short, and leaking nothing.
+pub const DEFAULT_MESSAGE: &str = "rate limit exceeded";
+
+/// How long a client call waits for its tokens at most, unless configured (its own deadline
+/// may be shorter).
+pub const DEFAULT_MAX_WAIT: Duration = Duration::from_secs(1);
+
+/// What both builders configure.
+#[derive(Clone)]
+struct Common {
+    limits: Vec<Limit>,
+    exempt: Matcher,
+    code: Code,
+    message: Cow<'static, str>,
+    shadow: bool,
+    backend: Arc<dyn Backend>,
+    registry: Option<MethodRegistry>,
+    max_dynamic: Option<usize>,
+    recorder: Option<Arc<dyn Recorder + Send + Sync>>,
+}
+
+impl Common {
+    fn new() -> Self {
+        Self {
+            limits: Vec::new(),
+            exempt: Matcher::health_and_reflection(),
+            code: Code::ResourceExhausted,
+            message: Cow::Borrowed(DEFAULT_MESSAGE),
+            shadow: false,
+            backend: Arc::new(Local::new()),
+            registry: None,
+            max_dynamic: None,
+            recorder: None,
+        }
+    }
+
+    fn build(self, side: Side, headers: RateLimitHeaders, max_wait: Duration) -> Arc<Shared> {
+        let registrar = match self.recorder {
+            Some(recorder) => Registrar::Recorder(recorder),
+            None => Registrar::Facade,
+        };
+        registrar.describe();
+        assert!(
+            self.limits.len() <= usize::from(u16::MAX),
+            "too many limits"
+        );
+        let limits: Box<[LimitState]> = self
+            .limits
+            .into_iter()
+            .enumerate()
+            .map(|(index, limit)| {
+                let keyed = limit.keyed();
+                let name = limit
+                    .name
+                    .clone()
+                    .unwrap_or_else(|| format!("limit{index}"));
+                let limiters: Box<[Arc<dyn Limiter>]> = limit
+                    .quotas
+                    .iter()
+                    .enumerate()
+                    .map(|(rule, quota)| {
+                        self.backend.limiter(&LimiterSpec::new(
+                            *quota,
+                            keyed,
+                            format!("{name}/{rule}"),
+                        ))
+                    })
+                    .collect();
+                assert!(limiters.len() <= usize::from(u16::MAX), "too many rules");
+                LimitState {
+                    quotas: limit.quotas,
+                    only: limit.only,
+                    by_method: limit.by_method,
+                    key: limit.key,
+                    no_key: limit.no_key,
+                    per_message: limit.per_message,
+                    limiters,
+                }
+            })
+            .collect();
+        let table = MethodTable::new(
+            &Plans {
+                limits: &limits,
+                exempt: &self.exempt,
+                side,
+            },
+            registrar,
+            side,
+            self.registry.as_ref(),
+            self.max_dynamic,
+        );
+        Arc::new(Shared {
+            side,
+            limits,
+            exempt: self.exempt,
+            table,
+            template: Rejection::new(self.code, self.message.clone()),
+            message: self.message,
+            headers,
+            shadow: self.shadow,
+            max_wait,
+        })
+    }
+}
+
+impl fmt::Debug for Common {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Common")
+            .field("limits", &self.limits)
+            .field("exempt", &self.exempt)
+            .field("code", &self.code)
+            .field("message", &self.message)
+            .field("shadow", &self.shadow)
+            .field("backend", &self.backend)
+            .field("registry", &self.registry)
+            .field("max_dynamic", &self.max_dynamic)
+            .finish_non_exhaustive()
+    }
+}
+
+macro_rules! common_methods {
+    () => {
+        /// Adds a limit; a call draws a token from every limit that applies to it, in the
+        /// order they were added (see [`Limit`]).
+        #[must_use]
+        pub fn limit(mut self, limit: Limit) -> Self {
+            self.common.limits.push(limit);
+            self
+        }
+
+        /// Calls this matcher selects are never limited nor counted. Default:
+        /// [`Matcher::health_and_reflection`]; `Matcher::none()` limits everything.
+        #[must_use]
+        pub fn exempt(mut self, matcher: Matcher) -> Self {
+            self.common.exempt = matcher;
+            self
+        }
+
+        /// The code of rejections (default `RESOURCE_EXHAUSTED`; Envoy answers `UNAVAILABLE`).
+        #[must_use]
+        pub fn code(mut self, code: Code) -> Self {
+            self.common.code = code;
+            self
+        }
+
+        /// The message of rejections (default [`DEFAULT_MESSAGE`]).
+        #[must_use]
+        pub fn message(mut self, message: impl Into<Cow<'static, str>>) -> Self {
+            self.common.message = message.into();
+            self
+        }
+
+        /// Shadow mode: every call is decided and counted, none is rejected (nor kept waiting,
+        /// nor cut) — to roll a limit out and watch `palisade_ratelimit_rejected_total` first.
+        #[must_use]
+        pub fn shadow(mut self, shadow: bool) -> Self {
+            self.common.shadow = shadow;
+            self
+        }
+
+        /// Where the buckets live (default: a fresh [`Local`] backend, buckets in this
+        /// process).
+        #[must_use]
+        pub fn backend(mut self, backend: impl Backend) -> Self {
+            self.common.backend = Arc::new(backend);
+            self
+        }
+
+        /// The methods served (or called), with their types: they give `grpc_type`, and their
+        /// limits and counters are ready at build; only they get label values of their own
+        /// unless [`max_dynamic_methods`](Self::max_dynamic_methods) says otherwise.
+        #[must_use]
+        pub fn registry(mut self, registry: MethodRegistry) -> Self {
+            self.common.registry = Some(registry);
+            self
+        }
+
+        /// How many methods that are not in the registry get label values (and a cached plan)
+        /// of their own, first come first served; the others are counted under
+        /// `grpc_service="unknown"`, `grpc_method="unknown"` (their limits still apply). Default:
+        /// 0 with a registry, [`DEFAULT_MAX_DYNAMIC_METHODS`](crate::DEFAULT_MAX_DYNAMIC_METHODS)
+        /// without; at most [`MAX_DYNAMIC_METHODS`](crate::MAX_DYNAMIC_METHODS) (their slots are
+        /// made at build).
+        #[must_use]
+        pub fn max_dynamic_methods(mut self, max: usize) -> Self {
+            self.common.max_dynamic = Some(max);
+            self
+        }
+
+        /// Registers the counters with this recorder instead of the `metrics` facade's.
+        #[must_use]
+        pub fn recorder<R: Recorder + Send + Sync + 'static>(mut self, recorder: Arc<R>) -> Self {
+            self.common.recorder = Some(recorder);
+            self
+        }
+    };
+}
+
+/// Configures a [`RateLimitLayer`] (server); made by [`RateLimitLayer::builder`].
+///
+/// Building makes the buckets (with the backend) and registers the counters of the
+/// registry's methods (with the recorder of the moment): build inside the runtime whose time
+/// the buckets should follow, after installing the recorder.
+///
+/// # Example
+///
+/// ```
+/// use std::num::NonZeroU32;
+/// use palisade_core::{Code, Matcher};
+/// use palisade_ratelimit::{Key, Limit, Quota, RateLimitHeaders, RateLimitLayer};
+///
+/// let layer = RateLimitLayer::builder()
+///     .limit(Limit::per_key(Key::peer_ip(), Quota::per_second(NonZeroU32::new(5).unwrap())))
+///     .code(Code::Unavailable)
+///     .message("slow down")
+///     .headers(RateLimitHeaders::OnRejection)
+///     .exempt(Matcher::health_and_reflection().or(Matcher::service("admin.v1.Admin")))
+///     .shadow(true)
+///     .build();
+/// # let _ = layer;
+/// ```
+#[derive(Clone, Debug)]
+pub struct RateLimitBuilder {
+    common: Common,
+    headers: RateLimitHeaders,
+}
+
+impl RateLimitBuilder {
+    pub(crate) fn new() -> Self {
+        Self {
+            common: Common::new(),
+            headers: RateLimitHeaders::default(),
+        }
+    }
+
+    common_methods!();
+
+    /// Whether responses carry `x-ratelimit-limit`, `-remaining` and `-reset` (default: no).
+    #[must_use]
+    pub fn headers(mut self, headers: RateLimitHeaders) -> Self {
+        self.headers = headers;
+        self
+    }
+
+    /// Makes the layer, which passes bodies untouched.
+    ///
+    /// # Panics
+    ///
+    /// When a limit is [per message](Limit::per_message): those need the bodies wrapped, by
+    /// [`build_metered`](Self::build_metered).
+    pub fn build(self) -> RateLimitLayer {
+        assert!(
+            self.common.limits.iter().all(|limit| !limit.per_message),
+            "per-message limits need RateLimitBuilder::build_metered()"
+        );
+        RateLimitLayer {
+            shared: self
+                .common
+                .build(Side::Server, self.headers, Duration::ZERO),
+            _mode: PhantomData,
+        }
+    }
+
+    /// Makes a layer in [`Metered`] mode: request and response bodies wrapped, so that
+    /// [per-message limits](Limit::per_message) take a token per received message and end a
+    /// stream that runs out with the rejection. Calls without per-message limits cost a little
+    /// more than with [`build`](Self::build) (the bodies' wrapping), nothing else.
+    pub fn build_metered(self) -> RateLimitLayer<Metered> {
+        RateLimitLayer {
+            shared: self
+                .common
+                .build(Side::Server, self.headers, Duration::ZERO),
+            _mode: PhantomData,
+        }
+    }
+}
+
+/// Configures a [`ClientRateLimitLayer`]; made by [`ClientRateLimitLayer::builder`].
+///
+/// # Example
+///
+/// ```
+/// use std::{num::NonZeroU32, time::Duration};
+/// use palisade_ratelimit::{ClientRateLimitLayer, Limit, Quota};
+///
+/// let layer = ClientRateLimitLayer::builder()
+///     .limit(Limit::global(Quota::per_second(NonZeroU32::new(100).unwrap())))
+///     .max_wait(Duration::from_millis(200))
+///     .build();
+/// # let _ = layer;
+/// ```
+#[derive(Clone, Debug)]
+pub struct ClientRateLimitBuilder {
+    common: Common,
+    max_wait: Duration,
+}
+
+impl ClientRateLimitBuilder {
+    pub(crate) fn new() -> Self {
+        Self {
+            common: Common::new(),
+            max_wait: DEFAULT_MAX_WAIT,
+        }
+    }
+
+    common_methods!();
+
+    /// The longest a call waits for its tokens (default [`DEFAULT_MAX_WAIT`]); a call whose
+    /// `grpc-timeout` is shorter waits less. `Duration::ZERO` fails over-quota calls at once.
+    #[must_use]
+    pub fn max_wait(mut self, max_wait: Duration) -> Self {
+        self.max_wait = max_wait;
+        self
+    }
+
+    /// Makes the layer.
+    pub fn build(self) -> ClientRateLimitLayer {
+        ClientRateLimitLayer {
+            shared: self
+                .common
+                .build(Side::Client, RateLimitHeaders::Off, self.max_wait),
+        }
+    }
+}

@@ -1,0 +1,70 @@
+//! The server layer.
+
+use std::{fmt, marker::PhantomData, sync::Arc};
+
+use tower_layer::Layer;
+
+use crate::{
+    config::RateLimitBuilder,
+    limit::Limit,
+    mode::{Mode, Plain},
+    service::RateLimit,
+    shared::Shared,
+};
+
+/// Rate limits a gRPC server's calls: token buckets per limit (global, per method, per key,
+/// combined), trailers-only rejections with `grpc-retry-pushback-ms`; see the
+/// [crate docs](crate) for an example.
+///
+/// The layer owns the buckets: every service it makes, and every clone of it, draws from the
+/// same ones — so one layer on a tonic server limits all its connections together.
+///
+/// `M` is the [`Mode`]: [`Plain`] (bodies untouched) unless built with
+/// [`build_metered`](RateLimitBuilder::build_metered) for per-message limits.
+pub struct RateLimitLayer<M = Plain> {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) _mode: PhantomData<fn() -> M>,
+}
+
+impl<M> Clone for RateLimitLayer<M> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: self.shared.clone(),
+            _mode: PhantomData,
+        }
+    }
+}
+
+impl RateLimitLayer {
+    /// Configures a server layer.
+    pub fn builder() -> RateLimitBuilder {
+        RateLimitBuilder::new()
+    }
+
+    /// A server layer with one limit and the defaults.
+    pub fn new(limit: Limit) -> Self {
+        Self::builder().limit(limit).build()
+    }
+}
+
+impl<M> fmt::Debug for RateLimitLayer<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RateLimitLayer")
+            .field("limits", &self.shared.limits)
+            .field("exempt", &self.shared.exempt)
+            .field("code", &self.shared.template.code())
+            .field("headers", &self.shared.headers)
+            .field("shadow", &self.shared.shadow)
+            .field("known_methods", &self.shared.table.known_len())
+            .field("mode", &std::any::type_name::<M>())
+            .finish()
+    }
+}
+
+impl<S, M: Mode> Layer<S> for RateLimitLayer<M> {
+    type Service = RateLimit<S, M>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RateLimit::new(inner, self.clone())
+    }
+}

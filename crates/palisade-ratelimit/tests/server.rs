@@ -1,0 +1,324 @@
+//! The server layer in process: exemptions, shadow mode, keyless calls, counters, headers, and
+//! a backend that answers later.
+
+mod common;
+
+use std::{num::NonZeroU32, sync::Arc, time::Duration};
+
+use common::{Counters, Counting, HELLO, STREAM, call, passes, quota, recorder, rejected, request};
+use palisade_core::{Matcher, MethodRegistry, Peer};
+use palisade_demo::frames::unary_service;
+use palisade_ratelimit::{
+    ALLOWED_TOTAL, ClientRateLimitLayer, Key, Limit, NoKey, REJECTED_TOTAL, RateLimitHeaders,
+    RateLimitLayer,
+    backend::{Acquire, Backend, BucketKey, Limiter, LimiterSpec, Local},
+};
+use tokio::time::{Instant, advance};
+use tonic::Code;
+use tower::{Layer, ServiceExt};
+
+const HEALTH: &str = "/grpc.health.v1.Health/Check";
+const REFLECTION: &str = "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo";
+
+#[tokio::test(start_paused = true)]
+async fn health_and_reflection_are_exempt_unless_told_otherwise() {
+    let mut service =
+        RateLimitLayer::new(Limit::global(quota(1, 1))).layer(unary_service(Code::Ok));
+    assert!(passes(&mut service, request(HELLO, None)).await);
+    assert!(!passes(&mut service, request(HELLO, None)).await);
+    for _ in 0..10 {
+        assert!(passes(&mut service, request(HEALTH, None)).await);
+        assert!(passes(&mut service, request(REFLECTION, None)).await);
+        assert!(
+            passes(
+                &mut service,
+                request(
+                    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+                    None
+                )
+            )
+            .await
+        );
+    }
+    let mut service = RateLimitLayer::builder()
+        .limit(Limit::global(quota(1, 1)))
+        .exempt(Matcher::none())
+        .build()
+        .layer(unary_service(Code::Ok));
+    assert!(passes(&mut service, request(HEALTH, None)).await);
+    assert!(!passes(&mut service, request(HEALTH, None)).await);
+}
+
+#[tokio::test(start_paused = true)]
+async fn only_restricts_a_limit_to_the_calls_it_matches() {
+    let limit = Limit::global(quota(1, 1)).only(Matcher::method(&STREAM[1..]));
+    let mut service = RateLimitLayer::new(limit).layer(unary_service(Code::Ok));
+    for _ in 0..5 {
+        assert!(passes(&mut service, request(HELLO, None)).await);
+    }
+    assert!(passes(&mut service, request(STREAM, None)).await);
+    assert!(!passes(&mut service, request(STREAM, None)).await);
+}
+
+#[tokio::test(start_paused = true)]
+async fn shadow_mode_decides_and_counts_but_never_rejects() {
+    let (recorder, snapshotter) = recorder();
+    let counting = Counting::new();
+    let layer = RateLimitLayer::builder()
+        .limit(Limit::per_key(Key::metadata("x-api-key"), quota(1, 2)).when_keyless(NoKey::Reject))
+        .shadow(true)
+        .recorder(recorder)
+        .build();
+    let mut service = layer.layer(counting.clone());
+    for _ in 0..5 {
+        assert!(passes(&mut service, request(HELLO, Some("a"))).await);
+    }
+    assert!(
+        passes(&mut service, request(HELLO, None)).await,
+        "keyless, would be rejected"
+    );
+    assert_eq!(counting.calls(), 6);
+    let counters = Counters::take(&snapshotter);
+    assert_eq!(
+        counters.get(ALLOWED_TOTAL, &[("grpc_method", "SayHello")]),
+        2
+    );
+    assert_eq!(
+        counters.get(REJECTED_TOTAL, &[("grpc_method", "SayHello")]),
+        4
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn keyless_calls_share_a_bucket_are_rejected_or_pass_as_configured() {
+    let limit =
+        |no_key| Limit::per_key(Key::metadata("x-api-key"), quota(1, 1)).when_keyless(no_key);
+
+    let mut shared = RateLimitLayer::new(limit(NoKey::Shared)).layer(unary_service(Code::Ok));
+    assert!(passes(&mut shared, request(HELLO, None)).await);
+    assert!(
+        !passes(&mut shared, request(HELLO, None)).await,
+        "one bucket for all keyless calls"
+    );
+    assert!(passes(&mut shared, request(HELLO, Some("a"))).await);
+
+    let counting = Counting::new();
+    let mut reject = RateLimitLayer::new(limit(NoKey::Reject)).layer(counting.clone());
+    let response = call(&mut reject, request(HELLO, None)).await;
+    assert!(rejected(&response));
+    // Retrying will not help: gRFC A6's "do not retry".
+    assert_eq!(response.headers()["grpc-retry-pushback-ms"], "-1");
+    assert_eq!(counting.calls(), 0);
+    // An empty value is no key either.
+    assert!(!passes(&mut reject, request(HELLO, Some(""))).await);
+    assert!(passes(&mut reject, request(HELLO, Some("a"))).await);
+
+    let mut unlimited = RateLimitLayer::new(limit(NoKey::Unlimited)).layer(unary_service(Code::Ok));
+    for _ in 0..5 {
+        assert!(passes(&mut unlimited, request(HELLO, None)).await);
+    }
+    assert!(passes(&mut unlimited, request(HELLO, Some("a"))).await);
+    assert!(!passes(&mut unlimited, request(HELLO, Some("a"))).await);
+}
+
+#[tokio::test(start_paused = true)]
+async fn peers_are_keyed_by_address() {
+    let mut service = RateLimitLayer::new(Limit::per_key(Key::peer_ip(), quota(1, 1)))
+        .layer(unary_service(Code::Ok));
+    let from = |addr: &str| {
+        let mut request = request(HELLO, None);
+        request
+            .extensions_mut()
+            .insert(Peer::from_addr(addr.parse().unwrap()));
+        request
+    };
+    assert!(passes(&mut service, from("10.0.0.1:1000")).await);
+    // Another port, the same address.
+    assert!(!passes(&mut service, from("10.0.0.1:2000")).await);
+    assert!(passes(&mut service, from("10.0.0.2:1000")).await);
+    // IPv6 by /64.
+    assert!(passes(&mut service, from("[2001:db8::1]:1")).await);
+    assert!(!passes(&mut service, from("[2001:db8::2]:1")).await);
+    assert!(passes(&mut service, from("[2001:db8:0:1::1]:1")).await);
+}
+
+#[tokio::test(start_paused = true)]
+async fn counters_carry_the_method_labels_and_the_registry_bounds_them() {
+    let (recorder, snapshotter) = recorder();
+    let registry =
+        MethodRegistry::from_encoded_file_descriptor_set(palisade_demo::FILE_DESCRIPTOR_SET)
+            .unwrap();
+    let layer = RateLimitLayer::builder()
+        .limit(Limit::per_method(quota(1, 2)))
+        .registry(registry)
+        .recorder(recorder)
+        .build();
+    let mut service = layer.layer(unary_service(Code::Ok));
+    for _ in 0..3 {
+        passes(&mut service, request(HELLO, None)).await;
+        passes(&mut service, request(STREAM, None)).await;
+        // Not in the registry: limited all the same, counted as unknown.
+        passes(&mut service, request("/evil.Svc/Random1", None)).await;
+        passes(&mut service, request("/evil.Svc/Random2", None)).await;
+    }
+    let counters = Counters::take(&snapshotter);
+    let hello = [
+        ("grpc_type", "unary"),
+        ("grpc_service", "palisade.demo.v1.Greeter"),
+        ("grpc_method", "SayHello"),
+        ("grpc_component", "server"),
+    ];
+    assert_eq!(counters.get(ALLOWED_TOTAL, &hello), 2);
+    assert_eq!(counters.get(REJECTED_TOTAL, &hello), 1);
+    let stream = [
+        ("grpc_type", "server_stream"),
+        ("grpc_method", "SayHelloStream"),
+    ];
+    assert_eq!(counters.get(ALLOWED_TOTAL, &stream), 2);
+    let unknown = [
+        ("grpc_type", "unknown"),
+        ("grpc_service", "unknown"),
+        ("grpc_method", "unknown"),
+    ];
+    // Each unknown method its own bucket (2 + 2 allowed), one label set.
+    assert_eq!(counters.get(ALLOWED_TOTAL, &unknown), 4);
+    assert_eq!(counters.get(REJECTED_TOTAL, &unknown), 2);
+    assert_eq!(
+        counters.get(ALLOWED_TOTAL, &[("grpc_service", "evil.Svc")]),
+        0
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn rejections_can_carry_x_ratelimit_headers() {
+    let layer = RateLimitLayer::builder()
+        .limit(Limit::global(quota(2, 4)))
+        .headers(RateLimitHeaders::OnRejection)
+        .build();
+    let service = layer.layer(unary_service(Code::Ok));
+    for _ in 0..4 {
+        let response = service.clone().oneshot(request(HELLO, None)).await.unwrap();
+        assert!(response.headers().get("x-ratelimit-remaining").is_none());
+    }
+    advance(Duration::from_millis(100)).await;
+    let response = service.clone().oneshot(request(HELLO, None)).await.unwrap();
+    assert!(rejected(&response));
+    assert_eq!(response.headers()["grpc-retry-pushback-ms"], "400");
+    assert_eq!(response.headers()["x-ratelimit-limit"], "4");
+    assert_eq!(response.headers()["x-ratelimit-remaining"], "0");
+    // Full again in 0.4 + 3 × 0.5 = 1.9 s: 2 whole seconds.
+    assert_eq!(response.headers()["x-ratelimit-reset"], "2");
+}
+
+#[tokio::test(start_paused = true)]
+async fn keys_of_any_length_cost_the_same_and_are_not_stored() {
+    let backend = Local::new();
+    let layer = RateLimitLayer::builder()
+        .backend(backend.clone())
+        .limit(Limit::per_key(Key::metadata("x-api-key"), quota(1, 1)))
+        .build();
+    let mut service = layer.layer(unary_service(Code::Ok));
+    for i in 0..2000 {
+        // 4 KiB keys, differing only at the end.
+        let key = format!("{}{i:08}", "k".repeat(4096));
+        assert!(passes(&mut service, request(HELLO, Some(&key))).await);
+        assert!(!passes(&mut service, request(HELLO, Some(&key))).await);
+    }
+    assert_eq!(backend.tracked_keys(), 2000);
+    // 8 MiB of keys; the table holds 24-byte entries.
+    assert!(
+        backend.table_bytes() <= 64 * 2000,
+        "{}",
+        backend.table_bytes()
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_cap_on_tracked_keys_holds() {
+    let backend = Local::new().max_keys(1000);
+    let layer = RateLimitLayer::builder()
+        .backend(backend.clone())
+        .limit(Limit::per_key(Key::metadata("x-api-key"), quota(1, 1)))
+        .build();
+    let mut service = layer.layer(unary_service(Code::Ok));
+    for i in 0..20_000 {
+        passes(&mut service, request(HELLO, Some(&i.to_string()))).await;
+        assert!(backend.tracked_keys() <= 1000);
+    }
+    assert!(backend.tracked_keys() >= 800);
+}
+
+/// A backend answering later: the local one's decision, after a few polls.
+#[derive(Debug)]
+struct Deferred(Local);
+
+#[derive(Debug)]
+struct DeferredLimiter(Arc<dyn Limiter>);
+
+impl Backend for Deferred {
+    fn limiter(&self, spec: &LimiterSpec) -> Arc<dyn Limiter> {
+        Arc::new(DeferredLimiter(self.0.limiter(spec)))
+    }
+}
+
+impl Limiter for DeferredLimiter {
+    fn acquire(&self, key: &BucketKey<'_>, tokens: NonZeroU32) -> Acquire {
+        let Acquire::Ready(decision) = self.0.acquire(key, tokens) else {
+            unreachable!("the local backend answers at once")
+        };
+        Acquire::Pending(Box::pin(async move {
+            for _ in 0..3 {
+                tokio::task::yield_now().await;
+            }
+            decision
+        }))
+    }
+
+    fn refund(&self, key: &BucketKey<'_>, tokens: NonZeroU32) {
+        self.0.refund(key, tokens);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_backend_that_answers_later_plugs_into_both_layers() {
+    let counting = Counting::new();
+    let layer = RateLimitLayer::builder()
+        .backend(Deferred(Local::new()))
+        .limit(Limit::per_key(Key::metadata("x-api-key"), quota(10, 2)))
+        .limit(Limit::global(quota(10, 3)))
+        .build();
+    let mut service = layer.layer(counting.clone());
+    assert!(passes(&mut service, request(HELLO, Some("a"))).await);
+    assert!(passes(&mut service, request(HELLO, Some("a"))).await);
+    assert!(
+        !passes(&mut service, request(HELLO, Some("a"))).await,
+        "a's own bucket"
+    );
+    assert!(passes(&mut service, request(HELLO, Some("b"))).await);
+    // The global bucket is empty: b is refused, and gets its own token back.
+    let response = call(&mut service, request(HELLO, Some("b"))).await;
+    assert!(rejected(&response));
+    assert_eq!(response.headers()["grpc-retry-pushback-ms"], "100");
+    assert_eq!(counting.calls(), 3);
+    advance(Duration::from_millis(100)).await;
+    assert!(
+        passes(&mut service, request(HELLO, Some("b"))).await,
+        "b still had a token"
+    );
+
+    // The client layer waits through it too.
+    let counting = Counting::new();
+    let client = ClientRateLimitLayer::builder()
+        .backend(Deferred(Local::new()))
+        .limit(Limit::global(quota(10, 1)))
+        .build()
+        .layer(counting.clone());
+    let start = Instant::now();
+    for _ in 0..3 {
+        assert!(!rejected(
+            &client.clone().oneshot(request(HELLO, None)).await.unwrap()
+        ));
+    }
+    assert_eq!(start.elapsed(), Duration::from_millis(200));
+    assert_eq!(counting.calls(), 3);
+}

@@ -1,0 +1,263 @@
+//! Over a real tonic server on 127.0.0.1:0: what a tonic client sees.
+
+mod common;
+
+use std::{num::NonZeroU32, time::Duration};
+
+use common::{Counters, recorder};
+use palisade_core::Code;
+use palisade_demo::{pb::HelloRequest, spawn};
+use palisade_metrics::MetricsLayer;
+use palisade_ratelimit::{
+    ClientRateLimitLayer, Key, Limit, Quota, REJECTED_TOTAL, RateLimitHeaders, RateLimitLayer,
+};
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+use tower::ServiceBuilder;
+
+/// `n` calls a minute, bursts of `n`: no token comes back during a test.
+fn per_minute(n: u32) -> Quota {
+    Quota::per_minute(NonZeroU32::new(n).unwrap())
+}
+
+fn hello() -> HelloRequest {
+    HelloRequest {
+        name: "Ada".into(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn a_tonic_client_sees_resource_exhausted_with_the_pushback() {
+    let layer = RateLimitLayer::new(Limit::per_key(Key::peer_ip(), per_minute(2)));
+    let server = spawn(layer).await;
+    let mut client = server.client().await;
+    for _ in 0..2 {
+        let reply = client.say_hello(hello()).await.unwrap();
+        assert_eq!(reply.get_ref().message, "Hello, Ada!");
+    }
+    let status = client.say_hello(hello()).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+    assert_eq!(status.message(), "rate limit exceeded");
+    let pushback: u64 = status
+        .metadata()
+        .get("grpc-retry-pushback-ms")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    // The next token of a 2-per-minute bucket is at most 30 s away.
+    assert!((1..=30_000).contains(&pushback), "{pushback}");
+    // No x-ratelimit-* unless asked for.
+    assert!(status.metadata().get("x-ratelimit-remaining").is_none());
+
+    // Health checks are never limited.
+    let mut health = HealthClient::new(server.channel().await);
+    for _ in 0..5 {
+        let response = health
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .unwrap();
+        assert_eq!(response.get_ref().status, 1, "SERVING");
+    }
+}
+
+#[tokio::test]
+async fn the_code_is_configurable_and_x_ratelimit_headers_are_optional() {
+    let layer = RateLimitLayer::builder()
+        .limit(Limit::global(per_minute(3)))
+        .code(Code::Unavailable)
+        .message("slow down")
+        .headers(RateLimitHeaders::Always)
+        .build();
+    let server = spawn(layer).await;
+    let mut client = server.client().await;
+    for remaining in ["2", "1", "0"] {
+        let reply = client.say_hello(hello()).await.unwrap();
+        assert_eq!(reply.metadata().get("x-ratelimit-limit").unwrap(), "3");
+        assert_eq!(
+            reply.metadata().get("x-ratelimit-remaining").unwrap(),
+            remaining
+        );
+        let reset: u64 = reply
+            .metadata()
+            .get("x-ratelimit-reset")
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((1..=60).contains(&reset), "{reset}");
+    }
+    let status = client.say_hello(hello()).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable);
+    assert_eq!(status.message(), "slow down");
+    assert_eq!(status.metadata().get("x-ratelimit-remaining").unwrap(), "0");
+    assert!(status.metadata().get("grpc-retry-pushback-ms").is_some());
+}
+
+#[tokio::test]
+async fn every_rejected_call_is_one_resource_exhausted_in_palisade_metrics_outside() {
+    let (recorder, snapshotter) = recorder();
+    let metrics = MetricsLayer::server().recorder(recorder.clone()).build();
+    let ratelimit = RateLimitLayer::builder()
+        .limit(Limit::global(per_minute(4)))
+        .recorder(recorder)
+        .build();
+    let server = spawn(ServiceBuilder::new().layer(metrics).layer(ratelimit)).await;
+    let mut client = server.client().await;
+    let mut rejected = 0;
+    for _ in 0..11 {
+        match client.say_hello(hello()).await {
+            Ok(_) => {}
+            Err(status) => {
+                assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+                rejected += 1;
+            }
+        }
+    }
+    assert_eq!(rejected, 7);
+    let method = [
+        ("grpc_service", "palisade.demo.v1.Greeter"),
+        ("grpc_method", "SayHello"),
+    ];
+    let counters = Counters::take(&snapshotter);
+    let handled = |code| {
+        counters.get(
+            "grpc_server_handled_total",
+            &[method[0], method[1], ("grpc_code", code)],
+        )
+    };
+    assert_eq!(handled("ResourceExhausted"), 7);
+    assert_eq!(handled("OK"), 4);
+    assert_eq!(counters.get(REJECTED_TOTAL, &method), 7);
+    assert_eq!(counters.get("palisade_ratelimit_allowed_total", &method), 4);
+}
+
+#[tokio::test]
+async fn the_client_layer_fails_at_once_without_sending() {
+    let (recorder, snapshotter) = recorder();
+    // The server counts what reaches it.
+    let server = spawn(MetricsLayer::server().recorder(recorder.clone()).build()).await;
+    let channel = ServiceBuilder::new()
+        .layer(
+            ClientRateLimitLayer::builder()
+                .limit(Limit::global(per_minute(2)))
+                .max_wait(Duration::from_millis(100))
+                .recorder(recorder)
+                .build(),
+        )
+        .service(server.channel().await);
+    let mut client = palisade_demo::pb::greeter_client::GreeterClient::new(channel);
+    client.say_hello(hello()).await.unwrap();
+    client.say_hello(hello()).await.unwrap();
+    // The next token is 30 s away, past the 100 ms the layer waits.
+    let status = client.say_hello(hello()).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+    assert!(status.metadata().get("grpc-retry-pushback-ms").is_some());
+    let method = [
+        ("grpc_service", "palisade.demo.v1.Greeter"),
+        ("grpc_method", "SayHello"),
+    ];
+    let counters = Counters::take(&snapshotter);
+    assert_eq!(counters.get("grpc_server_started_total", &method), 2);
+    let client_side = [method[0], method[1], ("grpc_component", "client")];
+    assert_eq!(counters.get(REJECTED_TOTAL, &client_side), 1);
+    assert_eq!(
+        counters.get("palisade_ratelimit_allowed_total", &client_side),
+        2
+    );
+}
+
+/// The lead's `server` example wiring, as a test: `--rate`, `--burst`, `--rate-key`.
+#[tokio::test]
+async fn rate_flags_as_the_server_example_wires_them() {
+    fn layer(rate: u32, burst: u32, rate_key: &str) -> Option<RateLimitLayer> {
+        let rate = NonZeroU32::new(rate)?;
+        let quota =
+            Quota::per_second(rate).with_burst(NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN));
+        let limit = match rate_key {
+            "global" => Limit::global(quota),
+            "peer" => Limit::per_key(Key::peer_ip(), quota),
+            "subject" => Limit::per_key(
+                Key::extension(|subject: &Subject| {
+                    Some(palisade_ratelimit::KeyValue::from(subject.0.as_str()))
+                }),
+                quota,
+            ),
+            other => match other.strip_prefix("metadata:").map(Key::try_metadata) {
+                Some(Ok(key)) => Limit::per_key(key, quota),
+                _ => panic!("--rate-key: global, peer, subject or metadata:NAME"),
+            },
+        };
+        Some(RateLimitLayer::new(limit))
+    }
+    #[derive(Clone)]
+    struct Subject(String);
+
+    assert!(layer(0, 1, "global").is_none(), "--rate 0 is off");
+    // Off, in the stack: `option_layer` (the layer keeps request and response types).
+    let server = spawn(ServiceBuilder::new().option_layer(layer(0, 1, "global"))).await;
+    let mut client = server.client().await;
+    for _ in 0..5 {
+        client.say_hello(hello()).await.unwrap();
+    }
+    for key in ["global", "peer", "subject", "metadata:x-api-key"] {
+        let server = spawn(ServiceBuilder::new().option_layer(layer(1, 2, key))).await;
+        let mut client = server.client().await;
+        client.say_hello(hello()).await.unwrap();
+        client.say_hello(hello()).await.unwrap();
+        let status = client.say_hello(hello()).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{key}");
+    }
+}
+
+/// A subject some earlier layer (palisade-jwt, in the server example) put into the
+/// extensions: here a stand-in reading `x-sub`.
+#[derive(Clone)]
+struct Claims {
+    sub: String,
+}
+
+fn with_claims(mut request: http::Request<tonic::body::Body>) -> http::Request<tonic::body::Body> {
+    if let Some(sub) = request.headers().get("x-sub").and_then(|v| v.to_str().ok()) {
+        let sub = sub.to_owned();
+        request.extensions_mut().insert(Claims { sub });
+    }
+    request
+}
+
+#[tokio::test]
+async fn per_subject_limits_read_what_an_earlier_layer_put_in_the_extensions() {
+    let subject = Key::extension(|claims: &Claims| {
+        Some(palisade_ratelimit::KeyValue::from(claims.sub.as_str()))
+    });
+    let ratelimit = RateLimitLayer::new(
+        Limit::per_key(subject, per_minute(1)).when_keyless(palisade_ratelimit::NoKey::Reject),
+    );
+    let stack = ServiceBuilder::new()
+        .map_request(with_claims as fn(_) -> _)
+        .layer(ratelimit);
+    let server = spawn(stack).await;
+    let mut client = server.client().await;
+    let as_subject = |sub: &'static str| {
+        let mut request = tonic::Request::new(hello());
+        request.metadata_mut().insert("x-sub", sub.parse().unwrap());
+        request
+    };
+    client.say_hello(as_subject("ada")).await.unwrap();
+    client.say_hello(as_subject("grace")).await.unwrap();
+    for sub in ["ada", "grace"] {
+        let status = client.say_hello(as_subject(sub)).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{sub}");
+    }
+    // No subject: refused, with "do not retry".
+    let status = client.say_hello(hello()).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+    assert_eq!(
+        status.metadata().get("grpc-retry-pushback-ms").unwrap(),
+        "-1"
+    );
+}
