@@ -1,0 +1,71 @@
+//! The server layer.
+
+use std::{fmt, sync::Arc};
+
+use tower_layer::Layer;
+
+use crate::{
+    claims::{Claims, StandardClaims},
+    config::{JwtAuthBuilder, Shared},
+    service::JwtAuth,
+};
+
+/// Verifies the bearer token of every request and puts its claims (`C`) into the request
+/// extensions; rejects with `UNAUTHENTICATED` or `PERMISSION_DENIED`. See the
+/// [crate docs](crate) for an example and [`JwtAuthBuilder`] for the settings.
+///
+/// The layer holds its configuration, keys and verified-token cache behind an `Arc`: clones
+/// share them.
+pub struct JwtAuthLayer<C = StandardClaims> {
+    shared: Arc<Shared<C>>,
+}
+
+impl JwtAuthLayer<StandardClaims> {
+    /// A builder for a layer that extracts [`StandardClaims`]; use [`JwtAuthBuilder::new`] for
+    /// claims of your own.
+    pub fn builder() -> JwtAuthBuilder<StandardClaims> {
+        JwtAuthBuilder::new()
+    }
+}
+
+impl<C: Claims> JwtAuthLayer<C> {
+    pub(crate) fn from_shared(shared: Arc<Shared<C>>) -> Self {
+        JwtAuthLayer { shared }
+    }
+
+    /// How many verified tokens are cached now.
+    pub fn cached_tokens(&self) -> u64 {
+        self.shared.verifier.cached_tokens()
+    }
+
+    /// How many fetches of remote keys were started (`0` without a remote source).
+    pub fn jwks_fetches(&self) -> u64 {
+        #[cfg(feature = "remote")]
+        if let Some(remote) = &self.shared.verifier.remote {
+            return remote.fetches();
+        }
+        0
+    }
+}
+
+impl<C> Clone for JwtAuthLayer<C> {
+    fn clone(&self) -> Self {
+        JwtAuthLayer {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<C> fmt::Debug for JwtAuthLayer<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("JwtAuthLayer").field(&self.shared).finish()
+    }
+}
+
+impl<S, C> Layer<S> for JwtAuthLayer<C> {
+    type Service = JwtAuth<S, C>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        JwtAuth::new(inner, self.shared.clone())
+    }
+}

@@ -1,0 +1,88 @@
+//! Where the token is read, and whether it is passed on.
+
+mod common;
+
+use std::{
+    convert::Infallible,
+    sync::{Arc, Mutex},
+};
+
+use common::*;
+use http::{HeaderName, Request, Response};
+use palisade_jwt::JwtAuthLayer;
+use tower::{Layer, ServiceExt, service_fn};
+
+/// Calls through `layer`; the code and the headers the inner service saw (if called).
+async fn call(layer: &JwtAuthLayer, request: Request<String>) -> (u16, Option<http::HeaderMap>) {
+    let seen = Arc::new(Mutex::new(None));
+    let seen2 = seen.clone();
+    let service = layer.layer(service_fn(move |request: Request<String>| {
+        *seen2.lock().unwrap() = Some(request.headers().clone());
+        async { Ok::<_, Infallible>(Response::new(String::new())) }
+    }));
+    let response = service.oneshot(request).await.unwrap();
+    let code = response
+        .headers()
+        .get("grpc-status")
+        .map_or(0, |v| v.to_str().unwrap().parse().unwrap());
+    (code, seen.lock().unwrap().take())
+}
+
+#[tokio::test]
+async fn the_token_is_forwarded_unless_told_otherwise() {
+    let token = hs256(&claims("alice"));
+    let (code, headers) = call(
+        &JwtAuthLayer::builder().secret(SECRET).build().unwrap(),
+        with_token(&token),
+    )
+    .await;
+    assert_eq!(code, 0);
+    assert!(headers.unwrap().contains_key("authorization"));
+
+    let stripping = JwtAuthLayer::builder()
+        .secret(SECRET)
+        .forward_token(false)
+        .build()
+        .unwrap();
+    let (code, headers) = call(&stripping, with_token(&token)).await;
+    assert_eq!(code, 0);
+    assert!(!headers.unwrap().contains_key("authorization"));
+}
+
+#[tokio::test]
+async fn another_header_with_or_without_a_scheme() {
+    let token = hs256(&claims("alice"));
+    let raw = JwtAuthLayer::builder()
+        .secret(SECRET)
+        .header(HeaderName::from_static("x-jwt-assertion"))
+        .scheme(None)
+        .build()
+        .unwrap();
+    let mut request = request(SAY_HELLO, Some(&bearer(&token)));
+    assert_eq!(
+        call(&raw, request).await.0,
+        16,
+        "the authorization header is not read"
+    );
+    request = self::request(SAY_HELLO, None);
+    request
+        .headers_mut()
+        .insert("x-jwt-assertion", token.parse().unwrap());
+    assert_eq!(call(&raw, request).await.0, 0);
+
+    let custom = JwtAuthLayer::builder()
+        .secret(SECRET)
+        .scheme(Some("JWT"))
+        .build()
+        .unwrap();
+    assert_eq!(
+        call(
+            &custom,
+            self::request(SAY_HELLO, Some(&format!("jwt {token}")))
+        )
+        .await
+        .0,
+        0
+    );
+    assert_eq!(call(&custom, with_token(&token)).await.0, 16);
+}
