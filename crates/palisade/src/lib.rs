@@ -11,6 +11,8 @@
 //! | `logging` | `palisade-logging` | [`logging`] |
 //! | `metrics` | `palisade-metrics` | [`metrics`] |
 //! | `trace` | `palisade-trace` | [`trace`] |
+//! | `jwt` | `palisade-jwt` | [`jwt`] |
+//! | `ratelimit` | `palisade-ratelimit` | [`ratelimit`] |
 //! | `breaker` | `palisade-breaker` | [`breaker`] |
 //!
 //! # Example
@@ -36,10 +38,14 @@ pub use palisade_core as core;
 
 #[cfg(feature = "breaker")]
 pub use palisade_breaker as breaker;
+#[cfg(feature = "jwt")]
+pub use palisade_jwt as jwt;
 #[cfg(feature = "logging")]
 pub use palisade_logging as logging;
 #[cfg(feature = "metrics")]
 pub use palisade_metrics as metrics;
+#[cfg(feature = "ratelimit")]
+pub use palisade_ratelimit as ratelimit;
 #[cfg(feature = "trace")]
 pub use palisade_trace as trace;
 
@@ -53,11 +59,19 @@ pub mod prelude {
     };
 
     #[cfg(feature = "breaker")]
-    pub use palisade_breaker::{Backoff, BreakerLayer, Policy};
+    pub use palisade_breaker::{Backoff, BreakerLayer, Policy as BreakerPolicy};
+    #[cfg(feature = "jwt")]
+    pub use palisade_jwt::{
+        JwtAuthLayer, Policy as AuthPolicy, StandardClaims, client::AttachTokenLayer,
+    };
     #[cfg(feature = "logging")]
     pub use palisade_logging::LoggingLayer;
     #[cfg(feature = "metrics")]
     pub use palisade_metrics::{MetricsLayer, prometheus::PrometheusExporter};
+    #[cfg(feature = "ratelimit")]
+    pub use palisade_ratelimit::{
+        ClientRateLimitLayer, Key as RateLimitKey, Limit, Quota, RateLimitLayer,
+    };
     #[cfg(feature = "trace")]
     pub use palisade_trace::TraceLayer;
 }

@@ -1,44 +1,44 @@
-//! The demo server: Greeter, `grpc.health.v1.Health` and server reflection on `--addr`.
+//! The demo server: Greeter, `grpc.health.v1.Health` and server reflection on `--addr`, behind
+//! Palisade's full server stack (trace → logging → metrics → jwt → ratelimit), with
+//! `GET /metrics` on `--metrics-addr`.
 //!
 //! ```text
-//! cargo run -p palisade-examples --bin server -- --addr 127.0.0.1:50051
+//! cargo run -p palisade-examples --bin server -- --rate 10 --burst 20 --rate-key subject
 //! ```
 
-use std::net::SocketAddr;
-
 use clap::Parser;
-use tonic::transport::Server;
+use palisade_examples::{
+    BoxError,
+    server::{self, ServerArgs},
+    telemetry,
+};
 
 /// Serve the Palisade demo Greeter.
 #[derive(Debug, Parser)]
 #[command(version, about)]
-struct Args {
-    /// gRPC listen address.
-    #[arg(long, default_value = "127.0.0.1:50051")]
-    addr: SocketAddr,
-    /// Serve the same Greeter with no Palisade layer, for overhead comparisons.
-    #[arg(long)]
-    bare: bool,
+struct Cli {
+    #[command(flatten)]
+    server: ServerArgs,
 }
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args = Args::parse();
-    let routes = palisade_demo::routes(palisade_examples::Greeter::new()).await;
+async fn main() -> Result<(), BoxError> {
+    let args = Cli::parse().server;
+    telemetry::init_logs(args.log_format, "info");
+    let provider =
+        telemetry::install_tracer("palisade-demo-server", args.otlp_endpoint.as_deref())?;
     let listener = tokio::net::TcpListener::bind(args.addr).await?;
-    println!(
-        "palisade demo server listening on {}{}",
-        listener.local_addr()?,
-        if args.bare { " (bare)" } else { "" }
+    let running = server::start(&args, listener).await?;
+    tracing::info!(
+        addr = %running.addr,
+        metrics = ?running.metrics_addr,
+        bare = args.bare,
+        "palisade demo server listening"
     );
-    Server::builder()
-        .add_routes(routes)
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-            async {
-                let _ = tokio::signal::ctrl_c().await;
-            },
-        )
-        .await?;
+    tokio::select! {
+        result = running.wait() => result?,
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    provider.shutdown()?;
     Ok(())
 }

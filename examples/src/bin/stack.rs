@@ -1,0 +1,352 @@
+//! The Palisade story in one process: a demo server with the full server stack and a client
+//! with the full client stack, walking through what each layer does — authorized calls;
+//! missing, forged and expired tokens; a stream that needs a scope; a burst past the rate
+//! limit; a backend outage that opens the client's breaker, and its recovery; one call traced
+//! across both — then the final `/metrics` scrape.
+//!
+//! ```text
+//! cargo run --release -p palisade-examples --bin stack
+//! ```
+
+use std::{
+    net::SocketAddr,
+    num::NonZeroU32,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use clap::Parser;
+use opentelemetry::{
+    Context,
+    trace::{FutureExt as _, TraceContextExt as _, Tracer as _},
+};
+use palisade::prelude::*;
+use palisade_core::code::go_name;
+use palisade_examples::{
+    BoxError,
+    client::{self, ClientOptions},
+    pb::{HelloRequest, greeter_client::GreeterClient},
+    server::{self, STREAM_SCOPE, ServerArgs},
+    telemetry::{self, LogFormat},
+};
+use palisade_jwt::{jsonwebtoken, mint::HmacMinter};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tonic::{Code, Request, Status, transport::Channel};
+
+/// Walk through Palisade's layers with a server and a client in one process.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// Also print the layers' own logs (text), filtered by RUST_LOG or this.
+    #[arg(long)]
+    logs: Option<String>,
+}
+
+const SECRET: &str = "stack-story-secret";
+
+#[tokio::main]
+async fn main() -> Result<(), BoxError> {
+    let args = Args::parse();
+    telemetry::init_logs(LogFormat::Text, args.logs.as_deref().unwrap_or("off"));
+    let provider = telemetry::install_tracer("palisade-stack", None)?;
+
+    let server_args = ServerArgs {
+        addr: "127.0.0.1:0".parse()?,
+        metrics_addr: "127.0.0.1:0".parse()?,
+        jwt_secret: SECRET.into(),
+        jwks_file: None,
+        jwt_issuer: None,
+        jwt_audience: None,
+        rate: 5,
+        burst: 10,
+        rate_key: "subject".into(),
+        log_format: LogFormat::Text,
+        otlp_endpoint: None,
+        bare: false,
+    };
+    let listener = tokio::net::TcpListener::bind(server_args.addr).await?;
+    let running = server::start(&server_args, listener).await?;
+    let target = format!("http://{}", running.addr);
+    let metrics_addr = running
+        .metrics_addr
+        .expect("the full stack serves /metrics");
+    println!("Palisade stack story");
+    println!(
+        "  server {target}: trace → logging → metrics → jwt → ratelimit (5/s per subject, burst 10) → Greeter"
+    );
+    println!(
+        "  client: trace → logging → metrics → breaker (3 failures, 500 ms open) → ratelimit (wait) → jwt (attach)"
+    );
+
+    let breaker = BreakerLayer::builder()
+        .name("greeter")
+        .consecutive_failures(3)
+        .backoff(Backoff::constant(Duration::from_millis(500)))
+        .build();
+    let options = ClientOptions {
+        jwt_secret: SECRET.into(),
+        scope: None,
+        token_ttl: Duration::from_secs(300),
+        breaker: breaker.clone(),
+        rate: NonZeroU32::new(1000).expect("non-zero"),
+    };
+    let mut greeter = client::connect(&target, &options)?;
+    let channel = Channel::from_shared(target.clone())?.connect().await?;
+    let mut raw = GreeterClient::new(channel);
+
+    let mut ok = true;
+    step("1. Authorized calls: the client attaches its minted token (sub = demo-client)");
+    for call in 1..=3 {
+        let result = greeter.say_hello(hello(&format!("call {call}"))).await;
+        let result = result.map(|r| format!("subject {:?}", r.into_inner().subject));
+        ok &= report(&format!("call {call}"), &result, &[Code::Ok]);
+    }
+
+    step("2. Bad tokens never reach the handler: jwt answers UNAUTHENTICATED");
+    let forged = HmacMinter::hs256("not-the-server-secret")
+        .subject("mallory")
+        .mint()?;
+    let expired = expired_token()?;
+    for (what, token) in [
+        ("no token", None),
+        ("forged signature", Some(forged.value().to_owned())),
+        ("expired an hour ago", Some(expired)),
+        ("not a JWT", Some("garbage".to_owned())),
+    ] {
+        let result = raw
+            .say_hello(with_token(hello("intruder"), token.as_deref()))
+            .await;
+        ok &= report(
+            what,
+            &result.map(|_| "let in".to_owned()),
+            &[Code::Unauthenticated],
+        );
+    }
+
+    step("3. SayHelloStream needs the greeter.stream scope: PERMISSION_DENIED without it");
+    let unscoped = client::minter(SECRET, None, Duration::from_secs(60)).mint()?;
+    let scoped = client::minter(SECRET, Some(STREAM_SCOPE), Duration::from_secs(60)).mint()?;
+    for (what, token, expected) in [
+        ("without the scope", &unscoped, Code::PermissionDenied),
+        ("with the scope", &scoped, Code::Ok),
+    ] {
+        let request = with_token(
+            HelloRequest {
+                name: "stream".into(),
+                count: 3,
+                ..Default::default()
+            },
+            Some(token.value()),
+        );
+        let result = match raw.say_hello_stream(request).await {
+            Ok(stream) => {
+                let mut stream = stream.into_inner();
+                let mut replies = 0;
+                let mut outcome = Ok(());
+                loop {
+                    match stream.message().await {
+                        Ok(Some(_)) => replies += 1,
+                        Ok(None) => break,
+                        Err(status) => {
+                            outcome = Err(status);
+                            break;
+                        }
+                    }
+                }
+                outcome.map(|()| format!("{replies} replies"))
+            }
+            Err(status) => Err(status),
+        };
+        ok &= report(what, &result, &[expected]);
+    }
+
+    step("4. A burst past the rate limit: 12 calls back to back from one subject (5/s, burst 10)");
+    let burst_token = HmacMinter::hs256(SECRET).subject("burst-client").mint()?;
+    let mut exhausted = 0;
+    for call in 1..=12 {
+        let request = with_token(hello(&format!("burst {call}")), Some(burst_token.value()));
+        let result = raw.say_hello(request).await;
+        exhausted += usize::from(matches!(&result, Err(s) if s.code() == Code::ResourceExhausted));
+        let result = result.map(|_| "OK".to_owned()).map_err(|status| {
+            let pushback = status
+                .metadata()
+                .get("grpc-retry-pushback-ms")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-")
+                .to_owned();
+            Status::new(
+                status.code(),
+                format!("{} (retry in {pushback} ms)", status.message()),
+            )
+        });
+        // The first ten fit the burst; later ones find it empty, unless a slow machine took
+        // longer than a refill between calls.
+        let expected: &[Code] = if call <= 10 {
+            &[Code::Ok]
+        } else {
+            &[Code::Ok, Code::ResourceExhausted]
+        };
+        ok &= report(&format!("burst {call}"), &result, expected);
+    }
+    if exhausted == 0 {
+        println!("    !! expected the burst to run past the limit");
+        ok = false;
+    }
+
+    step("5. A backend outage opens the client's breaker; recovery closes it");
+    for call in 1..=5 {
+        let request = HelloRequest {
+            name: "outage".into(),
+            fail_code: tonic::Code::Unavailable as i32,
+            ..Default::default()
+        };
+        let result = greeter.say_hello(request).await.map(|_| "OK".to_owned());
+        ok &= report(
+            &format!("outage call {call}"),
+            &result,
+            &[Code::Unavailable],
+        );
+    }
+    ok &= breaker.state("greeter") == Some(palisade_breaker::State::Open);
+    println!(
+        "    breaker state: {:?} (calls 4 and 5 never left the client)",
+        breaker.state("greeter")
+    );
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let result = greeter
+        .say_hello(hello("recovered"))
+        .await
+        .map(|_| "OK".to_owned());
+    ok &= report(
+        "after 600 ms, backend healthy (the probe)",
+        &result,
+        &[Code::Ok],
+    );
+    println!("    breaker state: {:?}", breaker.state("greeter"));
+    ok &= breaker.state("greeter") == Some(palisade_breaker::State::Closed);
+
+    step("6. One trace across client and server");
+    let tracer = opentelemetry::global::tracer("palisade-stack");
+    let span = tracer.start("stack story");
+    let cx = Context::current_with_span(span);
+    let story_trace = cx.span().span_context().trace_id().to_string();
+    let reply = greeter
+        .say_hello(hello("traced"))
+        .with_context(cx.clone())
+        .await?
+        .into_inner();
+    cx.span().end();
+    println!("    client-side trace id  {story_trace}");
+    println!("    handler's trace id    {}", reply.trace_id);
+    println!(
+        "    {}",
+        if reply.trace_id == story_trace {
+            "same trace: propagated through traceparent"
+        } else {
+            "DIFFERENT traces"
+        }
+    );
+    ok &= reply.trace_id == story_trace;
+
+    step("7. The final /metrics scrape (non-zero Palisade and gRPC series)");
+    let scrape = scrape(metrics_addr).await?;
+    for line in scrape.lines().filter(|line| interesting(line)) {
+        println!("    {line}");
+    }
+
+    running.stop().await?;
+    provider.shutdown()?;
+    if !ok {
+        return Err(
+            "a step did not get the gRPC status the story expects (marked !! above)".into(),
+        );
+    }
+    println!("\nDone: every step got the gRPC status it should.");
+    Ok(())
+}
+
+fn step(title: &str) {
+    println!("\n{title}");
+}
+
+/// Prints what the client got and checks it against the story: `false` when it is not the
+/// expected code.
+fn report(what: &str, result: &Result<String, Status>, expected: &[Code]) -> bool {
+    let code = match result {
+        Ok(detail) => {
+            println!("    {what:<42} → OK ({detail})");
+            Code::Ok
+        }
+        Err(status) => {
+            println!(
+                "    {what:<42} → {} {:?}",
+                go_name(status.code()),
+                status.message()
+            );
+            status.code()
+        }
+    };
+    let as_expected = expected.contains(&code);
+    if !as_expected {
+        let names: Vec<_> = expected.iter().map(|c| go_name(*c)).collect();
+        println!("    !! expected {}", names.join(" or "));
+    }
+    as_expected
+}
+
+fn hello(name: &str) -> HelloRequest {
+    HelloRequest {
+        name: name.into(),
+        ..Default::default()
+    }
+}
+
+fn with_token<T>(message: T, token: Option<&str>) -> Request<T> {
+    let mut request = Request::new(message);
+    if let Some(token) = token {
+        let value = format!("Bearer {token}")
+            .parse()
+            .expect("a token is visible ASCII");
+        request.metadata_mut().insert("authorization", value);
+    }
+    request
+}
+
+/// An HS256 token for demo-client whose `exp` passed an hour ago (beyond any leeway).
+fn expired_token() -> Result<String, BoxError> {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+    let claims = serde_json::json!({ "sub": "demo-client", "iat": now - 7200, "exp": now - 3600 });
+    Ok(jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )?)
+}
+
+/// `GET /metrics` over plain HTTP/1.0.
+async fn scrape(addr: SocketAddr) -> Result<String, BoxError> {
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: palisade\r\n\r\n")
+        .await?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await?;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .ok_or("a malformed HTTP response")?;
+    if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
+        return Err(format!("/metrics answered {head:?}").into());
+    }
+    Ok(body.to_owned())
+}
+
+fn interesting(line: &str) -> bool {
+    let series = [
+        "grpc_server_handled_total",
+        "grpc_client_handled_total",
+        "palisade_",
+    ];
+    !line.starts_with('#')
+        && series.iter().any(|s| line.starts_with(s))
+        && !line.ends_with(" 0")
+        && !line.contains("_bucket")
+}

@@ -1,0 +1,101 @@
+//! The demo client's full stack, shared by the `client` and `stack` programs: trace (inject) →
+//! logging → metrics → breaker → ratelimit (wait) → jwt (attach) → channel.
+
+use std::{num::NonZeroU32, time::Duration};
+
+use palisade::prelude::*;
+use palisade_jwt::mint::HmacMinter;
+use palisade_logging::ClientSide;
+use palisade_metrics::body::TonicBody;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::{BoxError, pb::greeter_client::GreeterClient};
+
+/// The subject of the tokens the demo client mints.
+pub const CLIENT_SUBJECT: &str = "demo-client";
+
+/// The demo client's layers, outermost first.
+pub type DemoClientLayers = ClientLayers<
+    TraceLayer,
+    LoggingLayer<ClientSide>,
+    MetricsLayer<TonicBody>,
+    BreakerLayer,
+    ClientRateLimitLayer,
+    AttachTokenLayer<HmacMinter>,
+>;
+
+/// What the client stack is made of.
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    /// The HS256 secret tokens are minted with.
+    pub jwt_secret: String,
+    /// The space-separated `scope` claim, if any.
+    pub scope: Option<String>,
+    /// How long a minted token lives (it is refreshed before it expires).
+    pub token_ttl: Duration,
+    /// The breaker around the channel.
+    pub breaker: BreakerLayer,
+    /// Calls per second the client allows itself (it waits for a token, never past the
+    /// deadline or 250 ms).
+    pub rate: NonZeroU32,
+}
+
+/// The minter of the client's short-lived HS256 tokens (`sub` = [`CLIENT_SUBJECT`]).
+pub fn minter(secret: &str, scope: Option<&str>, ttl: Duration) -> HmacMinter {
+    let minter = HmacMinter::hs256(secret).subject(CLIENT_SUBJECT).ttl(ttl);
+    match scope {
+        Some(scope) => minter.scope(scope),
+        None => minter,
+    }
+}
+
+/// The full client stack for `target`. Build it after the metrics recorder is installed.
+pub fn layers(target: &Endpoint, options: &ClientOptions) -> DemoClientLayers {
+    let registry = MethodRegistry::from_encoded_file_descriptor_set(crate::FILE_DESCRIPTOR_SET)
+        .expect("the demo's descriptor set decodes");
+    let uri = target.uri();
+    let trace = match (uri.host(), uri.port_u16()) {
+        (Some(host), Some(port)) => TraceLayer::client().server_address(host, port),
+        _ => TraceLayer::client(),
+    };
+    ClientLayers::new()
+        .trace(trace)
+        .logging(LoggingLayer::client())
+        .metrics(
+            MetricsLayer::client()
+                .registry(registry.clone())
+                .build()
+                .with_tonic_body(),
+        )
+        .breaker(options.breaker.clone())
+        .ratelimit(
+            ClientRateLimitLayer::builder()
+                .limit(Limit::global(Quota::per_second(options.rate)))
+                .registry(registry)
+                .max_wait(Duration::from_millis(250))
+                .build(),
+        )
+        .auth(
+            AttachTokenLayer::builder(minter(
+                &options.jwt_secret,
+                options.scope.as_deref(),
+                options.token_ttl,
+            ))
+            .build(),
+        )
+}
+
+/// A Greeter client through the full stack on a lazily connected channel, so that a server
+/// that is down shows up as a gRPC status on each call.
+pub fn connect(
+    target: &str,
+    options: &ClientOptions,
+) -> Result<GreeterClient<<DemoClientLayers as tower::Layer<Channel>>::Service>, BoxError> {
+    let endpoint =
+        Endpoint::from_shared(target.to_owned())?.connect_timeout(Duration::from_secs(2));
+    let channel = endpoint.connect_lazy();
+    Ok(GreeterClient::new(tower::Layer::layer(
+        &layers(&endpoint, options),
+        channel,
+    )))
+}

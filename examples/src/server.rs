@@ -1,0 +1,235 @@
+//! The demo server's flags and its full Palisade stack, shared by the `server` and `stack`
+//! programs.
+
+use std::{net::SocketAddr, num::NonZeroU32, path::PathBuf};
+
+use clap::Args;
+use palisade::prelude::*;
+use palisade_demo::{FILE_DESCRIPTOR_SET, Greeter};
+use palisade_ratelimit::KeyValue;
+use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Server;
+use tower::ServiceBuilder;
+
+use crate::{BoxError, telemetry::LogFormat};
+
+/// The default HS256 secret: fine for a demo on loopback, never for anything else.
+pub const DEMO_SECRET: &str = "palisade-demo-secret";
+
+/// The scope `SayHelloStream` requires.
+pub const STREAM_SCOPE: &str = "greeter.stream";
+
+/// The demo server's flags (DESIGN.md, "The demo contract").
+#[derive(Args, Clone, Debug)]
+pub struct ServerArgs {
+    /// gRPC listen address.
+    #[arg(long, default_value = "127.0.0.1:50051")]
+    pub addr: SocketAddr,
+    /// Serves `GET /metrics` here.
+    #[arg(long, default_value = "127.0.0.1:9464")]
+    pub metrics_addr: SocketAddr,
+    /// HS256 secret for verifying tokens (the demo default warns).
+    #[arg(long, env = "PALISADE_JWT_SECRET", default_value = DEMO_SECRET, hide_env_values = true)]
+    pub jwt_secret: String,
+    /// A JWKS file (RS/PS/ES/EdDSA keys) to verify with, instead of the secret.
+    #[arg(long)]
+    pub jwks_file: Option<PathBuf>,
+    /// Required `iss`.
+    #[arg(long)]
+    pub jwt_issuer: Option<String>,
+    /// Required `aud`.
+    #[arg(long)]
+    pub jwt_audience: Option<String>,
+    /// Requests per second; 0 turns rate limiting off.
+    #[arg(long, default_value_t = 0)]
+    pub rate: u32,
+    /// Bucket size.
+    #[arg(long, default_value_t = 1)]
+    pub burst: u32,
+    /// What a bucket is kept per: `global`, `peer`, `subject` or `metadata:NAME`.
+    #[arg(long, default_value = "global")]
+    pub rate_key: String,
+    /// Log format, to stdout.
+    #[arg(long, value_enum, default_value_t = LogFormat::Json)]
+    pub log_format: LogFormat,
+    /// Export spans with OTLP (gRPC) to this endpoint.
+    #[arg(long)]
+    pub otlp_endpoint: Option<String>,
+    /// Serve the same Greeter with no Palisade layer, for overhead comparisons.
+    #[arg(long)]
+    pub bare: bool,
+}
+
+/// A running demo server; dropping it stops the server.
+#[derive(Debug)]
+pub struct RunningServer {
+    /// The gRPC address it listens on.
+    pub addr: SocketAddr,
+    /// The address of `GET /metrics`, unless bare.
+    pub metrics_addr: Option<SocketAddr>,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
+    _metrics: Option<palisade_metrics::prometheus::MetricsServer>,
+}
+
+impl RunningServer {
+    /// Waits until the server stops (on its own or through [`RunningServer::stop`]).
+    pub async fn wait(mut self) -> Result<(), BoxError> {
+        match self.task.take() {
+            Some(task) => Ok(task.await??),
+            None => Ok(()),
+        }
+    }
+
+    /// Stops the server and waits for it.
+    pub async fn stop(mut self) -> Result<(), BoxError> {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        self.wait().await
+    }
+}
+
+impl Drop for RunningServer {
+    fn drop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+    }
+}
+
+/// The Greeter with its hooks: `trace_id` from the current OpenTelemetry context, `subject`
+/// from the verified claims.
+pub fn greeter() -> Greeter {
+    Greeter::new()
+        .with_trace_id(palisade_trace::current_trace_id)
+        .with_subject(|extensions| {
+            extensions
+                .get::<StandardClaims>()
+                .and_then(|claims| claims.subject().map(str::to_owned))
+        })
+}
+
+/// The rate limit the flags ask for; `None` when `--rate 0`.
+pub fn rate_limit(
+    args: &ServerArgs,
+    registry: &MethodRegistry,
+) -> Result<Option<RateLimitLayer>, BoxError> {
+    let Some(rate) = NonZeroU32::new(args.rate) else {
+        return Ok(None);
+    };
+    let burst = NonZeroU32::new(args.burst).unwrap_or(NonZeroU32::MIN);
+    let quota = Quota::per_second(rate).with_burst(burst);
+    let limit = match args.rate_key.as_str() {
+        "global" => Limit::global(quota),
+        "peer" => Limit::per_key(RateLimitKey::peer_ip(), quota),
+        "subject" => Limit::per_key(
+            RateLimitKey::extension(|claims: &StandardClaims| claims.subject().map(KeyValue::from)),
+            quota,
+        ),
+        other => match other
+            .strip_prefix("metadata:")
+            .map(RateLimitKey::try_metadata)
+        {
+            Some(Ok(key)) => Limit::per_key(key, quota),
+            _ => {
+                return Err(format!(
+                    "--rate-key {other:?}: expected global, peer, subject or metadata:NAME"
+                )
+                .into());
+            }
+        },
+    };
+    // Health and reflection are exempt by default.
+    Ok(Some(
+        RateLimitLayer::builder()
+            .limit(limit)
+            .registry(registry.clone())
+            .build(),
+    ))
+}
+
+/// JWT verification as the flags ask: the secret or a JWKS file, issuer and audience when
+/// given; health and reflection public; `SayHelloStream` needs the `greeter.stream` scope.
+pub fn auth(args: &ServerArgs) -> Result<JwtAuthLayer, BoxError> {
+    let mut builder = JwtAuthLayer::builder();
+    builder = match &args.jwks_file {
+        Some(path) => builder.jwks_file(path),
+        None => {
+            if args.jwt_secret == DEMO_SECRET {
+                tracing::warn!(
+                    "verifying tokens with the built-in demo secret; pass --jwt-secret or PALISADE_JWT_SECRET"
+                );
+            }
+            builder.secret(&args.jwt_secret)
+        }
+    };
+    if let Some(issuer) = &args.jwt_issuer {
+        builder = builder.issuer(issuer);
+    }
+    if let Some(audience) = &args.jwt_audience {
+        builder = builder.audience(audience);
+    }
+    Ok(builder
+        .public(Matcher::health_and_reflection())
+        .policy(
+            Matcher::method("palisade.demo.v1.Greeter/SayHelloStream"),
+            AuthPolicy::authenticated().scopes([STREAM_SCOPE]),
+        )
+        .build()?)
+}
+
+/// Starts the demo server on `listener` with the full server stack (or none with `--bare`).
+/// Install the tracer provider and the log subscriber first.
+pub async fn start(args: &ServerArgs, listener: TcpListener) -> Result<RunningServer, BoxError> {
+    let addr = listener.local_addr()?;
+    let routes = palisade_demo::routes(greeter()).await;
+    let (tx, rx) = oneshot::channel::<()>();
+    let incoming = TcpListenerStream::new(listener);
+    let signal = async {
+        let _ = rx.await;
+    };
+    if args.bare {
+        let task = tokio::spawn(
+            Server::builder()
+                .add_routes(routes)
+                .serve_with_incoming_shutdown(incoming, signal),
+        );
+        return Ok(RunningServer {
+            addr,
+            metrics_addr: None,
+            shutdown: Some(tx),
+            task: Some(task),
+            _metrics: None,
+        });
+    }
+
+    // The recorder comes first: layers register their metric handles when they are built.
+    let metrics_server = PrometheusExporter::new().serve(args.metrics_addr).await?;
+    let registry = MethodRegistry::from_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)?
+        .with_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)?;
+    let layers = ServerLayers::new()
+        .trace(TraceLayer::server())
+        .logging(
+            LoggingLayer::server()
+                .skip(Matcher::health_and_reflection())
+                .method_registry(registry.clone()),
+        )
+        .metrics(MetricsLayer::server().registry(registry.clone()).build())
+        .auth(auth(args)?)
+        .ratelimit(ServiceBuilder::new().option_layer(rate_limit(args, &registry)?));
+    let task = tokio::spawn(
+        Server::builder()
+            .layer(layers)
+            .add_routes(routes)
+            .serve_with_incoming_shutdown(incoming, signal),
+    );
+    Ok(RunningServer {
+        addr,
+        metrics_addr: Some(metrics_server.local_addr()),
+        shutdown: Some(tx),
+        task: Some(task),
+        _metrics: Some(metrics_server),
+    })
+}
