@@ -19,5 +19,7 @@ if [ ! -x "$venv/bin/python" ] || ! cmp -s tests/interop/requirements.txt "$venv
 fi
 
 cargo build -q -p palisade-examples --bin server
-export PALISADE_SERVER_BIN="$PWD/target/debug/server"
+target_dir=$(cargo metadata --format-version 1 --no-deps |
+    python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
+export PALISADE_SERVER_BIN="$target_dir/debug/server"
 "$venv/bin/python" -m pytest -q -p no:cacheprovider tests/interop
