@@ -18,7 +18,10 @@
 //!   (as palisade-metrics labels them) and `grpc_component` (`server` or `client`).
 //! - [Backends](backend): buckets live in this process by default ([`backend::Local`]:
 //!   bounded keyed state, idle keys dropped without a cleanup task, keys hashed, never stored);
-//!   a shared store plugs in behind the same layers.
+//!   with the `redis` feature, `backend::Redis` keeps them in Redis — one quota shared by every
+//!   instance, decided by an atomic script on the server's clock, never stalling a call (a
+//!   timeout of a few milliseconds, then a local share of the quota, or rejection, until Redis
+//!   answers again). Any shared store plugs in behind the same layers.
 //!
 //! Combined limits are all-or-nothing: a call takes a token from every limit that applies, in
 //! the order they were added, or from none (a limit that refuses it gets the earlier ones'
@@ -116,3 +119,9 @@ pub use quota::Quota;
 pub use series::{ALLOWED_TOTAL, DEFAULT_MAX_DYNAMIC_METHODS, MAX_DYNAMIC_METHODS, REJECTED_TOTAL};
 pub use service::RateLimit;
 pub use shared::RateLimitHeaders;
+
+/// The `redis` crate the [`Redis`](backend::Redis) backend is built on (for its `Client` and
+/// connection settings).
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use ::redis;

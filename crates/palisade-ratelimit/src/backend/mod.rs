@@ -2,8 +2,9 @@
 //!
 //! The layers decide *which* buckets a call draws from (its limits, method and key); a
 //! [`Backend`] keeps the buckets and answers whether a token is there. [`Local`] — governor's
-//! GCRA in this process, keyed state bounded — is the default; a backend shared by many
-//! instances (Redis, say) implements the same two traits and plugs into the same layers with
+//! GCRA in this process, keyed state bounded — is the default; `Redis` (feature `redis`)
+//! keeps them in Redis, one quota shared by every instance. Any backend implements the same two
+//! traits and plugs into the same layers with
 //! [`RateLimitBuilder::backend`](crate::RateLimitBuilder::backend).
 //!
 //! A backend may answer later: [`Acquire::Pending`] carries a future, and the layers then hold
@@ -45,8 +46,17 @@ use governor::middleware::StateSnapshot;
 use crate::quota::Quota;
 
 mod local;
+#[cfg(feature = "redis")]
+mod redis;
 mod store;
 
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use self::redis::{
+    BACKEND_ERRORS_TOTAL, BACKEND_FALLBACK_TOTAL, BACKEND_UP, DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_PREFIX, DEFAULT_RETRY_INTERVAL, DEFAULT_TIMEOUT, DEFAULT_TRIP_AFTER, Fallback,
+    MAX_LEASED_BUCKETS, Redis, RedisBuilder, RedisStats,
+};
 pub use local::{DEFAULT_MAX_KEYS, Local};
 
 /// A keeper of buckets: makes one [`Limiter`] per limit rule when a layer is built.
