@@ -50,6 +50,10 @@ pub struct ServerArgs {
     /// What a bucket is kept per: `global`, `peer`, `subject` or `metadata:NAME`.
     #[arg(long, default_value = "global")]
     pub rate_key: String,
+    /// Keep the rate limit's buckets in this Redis (`redis://127.0.0.1:6379`): one quota shared
+    /// by every server using it. By default they live in this process.
+    #[arg(long)]
+    pub rate_redis: Option<String>,
     /// Log format, to stdout.
     #[arg(long, value_enum, default_value_t = LogFormat::Json)]
     pub log_format: LogFormat,

@@ -13,6 +13,7 @@
 //! | `trace` | `palisade-trace` | [`trace`] |
 //! | `jwt` | `palisade-jwt` | [`jwt`] |
 //! | `ratelimit` | `palisade-ratelimit` | [`ratelimit`] |
+//! | `ratelimit-redis` | `palisade-ratelimit` with `redis` | [`ratelimit::backend`] |
 //! | `breaker` | `palisade-breaker` | [`breaker`] |
 //!
 //! # Example

@@ -59,6 +59,7 @@ async fn main() -> Result<(), BoxError> {
         rate: 5,
         burst: 10,
         rate_key: "subject".into(),
+        rate_redis: None,
         log_format: LogFormat::Text,
         otlp_endpoint: None,
         bare: false,
