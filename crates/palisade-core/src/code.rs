@@ -90,8 +90,7 @@ pub fn header_value(code: Code) -> HeaderValue {
 /// assert_eq!(grpc_status(&trailers), Some(Code::Unknown));
 /// ```
 pub fn grpc_status(headers: &HeaderMap) -> Option<Code> {
-    headers
-        .get(crate::headers::GRPC_STATUS)
+    crate::headers::find(headers, &crate::headers::GRPC_STATUS)
         .map(|value| Code::from_bytes(value.as_bytes()))
 }
 

@@ -19,7 +19,7 @@ use http::HeaderMap;
 /// assert_eq!(grpc_timeout(&headers), None);
 /// ```
 pub fn grpc_timeout(headers: &HeaderMap) -> Option<Duration> {
-    parse(headers.get(crate::headers::GRPC_TIMEOUT)?.as_bytes())
+    parse(crate::headers::find(headers, &crate::headers::GRPC_TIMEOUT)?.as_bytes())
 }
 
 fn parse(value: &[u8]) -> Option<Duration> {

@@ -13,3 +13,21 @@ pub const GRPC_STATUS_DETAILS: HeaderName = HeaderName::from_static("grpc-status
 pub const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
 /// `grpc-retry-pushback-ms`: how long a client should wait before retrying.
 pub const GRPC_RETRY_PUSHBACK_MS: HeaderName = HeaderName::from_static("grpc-retry-pushback-ms");
+
+/// Small header maps (trailers, gRPC response headers) are faster to scan than to hash:
+/// `HeaderMap::get` hashes the name on every call, a scan compares a few short names.
+const SCAN_UP_TO: usize = 8;
+
+/// Looks `name` up in `headers`, scanning small maps instead of hashing.
+pub(crate) fn find<'a>(
+    headers: &'a http::HeaderMap,
+    name: &HeaderName,
+) -> Option<&'a http::HeaderValue> {
+    if headers.len() <= SCAN_UP_TO {
+        headers
+            .iter()
+            .find_map(|(key, value)| (key == name).then_some(value))
+    } else {
+        headers.get(name)
+    }
+}

@@ -88,7 +88,12 @@ impl Outcome {
             Some(code) => Self {
                 code,
                 source: Source::Trailers,
-                message: grpc_message(trailers),
+                // An OK call's message means nothing; skipping it saves a lookup per call.
+                message: if code == Code::Ok {
+                    None
+                } else {
+                    grpc_message(trailers)
+                },
             },
             None => Self::new(Code::Unknown, Source::MissingStatus),
         }
@@ -179,8 +184,7 @@ impl fmt::Debug for Outcome {
 }
 
 fn grpc_message(headers: &HeaderMap) -> Option<Message> {
-    headers
-        .get(crate::headers::GRPC_MESSAGE)
+    crate::headers::find(headers, &crate::headers::GRPC_MESSAGE)
         .filter(|value| !value.is_empty())
         .map(|value| Message::Header(value.clone()))
 }
