@@ -8,8 +8,7 @@ use palisade::prelude::*;
 use palisade_demo::{FILE_DESCRIPTOR_SET, Greeter};
 use palisade_ratelimit::KeyValue;
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
-use tokio_stream::wrappers::TcpListenerStream;
-use tonic::transport::Server;
+use tonic::transport::{Server, server::TcpIncoming};
 use tower::ServiceBuilder;
 
 use crate::{BoxError, telemetry::LogFormat};
@@ -190,7 +189,8 @@ pub async fn start(args: &ServerArgs, listener: TcpListener) -> Result<RunningSe
     let addr = listener.local_addr()?;
     let routes = palisade_demo::routes(greeter()).await;
     let (tx, rx) = oneshot::channel::<()>();
-    let incoming = TcpListenerStream::new(listener);
+    // Nagle off, as `Server::serve` sets it: streamed replies would wait for ACKs.
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let signal = async {
         let _ = rx.await;
     };

@@ -1,0 +1,647 @@
+//! The in-process cases of the `layers`, `stack` and `peers` benches, by group. Each group
+//! starts with `bare`: the same handler, the same requests, no layer — measured right before
+//! the cases it is compared with.
+
+use std::{net::IpAddr, num::NonZeroU32, time::Duration};
+
+use http::Request;
+use palisade::preset::{ClientLayers, ServerLayers};
+use palisade_breaker::{Backoff, BreakerLayer, State};
+use palisade_core::{Code, Counts, ObservedFuture, Outcome, Side};
+use palisade_jwt::{JwtAuthLayer, client::AttachTokenLayer};
+use palisade_logging::LoggingLayer;
+use palisade_metrics::MetricsLayer;
+use palisade_ratelimit::{ClientRateLimitLayer, Key, Limit, Quota, RateLimitLayer};
+use palisade_trace::TraceLayer;
+use tower::{Layer, service_fn};
+use tracing::{Dispatch, Level};
+
+use crate::{
+    case::{Group, floor, rpc, rpc_with},
+    drive::{Handler, TonicHandler, call_to_trailers},
+    env::{self, AUDIENCE, ISSUER, SECRET, logging_off, logging_on},
+    requests::{PEERS, Requests, peer},
+};
+
+/// A quota no bench exhausts: every call passes, as almost every call does in production.
+pub fn unlimited() -> Quota {
+    Quota::per_second(NonZeroU32::MAX).with_burst(NonZeroU32::MAX)
+}
+
+/// The server's jwt layer: HS256 secret, required issuer and audience, the default policy
+/// (authenticated) and cache (1 000 verified tokens).
+pub fn jwt_server() -> JwtAuthLayer {
+    JwtAuthLayer::builder()
+        .secret(SECRET)
+        .issuer(ISSUER)
+        .audience(AUDIENCE)
+        .build()
+        .expect("a valid jwt configuration")
+}
+
+/// A breaker (one circuit) opened by a failing call; it stays open for an hour.
+pub fn open_breaker(name: &str, side: Side) -> BreakerLayer {
+    let layer = BreakerLayer::builder()
+        .name(name)
+        .side(side)
+        .consecutive_failures(1)
+        .backoff(Backoff::constant(Duration::from_secs(3600)))
+        .build();
+    call_to_trailers(
+        &mut layer.layer(Handler::failing(Code::Unavailable)),
+        requests(side).request(),
+    );
+    assert_eq!(layer.state(name), Some(State::Open), "the breaker opened");
+    layer
+}
+
+fn requests(side: Side) -> Requests {
+    match side {
+        Side::Server => Requests::server(),
+        Side::Client => Requests::client(),
+    }
+}
+
+fn side_name(side: Side, server: &'static str, client: &'static str) -> &'static str {
+    match side {
+        Side::Server => server,
+        Side::Client => client,
+    }
+}
+
+fn bare(group: Group, side: Side) -> Group {
+    group.case("bare", move || rpc(Handler::ok(), requests(side)))
+}
+
+/// The `layers` bench: each layer alone against bare, server side then client side.
+pub fn layers() -> Vec<Group> {
+    let mut groups = vec![
+        bare(Group::new("layers/core"), Side::Server).case("observed", || {
+            // palisade-core's observed future and body with a no-op observer: the floor of
+            // every layer that reads the real end of the RPC (metrics, logging, trace, breaker).
+            fn ignore(outcome: Outcome, counts: Counts) {
+                std::hint::black_box((outcome, counts));
+            }
+            let mut inner = Handler::ok();
+            let service = service_fn(move |request: Request<_>| {
+                ObservedFuture::new(
+                    tower_service::Service::call(&mut inner, request),
+                    Side::Server,
+                    palisade_core::observe::on_end(ignore as fn(Outcome, Counts)),
+                )
+            });
+            rpc(service, Requests::server())
+        }),
+    ];
+    for side in [Side::Server, Side::Client] {
+        groups.extend(layer_groups(side));
+    }
+    groups
+}
+
+fn layer_groups(side: Side) -> Vec<Group> {
+    let server = side == Side::Server;
+    let mut groups = Vec::new();
+
+    groups.push(
+        bare(
+            Group::new(side_name(
+                side,
+                "layers/server/metrics",
+                "layers/client/metrics",
+            )),
+            side,
+        )
+        .case("metrics", move || {
+            let registry = env::get().registry.clone();
+            let layer = MetricsLayer::builder(side).registry(registry).build();
+            rpc(layer.layer(Handler::ok()), requests(side))
+        }),
+    );
+
+    groups.push(if server {
+        bare(Group::new("layers/server/trace"), side)
+            .case("sampled", || {
+                let layer = TraceLayer::server()
+                    .tracer_provider(&env::get().sampled)
+                    .propagator(env::w3c());
+                rpc(layer.layer(Handler::ok()), Requests::server())
+            })
+            .case("not_sampled", || {
+                // Parent-based sampling, the caller did not sample (flags 00).
+                let layer = TraceLayer::server()
+                    .tracer_provider(&env::get().sampled)
+                    .propagator(env::w3c());
+                rpc(layer.layer(Handler::ok()), Requests::server().not_sampled())
+            })
+    } else {
+        bare(Group::new("layers/client/trace"), side)
+            .case("sampled", || {
+                let layer = TraceLayer::client()
+                    .tracer_provider(&env::get().sampled)
+                    .propagator(env::w3c())
+                    .server_address("127.0.0.1", 50051);
+                rpc(layer.layer(Handler::ok()), Requests::client())
+            })
+            .case("not_sampled", || {
+                let layer = TraceLayer::client()
+                    .tracer_provider(&env::get().unsampled)
+                    .propagator(env::w3c())
+                    .server_address("127.0.0.1", 50051);
+                rpc(layer.layer(Handler::ok()), Requests::client())
+            })
+    });
+
+    groups.push(if server {
+        let logging = || {
+            LoggingLayer::server()
+                .method_registry(env::get().registry.clone())
+                .layer(Handler::ok())
+        };
+        bare(Group::new("layers/server/logging"), side)
+            .case("json", move || {
+                rpc_with(logging(), Requests::server(), logging_on())
+            })
+            .case("disabled", move || {
+                rpc_with(logging(), Requests::server(), logging_off())
+            })
+    } else {
+        let client = || {
+            LoggingLayer::client()
+                .method_registry(env::get().registry.clone())
+                .layer(Handler::ok())
+        };
+        bare(Group::new("layers/client/logging"), side)
+            .case("json", move || {
+                rpc_with(client(), Requests::client(), logging_on())
+            })
+            .case("disabled", move || {
+                rpc_with(client(), Requests::client(), logging_off())
+            })
+    });
+
+    groups.push(if server {
+        bare(Group::new("layers/server/jwt"), side)
+            .case("first_sight", || {
+                // A token never seen before on every call, the cache on (the default).
+                rpc(
+                    jwt_server().layer(Handler::ok()),
+                    Requests::server().fresh_tokens(),
+                )
+            })
+            .case("cache_hit", || {
+                rpc(jwt_server().layer(Handler::ok()), Requests::server())
+            })
+            .case("first_sight_cache_off", || {
+                let layer = JwtAuthLayer::builder()
+                    .secret(SECRET)
+                    .issuer(ISSUER)
+                    .audience(AUDIENCE)
+                    .cache_capacity(0)
+                    .build()
+                    .expect("a valid jwt configuration");
+                rpc(layer.layer(Handler::ok()), Requests::server())
+            })
+    } else {
+        bare(Group::new("layers/client/jwt"), side).case("attach", || {
+            let layer = AttachTokenLayer::bearer(&env::get().token).expect("a valid token");
+            rpc(layer.layer(Handler::ok()), Requests::client())
+        })
+    });
+
+    groups.push(if server {
+        bare(Group::new("layers/server/ratelimit"), side)
+            .case("direct", || {
+                let layer = RateLimitLayer::new(Limit::global(unlimited()));
+                rpc(layer.layer(Handler::ok()), Requests::server())
+            })
+            .case("keyed", || {
+                // One bucket per peer IP address, requests from 1 000 peers in turn.
+                let layer = RateLimitLayer::new(Limit::per_key(Key::peer_ip(), unlimited()));
+                rpc(layer.layer(Handler::ok()), Requests::server())
+            })
+    } else {
+        bare(Group::new("layers/client/ratelimit"), side).case("direct", || {
+            let layer = ClientRateLimitLayer::new(Limit::global(unlimited()));
+            rpc(layer.layer(Handler::ok()), Requests::client())
+        })
+    });
+
+    groups.push(
+        bare(
+            Group::new(side_name(
+                side,
+                "layers/server/breaker",
+                "layers/client/breaker",
+            )),
+            side,
+        )
+        .case("closed", move || {
+            let layer = BreakerLayer::builder()
+                .name(side_name(side, "bench-server", "bench-client"))
+                .side(side)
+                .build();
+            rpc(layer.layer(Handler::ok()), requests(side))
+        })
+        .case("open", move || {
+            let layer = open_breaker(
+                side_name(side, "bench-server-open", "bench-client-open"),
+                side,
+            );
+            rpc(layer.layer(Handler::ok()), requests(side))
+        }),
+    );
+    groups
+}
+
+/// The full server stack, with palisade's [`ServerLayers`] preset — DESIGN.md's order, trace →
+/// logging → metrics → jwt → ratelimit → breaker — `sampled` (trace sampled, JSON logs
+/// written) or not (trace not sampled, logging's level disabled); jwt hits its cache, one
+/// global bucket, breaker closed.
+pub fn server_stack(sampled: bool) -> ServerStack {
+    let env = env::get();
+    let provider = if sampled {
+        &env.sampled
+    } else {
+        &env.unsampled
+    };
+    ServerLayers::new()
+        .trace(
+            TraceLayer::server()
+                .tracer_provider(provider)
+                .propagator(env::w3c()),
+        )
+        .logging(LoggingLayer::server().method_registry(env.registry.clone()))
+        .metrics(
+            MetricsLayer::server()
+                .registry(env.registry.clone())
+                .build(),
+        )
+        .auth(jwt_server())
+        .ratelimit(RateLimitLayer::new(Limit::global(unlimited())))
+        .breaker(
+            BreakerLayer::builder()
+                .name("server-stack")
+                .side(Side::Server)
+                .build(),
+        )
+}
+
+/// The layers of [`server_stack`].
+pub type ServerStack = ServerLayers<
+    TraceLayer<opentelemetry_sdk::trace::SdkTracer>,
+    LoggingLayer,
+    MetricsLayer,
+    JwtAuthLayer,
+    RateLimitLayer,
+    BreakerLayer,
+>;
+
+/// The full client stack, with palisade's [`ClientLayers`] preset — DESIGN.md's order, trace
+/// (inject) → logging → metrics → breaker → ratelimit (wait) → jwt (attach) — sampled and
+/// logged or not, as [`server_stack`]; for an in-process inner service.
+pub fn client_stack(sampled: bool, port: u16) -> ClientStack {
+    let metrics = MetricsLayer::client()
+        .registry(env::get().registry.clone())
+        .build();
+    client_stack_with(sampled, port, metrics)
+}
+
+/// [`client_stack`] over a `tonic::transport::Channel` (whose requests must have
+/// `tonic::body::Body`).
+pub fn client_stack_for_channel(
+    sampled: bool,
+    port: u16,
+) -> ClientStack<palisade_metrics::body::TonicBody> {
+    let metrics = MetricsLayer::client()
+        .registry(env::get().registry.clone())
+        .build()
+        .with_tonic_body();
+    client_stack_with(sampled, port, metrics)
+}
+
+fn client_stack_with<M>(sampled: bool, port: u16, metrics: MetricsLayer<M>) -> ClientStack<M> {
+    let env = env::get();
+    let provider = if sampled {
+        &env.sampled
+    } else {
+        &env.unsampled
+    };
+    ClientLayers::new()
+        .trace(
+            TraceLayer::client()
+                .tracer_provider(provider)
+                .propagator(env::w3c())
+                .server_address("127.0.0.1", port),
+        )
+        .logging(LoggingLayer::client().method_registry(env.registry.clone()))
+        .metrics(metrics)
+        .breaker(BreakerLayer::builder().name("client-stack").build())
+        .ratelimit(ClientRateLimitLayer::new(Limit::global(unlimited())))
+        .auth(AttachTokenLayer::bearer(&env.token).expect("a valid token"))
+}
+
+/// The layers of [`client_stack`].
+pub type ClientStack<M = palisade_metrics::body::ObservedRequest> = ClientLayers<
+    TraceLayer<opentelemetry_sdk::trace::SdkTracer>,
+    LoggingLayer<palisade_logging::ClientSide>,
+    MetricsLayer<M>,
+    BreakerLayer,
+    ClientRateLimitLayer,
+    AttachTokenLayer,
+>;
+
+/// The `stack` bench: the full server and client stacks against bare.
+pub fn stack() -> Vec<Group> {
+    vec![
+        bare(Group::new("stack/server"), Side::Server)
+            .case("full", || {
+                rpc_with(
+                    server_stack(true).layer(Handler::ok()),
+                    Requests::server(),
+                    logging_on(),
+                )
+            })
+            .case("quiet", || {
+                rpc_with(
+                    server_stack(false).layer(Handler::ok()),
+                    Requests::server().not_sampled(),
+                    logging_off(),
+                )
+            }),
+        bare(Group::new("stack/client"), Side::Client)
+            .case("full", || {
+                rpc_with(
+                    client_stack(true, 50051).layer(Handler::ok()),
+                    Requests::client(),
+                    logging_on(),
+                )
+            })
+            .case("quiet", || {
+                rpc_with(
+                    client_stack(false, 50051).layer(Handler::ok()),
+                    Requests::client(),
+                    logging_off(),
+                )
+            }),
+    ]
+}
+
+/// tower_governor's key for a tonic server: the peer IP from tonic's connection info (its
+/// `PeerIpKeyExtractor` reads axum's or a bare `SocketAddr` extension, which tonic does not set).
+#[derive(Clone, Copy, Debug)]
+pub struct TonicPeerIp;
+
+impl tower_governor::key_extractor::KeyExtractor for TonicPeerIp {
+    type Key = IpAddr;
+
+    fn extract<T>(&self, request: &Request<T>) -> Result<IpAddr, tower_governor::GovernorError> {
+        palisade_core::Peer::remote_addr_of(request.extensions())
+            .map(|addr| addr.ip())
+            .ok_or(tower_governor::GovernorError::UnableToExtractKey)
+    }
+}
+
+/// The `peers` bench: each layer beside the Rust crate people use for the same job, and the
+/// building blocks alone (floors).
+pub fn peers() -> Vec<Group> {
+    vec![
+        peers_logging(),
+        peers_trace(),
+        peers_ratelimit(),
+        peers_breaker(),
+        peers_jwt(),
+    ]
+}
+
+fn tower_http_trace() -> tower_http::trace::TraceLayer<
+    tower_http::classify::SharedClassifier<tower_http::classify::GrpcErrorsAsFailures>,
+    tower_http::trace::DefaultMakeSpan,
+    tower_http::trace::DefaultOnRequest,
+    tower_http::trace::DefaultOnResponse,
+    tower_http::trace::DefaultOnBodyChunk,
+    tower_http::trace::DefaultOnEos,
+> {
+    // One INFO span per call and one INFO event at the end of the stream (after the
+    // trailers), as palisade-logging writes: `on_request`/`on_response` stay at their default
+    // DEBUG, off under an `info` filter.
+    tower_http::trace::TraceLayer::new_for_grpc()
+        .make_span_with(tower_http::trace::DefaultMakeSpan::new().level(Level::INFO))
+        .on_eos(tower_http::trace::DefaultOnEos::new().level(Level::INFO))
+}
+
+fn peers_logging() -> Group {
+    let palisade = || {
+        LoggingLayer::server()
+            .method_registry(env::get().registry.clone())
+            .layer(Handler::ok())
+    };
+    bare(Group::new("peers/logging"), Side::Server)
+        .case("palisade", move || {
+            rpc_with(palisade(), Requests::server(), logging_on())
+        })
+        .case("tower_http", || {
+            rpc_with(
+                tower_http_trace().layer(Handler::ok()),
+                Requests::server(),
+                logging_on(),
+            )
+        })
+        .case("palisade_disabled", move || {
+            rpc_with(palisade(), Requests::server(), logging_off())
+        })
+        .case("tower_http_disabled", || {
+            rpc_with(
+                tower_http_trace().layer(Handler::ok()),
+                Requests::server(),
+                logging_off(),
+            )
+        })
+}
+
+/// A `tracing` subscriber with `tracing-opentelemetry`'s layer on a tracer of `provider`: what
+/// tonic-tracing-opentelemetry needs to make OpenTelemetry spans.
+fn otel_subscriber(provider: &opentelemetry_sdk::trace::SdkTracerProvider) -> Dispatch {
+    use opentelemetry::trace::TracerProvider as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    Dispatch::new(
+        tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("bench"))),
+    )
+}
+
+fn peers_trace() -> Group {
+    let palisade = || {
+        TraceLayer::server()
+            .tracer_provider(&env::get().sampled)
+            .propagator(env::w3c())
+            .layer(Handler::ok())
+    };
+    let peer = || {
+        // tonic-tracing-opentelemetry reads the global propagator.
+        opentelemetry::global::set_text_map_propagator(env::w3c());
+        tonic_tracing_opentelemetry::middleware::server::OtelGrpcLayer::default()
+            .layer(Handler::ok())
+    };
+    bare(Group::new("peers/trace"), Side::Server)
+        .case("palisade", move || rpc(palisade(), Requests::server()))
+        .case("tonic_tracing_opentelemetry", move || {
+            rpc_with(
+                peer(),
+                Requests::server(),
+                otel_subscriber(&env::get().sampled),
+            )
+        })
+        .case("palisade_not_sampled", move || {
+            rpc(palisade(), Requests::server().not_sampled())
+        })
+        .case("tonic_tracing_opentelemetry_not_sampled", move || {
+            rpc_with(
+                peer(),
+                Requests::server().not_sampled(),
+                otel_subscriber(&env::get().sampled),
+            )
+        })
+}
+
+fn peers_ratelimit() -> Group {
+    use tower_governor::{
+        GovernorLayer, governor::GovernorConfigBuilder, key_extractor::GlobalKeyExtractor,
+    };
+    let handler = || TonicHandler(Handler::ok());
+    Group::new("peers/ratelimit")
+        .case("bare", move || rpc(handler(), Requests::server()))
+        .case("palisade_direct", move || {
+            rpc(
+                RateLimitLayer::new(Limit::global(unlimited())).layer(handler()),
+                Requests::server(),
+            )
+        })
+        .case("tower_governor_global", move || {
+            let config = GovernorConfigBuilder::default()
+                .key_extractor(GlobalKeyExtractor)
+                .per_nanosecond(1)
+                .burst_size(u32::MAX)
+                .finish()
+                .expect("a valid governor configuration");
+            rpc(
+                GovernorLayer::new(config).layer(handler()),
+                Requests::server(),
+            )
+        })
+        .case("palisade_keyed", move || {
+            rpc(
+                RateLimitLayer::new(Limit::per_key(Key::peer_ip(), unlimited())).layer(handler()),
+                Requests::server(),
+            )
+        })
+        .case("tower_governor_keyed", move || {
+            let config = GovernorConfigBuilder::default()
+                .key_extractor(TonicPeerIp)
+                .per_nanosecond(1)
+                .burst_size(u32::MAX)
+                .finish()
+                .expect("a valid governor configuration");
+            rpc(
+                GovernorLayer::new(config).layer(handler()),
+                Requests::server(),
+            )
+        })
+        .case("governor_check", || {
+            let limiter = governor::RateLimiter::direct(
+                governor::Quota::per_second(NonZeroU32::MAX).allow_burst(NonZeroU32::MAX),
+            );
+            floor(|| (), move |()| limiter.check().is_ok())
+        })
+        .case("governor_check_key", || {
+            let limiter = governor::RateLimiter::keyed(
+                governor::Quota::per_second(NonZeroU32::MAX).allow_burst(NonZeroU32::MAX),
+            );
+            let mut i = 0;
+            floor(
+                move || {
+                    i += 1;
+                    peer(i % PEERS).ip()
+                },
+                move |ip: IpAddr| limiter.check_key(&ip).is_ok(),
+            )
+        })
+}
+
+fn peers_breaker() -> Group {
+    use tower_resilience_circuitbreaker::CircuitBreakerLayer;
+    bare(Group::new("peers/breaker"), Side::Client)
+        .case("palisade", || {
+            let layer = BreakerLayer::builder().name("peer-palisade").build();
+            rpc(layer.layer(Handler::ok()), Requests::client())
+        })
+        .case("tower_resilience", || {
+            // The best it can do for gRPC: classify the response headers (a trailers-only
+            // answer's grpc-status); a unary response's code is in the trailers it never sees.
+            let layer = CircuitBreakerLayer::builder()
+                .name("peer-tower-resilience")
+                .classify_response(
+                    |response: &http::Response<palisade_demo::frames::GrpcBody>| {
+                        response
+                            .headers()
+                            .get("grpc-status")
+                            .is_some_and(|status| status != "0")
+                    },
+                )
+                .build()
+                .expect("a valid circuit breaker configuration");
+            rpc(layer.layer(Handler::ok()), Requests::client())
+        })
+        .case("failsafe_state_machine", || {
+            let breaker = failsafe::Config::new().build();
+            floor(
+                || (),
+                move |()| {
+                    let permitted = breaker.is_call_permitted();
+                    breaker.on_success();
+                    permitted
+                },
+            )
+        })
+}
+
+fn peers_jwt() -> Group {
+    bare(Group::new("peers/jwt"), Side::Server)
+        .case("palisade_first_sight", || {
+            rpc(
+                jwt_server().layer(Handler::ok()),
+                Requests::server().fresh_tokens(),
+            )
+        })
+        .case("palisade_cache_hit", || {
+            rpc(jwt_server().layer(Handler::ok()), Requests::server())
+        })
+        .case("jsonwebtoken_decode", || {
+            // The same checks (signature, exp, iss, aud) into the same claims type, on the
+            // token alone: no header lookup, no `Bearer ` prefix, no request.
+            let key = jsonwebtoken::DecodingKey::from_secret(SECRET);
+            let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
+            validation.set_issuer(&[ISSUER]);
+            validation.set_audience(&[AUDIENCE]);
+            let token = env::get().token.clone();
+            floor(
+                || (),
+                move |()| {
+                    jsonwebtoken::decode::<palisade_jwt::StandardClaims>(
+                        std::hint::black_box(&token),
+                        &key,
+                        &validation,
+                    )
+                    .expect("a valid token")
+                },
+            )
+        })
+}
+
+/// Every in-process group of the `layers`, `stack` and `peers` benches.
+pub fn all() -> Vec<Group> {
+    let mut groups = layers();
+    groups.extend(stack());
+    groups.extend(peers());
+    groups
+}
