@@ -7,7 +7,7 @@ use std::{
     sync::{Arc, OnceLock, PoisonError, RwLock},
 };
 
-use http::{Extensions, HeaderMap, HeaderName, Request, Uri, header::HOST};
+use http::{Extensions, HeaderMap, Request, Uri, header::HOST};
 use palisade_core::{Matcher, Method, deadline::grpc_timeout};
 use tokio::time::Instant;
 
@@ -16,8 +16,6 @@ use crate::{
     classify::Timing,
     hook::{OnStateChange, State},
 };
-
-const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
 
 /// The name of the circuit shared by calls whose key is missing, or new once the layer holds
 /// its maximum number of circuits.
@@ -248,12 +246,7 @@ impl<H: OnStateChange> Registry<H> {
     /// caller's `grpc-timeout` (a call dropped after it passed is a local timeout, not a
     /// cancellation).
     fn timing<B>(&self, request: &Request<B>) -> Timing {
-        // A lookup by a ready-made name: no parsing of the name on every call.
-        let timeout = if request.headers().contains_key(&GRPC_TIMEOUT) {
-            grpc_timeout(request.headers())
-        } else {
-            None
-        };
+        let timeout = grpc_timeout(request.headers());
         if timeout.is_none() && self.shared.settings.rules.slow_call.is_none() {
             return Timing::default();
         }
