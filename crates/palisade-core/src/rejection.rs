@@ -105,6 +105,23 @@ impl Rejection {
         response
     }
 
+    /// Writes the rejection into the trailers of a stream that has already sent its headers:
+    /// its metadata, `grpc-status`, and its `grpc-message` (removing one the trailers had).
+    pub fn write_trailers(&self, trailers: &mut HeaderMap) {
+        for (name, value) in &self.metadata {
+            trailers.insert(name.clone(), value.clone());
+        }
+        trailers.insert(GRPC_STATUS, code::header_value(self.code));
+        match &self.message {
+            Some(message) => {
+                trailers.insert(GRPC_MESSAGE, message.clone());
+            }
+            None => {
+                trailers.remove(GRPC_MESSAGE);
+            }
+        }
+    }
+
     fn write_status(&self, headers: &mut HeaderMap) {
         headers.insert(CONTENT_TYPE, GRPC_CONTENT_TYPE);
         headers.insert(GRPC_STATUS, code::header_value(self.code));
@@ -145,6 +162,22 @@ mod tests {
             assert_eq!(outcome.code(), Code::Internal);
             assert_eq!(outcome.message().unwrap(), message);
         }
+    }
+
+    #[test]
+    fn trailers_take_the_status_and_lose_a_stale_message() {
+        let mut trailers = HeaderMap::new();
+        trailers.insert(GRPC_STATUS, HeaderValue::from_static("0"));
+        trailers.insert(GRPC_MESSAGE, HeaderValue::from_static("fine"));
+        Rejection::new(Code::ResourceExhausted, "")
+            .with_metadata("grpc-retry-pushback-ms", HeaderValue::from_static("5"))
+            .write_trailers(&mut trailers);
+        let outcome = Outcome::from_trailers(&trailers);
+        assert_eq!(
+            (outcome.code(), outcome.message()),
+            (Code::ResourceExhausted, None)
+        );
+        assert_eq!(trailers["grpc-retry-pushback-ms"], "5");
     }
 
     #[test]

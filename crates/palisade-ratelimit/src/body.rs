@@ -22,7 +22,7 @@ use std::{
 };
 
 use bytes::Buf;
-use http::{HeaderMap, header::CONTENT_TYPE};
+use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use palisade_core::{MessageCounter, Rejection, Status};
 use pin_project_lite::pin_project;
@@ -301,9 +301,9 @@ impl<B: Default> Default for ResponseBody<B> {
 
 /// The rejection's status as trailers.
 fn status_trailers(rejection: &Rejection) -> HeaderMap {
-    let mut headers = rejection.to_response::<()>().into_parts().0.headers;
-    headers.remove(CONTENT_TYPE);
-    headers
+    let mut trailers = HeaderMap::new();
+    rejection.write_trailers(&mut trailers);
+    trailers
 }
 
 impl<B: Body> Body for ResponseBody<B> {
@@ -325,8 +325,7 @@ impl<B: Body> Body for ResponseBody<B> {
                     return Poll::Ready(Some(Ok(frame)));
                 };
                 let mut trailers = frame.into_trailers().unwrap_or_default();
-                trailers.remove("grpc-message");
-                trailers.extend(status_trailers(rejection));
+                rejection.write_trailers(&mut trailers);
                 Poll::Ready(Some(Ok(Frame::trailers(trailers))))
             }
             None if !*this.trailers_sent => {
