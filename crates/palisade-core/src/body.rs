@@ -14,6 +14,7 @@ use pin_project_lite::pin_project;
 use crate::{
     code::Code,
     counter::MessageCounter,
+    future::OnUnwind,
     observe::{Counts, Observer, Side},
     outcome::{Outcome, Source},
 };
@@ -33,7 +34,8 @@ pin_project! {
     ///
     /// Response bodies end with the code in their trailers (`Unknown` when the stream ends
     /// without one), the body's error, or `Cancelled` when dropped before the end. Request
-    /// bodies end `Ok` at their end of stream. [`ObservedFuture`](crate::ObservedFuture) makes
+    /// bodies end `Ok` at their end of stream. A panic of the inner body while polled, or a
+    /// drop while the thread unwinds, ends either kind `Internal` ([`Source::Panicked`]). [`ObservedFuture`](crate::ObservedFuture) makes
     /// response bodies; [`ObservedBody::request`] wraps request bodies.
     ///
     /// # Example
@@ -67,7 +69,7 @@ pin_project! {
             let this = this.project();
             if let Some(observer) = this.observer.take() {
                 let counts = Counts { messages: this.counter.messages(), bytes: *this.bytes };
-                observer.on_end(Outcome::cancelled(), counts);
+                observer.on_end(Outcome::dropped(std::thread::panicking()), counts);
             }
         }
     }
@@ -124,7 +126,20 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let mut this = self.project();
-        let frame = ready!(this.inner.as_mut().poll_frame(cx));
+        if this.observer.is_none() {
+            return this.inner.poll_frame(cx);
+        }
+        let frame = {
+            // A panic in the inner body ends the RPC here, while it unwinds.
+            let _guard = OnUnwind {
+                counts: Counts {
+                    messages: this.counter.messages(),
+                    bytes: *this.bytes,
+                },
+                observer: this.observer,
+            };
+            ready!(this.inner.as_mut().poll_frame(cx))
+        };
         let Some(observer) = this.observer.as_mut() else {
             return Poll::Ready(frame);
         };

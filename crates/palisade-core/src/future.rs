@@ -24,7 +24,13 @@ pin_project! {
     /// - any other response: when its [`ObservedBody`] ends;
     /// - an `Err` from the inner service: at once, from the error (a [`tonic::Status`] inside it
     ///   gives the code, anything else [`Side::error_fallback`]);
-    /// - the future dropped before it resolved: `Cancelled`.
+    /// - the future dropped before it resolved: `Cancelled`;
+    /// - the inner future panicked (the panic unwinds through this future's `poll`, or the
+    ///   future is dropped while the thread unwinds): `Internal`, from [`Source::Panicked`] —
+    ///   a panic is the service's failure, not the caller's cancellation.
+    ///
+    /// A trailers-only response a Palisade layer made ([`Rejection`](crate::Rejection)) ends
+    /// with an outcome that names that layer: [`Outcome::rejected_by`].
     ///
     /// # Example
     ///
@@ -51,7 +57,7 @@ pin_project! {
     impl<F, O: Observer> PinnedDrop for ObservedFuture<F, O> {
         fn drop(this: Pin<&mut Self>) {
             if let Some(observer) = this.project().observer.take() {
-                observer.on_end(Outcome::cancelled(), Counts::default());
+                observer.on_end(Outcome::dropped(std::thread::panicking()), Counts::default());
             }
         }
     }
@@ -78,24 +84,28 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
+        // A panic in the inner future ends the call here, while it unwinds: a runtime drops a
+        // panicked task's future only after catching the panic, when it no longer shows.
+        let guard = OnUnwind {
+            observer: this.observer,
+            counts: Counts::default(),
+        };
         let result = ready!(this.inner.poll(cx));
         let side = *this.side;
-        let Some(observer) = this.observer.take() else {
+        let Some(observer) = guard.observer.take() else {
             // Polled after completion: there is nothing left to observe.
             return Poll::Ready(
                 result.map(|response| response.map(|b| ObservedBody::ended(b, side))),
             );
         };
         Poll::Ready(match result {
-            Ok(response) => {
-                match Outcome::from_response_head(response.status(), response.headers()) {
-                    Some(outcome) => {
-                        observer.on_end(outcome, Counts::default());
-                        Ok(response.map(|body| ObservedBody::ended(body, side)))
-                    }
-                    None => Ok(response.map(|body| ObservedBody::response(body, side, observer))),
+            Ok(response) => match Outcome::from_response(&response) {
+                Some(outcome) => {
+                    observer.on_end(outcome, Counts::default());
+                    Ok(response.map(|body| ObservedBody::ended(body, side)))
                 }
-            }
+                None => Ok(response.map(|body| ObservedBody::response(body, side, observer))),
+            },
             Err(error) => {
                 let outcome =
                     Outcome::from_error(&error, Source::ServiceError, side.error_fallback());
@@ -103,6 +113,23 @@ where
                 Err(error)
             }
         })
+    }
+}
+
+/// Reports [`Outcome::panicked`] to the observer when dropped while the thread unwinds: put on
+/// the stack around a poll of the inner future or body.
+pub(crate) struct OnUnwind<'a, O: Observer> {
+    pub(crate) observer: &'a mut Option<O>,
+    pub(crate) counts: Counts,
+}
+
+impl<O: Observer> Drop for OnUnwind<'_, O> {
+    fn drop(&mut self) {
+        if std::thread::panicking()
+            && let Some(observer) = self.observer.take()
+        {
+            observer.on_end(Outcome::panicked(), self.counts);
+        }
     }
 }
 

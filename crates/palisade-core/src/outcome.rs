@@ -2,11 +2,14 @@
 
 use std::{any::Any, borrow::Cow, error::Error, fmt};
 
-use http::{HeaderMap, HeaderValue, StatusCode};
+use http::{HeaderMap, HeaderValue, Response, StatusCode};
 use percent_encoding::percent_decode;
 use tonic::Status;
 
-use crate::code::{self, Code};
+use crate::{
+    code::{self, Code},
+    rejection::LocalRejection,
+};
 
 /// Where an [`Outcome`]'s code was read from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -28,9 +31,13 @@ pub enum Source {
     ServiceError,
     /// A request body that ended normally (its code is `Ok`).
     EndOfStream,
+    /// The inner service panicked: its future or body was dropped while the thread unwound
+    /// (read as `Internal`, never as the caller's cancellation).
+    Panicked,
 }
 
-/// The result of one RPC: its gRPC code, where that code came from, and its message.
+/// The result of one RPC: its gRPC code, where that code came from, its message, and — when a
+/// Palisade layer answered the call itself — which layer ([`Outcome::rejected_by`]).
 ///
 /// # Example
 ///
@@ -51,6 +58,7 @@ pub struct Outcome {
     code: Code,
     source: Source,
     message: Option<Message>,
+    rejected_by: Option<&'static str>,
 }
 
 #[derive(Clone, PartialEq, Eq)]
@@ -67,6 +75,7 @@ impl Outcome {
             code,
             source,
             message: None,
+            rejected_by: None,
         }
     }
 
@@ -77,9 +86,38 @@ impl Outcome {
         self
     }
 
+    /// Marks the outcome as a rejection made by the Palisade layer named `layer`; see
+    /// [`Outcome::rejected_by`].
+    #[must_use]
+    pub fn with_rejected_by(mut self, layer: &'static str) -> Self {
+        self.rejected_by = Some(layer);
+        self
+    }
+
     /// The caller dropped the call before it ended.
     pub const fn cancelled() -> Self {
         Self::new(Code::Cancelled, Source::Dropped)
+    }
+
+    /// The inner service panicked while the call was in flight: `Internal`, from
+    /// [`Source::Panicked`].
+    pub const fn panicked() -> Self {
+        Self {
+            code: Code::Internal,
+            source: Source::Panicked,
+            message: Some(Message::Text(Cow::Borrowed("panicked"))),
+            rejected_by: None,
+        }
+    }
+
+    /// The outcome of a call that ended with `panicking` unwinding (see
+    /// [`std::thread::panicking`]) or, otherwise, that the caller dropped.
+    pub(crate) fn dropped(panicking: bool) -> Self {
+        if panicking {
+            Self::panicked()
+        } else {
+            Self::cancelled()
+        }
     }
 
     /// Reads the outcome from trailers: `grpc-status` (missing: `Unknown`) and `grpc-message`.
@@ -94,6 +132,7 @@ impl Outcome {
                 } else {
                     grpc_message(trailers)
                 },
+                rejected_by: None,
             },
             None => Self::new(Code::Unknown, Source::MissingStatus),
         }
@@ -118,6 +157,7 @@ impl Outcome {
                 code,
                 source: Source::TrailersOnly,
                 message: grpc_message(headers),
+                rejected_by: None,
             });
         }
         if status != StatusCode::OK {
@@ -127,6 +167,35 @@ impl Outcome {
             ));
         }
         None
+    }
+
+    /// Like [`Outcome::from_response_head`], and a trailers-only response a Palisade layer
+    /// made (it carries a [`LocalRejection`] in its extensions, as every [`Rejection`]'s
+    /// response does) is marked with that layer: [`Outcome::rejected_by`]. The extensions are
+    /// read only for trailers-only responses.
+    ///
+    /// ```
+    /// use palisade_core::{Code, Outcome, Rejection};
+    ///
+    /// let local = Rejection::new(Code::ResourceExhausted, "slow down")
+    ///     .by("ratelimit")
+    ///     .into_response::<()>();
+    /// let outcome = Outcome::from_response(&local).unwrap();
+    /// assert_eq!(outcome.rejected_by(), Some("ratelimit"));
+    ///
+    /// // The same status from the backend, as read off the wire, is not local.
+    /// let mut remote = local;
+    /// remote.extensions_mut().clear();
+    /// assert!(!Outcome::from_response(&remote).unwrap().is_local());
+    /// ```
+    ///
+    /// [`Rejection`]: crate::Rejection
+    pub fn from_response<B>(response: &Response<B>) -> Option<Self> {
+        let mut outcome = Self::from_response_head(response.status(), response.headers())?;
+        if outcome.source == Source::TrailersOnly {
+            outcome.rejected_by = LocalRejection::of(response).map(LocalRejection::layer);
+        }
+        Some(outcome)
     }
 
     /// The outcome of an error, from the inner service or from a body.
@@ -164,6 +233,22 @@ impl Outcome {
         self.code == Code::Ok
     }
 
+    /// The Palisade layer that answered the call itself (`"ratelimit"`, `"breaker"`,
+    /// `"jwt"`, …), when the response was a [`Rejection`](crate::Rejection) made in this
+    /// process rather than the backend's answer; `None` for everything read off the wire.
+    ///
+    /// A breaker never counts such an outcome as the backend's failure, and a retry never
+    /// replays it. The mark lives in the response's extensions, so it does not cross the
+    /// network: a server's rejection reaches its client as an ordinary status.
+    pub fn rejected_by(&self) -> Option<&'static str> {
+        self.rejected_by
+    }
+
+    /// Whether a Palisade layer answered the call itself; see [`Outcome::rejected_by`].
+    pub fn is_local(&self) -> bool {
+        self.rejected_by.is_some()
+    }
+
     /// The status message, percent-decoded (invalid UTF-8 replaced), if there is one.
     pub fn message(&self) -> Option<Cow<'_, str>> {
         match self.message.as_ref()? {
@@ -179,6 +264,7 @@ impl fmt::Debug for Outcome {
             .field("code", &self.code)
             .field("source", &self.source)
             .field("message", &self.message())
+            .field("rejected_by", &self.rejected_by)
             .finish()
     }
 }

@@ -7,7 +7,7 @@ use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
 
 use crate::{
     code::{self, Code},
-    headers::{GRPC_MESSAGE, GRPC_STATUS, GRPC_STATUS_DETAILS},
+    headers::{GRPC_MESSAGE, GRPC_RETRY_PUSHBACK_MS, GRPC_STATUS, GRPC_STATUS_DETAILS},
 };
 
 /// What gRPC percent-encodes in `grpc-message`: everything outside printable ASCII, and `%`.
@@ -15,12 +15,55 @@ const GRPC_MESSAGE_ENCODE: &AsciiSet = &CONTROLS.add(b'%');
 
 const GRPC_CONTENT_TYPE: HeaderValue = HeaderValue::from_static("application/grpc");
 
+/// The mark every [`Rejection`]'s response carries in its [`http::Extensions`]: the response
+/// was made in this process by the Palisade layer it names, not received from the backend.
+///
+/// [`ObservedFuture`](crate::ObservedFuture) reads it from trailers-only responses into
+/// [`Outcome::rejected_by`](crate::Outcome::rejected_by), so a breaker never counts another
+/// layer's rejection as the backend's failure, wherever the layers sit. Extensions never
+/// cross the network: a server's rejection reaches the client as an ordinary status.
+///
+/// ```
+/// use palisade_core::{Code, Rejection, rejection::LocalRejection};
+///
+/// let response = Rejection::new(Code::Unavailable, "circuit open").by("breaker").into_response::<()>();
+/// assert_eq!(LocalRejection::of(&response).map(LocalRejection::layer), Some("breaker"));
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct LocalRejection {
+    layer: &'static str,
+}
+
+impl LocalRejection {
+    /// The name a [`Rejection`] not named with [`Rejection::by`] carries.
+    pub const UNNAMED: &'static str = "palisade";
+
+    /// A mark naming `layer`.
+    pub const fn new(layer: &'static str) -> Self {
+        Self { layer }
+    }
+
+    /// The layer that made the response: `"ratelimit"`, `"breaker"`, `"jwt"`, …
+    pub const fn layer(self) -> &'static str {
+        self.layer
+    }
+
+    /// The mark of a response, if a Palisade layer made it.
+    pub fn of<B>(response: &Response<B>) -> Option<Self> {
+        response.extensions().get::<Self>().copied()
+    }
+}
+
 /// A trailers-only gRPC response: HTTP 200, `content-type: application/grpc`, `grpc-status`,
 /// a percent-encoded `grpc-message`, and optional extra metadata — the form a gRPC client
 /// reads as a `Status`, unlike an HTTP 401 or 429.
 ///
 /// It is built once (the message encoded once) and turned into a response for any body type
 /// with `Default`, so layers reject with a response and keep the inner service's error type.
+/// Every response it makes carries a [`LocalRejection`] naming the layer ([`Rejection::by`]),
+/// so observers can tell it from the backend's answers ([`Outcome::rejected_by`]).
+///
+/// [`Outcome::rejected_by`]: crate::Outcome::rejected_by
 ///
 /// # Example
 ///
@@ -29,6 +72,7 @@ const GRPC_CONTENT_TYPE: HeaderValue = HeaderValue::from_static("application/grp
 /// use palisade_core::{Code, Rejection};
 ///
 /// let rejection = Rejection::new(Code::ResourceExhausted, "rate limit exceeded")
+///     .by("ratelimit")
 ///     .with_metadata("grpc-retry-pushback-ms", HeaderValue::from_static("250"));
 /// let response = rejection.to_response::<String>();
 /// assert_eq!(response.status(), 200);
@@ -41,6 +85,7 @@ pub struct Rejection {
     code: Code,
     message: Option<HeaderValue>,
     metadata: HeaderMap,
+    layer: &'static str,
 }
 
 impl Rejection {
@@ -50,7 +95,22 @@ impl Rejection {
             code,
             message: encode_message(message.into()),
             metadata: HeaderMap::new(),
+            layer: LocalRejection::UNNAMED,
         }
+    }
+
+    /// Names the layer that rejects (`"ratelimit"`, `"breaker"`, `"jwt"`, …): its responses'
+    /// [`LocalRejection`] mark and [`Outcome::rejected_by`](crate::Outcome::rejected_by).
+    /// Unnamed, it is [`LocalRejection::UNNAMED`].
+    #[must_use]
+    pub fn by(mut self, layer: &'static str) -> Self {
+        self.layer = layer;
+        self
+    }
+
+    /// The name of the layer that rejects; see [`Rejection::by`].
+    pub fn layer(&self) -> &'static str {
+        self.layer
     }
 
     /// Adds a metadata entry to the response headers (`grpc-retry-pushback-ms`,
@@ -90,6 +150,9 @@ impl Rejection {
         }
         self.write_status(headers);
         response
+            .extensions_mut()
+            .insert(LocalRejection::new(self.layer));
+        response
     }
 
     /// The response.
@@ -103,11 +166,19 @@ impl Rejection {
             headers.insert(GRPC_MESSAGE, message);
         }
         response
+            .extensions_mut()
+            .insert(LocalRejection::new(self.layer));
+        response
     }
 
     /// Writes the rejection into the trailers of a stream that has already sent its headers:
-    /// its metadata, `grpc-status`, and its `grpc-message` (removing one the trailers had).
+    /// its metadata, `grpc-status`, and its `grpc-message`. What the trailers had that belongs
+    /// to the status they replace goes: `grpc-message`, `grpc-status-details-bin` (rich error
+    /// details that would contradict the new status) and `grpc-retry-pushback-ms` (unless the
+    /// rejection sets its own).
     pub fn write_trailers(&self, trailers: &mut HeaderMap) {
+        trailers.remove(GRPC_STATUS_DETAILS);
+        trailers.remove(GRPC_RETRY_PUSHBACK_MS);
         for (name, value) in &self.metadata {
             trailers.insert(name.clone(), value.clone());
         }
@@ -131,7 +202,8 @@ impl Rejection {
     }
 }
 
-/// Shorthand for `Rejection::new(code, message).into_response()`.
+/// Shorthand for `Rejection::new(code, message).into_response()`: marked
+/// [`LocalRejection::UNNAMED`]; name the layer with [`Rejection::by`].
 pub fn reject<B: Default>(code: Code, message: impl Into<Cow<'static, str>>) -> Response<B> {
     Rejection::new(code, message).into_response()
 }
@@ -178,6 +250,34 @@ mod tests {
             (Code::ResourceExhausted, None)
         );
         assert_eq!(trailers["grpc-retry-pushback-ms"], "5");
+    }
+
+    #[test]
+    fn trailers_lose_stale_details_and_pushback() {
+        let mut trailers = HeaderMap::new();
+        trailers.insert(GRPC_STATUS, HeaderValue::from_static("5"));
+        trailers.insert(
+            GRPC_STATUS_DETAILS,
+            HeaderValue::from_static("CAUSBm5vIHN1Y2g"),
+        );
+        trailers.insert(GRPC_RETRY_PUSHBACK_MS, HeaderValue::from_static("-1"));
+        trailers.insert("x-handler", HeaderValue::from_static("kept"));
+        Rejection::new(Code::ResourceExhausted, "rate limit exceeded")
+            .write_trailers(&mut trailers);
+        assert_eq!(trailers[GRPC_STATUS], "8");
+        assert!(trailers.get(GRPC_STATUS_DETAILS).is_none(), "{trailers:?}");
+        assert!(
+            trailers.get(GRPC_RETRY_PUSHBACK_MS).is_none(),
+            "{trailers:?}"
+        );
+        assert_eq!(trailers["x-handler"], "kept");
+
+        // A pushback of the rejection's own replaces the handler's.
+        trailers.insert(GRPC_RETRY_PUSHBACK_MS, HeaderValue::from_static("-1"));
+        Rejection::new(Code::ResourceExhausted, "")
+            .with_metadata(GRPC_RETRY_PUSHBACK_MS, HeaderValue::from_static("250"))
+            .write_trailers(&mut trailers);
+        assert_eq!(trailers[GRPC_RETRY_PUSHBACK_MS], "250");
     }
 
     #[test]

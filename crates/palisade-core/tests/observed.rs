@@ -113,7 +113,9 @@ async fn trailers_only_error_ends_at_the_headers() {
     let recorder = Recorder::default();
     let inner = async {
         Ok::<_, Infallible>(
-            Rejection::new(Code::PermissionDenied, "no").into_response::<GrpcBody>(),
+            Rejection::new(Code::PermissionDenied, "no")
+                .by("jwt")
+                .into_response::<GrpcBody>(),
         )
     };
     let response = ObservedFuture::new(inner, Side::Server, recorder.clone())
@@ -124,6 +126,8 @@ async fn trailers_only_error_ends_at_the_headers() {
         (outcome.code(), outcome.source()),
         (Code::PermissionDenied, Source::TrailersOnly)
     );
+    // Made by a Palisade layer in this process: the outcome names it.
+    assert_eq!(outcome.rejected_by(), Some("jwt"));
     // Polling the (empty) body and dropping it reports nothing more.
     collect(response.into_body()).await.unwrap();
     recorder.single();
@@ -163,6 +167,7 @@ async fn http_503_without_grpc_status() {
         (outcome.code(), outcome.source()),
         (Code::Unavailable, Source::HttpStatus)
     );
+    assert!(!outcome.is_local());
     collect(response.into_body()).await.unwrap();
     recorder.single();
 }
@@ -378,4 +383,82 @@ proptest! {
         let expected = if with_trailers { Code::from_i32(code) } else { Code::Unknown };
         prop_assert_eq!(outcome.code(), expected);
     }
+}
+
+/// Polls `future` once, catching a panic as a runtime's task harness does: the future is
+/// dropped after the panic was caught, not while the thread unwinds.
+fn poll_catching<F: Future>(future: F) -> std::thread::Result<Poll<F::Output>> {
+    let mut future = std::pin::pin!(future);
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        future.as_mut().poll(&mut cx)
+    }))
+}
+
+/// A response future that panics when polled.
+struct Panics;
+
+impl Future for Panics {
+    type Output = Result<Response<GrpcBody>, Infallible>;
+    fn poll(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Self::Output> {
+        panic!("handler bug")
+    }
+}
+
+/// A body that panics when polled.
+struct PanickingBody;
+
+impl Body for PanickingBody {
+    type Data = Bytes;
+    type Error = Infallible;
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        panic!("stream bug")
+    }
+}
+
+#[tokio::test]
+async fn a_panicking_future_is_internal_not_cancelled() {
+    let recorder = Recorder::default();
+    let future = ObservedFuture::new(Panics, Side::Server, recorder.clone());
+    let caught = poll_catching(future);
+    assert!(caught.is_err(), "the panic goes on to the caller");
+    let (outcome, _) = recorder.single();
+    assert_eq!(
+        (outcome.code(), outcome.source()),
+        (Code::Internal, Source::Panicked)
+    );
+}
+
+#[tokio::test]
+async fn a_panicking_body_is_internal_not_cancelled() {
+    let recorder = Recorder::default();
+    let response = ObservedFuture::new(respond(PanickingBody), Side::Server, recorder.clone())
+        .await
+        .unwrap();
+    let mut body = response.into_body();
+    let caught = poll_catching(body.frame());
+    assert!(caught.is_err());
+    drop(body);
+    let (outcome, _) = recorder.single();
+    assert_eq!(
+        (outcome.code(), outcome.source()),
+        (Code::Internal, Source::Panicked)
+    );
+
+    // A request body too, and one dropped while the thread unwinds.
+    let recorder = Recorder::default();
+    let body = ObservedBody::request(
+        GrpcBody::new([frames::message(b"a")], None),
+        Side::Server,
+        recorder.clone(),
+    );
+    let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+        let _body = body;
+        panic!("handler bug while holding the request");
+    }));
+    assert!(unwound.is_err());
+    assert_eq!(recorder.single().0.code(), Code::Internal);
 }
