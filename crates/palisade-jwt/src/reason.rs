@@ -130,7 +130,7 @@ impl Rejections {
         Rejections(
             Reason::ALL
                 .iter()
-                .map(|r| Rejection::new(r.code(), r.message()))
+                .map(|r| Rejection::new(r.code(), r.message()).by("jwt"))
                 .collect(),
         )
     }

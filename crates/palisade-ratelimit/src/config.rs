@@ -111,7 +111,7 @@ impl Common {
             limits,
             exempt: self.exempt,
             table,
-            template: Rejection::new(self.code, self.message.clone()),
+            template: Rejection::new(self.code, self.message.clone()).by("ratelimit"),
             message: self.message,
             headers,
             shadow: self.shadow,
