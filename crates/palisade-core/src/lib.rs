@@ -64,6 +64,7 @@ pub mod peer;
 #[cfg(feature = "registry")]
 pub mod registry;
 pub mod rejection;
+pub mod slots;
 
 pub use body::ObservedBody;
 pub use code::{Code, CodeSet};

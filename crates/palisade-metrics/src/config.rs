@@ -11,8 +11,13 @@ use crate::{
     naming::{Names, Naming},
 };
 
-/// How many methods first seen at run time get label values of their own when no method is
-/// known (no registry, no allow-list): the rest are recorded as `unknown`.
+/// How many methods first seen at run time may earn label values of their own when no method
+/// is known (no registry, no allow-list): the rest are recorded as `unknown`.
+///
+/// A method earns its values by being called repeatedly (see
+/// [`palisade_core::slots`]), so a flood of random paths takes none of them; still, on a server
+/// exposed to untrusted callers give the layer the [registry](MetricsBuilder::registry), so that
+/// no caller-chosen path ever becomes a label value.
 pub const DEFAULT_MAX_DYNAMIC_METHODS: usize = 100;
 
 /// Configures a [`MetricsLayer`]; made by [`MetricsLayer::server`] or [`MetricsLayer::client`].
@@ -121,10 +126,18 @@ impl MetricsBuilder {
         self
     }
 
-    /// How many methods that are not known may still get label values of their own, first
-    /// come first served; past the cap they are recorded under `grpc_service="unknown"`,
-    /// `grpc_method="unknown"`, as Envoy's gRPC stats filter does. Default: 0 when methods are
-    /// known (a registry or an allow-list), [`DEFAULT_MAX_DYNAMIC_METHODS`] otherwise.
+    /// How many methods that are not known may still get label values of their own. A method
+    /// earns them only once it has been called
+    /// [`ADMISSION_THRESHOLD`](palisade_core::slots::ADMISSION_THRESHOLD) times recently (its
+    /// calls until then are recorded as `unknown`), so paths called once or twice — a scan, a
+    /// flood of random paths — never take the slots from real methods. Past the cap every other
+    /// path is recorded under `grpc_service="unknown"`, `grpc_method="unknown"`, as Envoy's gRPC
+    /// stats filter does. Default: 0 when methods are known (a registry or an allow-list),
+    /// [`DEFAULT_MAX_DYNAMIC_METHODS`] otherwise.
+    ///
+    /// A series cannot be taken back once exported, so a slot is never given up: a caller who
+    /// repeats made-up paths can still take them. On a server exposed to untrusted callers,
+    /// give the layer the [registry](Self::registry) and leave this at 0.
     #[must_use]
     pub fn max_dynamic_methods(mut self, max: usize) -> Self {
         self.max_dynamic = Some(max);

@@ -1,25 +1,19 @@
 //! Cached metric handles: one [`MethodMetrics`] per method, found by one lookup of the path.
 
 use std::{
-    collections::HashMap,
+    collections::HashSet,
     fmt,
-    sync::{Arc, Mutex, OnceLock, PoisonError},
+    sync::{Arc, OnceLock},
     time::Duration,
 };
 
-use arc_swap::ArcSwap;
 use metrics::{Counter, Histogram, Key, Label, Level, Metadata, Recorder, Unit};
-use palisade_core::{Code, Method, MethodType};
+use palisade_core::{Code, MethodType, slots::Slots};
 
 use crate::naming::{Metric, Names, Naming, code_label, method_labels};
 
 static METADATA: Metadata<'static> =
     Metadata::new(module_path!(), Level::INFO, Some(module_path!()));
-
-/// Paths longer than this never become label values of their own.
-const MAX_DYNAMIC_PATH_LEN: usize = 256;
-
-type Map = HashMap<Box<str>, Arc<MethodMetrics>, foldhash::fast::RandomState>;
 
 /// Where handles are registered: the `metrics` facade's current recorder, or one given.
 #[derive(Clone)]
@@ -206,13 +200,11 @@ impl fmt::Debug for MethodMetrics {
 }
 
 /// Every method's handles, by request path: the known methods (fixed at build), the methods
-/// first seen at run time up to a cap, and `unknown` for everything else.
+/// that earned a slot at run time (palisade-core's [`Slots`]: seen repeatedly, up to a cap),
+/// and `unknown` for everything else.
 pub(crate) struct Table {
     family: Arc<Family>,
-    known: Map,
-    dynamic: ArcSwap<Map>,
-    insert: Mutex<()>,
-    max_dynamic: usize,
+    slots: Slots<Arc<MethodMetrics>, foldhash::fast::RandomState>,
     unknown: OnceLock<Arc<MethodMetrics>>,
 }
 
@@ -223,73 +215,51 @@ impl Table {
         known: impl IntoIterator<Item = (&'a str, &'a str, Option<MethodType>)>,
         max_dynamic: usize,
     ) -> Self {
-        let mut map = Map::default();
-        for (service, method, method_type) in known {
-            let path: Box<str> = format!("/{service}/{method}").into();
-            if map.contains_key(&path) {
-                continue;
-            }
-            let handles =
-                MethodMetrics::new(family.clone(), Some((service, method)), method_type, true);
-            map.insert(path, Arc::new(handles));
-        }
+        let mut seen = HashSet::new();
+        let known: Vec<(String, Arc<MethodMetrics>)> = known
+            .into_iter()
+            .filter_map(|(service, method, method_type)| {
+                let path = format!("/{service}/{method}");
+                seen.insert(path.clone()).then(|| {
+                    let handles = MethodMetrics::new(
+                        family.clone(),
+                        Some((service, method)),
+                        method_type,
+                        true,
+                    );
+                    (path, Arc::new(handles))
+                })
+            })
+            .collect();
         Self {
+            slots: Slots::with_hasher(known, max_dynamic, Default::default()),
             family,
-            known: map,
-            dynamic: ArcSwap::from_pointee(Map::default()),
-            insert: Mutex::new(()),
-            max_dynamic,
             unknown: OnceLock::new(),
         }
     }
 
-    /// The handles for a request path: one hash lookup for a known method.
+    /// The handles for a request path: one hash and probe for a method with a slot.
     pub(crate) fn lookup(&self, path: &str) -> Arc<MethodMetrics> {
-        match self.known.get(path) {
-            Some(handles) => handles.clone(),
+        match self.slots.get(path) {
+            Some((_, handles)) => handles.clone(),
             None => self.lookup_dynamic(path),
         }
     }
 
-    fn lookup_dynamic(&self, path: &str) -> Arc<MethodMetrics> {
-        if self.max_dynamic > 0 {
-            let dynamic = self.dynamic.load();
-            if let Some(handles) = dynamic.get(path) {
-                return handles.clone();
-            }
-            if dynamic.len() < self.max_dynamic
-                && let Some(handles) = self.insert(path)
-            {
-                return handles;
-            }
-        }
-        self.unknown()
-    }
-
     #[cold]
-    fn insert(&self, path: &str) -> Option<Arc<MethodMetrics>> {
-        if path.len() > MAX_DYNAMIC_PATH_LEN {
-            return None;
+    fn lookup_dynamic(&self, path: &str) -> Arc<MethodMetrics> {
+        let admitted = self.slots.admit(path, |method| {
+            Arc::new(MethodMetrics::new(
+                self.family.clone(),
+                Some((method.service(), method.method())),
+                None,
+                false,
+            ))
+        });
+        match admitted {
+            Some((_, handles)) => handles.clone(),
+            None => self.unknown(),
         }
-        let method = Method::parse(path)?;
-        let _guard = self.insert.lock().unwrap_or_else(PoisonError::into_inner);
-        let current = self.dynamic.load_full();
-        if let Some(handles) = current.get(path) {
-            return Some(handles.clone());
-        }
-        if current.len() >= self.max_dynamic {
-            return None;
-        }
-        let handles = Arc::new(MethodMetrics::new(
-            self.family.clone(),
-            Some((method.service(), method.method())),
-            None,
-            false,
-        ));
-        let mut next = Map::clone(&current);
-        next.insert(path.into(), handles.clone());
-        self.dynamic.store(Arc::new(next));
-        Some(handles)
     }
 
     #[cold]
@@ -301,21 +271,21 @@ impl Table {
 
     /// How many methods are known.
     pub(crate) fn known_len(&self) -> usize {
-        self.known.len()
+        self.slots.known_len()
     }
 
     /// The cap on methods first seen at run time.
     pub(crate) fn max_dynamic(&self) -> usize {
-        self.max_dynamic
+        self.slots.max_dynamic()
     }
 }
 
 impl fmt::Debug for Table {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Table")
-            .field("known", &self.known.len())
-            .field("dynamic", &self.dynamic.load().len())
-            .field("max_dynamic", &self.max_dynamic)
+            .field("known", &self.slots.known_len())
+            .field("dynamic", &self.slots.dynamic_len())
+            .field("max_dynamic", &self.slots.max_dynamic())
             .finish()
     }
 }

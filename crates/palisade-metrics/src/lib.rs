@@ -20,10 +20,12 @@
 //! palisade-core's observed body.
 //!
 //! Label values are bounded: methods of the registry (or of an allow-list) get their own
-//! series, created with zero values at build time; others get theirs up to a cap, and every
-//! further path is recorded under `grpc_service="unknown"`, `grpc_method="unknown"`. Per-method
-//! handles are cached, so recording an RPC costs one hash lookup of its path and a few atomic
-//! additions.
+//! series, created with zero values at build time; others earn theirs, up to a cap, by being
+//! called repeatedly (one-off paths never do), and every other path is recorded under
+//! `grpc_service="unknown"`, `grpc_method="unknown"`. On a server exposed to untrusted callers,
+//! give the layer the registry: then no path a caller makes up becomes a label value.
+//! Per-method handles are cached, so recording an RPC costs one hash lookup of its path and a
+//! few atomic additions.
 //!
 //! Options: `grpc_code` on the histogram, a name prefix, constant labels, skipping methods, and
 //! OpenTelemetry's RPC names ([`Naming::OpenTelemetry`]). Histogram buckets belong to the

@@ -177,16 +177,11 @@ async fn skipped_methods_are_not_recorded() {
 #[tokio::test]
 async fn without_a_registry_methods_get_their_names_and_an_unknown_type() {
     let recorded = Recorded::new();
-    let samples = call(
-        &recorded,
-        MetricsLayer::client(),
-        &[
-            (SAY_HELLO, Code::Ok),
-            (SAY_HELLO_STREAM, Code::Unavailable),
-            ("/not-grpc", Code::Ok),
-        ],
-    )
-    .await;
+    // A method earns its own names by being called repeatedly: until then it is `unknown`.
+    let mut calls = vec![(SAY_HELLO, Code::Ok); THRESHOLD];
+    calls.extend(vec![(SAY_HELLO_STREAM, Code::Unavailable); THRESHOLD]);
+    calls.push(("/not-grpc", Code::Ok));
+    let samples = call(&recorded, MetricsLayer::client(), &calls).await;
     let labels = [
         ("grpc_type", "unknown"),
         ("grpc_service", "palisade.demo.v1.Greeter"),
@@ -199,12 +194,16 @@ async fn without_a_registry_methods_get_their_names_and_an_unknown_type() {
         "grpc_client_handled_total",
         &[("grpc_method", "SayHello"), ("grpc_code", "Internal")]
     ));
-    // A path that is not a gRPC method is `unknown`.
+    // The calls before each method earned its names, and a path that is not a gRPC method,
+    // are `unknown`.
     assert_eq!(
         samples.get("grpc_client_started_total", &[("grpc_method", "unknown")]),
-        1.0
+        (2 * (THRESHOLD - 1) + 1) as f64
     );
 }
+
+/// How many calls earn a method first seen at run time its own names.
+const THRESHOLD: usize = palisade_core::slots::ADMISSION_THRESHOLD as usize;
 
 #[tokio::test]
 async fn an_allow_list_bounds_names_like_a_registry() {
@@ -244,19 +243,20 @@ async fn a_registry_with_a_dynamic_cap_admits_that_many_more() {
             .registry(registry())
             .max_dynamic_methods(1),
         &[
-            ("/a.B/C", Code::Ok),
-            ("/a.B/D", Code::Ok),
-            ("/a.B/C", Code::Ok),
-        ],
+            vec![("/a.B/C", Code::Ok); THRESHOLD + 1],
+            vec![("/a.B/D", Code::Ok); THRESHOLD],
+        ]
+        .concat(),
     )
     .await;
+    // C earned the one slot at its THRESHOLD-th call; D found none left.
     assert_eq!(
         samples.get("grpc_server_started_total", &[("grpc_method", "C")]),
         2.0
     );
     assert_eq!(
         samples.get("grpc_server_started_total", &[("grpc_method", "unknown")]),
-        1.0
+        (THRESHOLD - 1 + THRESHOLD) as f64
     );
     assert!(!samples.has("grpc_server_started_total", &[("grpc_method", "D")]));
 }
