@@ -12,7 +12,10 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use palisade_core::{Code, Matcher, MethodRegistry, Side, code::ALL_CODES};
 use tracing::Level;
 
-use crate::level::{default_client_level, default_server_level, level_enabled};
+use crate::{
+    level::{default_client_level, default_server_level, level_enabled},
+    writer::LogWriter,
+};
 
 /// Metadata that is never logged, whatever the allowlist says.
 pub(crate) const ALWAYS_SECRET: [HeaderName; 4] = [
@@ -44,6 +47,8 @@ pub(crate) struct Config {
     metadata: Arc<[HeaderName]>,
     pub(crate) max_message_len: usize,
     pub(crate) registry: Option<Arc<MethodRegistry>>,
+    /// Where the access-log lines go, written by this crate; `None`: as `tracing` events.
+    pub(crate) access_log: Option<LogWriter>,
 }
 
 impl Config {
@@ -62,6 +67,7 @@ impl Config {
             metadata: Arc::new([]),
             max_message_len: DEFAULT_MAX_MESSAGE_LEN,
             registry: None,
+            access_log: None,
         };
         match side {
             Side::Server => config.set_levels(default_server_level),
@@ -155,6 +161,7 @@ impl fmt::Debug for Config {
             .field("secret_metadata", &self.secrets)
             .field("max_message_len", &self.max_message_len)
             .field("registry", &self.registry.as_ref().map(|r| r.len()))
+            .field("access_log", &self.access_log)
             .finish()
     }
 }

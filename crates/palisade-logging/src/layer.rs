@@ -152,6 +152,30 @@ impl<K> LoggingLayer<K> {
         self
     }
 
+    /// Writes each RPC's event as one JSON line straight into `writer` (a non-blocking
+    /// [`LogWriter`](crate::writer::LogWriter)), formatted by this crate, instead of as a
+    /// `tracing` event: the same fields with the same names, plus `timestamp`, `level` and
+    /// `target`, as `tracing-subscriber`'s `fmt().json().flatten_event(true)` writes them —
+    /// at a fraction of the cost (no field visitor, no allocation per field).
+    ///
+    /// The subscriber's filter still decides which lines are written (its level for this
+    /// crate's target, such as `RUST_LOG=palisade_logging=warn`), and the RPC's span is still
+    /// opened as usual, so the handler's own events nest under it.
+    ///
+    /// ```no_run
+    /// use palisade_logging::{LoggingLayer, writer::non_blocking};
+    ///
+    /// let (writer, _guard) = non_blocking(std::io::stdout());
+    /// tracing_subscriber::fmt().json().with_writer(writer.clone()).init();
+    /// let layer = LoggingLayer::server().access_log(writer);
+    /// # drop(layer);
+    /// ```
+    #[must_use]
+    pub fn access_log(mut self, writer: crate::writer::LogWriter) -> Self {
+        self.config_mut().access_log = Some(writer);
+        self
+    }
+
     /// Logs `grpc.method_type` (`unary`, `client_stream`, `server_stream`, `bidi_stream`) for
     /// the methods the registry knows.
     #[must_use]

@@ -107,8 +107,10 @@ mod config;
 mod future;
 mod layer;
 mod level;
+mod line;
 mod rpc;
 mod service;
+pub mod writer;
 
 pub use body::ResponseBody;
 pub use future::ResponseFuture;

@@ -22,7 +22,8 @@ use tracing::{Span, field::debug};
 
 use crate::{
     config::Config,
-    level::{event_at, span_at},
+    level::{event_at, level_enabled, span_at},
+    line::{Json, with_line},
 };
 
 /// Everything the events need, read once when the RPC starts; shared by the response's
@@ -66,12 +67,17 @@ impl Rpc {
         let path = request.uri().path_and_query()?.clone();
         let side = config.side;
         let parent = Span::current();
+        let trace = TraceIds::current();
+        // The ids only when a trace is active: everything the handler logs inside the span
+        // carries them, under any subscriber that shows its spans' fields.
         let span = span_at!(
             config.span_level,
             parent: &parent,
             "grpc",
             grpc.service = method.service(),
             grpc.method = method.method(),
+            trace_id = trace.as_ref().map(TraceIds::trace_id),
+            span_id = trace.as_ref().map(TraceIds::span_id),
         );
         let peer = match side {
             Side::Server => Peer::remote_addr_of(request.extensions()).map(PeerAddress::Socket),
@@ -90,7 +96,7 @@ impl Rpc {
             peer,
             deadline: deadline::grpc_timeout(request.headers())
                 .and_then(|timeout| SystemTime::now().checked_add(timeout)),
-            trace: TraceIds::current(),
+            trace,
             metadata: config.collect_metadata(request.headers()),
             service_len: method.service().len(),
             path,
@@ -115,6 +121,9 @@ impl Rpc {
 
     fn start_event(&self) {
         let level = self.config.level(palisade_core::Code::Ok);
+        if self.config.access_log.is_some() {
+            return self.write_line(level, None);
+        }
         event_at!(
             level,
             parent: &self.parent,
@@ -136,6 +145,9 @@ impl Rpc {
     fn finish_event(&self, outcome: &Outcome, counts: Counts) {
         let code = outcome.code();
         let level = self.config.level(code);
+        if self.config.access_log.is_some() {
+            return self.write_line(level, Some((outcome, counts)));
+        }
         let elapsed = self.start.elapsed();
         let message = match code {
             palisade_core::Code::Ok => None,
@@ -167,6 +179,76 @@ impl Rpc {
             span_id = self.trace.as_ref().map(TraceIds::span_id),
             "finished call"
         );
+    }
+
+    /// The access log's line: the event's fields, in the same names, written by hand and
+    /// handed to the non-blocking writer. `end` is `None` for the start line.
+    fn write_line(&self, level: tracing::Level, end: Option<(&Outcome, Counts)>) {
+        let Some(writer) = &self.config.access_log else {
+            return;
+        };
+        // The subscriber's filter still decides, before anything is formatted.
+        if !level_enabled(level) {
+            return;
+        }
+        let micros = self.start.elapsed().as_micros() as u64;
+        with_line(|buf| {
+            let mut json = Json::open(buf, SystemTime::now());
+            json.plain("level", level.as_str());
+            json.plain(
+                "message",
+                if end.is_some() {
+                    "finished call"
+                } else {
+                    "started call"
+                },
+            );
+            json.plain("grpc.component", self.config.side.as_str());
+            json.str("grpc.service", self.service());
+            json.str("grpc.method", self.method());
+            if let Some(method_type) = self.method_type {
+                json.plain("grpc.method_type", method_type.as_str());
+            }
+            if let Some((outcome, _)) = end {
+                let code = outcome.code();
+                json.plain("grpc.code", go_name(code));
+                if code != palisade_core::Code::Ok
+                    && let Some(message) = outcome.message()
+                {
+                    json.str(
+                        "grpc.message",
+                        &truncate(message, self.config.max_message_len),
+                    );
+                }
+                json.millis("grpc.time_ms", micros);
+            }
+            match &self.peer {
+                Some(PeerAddress::Socket(addr)) => json.socket("peer.address", addr),
+                Some(PeerAddress::Authority(authority)) => {
+                    json.str("peer.address", authority.as_str())
+                }
+                None => {}
+            }
+            if let Some(deadline) = self.deadline {
+                json.time_millis("grpc.request.deadline", deadline);
+            }
+            if let Some((_, counts)) = end {
+                if let Some(count) = &self.request_messages {
+                    json.u64("grpc.request.messages", count.load(Ordering::Relaxed));
+                }
+                json.u64("grpc.response.messages", counts.messages);
+            }
+            if let Some(metadata) = self.metadata_field() {
+                json.str("grpc.request.metadata", &format!("{metadata:?}"));
+            }
+            if let Some(trace) = &self.trace {
+                json.plain("trace_id", trace.trace_id());
+                json.plain("span_id", trace.span_id());
+            }
+            json.plain("target", crate::TARGET);
+            json.close();
+            writer.write_line(buf);
+        });
     }
 
     fn metadata_field(&self) -> Option<tracing::field::DebugValue<LoggedMetadata<'_>>> {
@@ -270,9 +352,13 @@ impl fmt::Debug for LoggedMetadata<'_> {
     }
 }
 
-/// The active OpenTelemetry span's ids when the RPC started.
+/// The active OpenTelemetry span's ids when the RPC started, in lowercase hex (formatted
+/// once, recorded as plain strings).
 #[cfg(feature = "opentelemetry")]
-struct TraceIds(opentelemetry::trace::TraceId, opentelemetry::trace::SpanId);
+struct TraceIds {
+    trace_id: [u8; 32],
+    span_id: [u8; 16],
+}
 
 #[cfg(feature = "opentelemetry")]
 impl TraceIds {
@@ -281,18 +367,33 @@ impl TraceIds {
         opentelemetry::Context::map_current(|cx| {
             let span = cx.span();
             let context = span.span_context();
-            context
-                .is_valid()
-                .then(|| TraceIds(context.trace_id(), context.span_id()))
+            context.is_valid().then(|| {
+                let mut ids = TraceIds {
+                    trace_id: [0; 32],
+                    span_id: [0; 16],
+                };
+                hex(&context.trace_id().to_bytes(), &mut ids.trace_id);
+                hex(&context.span_id().to_bytes(), &mut ids.span_id);
+                ids
+            })
         })
     }
 
-    fn trace_id(&self) -> tracing::field::DisplayValue<opentelemetry::trace::TraceId> {
-        tracing::field::display(self.0)
+    fn trace_id(&self) -> &str {
+        std::str::from_utf8(&self.trace_id).unwrap_or_default()
     }
 
-    fn span_id(&self) -> tracing::field::DisplayValue<opentelemetry::trace::SpanId> {
-        tracing::field::display(self.1)
+    fn span_id(&self) -> &str {
+        std::str::from_utf8(&self.span_id).unwrap_or_default()
+    }
+}
+
+#[cfg(feature = "opentelemetry")]
+fn hex(bytes: &[u8], out: &mut [u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for (byte, pair) in bytes.iter().zip(out.chunks_exact_mut(2)) {
+        pair[0] = HEX[usize::from(byte >> 4)];
+        pair[1] = HEX[usize::from(byte & 0xf)];
     }
 }
 

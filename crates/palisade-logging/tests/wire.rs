@@ -521,6 +521,58 @@ mod opentelemetry_context {
         );
         assert_eq!(client_event.str("span_id"), "b7ad6b7169203331");
     }
+
+    /// What the README promises: the handler's own logs carry its trace id. Under
+    /// `fmt().json()`, a handler's event shows its spans' fields, and the RPC's span has the ids.
+    #[tokio::test]
+    async fn a_handler_s_own_json_logs_carry_the_call_s_trace_id() {
+        let json = Buffer::default();
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .with_writer(json.clone())
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+        let server_cx = otel_context("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7");
+        let stack = ServiceBuilder::new()
+            .layer(layer_fn(move |inner| WithOtelContext {
+                inner,
+                cx: server_cx.clone(),
+            }))
+            .layer(server_layer());
+        let server = spawn_with(Greeter::new().with_trace_id(handler_logs), stack).await;
+        server.client().await.say_hello(hello("x")).await.unwrap();
+
+        let text = json.text();
+        let handler: serde_json::Value = text
+            .lines()
+            .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+            .find(|line| line["target"] == "handler")
+            .unwrap_or_else(|| panic!("no handler line in {text}"));
+        assert_eq!(
+            handler["span"]["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736",
+            "{handler}"
+        );
+        assert_eq!(handler["span"]["span_id"], "00f067aa0ba902b7", "{handler}");
+        assert_eq!(handler["span"]["name"], "grpc");
+    }
+
+    /// Without an active trace, the RPC's span has no ids at all (not empty ones).
+    #[tokio::test]
+    async fn no_trace_no_ids_on_the_span() {
+        let (capture, _guard) = Capture::install();
+        let server = spawn_with(Greeter::new().with_trace_id(handler_logs), server_layer()).await;
+        server.client().await.say_hello(hello("x")).await.unwrap();
+        let handler = capture
+            .events()
+            .into_iter()
+            .find(|e| e.target == "handler")
+            .unwrap();
+        let (_, fields) = handler.spans.last().unwrap();
+        assert_eq!(
+            fields.keys().map(String::as_str).collect::<Vec<_>>(),
+            ["grpc.method", "grpc.service"]
+        );
+    }
 }
 
 #[tokio::test]
