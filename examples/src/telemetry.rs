@@ -8,6 +8,11 @@ use opentelemetry_sdk::{
     propagation::{BaggagePropagator, TraceContextPropagator},
     trace::SdkTracerProvider,
 };
+use palisade_logging::{
+    LoggingLayer,
+    writer::{LogWriter, NonBlocking, WriterGuard},
+};
+use std::sync::OnceLock;
 use tracing_subscriber::EnvFilter;
 
 /// How logs are written to stdout.
@@ -20,16 +25,48 @@ pub enum LogFormat {
     Text,
 }
 
-/// Installs a `tracing` subscriber writing to stdout; `RUST_LOG` overrides `default_filter`.
-pub fn init_logs(format: LogFormat, default_filter: &str) {
+/// Keeps the log writer thread running; dropping it writes out every line still buffered and
+/// flushes stdout. Keep it until the program's last log line (after the tracer provider's
+/// shutdown).
+#[must_use = "dropping the guard stops the log writer"]
+#[derive(Debug)]
+pub struct LogGuard {
+    _writer: WriterGuard,
+}
+
+/// The access log installed by [`init_logs`] in JSON format, for [`access_log`].
+static ACCESS_LOG: OnceLock<LogWriter> = OnceLock::new();
+
+/// Installs a `tracing` subscriber writing to stdout through a non-blocking writer (a bounded
+/// buffer, written out by a thread of its own; lines that do not fit are dropped and counted
+/// in `palisade_log_dropped_total`); `RUST_LOG` overrides `default_filter`. In JSON format,
+/// the same writer becomes the [`access_log`] of the programs' logging layers: Palisade
+/// writes each RPC's line itself, handed to the buffer without a `tracing` event.
+pub fn init_logs(format: LogFormat, default_filter: &str) -> LogGuard {
+    let (writer, guard) = NonBlocking::builder().finish(std::io::stdout());
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer.clone());
     // A second install (the stack story runs server and client in one process) is a no-op.
-    let _ = match format {
+    let installed = match format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
         LogFormat::Text => builder.try_init(),
     };
+    if installed.is_ok() && format == LogFormat::Json {
+        let _ = ACCESS_LOG.set(writer);
+    }
+    LogGuard { _writer: guard }
+}
+
+/// `layer` writing its lines to the access log of [`init_logs`] (JSON format), or `layer`
+/// as it is (its events go to the `tracing` subscriber) when there is none.
+pub fn access_log<K>(layer: LoggingLayer<K>) -> LoggingLayer<K> {
+    match ACCESS_LOG.get() {
+        Some(writer) => layer.access_log(writer.clone()),
+        None => layer,
+    }
 }
 
 /// Installs an SDK tracer provider (exporting with OTLP over gRPC only when an endpoint is
