@@ -72,6 +72,18 @@ const MAX_COUNT: u8 = 63;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct SlotId(u32);
 
+impl SlotId {
+    /// The slot's index, to keep in a compact form.
+    pub fn index(self) -> u32 {
+        self.0
+    }
+
+    /// The slot of an index [`SlotId::index`] gave; an index never handed out finds no value.
+    pub fn from_index(index: u32) -> Self {
+        Self(index)
+    }
+}
+
 struct Slot<V> {
     path: Box<str>,
     value: V,

@@ -192,9 +192,11 @@ macro_rules! common_methods {
             self
         }
 
-        /// How many methods that are not in the registry get label values (and a cached plan)
-        /// of their own, first come first served; the others are counted under
-        /// `grpc_service="unknown"`, `grpc_method="unknown"` (their limits still apply). Default:
+        /// How many methods that are not in the registry may earn label values (and a cached
+        /// plan) of their own, by being called repeatedly (see [`palisade_core::slots`]: a flood
+        /// of one-off random paths earns none); the others are counted under
+        /// `grpc_service="unknown"`, `grpc_method="unknown"` (their limits still apply). On a
+        /// server exposed to untrusted callers, give the layer the registry. Default:
         /// 0 with a registry, [`DEFAULT_MAX_DYNAMIC_METHODS`](crate::DEFAULT_MAX_DYNAMIC_METHODS)
         /// without; at most [`MAX_DYNAMIC_METHODS`](crate::MAX_DYNAMIC_METHODS) (their slots are
         /// made at build).

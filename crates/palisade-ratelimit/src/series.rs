@@ -1,17 +1,13 @@
 //! The layer's series and its per-method cache: one lookup of the path finds a method's
 //! limits and counter handles.
 
-use std::{
-    fmt,
-    hash::BuildHasher,
-    sync::{
-        Arc, Mutex, OnceLock, PoisonError,
-        atomic::{AtomicUsize, Ordering},
-    },
-};
+use std::{collections::HashSet, fmt, sync::Arc};
 
 use metrics::{Counter, Key, Label, Level, Metadata, Recorder, SharedString};
-use palisade_core::{Method, MethodRegistry, MethodType, Side};
+use palisade_core::{
+    Method, MethodRegistry, MethodType, Side,
+    slots::{SlotId, Slots},
+};
 
 /// `palisade_ratelimit_allowed_total`: calls let through.
 pub const ALLOWED_TOTAL: &str = "palisade_ratelimit_allowed_total";
@@ -19,12 +15,13 @@ pub const ALLOWED_TOTAL: &str = "palisade_ratelimit_allowed_total";
 /// been), streams cut mid-way included.
 pub const REJECTED_TOTAL: &str = "palisade_ratelimit_rejected_total";
 
-/// How many methods that are not known may still get label values of their own, when no
+/// How many methods that are not known may still earn label values of their own, when no
 /// registry is given (as palisade-metrics does).
+///
+/// A method earns them by being called repeatedly (see [`palisade_core::slots`]), so a flood of
+/// random paths takes none of them; still, on a server exposed to untrusted callers give the
+/// layer the method registry, so that no caller-chosen path ever becomes a label value.
 pub const DEFAULT_MAX_DYNAMIC_METHODS: usize = 100;
-
-/// Paths longer than this never become label values of their own.
-const MAX_DYNAMIC_PATH_LEN: usize = 256;
 
 static METADATA: Metadata<'static> =
     Metadata::new(module_path!(), Level::INFO, Some(module_path!()));
@@ -129,7 +126,7 @@ pub(crate) trait Planner {
     fn plan(&self, method: Option<&Method<'_>>) -> (bool, Box<[(u16, u16)]>, bool);
 }
 
-/// The most methods first seen at run time that get an entry of their own.
+/// The most methods first seen at run time that may earn an entry of their own.
 pub const MAX_DYNAMIC_METHODS: usize = 10_000;
 
 /// A method's entry as found for one call: in the table, or made for this call only.
@@ -165,27 +162,16 @@ pub(crate) enum EntryRef {
     Uncached(Arc<MethodEntry>),
 }
 
-struct Slot {
-    path: Box<str>,
-    entry: MethodEntry,
-}
-
-/// Every method's entry, by request path: the registry's (made at build), those first seen
-/// at run time up to a cap, and, past it, entries made per call under `unknown` labels.
+/// Every method's entry, by request path: the registry's (made at build), those that earned
+/// a slot at run time (palisade-core's [`Slots`]: seen repeatedly, up to a cap), and entries
+/// made per call under `unknown` labels for every other path.
 ///
-/// An open-addressing table whose slots are allocated at build (twice the entries it may
-/// hold) and filled once: a lookup is one hash of the path and a probe of plain loads — no
-/// lock, no guard, no reference count.
+/// A lookup is one hash of the path and a probe of plain loads — no lock, no guard, no
+/// reference count.
 pub(crate) struct MethodTable {
     registrar: Registrar,
     side: Side,
-    hasher: foldhash::fast::RandomState,
-    slots: Box<[OnceLock<Slot>]>,
-    mask: usize,
-    known: usize,
-    dynamic: AtomicUsize,
-    max_dynamic: usize,
-    insert: Mutex<()>,
+    slots: Slots<MethodEntry, foldhash::fast::RandomState>,
     unknown: Counters,
 }
 
@@ -208,64 +194,49 @@ impl MethodTable {
                 0
             })
             .min(MAX_DYNAMIC_METHODS);
-        let capacity = (2 * (known.len() + max_dynamic)).next_power_of_two().max(8);
         let unknown = Counters::new(&registrar, side, None, None);
-        let table = Self {
+        let mut seen = HashSet::new();
+        let entries: Vec<(String, MethodEntry)> = known
+            .into_iter()
+            .filter_map(|info| {
+                let path = format!("/{}/{}", info.service, info.method);
+                let method = Method::parse(&path)?;
+                if !seen.insert(method.path().to_owned()) {
+                    return None;
+                }
+                let counters = Counters::new(
+                    &registrar,
+                    side,
+                    Some((&info.service, &info.method)),
+                    Some(info.method_type),
+                );
+                let entry = MethodEntry::new(planner, Some(&method), counters);
+                Some((path, entry))
+            })
+            .collect();
+        Self {
+            slots: Slots::with_hasher(entries, max_dynamic, Default::default()),
             registrar,
             side,
-            hasher: foldhash::fast::RandomState::default(),
-            slots: (0..capacity).map(|_| OnceLock::new()).collect(),
-            mask: capacity - 1,
-            known: 0,
-            dynamic: AtomicUsize::new(0),
-            max_dynamic,
-            insert: Mutex::new(()),
             unknown,
-        };
-        let mut count = 0;
-        for info in known {
-            let path = format!("/{}/{}", info.service, info.method);
-            let Some(method) = Method::parse(&path) else {
-                continue;
-            };
-            let counters = Counters::new(
-                &table.registrar,
-                side,
-                Some((&info.service, &info.method)),
-                Some(info.method_type),
-            );
-            if table.place(&path, MethodEntry::new(planner, Some(&method), counters)) {
-                count += 1;
-            }
-        }
-        Self {
-            known: count,
-            ..table
         }
     }
 
     /// The entry of a request path.
     #[inline]
     pub(crate) fn lookup(&self, planner: &impl Planner, path: &str) -> Lookup<'_> {
-        let mut index = self.hasher.hash_one(path) as usize & self.mask;
-        loop {
-            match self.slots[index].get() {
-                Some(slot) if *slot.path == *path => {
-                    return Lookup::Cached(index as u32, &slot.entry);
-                }
-                Some(_) => index = (index + 1) & self.mask,
-                None => return self.miss(planner, path),
-            }
+        match self.slots.get(path) {
+            Some((slot, entry)) => Lookup::Cached(slot.index(), entry),
+            None => self.miss(planner, path),
         }
     }
 
     /// The entry in a slot handed out by [`lookup`](Self::lookup).
     #[inline]
     fn get(&self, slot: u32) -> &MethodEntry {
-        &self.slots[slot as usize]
-            .get()
+        self.slots
+            .slot(SlotId::from_index(slot))
             .expect("handed-out slots are filled")
-            .entry
     }
 
     /// The entry an [`EntryRef`] stands for.
@@ -284,57 +255,31 @@ impl MethodTable {
         }
     }
 
-    /// A path not in the table: added while there is room, else made for this call.
+    /// A path not in the table: given a slot once it has earned one and while there is room,
+    /// else an entry made for this call.
     #[cold]
     fn miss(&self, planner: &impl Planner, path: &str) -> Lookup<'_> {
-        let method = Method::parse(path);
-        if let Some(method) = &method
-            && path.len() <= MAX_DYNAMIC_PATH_LEN
-            && self.dynamic.load(Ordering::Relaxed) < self.max_dynamic
-        {
-            let _guard = self.insert.lock().unwrap_or_else(PoisonError::into_inner);
-            if self.dynamic.load(Ordering::Relaxed) < self.max_dynamic {
-                let counters = Counters::new(
-                    &self.registrar,
-                    self.side,
-                    Some((method.service(), method.method())),
-                    None,
-                );
-                // Placed unless another call placed it first; either way it is there now.
-                if self.place(path, MethodEntry::new(planner, Some(method), counters)) {
-                    self.dynamic.fetch_add(1, Ordering::Relaxed);
-                }
-                return self.lookup(planner, path);
-            }
+        let admitted = self.slots.admit(path, |method| {
+            let counters = Counters::new(
+                &self.registrar,
+                self.side,
+                Some((method.service(), method.method())),
+                None,
+            );
+            MethodEntry::new(planner, Some(method), counters)
+        });
+        if let Some((slot, entry)) = admitted {
+            return Lookup::Cached(slot.index(), entry);
         }
         Lookup::Uncached(Arc::new(MethodEntry::new(
             planner,
-            method.as_ref(),
+            Method::parse(path).as_ref(),
             self.unknown.clone(),
         )))
     }
 
-    /// Puts an entry in the first free slot of its probe sequence (under the insert lock, or
-    /// at build); false when the path is there already.
-    fn place(&self, path: &str, entry: MethodEntry) -> bool {
-        let mut index = self.hasher.hash_one(path) as usize & self.mask;
-        loop {
-            match self.slots[index].get() {
-                Some(slot) if *slot.path == *path => return false,
-                Some(_) => index = (index + 1) & self.mask,
-                None => {
-                    let slot = Slot {
-                        path: path.into(),
-                        entry,
-                    };
-                    return self.slots[index].set(slot).is_ok();
-                }
-            }
-        }
-    }
-
     pub(crate) fn known_len(&self) -> usize {
-        self.known
+        self.slots.known_len()
     }
 }
 
@@ -353,9 +298,82 @@ impl MethodEntry {
 impl fmt::Debug for MethodTable {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MethodTable")
-            .field("known", &self.known)
-            .field("dynamic", &self.dynamic.load(Ordering::Relaxed))
-            .field("max_dynamic", &self.max_dynamic)
+            .field("known", &self.slots.known_len())
+            .field("dynamic", &self.slots.dynamic_len())
+            .field("max_dynamic", &self.slots.max_dynamic())
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+
+    use super::*;
+
+    struct NoPlan;
+
+    impl Planner for NoPlan {
+        fn plan(&self, _: Option<&Method<'_>>) -> (bool, Box<[(u16, u16)]>, bool) {
+            (false, Box::new([]), false)
+        }
+    }
+
+    #[test]
+    fn after_a_flood_of_random_paths_a_real_method_gets_its_own_labels() {
+        let recorder = Arc::new(DebuggingRecorder::new());
+        let snapshotter = recorder.snapshotter();
+        let table = MethodTable::new(
+            &NoPlan,
+            Registrar::Recorder(recorder),
+            Side::Server,
+            None,
+            None,
+        );
+        let mut state = 0x9E37_79B9_7F4A_7C15_u64;
+        for _ in 0..10_000 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let path = format!("/scan{}.Svc/Random{}", state % 1000, state >> 24);
+            let lookup = table.lookup(&NoPlan, &path);
+            lookup.entry().counters.allowed.increment(1);
+        }
+        for _ in 0..32 {
+            let lookup = table.lookup(&NoPlan, "/pkg.Orders/List");
+            lookup.entry().counters.allowed.increment(1);
+        }
+        assert!(matches!(
+            table.lookup(&NoPlan, "/pkg.Orders/List"),
+            Lookup::Cached(..)
+        ));
+
+        let allowed: Vec<(String, u64)> = snapshotter
+            .snapshot()
+            .into_vec()
+            .into_iter()
+            .filter(|(key, ..)| key.key().name() == ALLOWED_TOTAL)
+            .map(|(key, _, _, value)| {
+                let method = key
+                    .key()
+                    .labels()
+                    .find(|label| label.key() == "grpc_method")
+                    .map(|label| label.value().to_owned())
+                    .unwrap_or_default();
+                let DebugValue::Counter(count) = value else {
+                    panic!("a counter")
+                };
+                (method, count)
+            })
+            .collect();
+        let methods: Vec<&str> = allowed.iter().map(|(m, _)| m.as_str()).collect();
+        assert!(methods.contains(&"List"), "{methods:?}");
+        // No random path, seen once, took a label value of its own.
+        assert!(
+            methods.iter().all(|m| ["List", "unknown"].contains(m)),
+            "{methods:?}"
+        );
+        let list = allowed.iter().find(|(m, _)| m == "List").unwrap().1;
+        assert!(list > 0);
     }
 }
