@@ -29,9 +29,9 @@ use pin_project_lite::pin_project;
 use tonic::metadata::MetadataMap;
 
 use crate::{
-    backend::{Acquire, Decision, DecisionFuture},
+    backend::{Acquire, Decision, DecisionFuture, Origin},
     series::Counters,
-    shared::{Charge, Shared},
+    shared::{Charge, Positions, Shared},
 };
 
 /// A boxed error, as tower stacks and tonic's transport use.
@@ -90,6 +90,10 @@ pub(crate) struct Meter<D> {
     paid: u64,
     /// The next charge to take for message `paid + 1`.
     next_charge: usize,
+    /// The charges that gave a token for message `paid + 1`, and those of them whose token
+    /// came from a fallback: given back if that message is not delivered.
+    taken: Positions,
+    fallback: Positions,
     pending: Option<DecisionFuture>,
     /// The frame that completed unpaid messages, held until they are paid.
     held: Option<Frame<D>>,
@@ -112,6 +116,8 @@ impl<D> Meter<D> {
             counter: MessageCounter::default(),
             paid: 1,
             next_charge: 0,
+            taken: Positions::default(),
+            fallback: Positions::default(),
             pending: None,
             held: None,
             cut,
@@ -138,6 +144,12 @@ impl<D> Meter<D> {
                         }
                     },
                 };
+                if decision.is_allowed() {
+                    self.taken.insert(self.next_charge);
+                    if decision.origin() == Origin::Fallback {
+                        self.fallback.insert(self.next_charge);
+                    }
+                }
                 self.next_charge += 1;
                 if !decision.is_allowed() {
                     if self.shared.shadow {
@@ -148,17 +160,34 @@ impl<D> Meter<D> {
                     } else {
                         // The charges before this one took tokens for a message that will not
                         // be delivered: give them back.
-                        for charge in &self.charges[..self.next_charge - 1] {
-                            charge.refund();
-                        }
+                        self.refund_message();
                         return Poll::Ready(Err(self.cut(&decision)));
                     }
                 }
             }
             self.next_charge = 0;
+            self.taken = Positions::default();
+            self.fallback = Positions::default();
             self.paid += 1;
         }
         Poll::Ready(Ok(()))
+    }
+
+    /// Gives back the tokens taken for the message being paid for, each where it came from.
+    #[cold]
+    fn refund_message(&mut self) {
+        let taken = std::mem::take(&mut self.taken);
+        let fallback = std::mem::take(&mut self.fallback);
+        for index in taken.iter() {
+            let origin = if fallback.contains(index) {
+                Origin::Fallback
+            } else {
+                Origin::Primary
+            };
+            if let Some(charge) = self.charges.get(index) {
+                charge.refund(origin);
+            }
+        }
     }
 
     #[cold]
@@ -174,6 +203,16 @@ impl<D> Meter<D> {
         );
         let _ = self.cut.0.set(rejection);
         Box::new(status)
+    }
+}
+
+impl<D> Drop for Meter<D> {
+    /// A stream dropped while paying for a message (waiting on a backend's decision) never
+    /// delivers it: the tokens taken for it go back.
+    fn drop(&mut self) {
+        if !self.ended && !self.taken.is_empty() {
+            self.refund_message();
+        }
     }
 }
 

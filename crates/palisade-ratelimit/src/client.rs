@@ -2,15 +2,20 @@
 //! wait — and otherwise fails at once, unsent.
 
 use std::{
+    collections::HashMap,
     fmt,
     future::Future,
+    hash::BuildHasher,
     pin::Pin,
-    sync::Arc,
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicU64, Ordering},
+    },
     task::{Context, Poll, ready},
     time::Duration,
 };
 
-use http::{HeaderValue, Request, Response};
+use http::{HeaderMap, HeaderValue, Request, Response};
 use palisade_core::{Rejection, deadline::grpc_timeout};
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep, sleep_until};
@@ -22,7 +27,7 @@ use crate::{
     config::ClientRateLimitBuilder,
     key::RequestInfo,
     series::EntryRef,
-    shared::{Shared, Step, Tally},
+    shared::{PUSHBACK, Shared, Step, Tally},
 };
 
 /// Rate limits the calls a client makes: a call over its quota waits until its tokens are
@@ -34,6 +39,15 @@ use crate::{
 ///
 /// Limits, keys and matchers are the server layer's ([`Key::metadata`](crate::Key::metadata)
 /// reads the outgoing metadata; there is no peer); per-message limits do not apply.
+///
+/// **Server pushback** is honoured (unless turned off with
+/// [`pushback(false)`](ClientRateLimitBuilder::pushback)): a trailers-only error response
+/// carrying `grpc-retry-pushback-ms` — a server's rate limit (this crate's server layer,
+/// Envoy's) asking the caller to slow down — holds the method's later calls until that many
+/// milliseconds have passed (capped at a minute; a value that is not a non-negative integer
+/// is ignored). Each waits until then, within the maximum wait and its deadline as for its
+/// tokens, or fails at once with the layer's rejection, unsent. The response that carried
+/// the pushback goes back to its caller as it is.
 ///
 /// # Example
 ///
@@ -189,13 +203,40 @@ where
         let lookup = shared.table.lookup(&**shared, request.uri().path());
         let entry = lookup.entry();
         if entry.plan.is_empty() {
-            return ClientResponseFuture::called(inner.call(request));
+            return ClientResponseFuture::called(inner.call(request), None);
         }
         let mut tally = Tally::default();
+        let scope = Scope::of(shared, request.uri().path());
+        if let Some(until) = scope.as_ref().and_then(Scope::held) {
+            if shared.shadow {
+                tally.shadow_denied = true;
+            } else {
+                let now = Instant::now();
+                let budget = Budget::new(now, grpc_timeout(request.headers()), shared.max_wait);
+                if !budget.allows(until) {
+                    entry.counters.rejected.increment(1);
+                    return ClientResponseFuture::rejected(pushed_back(shared, now, until));
+                }
+                let clone = inner.clone();
+                let service = std::mem::replace(inner, clone);
+                return ClientResponseFuture::waiting(Box::new(Waiter {
+                    shared: shared.clone(),
+                    entry: lookup.to_ref(),
+                    pos: 0,
+                    tally,
+                    wait: Wait::Pushback(Box::pin(sleep_until(until))),
+                    budget,
+                    started: now,
+                    request: Some(request),
+                    service,
+                    scope,
+                }));
+            }
+        }
         let (pos, wait) = match shared.run(entry, &RequestInfo::new(&request), 0, &mut tally) {
             Step::Done => {
                 shared.count_passed(entry, &tally);
-                return ClientResponseFuture::called(inner.call(request));
+                return ClientResponseFuture::called(inner.call(request), scope);
             }
             Step::NoKey => {
                 shared.refund(entry, &RequestInfo::new(&request), &mut tally);
@@ -231,13 +272,149 @@ where
             started: now,
             request: Some(request),
             service,
+            scope,
         }))
     }
+}
+
+/// The longest a server's pushback holds a method's calls.
+const MAX_PUSHBACK: Duration = Duration::from_secs(60);
+
+/// The most methods a layer holds at once for their servers' pushbacks; past it, a new
+/// pushback is not kept.
+const MAX_HELD_METHODS: usize = 4096;
+
+/// The pushbacks of one layer: until when each method's calls are held, by a hash of the
+/// method's path.
+#[derive(Debug)]
+pub(crate) struct Pushbacks {
+    base: Instant,
+    hasher: foldhash::fast::RandomState,
+    /// The latest end of any hold, in nanoseconds since `base`; 0 when none is known to be
+    /// running — the common call reads this alone.
+    latest: AtomicU64,
+    held: Mutex<HashMap<u64, Instant>>,
+}
+
+impl Pushbacks {
+    pub(crate) fn new() -> Self {
+        Self {
+            base: Instant::now(),
+            hasher: foldhash::fast::RandomState::default(),
+            latest: AtomicU64::new(0),
+            held: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Instant>> {
+        self.held.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Until when the calls of `scope` are held, if they are.
+    #[inline]
+    fn until(&self, scope: u64) -> Option<Instant> {
+        let latest = self.latest.load(Ordering::Acquire);
+        if latest == 0 {
+            return None;
+        }
+        self.hold(scope, latest)
+    }
+
+    #[cold]
+    fn hold(&self, scope: u64, latest: u64) -> Option<Instant> {
+        let now = Instant::now();
+        if now >= self.base + Duration::from_nanos(latest) {
+            // Every hold is over.
+            let _ = self
+                .latest
+                .compare_exchange(latest, 0, Ordering::AcqRel, Ordering::Relaxed);
+            return None;
+        }
+        self.held()
+            .get(&scope)
+            .copied()
+            .filter(|&until| until > now)
+    }
+
+    /// Holds the calls of `scope` for `pushback` from now.
+    #[cold]
+    fn record(&self, scope: u64, pushback: Duration) {
+        let now = Instant::now();
+        let until = now + pushback.min(MAX_PUSHBACK);
+        {
+            let mut held = self.held();
+            held.retain(|_, &mut end| end > now);
+            if held.len() >= MAX_HELD_METHODS && !held.contains_key(&scope) {
+                return;
+            }
+            let end = held.entry(scope).or_insert(until);
+            *end = (*end).max(until);
+        }
+        let nanos = u64::try_from((until - self.base).as_nanos())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        self.latest.fetch_max(nanos, Ordering::AcqRel);
+    }
+}
+
+/// The method a call's pushback applies to (a hash of its path).
+struct Scope {
+    shared: Arc<Shared>,
+    id: u64,
+}
+
+impl Scope {
+    fn of(shared: &Arc<Shared>, path: &str) -> Option<Self> {
+        let pushbacks = shared.pushback.as_ref()?;
+        Some(Self {
+            shared: shared.clone(),
+            id: pushbacks.hasher.hash_one(path),
+        })
+    }
+
+    fn held(&self) -> Option<Instant> {
+        self.shared.pushback.as_ref()?.until(self.id)
+    }
+
+    /// Takes in a response: a trailers-only error with a valid pushback holds the scope.
+    fn observe(&self, headers: &HeaderMap) {
+        if let Some(pushback) = pushback_of(headers)
+            && let Some(pushbacks) = &self.shared.pushback
+        {
+            pushbacks.record(self.id, pushback);
+        }
+    }
+}
+
+/// The pushback of a trailers-only error response: `grpc-status` other than 0 and
+/// `grpc-retry-pushback-ms` a non-negative integer (anything else is ignored).
+fn pushback_of(headers: &HeaderMap) -> Option<Duration> {
+    let status = headers.get("grpc-status")?;
+    if status.as_bytes() == b"0" {
+        return None;
+    }
+    let value = headers.get(&PUSHBACK)?.as_bytes();
+    if value.is_empty() || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    // Digits only: past u64 it is only longer than the cap.
+    let millis = std::str::from_utf8(value)
+        .ok()
+        .map_or(u64::MAX, |digits| digits.parse().unwrap_or(u64::MAX));
+    Some(Duration::from_millis(millis).min(MAX_PUSHBACK))
+}
+
+/// The rejection of a call held by a pushback past what it may wait.
+fn pushed_back(shared: &Shared, now: Instant, until: Instant) -> Rejection {
+    let left = until.saturating_duration_since(now);
+    shared.rejection(Some(&Decision::denied(0, left, left)))
 }
 
 enum Wait {
     /// A denial not yet turned into a sleep.
     Sleep(Decision),
+    /// Until a server's pushback is over; then the limits are asked from the first.
+    Pushback(Pin<Box<Sleep>>),
     /// Until the tokens are there; then the limit at `pos` is asked again.
     Until(Pin<Box<Sleep>>),
     /// For the backend's decision on the limit at `pos`.
@@ -255,6 +432,7 @@ struct Waiter<S, B> {
     started: Instant,
     request: Option<Request<B>>,
     service: S,
+    scope: Option<Scope>,
 }
 
 impl<S, B> Waiter<S, B>
@@ -266,6 +444,23 @@ where
             let request = self.request.as_ref().expect("polled after completion");
             let entry = self.shared.table.resolve(&self.entry);
             let step = match &mut self.wait {
+                Wait::Pushback(sleep) => {
+                    ready!(sleep.as_mut().poll(cx));
+                    // A later pushback may hold the method longer.
+                    if let Some(until) = self.scope.as_ref().and_then(Scope::held) {
+                        if !self.budget.allows(until) {
+                            entry.counters.rejected.increment(1);
+                            self.request = None;
+                            return Poll::Ready(State::Rejected {
+                                rejection: Some(pushed_back(&self.shared, Instant::now(), until)),
+                            });
+                        }
+                        self.wait = Wait::Pushback(Box::pin(sleep_until(until)));
+                        continue;
+                    }
+                    self.shared
+                        .run(entry, &RequestInfo::new(request), 0, &mut self.tally)
+                }
                 Wait::Until(sleep) => {
                     ready!(sleep.as_mut().poll(cx));
                     self.shared
@@ -297,6 +492,7 @@ where
                     }
                     return Poll::Ready(State::Called {
                         future: self.service.call(request),
+                        scope: self.scope.take(),
                     });
                 }
                 Step::NoKey => return Poll::Ready(self.reject(None)),
@@ -325,6 +521,21 @@ where
         entry.counters.rejected.increment(1);
         State::Rejected {
             rejection: Some(self.shared.rejection(decision)),
+        }
+    }
+}
+
+impl<S, B> Drop for Waiter<S, B> {
+    /// A call dropped while it waits (its caller gone) gives back the tokens the limits before
+    /// the one it waits on gave it.
+    fn drop(&mut self) {
+        if !self.tally.has_taken() {
+            return;
+        }
+        if let Some(request) = self.request.take() {
+            let entry = self.shared.table.resolve(&self.entry);
+            self.shared
+                .refund(entry, &RequestInfo::new(&request), &mut self.tally);
         }
     }
 }
@@ -367,7 +578,7 @@ pin_project! {
     where
         S: Service<Request<B>>,
     {
-        Called { #[pin] future: S::Future },
+        Called { #[pin] future: S::Future, scope: Option<Scope> },
         Rejected { rejection: Option<Rejection> },
         Waiting { waiter: Box<Waiter<S, B>> },
     }
@@ -377,9 +588,9 @@ impl<S, B> ClientResponseFuture<S, B>
 where
     S: Service<Request<B>>,
 {
-    fn called(future: S::Future) -> Self {
+    fn called(future: S::Future, scope: Option<Scope>) -> Self {
         Self {
-            state: State::Called { future },
+            state: State::Called { future, scope },
         }
     }
 
@@ -408,7 +619,13 @@ where
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         loop {
             let next = match self.as_mut().project().state.project() {
-                StateProj::Called { future } => return future.poll(cx),
+                StateProj::Called { future, scope } => {
+                    let result = ready!(future.poll(cx));
+                    if let (Some(scope), Ok(response)) = (scope.take(), &result) {
+                        scope.observe(response.headers());
+                    }
+                    return Poll::Ready(result);
+                }
                 StateProj::Rejected { rejection } => {
                     let rejection = rejection.take().expect("polled after completion");
                     return Poll::Ready(Ok(rejection.into_response()));
@@ -439,6 +656,27 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pushbacks_are_non_negative_integers_on_errors_capped_at_a_minute() {
+        let pushback = |status: &'static str, ms: &'static str| {
+            let mut headers = HeaderMap::new();
+            headers.insert("grpc-status", HeaderValue::from_static(status));
+            headers.insert(PUSHBACK.clone(), HeaderValue::from_static(ms));
+            pushback_of(&headers)
+        };
+        assert_eq!(pushback("8", "250"), Some(Duration::from_millis(250)));
+        assert_eq!(pushback("14", "0"), Some(Duration::ZERO));
+        assert_eq!(pushback("8", "3600000"), Some(MAX_PUSHBACK));
+        assert_eq!(pushback("8", "99999999999999999999999"), Some(MAX_PUSHBACK));
+        for malformed in ["-1", "", "1.5", "+5", " 5", "5ms", "0x10"] {
+            assert_eq!(pushback("8", malformed), None, "{malformed:?}");
+        }
+        assert_eq!(pushback("0", "250"), None, "not on an OK status");
+        let mut headers = HeaderMap::new();
+        headers.insert(PUSHBACK.clone(), HeaderValue::from_static("250"));
+        assert_eq!(pushback_of(&headers), None, "not without a status");
+    }
 
     #[test]
     fn timeouts_keep_eight_digits_and_round_down() {

@@ -7,7 +7,7 @@ use palisade_core::{Code, Matcher, MethodRegistry, Rejection, Side};
 
 use crate::{
     backend::{Backend, Limiter, LimiterSpec, Local},
-    client::ClientRateLimitLayer,
+    client::{ClientRateLimitLayer, Pushbacks},
     layer::RateLimitLayer,
     limit::Limit,
     mode::Metered,
@@ -51,7 +51,13 @@ impl Common {
         }
     }
 
-    fn build(self, side: Side, headers: RateLimitHeaders, max_wait: Duration) -> Arc<Shared> {
+    fn build(
+        self,
+        side: Side,
+        headers: RateLimitHeaders,
+        max_wait: Duration,
+        pushback: bool,
+    ) -> Arc<Shared> {
         let registrar = match self.recorder {
             Some(recorder) => Registrar::Recorder(recorder),
             None => Registrar::Facade,
@@ -116,6 +122,7 @@ impl Common {
             headers,
             shadow: self.shadow,
             max_wait,
+            pushback: pushback.then(Pushbacks::new),
         })
     }
 }
@@ -275,7 +282,7 @@ impl RateLimitBuilder {
         RateLimitLayer {
             shared: self
                 .common
-                .build(Side::Server, self.headers, Duration::ZERO),
+                .build(Side::Server, self.headers, Duration::ZERO, false),
             _mode: PhantomData,
         }
     }
@@ -288,7 +295,7 @@ impl RateLimitBuilder {
         RateLimitLayer {
             shared: self
                 .common
-                .build(Side::Server, self.headers, Duration::ZERO),
+                .build(Side::Server, self.headers, Duration::ZERO, false),
             _mode: PhantomData,
         }
     }
@@ -312,6 +319,7 @@ impl RateLimitBuilder {
 pub struct ClientRateLimitBuilder {
     common: Common,
     max_wait: Duration,
+    pushback: bool,
 }
 
 impl ClientRateLimitBuilder {
@@ -319,6 +327,7 @@ impl ClientRateLimitBuilder {
         Self {
             common: Common::new(),
             max_wait: DEFAULT_MAX_WAIT,
+            pushback: true,
         }
     }
 
@@ -332,12 +341,26 @@ impl ClientRateLimitBuilder {
         self
     }
 
+    /// Whether a server's pushback holds later calls (default: yes). A trailers-only error
+    /// response carrying `grpc-retry-pushback-ms` (a non-negative integer; capped at a
+    /// minute) holds the later calls of the same method, on which this layer has limits, for
+    /// that long: each waits until then — within the maximum wait and its deadline — or fails
+    /// at once with the layer's rejection, unsent. `false`: calls go as their own tokens allow.
+    #[must_use]
+    pub fn pushback(mut self, honour: bool) -> Self {
+        self.pushback = honour;
+        self
+    }
+
     /// Makes the layer.
     pub fn build(self) -> ClientRateLimitLayer {
         ClientRateLimitLayer {
-            shared: self
-                .common
-                .build(Side::Client, RateLimitHeaders::Off, self.max_wait),
+            shared: self.common.build(
+                Side::Client,
+                RateLimitHeaders::Off,
+                self.max_wait,
+                self.pushback,
+            ),
         }
     }
 }

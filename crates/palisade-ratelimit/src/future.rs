@@ -194,6 +194,21 @@ impl<S, B> Deciding<S, B> {
     }
 }
 
+impl<S, B> Drop for Deciding<S, B> {
+    /// A call dropped while a backend decides (its caller gone, its deadline passed) gives
+    /// back the tokens the limits before gave it; the decision in flight is abandoned.
+    fn drop(&mut self) {
+        if !self.tally.has_taken() {
+            return;
+        }
+        if let Some(request) = self.request.take() {
+            let entry = self.shared.table.resolve(&self.entry);
+            self.shared
+                .refund(entry, &RequestInfo::new(&request), &mut self.tally);
+        }
+    }
+}
+
 impl<S, B, M> fmt::Debug for ResponseFuture<S, B, M>
 where
     S: Service<Request<M::RequestBody<B>>>,

@@ -7,7 +7,7 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use palisade_core::{Matcher, Method, PerMethod, Rejection, Side};
 
 use crate::{
-    backend::{Acquire, BucketKey, Decision, DecisionFuture, Limiter},
+    backend::{Acquire, BucketKey, Decision, DecisionFuture, Limiter, Origin},
     key::{Key, KeyValue, NoKey, RequestInfo},
     quota::Quota,
     series::{MethodEntry, MethodTable, Planner},
@@ -90,6 +90,8 @@ pub(crate) struct Shared {
     pub(crate) shadow: bool,
     /// Client only: the longest a call waits for its tokens.
     pub(crate) max_wait: Duration,
+    /// Client only, unless turned off: the servers' pushbacks holding methods' calls.
+    pub(crate) pushback: Option<crate::client::Pushbacks>,
 }
 
 /// The plan-making half, usable before the table exists.
@@ -129,20 +131,25 @@ impl Planner for Shared {
     }
 }
 
-/// The tightest bucket a call drew from, the plan positions it took tokens from, and whether
-/// shadow mode let a denial through.
+/// The tightest bucket a call drew from, the plan positions it took tokens from (and which of
+/// those came from a backend's fallback), and whether shadow mode let a denial through.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Tally {
     pub(crate) tightest: Option<Decision>,
-    /// Bit `pos` set: the limit at plan position `pos` gave a token (the first 64).
-    taken: u64,
+    /// The plan positions that gave a token.
+    taken: Positions,
+    /// Those whose token came from a fallback ([`Origin::Fallback`]).
+    fallback: Positions,
     pub(crate) shadow_denied: bool,
 }
 
 impl Tally {
     fn record(&mut self, pos: usize, decision: &Decision, headers: bool) {
-        if decision.is_allowed() && pos < 64 {
-            self.taken |= 1 << pos;
+        if decision.is_allowed() {
+            self.taken.insert(pos);
+            if decision.origin() == Origin::Fallback {
+                self.fallback.insert(pos);
+            }
         }
         if headers
             && self
@@ -152,6 +159,63 @@ impl Tally {
         {
             self.tightest = Some(decision.clone());
         }
+    }
+
+    /// Whether some limit gave a token that a refund would give back.
+    pub(crate) fn has_taken(&self) -> bool {
+        !self.taken.is_empty()
+    }
+}
+
+/// A set of plan positions: the first 64 in a word, the others (a plan that long is rare) in
+/// words allocated when first needed.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Positions {
+    first: u64,
+    rest: Vec<u64>,
+}
+
+impl Positions {
+    pub(crate) fn insert(&mut self, pos: usize) {
+        if pos < 64 {
+            self.first |= 1 << pos;
+            return;
+        }
+        let word = pos / 64 - 1;
+        if self.rest.len() <= word {
+            self.rest.resize(word + 1, 0);
+        }
+        self.rest[word] |= 1 << (pos % 64);
+    }
+
+    pub(crate) fn contains(&self, pos: usize) -> bool {
+        if pos < 64 {
+            return self.first & (1 << pos) != 0;
+        }
+        self.rest
+            .get(pos / 64 - 1)
+            .is_some_and(|word| word & (1 << (pos % 64)) != 0)
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.first == 0 && self.rest.iter().all(|&word| word == 0)
+    }
+
+    /// The positions, in order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = usize> + '_ {
+        std::iter::once(self.first)
+            .chain(self.rest.iter().copied())
+            .enumerate()
+            .flat_map(|(index, mut word)| {
+                std::iter::from_fn(move || {
+                    if word == 0 {
+                        return None;
+                    }
+                    let bit = word.trailing_zeros() as usize;
+                    word &= word - 1;
+                    Some(index * 64 + bit)
+                })
+            })
     }
 }
 
@@ -243,18 +307,24 @@ impl Shared {
     /// it: a call takes a token from every limit or from none.
     #[cold]
     pub(crate) fn refund(&self, entry: &MethodEntry, info: &RequestInfo<'_>, tally: &mut Tally) {
-        let mut taken = std::mem::take(&mut tally.taken);
-        while taken != 0 {
-            let pos = taken.trailing_zeros() as usize;
-            taken &= taken - 1;
-            let (limit, rule) = entry.plan[pos];
+        let taken = std::mem::take(&mut tally.taken);
+        let fallback = std::mem::take(&mut tally.fallback);
+        for pos in taken.iter() {
+            let Some(&(limit, rule)) = entry.plan.get(pos) else {
+                continue;
+            };
             let limit = &self.limits[usize::from(limit)];
             if let Ok(value) = Self::key_of(limit, info) {
                 let key = BucketKey::new(
                     limit.by_method.then(|| info.uri().path()),
                     value.as_ref().map(KeyValue::as_bytes),
                 );
-                limit.limiters[usize::from(rule)].refund(&key, ONE);
+                let origin = if fallback.contains(pos) {
+                    Origin::Fallback
+                } else {
+                    Origin::Primary
+                };
+                limit.limiters[usize::from(rule)].refund_to(&key, ONE, origin);
             }
         }
     }
@@ -344,8 +414,9 @@ impl Charge {
         self.limiter.acquire(&self.key(), ONE)
     }
 
-    pub(crate) fn refund(&self) {
-        self.limiter.refund(&self.key(), ONE);
+    /// Gives back a token that a decision of `origin` took.
+    pub(crate) fn refund(&self, origin: Origin) {
+        self.limiter.refund_to(&self.key(), ONE, origin);
     }
 
     fn key(&self) -> BucketKey<'_> {
@@ -380,6 +451,22 @@ pub(crate) fn ceil_millis(duration: Duration) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn positions_hold_any_plan_length() {
+        let mut positions = Positions::default();
+        assert!(positions.is_empty());
+        for pos in [0, 3, 63, 64, 65, 127, 128, 1000] {
+            positions.insert(pos);
+        }
+        assert!(!positions.is_empty());
+        assert_eq!(
+            positions.iter().collect::<Vec<_>>(),
+            [0, 3, 63, 64, 65, 127, 128, 1000]
+        );
+        assert!(positions.contains(1000) && positions.contains(64));
+        assert!(!positions.contains(62) && !positions.contains(999) && !positions.contains(5000));
+    }
 
     #[test]
     fn millis_round_up() {

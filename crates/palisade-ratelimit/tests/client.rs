@@ -2,11 +2,18 @@
 
 mod common;
 
-use std::time::Duration;
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
 
-use common::{Counting, HELLO, quota, rejected, request};
+use common::{Counting, Gated, HELLO, per_hour, quota, rejected, request};
 use http::HeaderValue;
 use palisade_core::deadline::grpc_timeout;
+use palisade_demo::pb::{HelloRequest, greeter_client::GreeterClient};
 use palisade_ratelimit::{ClientRateLimitLayer, Limit};
 use tokio::time::{Instant, advance};
 use tower::{Layer, ServiceExt};
@@ -157,4 +164,154 @@ async fn in_shadow_mode_the_client_never_waits() {
     }
     assert_eq!(start.elapsed(), Duration::ZERO);
     assert_eq!(counting.calls(), 5);
+}
+
+/// A call whose future is dropped while it waits — on a later limit's backend, or asleep
+/// until a later limit's token — gives back the tokens the earlier limits gave it.
+#[tokio::test(start_paused = true)]
+async fn a_call_dropped_while_it_waits_gives_its_tokens_back() {
+    // Waiting on the backend.
+    let gate = Gated::default();
+    let counting = Counting::new();
+    let service = ClientRateLimitLayer::builder()
+        .backend(gate.clone())
+        .limit(Limit::global(per_hour(1)).named("first"))
+        .limit(Limit::global(per_hour(1)).named("gate"))
+        .build()
+        .layer(counting.clone());
+    let waiting = service.clone().oneshot(request(HELLO, None));
+    assert!(
+        tokio::time::timeout(Duration::from_millis(10), waiting)
+            .await
+            .is_err()
+    );
+    gate.open();
+    assert!(
+        !rejected(&service.clone().oneshot(request(HELLO, None)).await.unwrap()),
+        "the first limit's token came back"
+    );
+    assert_eq!(counting.calls(), 1);
+
+    // Asleep until the second limit's next token, 100 ms away.
+    let counting = Counting::new();
+    let service = ClientRateLimitLayer::builder()
+        .limit(Limit::global(per_hour(2)))
+        .limit(Limit::global(quota(10, 1)))
+        .build()
+        .layer(counting.clone());
+    assert!(!rejected(
+        &service.clone().oneshot(request(HELLO, None)).await.unwrap()
+    ));
+    let waiting = service.clone().oneshot(request(HELLO, None));
+    assert!(
+        tokio::time::timeout(Duration::from_millis(10), waiting)
+            .await
+            .is_err()
+    );
+    advance(Duration::from_millis(100)).await;
+    assert!(
+        !rejected(&service.clone().oneshot(request(HELLO, None)).await.unwrap()),
+        "the first limit's second token came back"
+    );
+    assert_eq!(counting.calls(), 2);
+}
+
+/// A real tonic server limited to `quota` (server side), counting the calls that reach it;
+/// and a client through a client layer with a wide limit, pushback on or off.
+async fn pushback_pair(
+    quota: palisade_ratelimit::Quota,
+    pushback: bool,
+) -> (
+    palisade_demo::TestServer,
+    Arc<AtomicUsize>,
+    GreeterClient<palisade_ratelimit::ClientRateLimit<tonic::transport::Channel>>,
+) {
+    let reached = Arc::new(AtomicUsize::new(0));
+    let count = reached.clone();
+    let server = palisade_demo::spawn(
+        tower::ServiceBuilder::new()
+            .layer(tower::util::MapRequestLayer::new(
+                move |request: http::Request<tonic::body::Body>| {
+                    count.fetch_add(1, Ordering::SeqCst);
+                    request
+                },
+            ))
+            .layer(
+                palisade_ratelimit::RateLimitLayer::builder()
+                    .limit(Limit::global(quota))
+                    .build(),
+            ),
+    )
+    .await;
+    let channel = server.channel().await;
+    let client = ClientRateLimitLayer::builder()
+        .limit(Limit::global(common::quota(1000, 1000)))
+        .max_wait(Duration::from_secs(5))
+        .pushback(pushback)
+        .build()
+        .layer(channel);
+    (server, reached, GreeterClient::new(client))
+}
+
+fn hello() -> HelloRequest {
+    HelloRequest {
+        name: "Ada".into(),
+        ..Default::default()
+    }
+}
+
+fn pushback_ms(status: &tonic::Status) -> u64 {
+    status
+        .metadata()
+        .get("grpc-retry-pushback-ms")
+        .expect("a pushback")
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// The server's `RESOURCE_EXHAUSTED` with `grpc-retry-pushback-ms` asks the caller to slow
+/// down: the client's next call of the method waits until the pushback has passed, then goes
+/// — and the server has its token by then.
+#[tokio::test]
+async fn the_client_waits_out_the_servers_pushback() {
+    // 5 a second, bursts of 1: the server's next token is at most 200 ms away.
+    let (_server, reached, mut client) = pushback_pair(common::quota(5, 1), true).await;
+    client.say_hello(hello()).await.unwrap();
+    let status = client.say_hello(hello()).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+    assert!((1..=200).contains(&pushback_ms(&status)), "{status:?}");
+    assert_eq!(reached.load(Ordering::SeqCst), 2);
+    client
+        .say_hello(hello())
+        .await
+        .expect("sent once the pushback passed");
+    assert_eq!(reached.load(Ordering::SeqCst), 3);
+}
+
+/// A pushback longer than a call may wait refuses the call locally, unsent, with the
+/// limiter's rejection; `pushback(false)` sends it anyway.
+#[tokio::test]
+async fn a_pushback_longer_than_the_wait_refuses_calls_locally_unless_turned_off() {
+    let (_server, reached, mut client) = pushback_pair(common::per_hour(1), true).await;
+    client.say_hello(hello()).await.unwrap();
+    let status = client.say_hello(hello()).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+    assert_eq!(reached.load(Ordering::SeqCst), 2);
+    // An hour away: capped, and over the 5 s maximum wait.
+    let local = client.say_hello(hello()).await.unwrap_err();
+    assert_eq!(local.code(), tonic::Code::ResourceExhausted);
+    assert_eq!(local.message(), "rate limit exceeded");
+    let ms = pushback_ms(&local);
+    assert!(ms > 5_000 && ms <= 60_000, "{ms}");
+    assert_eq!(reached.load(Ordering::SeqCst), 2, "refused unsent");
+
+    let (_server, reached, mut client) = pushback_pair(common::per_hour(1), false).await;
+    client.say_hello(hello()).await.unwrap();
+    for _ in 0..2 {
+        let status = client.say_hello(hello()).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+    }
+    assert_eq!(reached.load(Ordering::SeqCst), 3, "every call sent");
 }

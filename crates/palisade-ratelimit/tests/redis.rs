@@ -30,7 +30,9 @@ use palisade_demo::{
 };
 use palisade_ratelimit::{
     ClientRateLimitLayer, Key, Limit, Quota, RateLimitLayer,
-    backend::{Acquire, Backend, BucketKey, Decision, Fallback, Limiter, LimiterSpec, Redis},
+    backend::{
+        Acquire, BACKEND_UP, Backend, BucketKey, Decision, Fallback, Limiter, LimiterSpec, Redis,
+    },
 };
 use redis_server::RedisServer;
 use tonic::transport::Channel;
@@ -364,7 +366,11 @@ async fn leases_cut_round_trips_and_expire() {
     assert!(decide(&*limiter, &key).await.is_allowed());
     assert!(decide(&*limiter, &key).await.is_allowed());
     assert_eq!((redis.stats().redis, redis.stats().leased), (1, 1));
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // A lease's age is on this process's (Tokio's) clock, not Redis's: move that clock past
+    // it, with nothing in flight, rather than sleeping and hoping it passed.
+    tokio::time::pause();
+    tokio::time::advance(Duration::from_millis(51)).await;
+    tokio::time::resume();
     assert!(decide(&*limiter, &key).await.is_allowed());
     assert_eq!((redis.stats().redis, redis.stats().leased), (2, 1));
 }
@@ -621,4 +627,145 @@ async fn rate_redis_as_the_server_example_wires_it() {
         server.command(&["EXISTS", "palisade:rl:server-global/0"]),
         ":1"
     );
+}
+
+/// The value of the gauge `name` in a snapshot.
+fn gauge(snapshotter: &metrics_util::debugging::Snapshotter, name: &str) -> Option<f64> {
+    snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .find_map(|(key, _, _, value)| match value {
+            metrics_util::debugging::DebugValue::Gauge(v) if key.key().name() == name => {
+                Some(v.into_inner())
+            }
+            _ => None,
+        })
+}
+
+/// Redis frozen until calls go to the fallback; the next call after the retry interval is the
+/// probe, and its caller goes away (a `grpc-timeout` shorter than the Redis timeout: tonic
+/// drops the future). The probe slot must come back: once Redis is thawed, calls go to it
+/// again and `palisade_ratelimit_backend_up` is 1.
+#[tokio::test]
+async fn a_dropped_probe_gives_its_slot_back_and_calls_return_to_redis() {
+    let server = RedisServer::start();
+    let (recorder, snapshotter) = common::recorder();
+    let redis = metrics::with_local_recorder(&*recorder, || {
+        Redis::open(server.url())
+            .unwrap()
+            .timeout(Duration::from_millis(500))
+            .retry_interval(Duration::from_millis(50))
+            .trip_after(1)
+            .connect_timeout(Duration::from_secs(30))
+            .fallback(Fallback::Deny)
+            .build()
+    });
+    redis.ping().await.unwrap();
+    let layer = RateLimitLayer::builder()
+        .backend(redis.clone())
+        .limit(Limit::global(per_minute(1000)).named("probe"))
+        .build();
+    let test_server = spawn(layer).await;
+    let mut client = test_server.client().await;
+    assert_eq!(
+        calls(&mut client, 1, ANSWERED_WITHIN).await,
+        [tonic::Code::Ok]
+    );
+    assert_eq!(gauge(&snapshotter, BACKEND_UP), Some(1.0));
+
+    server.pause();
+    // One round trip out of time trips the backend (Fallback::Deny: the layer's code).
+    let tripped = calls(&mut client, 1, Duration::from_secs(5)).await;
+    assert_eq!(tripped, [tonic::Code::ResourceExhausted]);
+    assert!(!redis.stats().up);
+    assert_eq!(gauge(&snapshotter, BACKEND_UP), Some(0.0));
+
+    // Calls with a 50 ms deadline until one is the probe: the fallback answers the others at
+    // once; the probe waits on the frozen Redis until tonic drops it at its deadline.
+    let mut dropped = false;
+    for _ in 0..200 {
+        let mut request = tonic::Request::new(hello());
+        request.set_timeout(Duration::from_millis(50));
+        let result = tokio::time::timeout(Duration::from_secs(10), client.say_hello(request))
+            .await
+            .expect("the call was answered");
+        match result {
+            Err(status) if status.code() == tonic::Code::ResourceExhausted => {
+                // The fallback's answer: the retry interval is not over yet.
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Err(_) => {
+                dropped = true;
+                break;
+            }
+            Ok(_) => panic!("Redis is frozen: nothing passes"),
+        }
+    }
+    assert!(dropped, "a probe went, and its call was dropped");
+    let stats = redis.stats();
+    assert!(!stats.up, "{stats:?}");
+
+    server.resume();
+    until_back(&mut client, &redis, ANSWERED_WITHIN).await;
+    assert!(redis.stats().up);
+    assert_eq!(gauge(&snapshotter, BACKEND_UP), Some(1.0));
+    let back = calls(&mut client, 3, ANSWERED_WITHIN).await;
+    assert_eq!(count(&back, tonic::Code::Ok), 3, "{back:?}");
+}
+
+/// A token taken from the local fallback goes back to the fallback, even when Redis is up
+/// again by the time the call is refused; a token taken from Redis would go back to Redis.
+///
+/// Redis frozen: the first limit's round trip times out and the fallback gives its token;
+/// Redis thawed while the second limit's round trip waits: Redis answers it, refusing the
+/// call. The first limit's token goes back to the local bucket it came from: Redis's bucket,
+/// which lost one token to the timed-out round trip (it still ran), is not given one.
+#[tokio::test]
+async fn a_fallback_token_is_refunded_to_the_fallback_not_to_redis() {
+    let server = RedisServer::start();
+    let redis = Redis::open(server.url())
+        .unwrap()
+        .timeout(Duration::from_millis(300))
+        .trip_after(3)
+        .connect_timeout(Duration::from_secs(30))
+        .build();
+    redis.ping().await.unwrap();
+    let per_hour = |n| Quota::per_hour(NonZeroU32::new(n).unwrap());
+    let one = redis.limiter(&LimiterSpec::new(per_hour(5), false, "one/0"));
+    let two = redis.limiter(&LimiterSpec::new(per_hour(1), false, "two/0"));
+    // Empty the second limit's Redis bucket (and load the script).
+    assert!(decide(&*two, &BucketKey::default()).await.is_allowed());
+    let counting = Counting::new();
+    let mut service = RateLimitLayer::builder()
+        .backend(redis.clone())
+        .limit(Limit::global(per_hour(5)).named("one"))
+        .limit(Limit::global(per_hour(1)).named("two"))
+        .build()
+        .layer(counting.clone());
+
+    server.pause();
+    let call = tokio::spawn(async move {
+        let response = common::call(&mut service, request(HELLO, None)).await;
+        common::rejected(&response)
+    });
+    // The first limit's round trip timed out: the second's is waiting on the frozen Redis.
+    assert!(
+        eventually(Duration::from_secs(10), || redis.stats().timeouts == 1).await,
+        "{:?}",
+        redis.stats()
+    );
+    server.resume();
+    assert!(call.await.unwrap(), "the second limit refused the call");
+    let stats = redis.stats();
+    assert_eq!((stats.timeouts, stats.fallback), (1, 1), "{stats:?}");
+    assert_eq!(counting.calls(), 0);
+    // Let a refund spawned towards Redis (the defect) go out before the next round trip.
+    for _ in 0..20 {
+        tokio::task::yield_now().await;
+    }
+    // Redis's bucket: 5, less the timed-out round trip's token, less this one.
+    let decision = decide(&*one, &BucketKey::default()).await;
+    assert!(decision.is_allowed());
+    assert_eq!(decision.remaining(), 3, "no token given to Redis");
 }

@@ -5,7 +5,10 @@ mod common;
 
 use std::{num::NonZeroU32, sync::Arc, time::Duration};
 
-use common::{Counters, Counting, HELLO, STREAM, call, passes, quota, recorder, rejected, request};
+use common::{
+    Counters, Counting, Gated, HELLO, STREAM, call, passes, per_hour, quota, recorder, rejected,
+    request,
+};
 use palisade_core::{Matcher, MethodRegistry, Peer};
 use palisade_demo::frames::unary_service;
 use palisade_ratelimit::{
@@ -321,4 +324,52 @@ async fn a_backend_that_answers_later_plugs_into_both_layers() {
     }
     assert_eq!(start.elapsed(), Duration::from_millis(200));
     assert_eq!(counting.calls(), 3);
+}
+
+/// A call whose future is dropped while a later limit's backend decides (a caller gone, a
+/// deadline) gives back the tokens the earlier limits gave it.
+#[tokio::test(start_paused = true)]
+async fn a_call_dropped_while_a_later_limit_decides_gives_its_tokens_back() {
+    let gate = Gated::default();
+    let counting = Counting::new();
+    let mut service = RateLimitLayer::builder()
+        .backend(gate.clone())
+        .limit(Limit::global(per_hour(1)).named("first"))
+        .limit(Limit::global(per_hour(1)).named("gate"))
+        .build()
+        .layer(counting.clone());
+    // The first limit gives its only token; the gate never answers, and the caller goes.
+    let waiting = service.clone().oneshot(request(HELLO, None));
+    assert!(
+        tokio::time::timeout(Duration::from_secs(1), waiting)
+            .await
+            .is_err()
+    );
+    gate.open();
+    assert!(
+        passes(&mut service, request(HELLO, None)).await,
+        "the first limit's token came back"
+    );
+    assert_eq!(counting.calls(), 1);
+}
+
+/// A call refused by its 66th limit gives back the tokens of all 65 before it.
+#[tokio::test(start_paused = true)]
+async fn refunds_reach_every_limit_past_the_64th() {
+    let mut builder = RateLimitLayer::builder();
+    for _ in 0..65 {
+        builder = builder.limit(Limit::global(per_hour(2)));
+    }
+    let mut service = builder
+        .limit(Limit::per_key(Key::metadata("x-api-key"), per_hour(1)))
+        .build()
+        .layer(unary_service(Code::Ok));
+    assert!(passes(&mut service, request(HELLO, Some("a"))).await);
+    assert!(
+        !passes(&mut service, request(HELLO, Some("a"))).await,
+        "a's own bucket"
+    );
+    // Each global bucket has its second token again, the 65th's too.
+    assert!(passes(&mut service, request(HELLO, Some("b"))).await);
+    assert!(!passes(&mut service, request(HELLO, Some("c"))).await);
 }

@@ -78,6 +78,27 @@ pub trait Limiter: fmt::Debug + Send + Sync + 'static {
     fn refund(&self, key: &BucketKey<'_>, tokens: NonZeroU32) {
         let _ = (key, tokens);
     }
+
+    /// Gives back `tokens` that an allowed decision of `origin` took (its
+    /// [`Decision::origin`]): into the buckets they came from, whatever the backend's state
+    /// is now — a backend with a fallback gives its fallback's tokens back to the fallback,
+    /// even when its store is back by then. The layers refund through this. The default calls
+    /// [`refund`](Limiter::refund).
+    fn refund_to(&self, key: &BucketKey<'_>, tokens: NonZeroU32, origin: Origin) {
+        let _ = origin;
+        self.refund(key, tokens);
+    }
+}
+
+/// Which buckets an allowed [`Decision`]'s tokens came from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Origin {
+    /// The backend's own buckets (the default).
+    #[default]
+    Primary,
+    /// The buckets of the backend's fallback, which decided while its store did not answer.
+    Fallback,
 }
 
 /// A future resolving to a [`Decision`], for backends that answer later.
@@ -171,6 +192,7 @@ impl LimiterSpec {
 pub struct Decision {
     allowed: bool,
     limit: u32,
+    origin: Origin,
     detail: Detail,
 }
 
@@ -200,6 +222,7 @@ impl Decision {
         Self {
             allowed: true,
             limit,
+            origin: Origin::Primary,
             detail: Detail::Numbers {
                 remaining,
                 retry_after: 0,
@@ -221,6 +244,7 @@ impl Decision {
         Self {
             allowed: true,
             limit,
+            origin: Origin::Primary,
             detail: Detail::Snapshot { snapshot, interval },
         }
     }
@@ -229,12 +253,26 @@ impl Decision {
         Self {
             allowed: false,
             limit,
+            origin: Origin::Primary,
             detail: Detail::Numbers {
                 remaining: 0,
                 retry_after,
                 reset_after,
             },
         }
+    }
+
+    /// The same decision, its tokens from `origin` (a fallback's decision says so, for
+    /// [`Limiter::refund_to`]).
+    #[must_use]
+    pub const fn with_origin(mut self, origin: Origin) -> Self {
+        self.origin = origin;
+        self
+    }
+
+    /// Which buckets the tokens came from ([`Origin::Primary`] unless the backend said).
+    pub const fn origin(&self) -> Origin {
+        self.origin
     }
 
     /// Whether the call may pass.

@@ -170,3 +170,53 @@ impl Lcg {
         (self.0 >> 33) % below
     }
 }
+
+/// `n` an hour, bursts of `n`: nothing comes back during a test.
+pub fn per_hour(n: u32) -> Quota {
+    Quota::per_hour(NonZeroU32::new(n).unwrap())
+}
+
+/// A backend whose limits named `gate` never answer while the gate is closed (a store that
+/// hangs) and allow every call once it is open; the other limits are local.
+#[derive(Clone, Debug, Default)]
+pub struct Gated {
+    local: palisade_ratelimit::backend::Local,
+    open: Arc<std::sync::atomic::AtomicBool>,
+}
+
+#[derive(Debug)]
+struct GateLimiter(Arc<std::sync::atomic::AtomicBool>);
+
+impl Gated {
+    pub fn open(&self) {
+        self.open.store(true, Ordering::SeqCst);
+    }
+}
+
+impl palisade_ratelimit::backend::Backend for Gated {
+    fn limiter(
+        &self,
+        spec: &palisade_ratelimit::backend::LimiterSpec,
+    ) -> Arc<dyn palisade_ratelimit::backend::Limiter> {
+        if spec.id().starts_with("gate/") {
+            Arc::new(GateLimiter(self.open.clone()))
+        } else {
+            self.local.limiter(spec)
+        }
+    }
+}
+
+impl palisade_ratelimit::backend::Limiter for GateLimiter {
+    fn acquire(
+        &self,
+        _: &palisade_ratelimit::backend::BucketKey<'_>,
+        _: NonZeroU32,
+    ) -> palisade_ratelimit::backend::Acquire {
+        use palisade_ratelimit::backend::{Acquire, Decision};
+        if self.0.load(Ordering::SeqCst) {
+            Acquire::Ready(Decision::allowed(1, 1, std::time::Duration::ZERO))
+        } else {
+            Acquire::Pending(Box::pin(std::future::pending()))
+        }
+    }
+}

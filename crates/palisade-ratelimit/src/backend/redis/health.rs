@@ -1,7 +1,10 @@
 //! Whether calls go to Redis: up, or down until the next probe.
 
 use std::{
-    sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering},
+    },
     time::Duration,
 };
 
@@ -186,6 +189,18 @@ impl Health {
         }
     }
 
+    /// The probe went away before Redis answered (its call's future dropped: a deadline, a
+    /// reset stream): the slot opens again after a new cool-down, as after a failed probe —
+    /// still one round trip per retry interval while Redis is down — but no failure is
+    /// counted.
+    fn abandoned(&self) {
+        self.retry_at.store(
+            self.now().saturating_add(nanos(self.retry_interval)),
+            Ordering::Relaxed,
+        );
+        self.probing.store(false, Ordering::Release);
+    }
+
     /// Down now, until the cool-down is over.
     fn trip(&self) {
         // The probe time first, so that a call seeing "down" never finds an old one.
@@ -211,6 +226,52 @@ impl Health {
     pub(crate) fn fell_back(&self) {
         self.counts.fallback.fetch_add(1, Ordering::Relaxed);
         self.series.fallback.increment(1);
+    }
+}
+
+/// One round trip's place in the health state: routed to Redis, or holding the probe slot.
+///
+/// Holding the slot is a guard: an attempt dropped before its answer was taken in (the call
+/// went away while waiting for Redis) gives the probe slot back, so a dropped probe never
+/// leaves every later call on the fallback.
+pub(crate) struct Attempt {
+    health: Arc<Health>,
+    route: Route,
+    settled: bool,
+}
+
+impl Attempt {
+    /// A round trip on `route` (Redis or Probe), as [`Health::route`] gave it.
+    pub(crate) fn new(health: Arc<Health>, route: Route) -> Self {
+        Self {
+            health,
+            route,
+            settled: false,
+        }
+    }
+
+    pub(crate) fn route(&self) -> Route {
+        self.route
+    }
+
+    /// Redis answered.
+    pub(crate) fn succeeded(mut self) {
+        self.settled = true;
+        self.health.succeeded(self.route);
+    }
+
+    /// Redis did not answer in time, or answered with an error.
+    pub(crate) fn failed(mut self, failure: Failure) {
+        self.settled = true;
+        self.health.failed(self.route, failure);
+    }
+}
+
+impl Drop for Attempt {
+    fn drop(&mut self) {
+        if !self.settled && self.route == Route::Probe {
+            self.health.abandoned();
+        }
     }
 }
 
@@ -261,5 +322,31 @@ mod tests {
         assert_eq!(counts.errors.load(Ordering::Relaxed), 2);
         assert_eq!(counts.redis.load(Ordering::Relaxed), 2);
         assert_eq!(counts.trips.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_dropped_probe_gives_the_slot_back_after_a_cool_down() {
+        let health = Arc::new(Health::new(1, Duration::from_millis(100)));
+        health.failed(Route::Redis, Failure::Timeout);
+        tokio::time::advance(Duration::from_millis(100)).await;
+        let probe = Attempt::new(health.clone(), health.route());
+        assert_eq!(probe.route(), Route::Probe);
+        assert_eq!(health.route(), Route::Fallback, "one probe at a time");
+        // The probe's call goes away before Redis answers.
+        drop(probe);
+        assert_eq!(health.route(), Route::Fallback, "a new cool-down");
+        tokio::time::advance(Duration::from_millis(99)).await;
+        assert_eq!(health.route(), Route::Fallback);
+        tokio::time::advance(Duration::from_millis(1)).await;
+        let probe = Attempt::new(health.clone(), health.route());
+        assert_eq!(probe.route(), Route::Probe, "the slot is free again");
+        probe.succeeded();
+        assert!(health.is_up());
+        assert_eq!(health.route(), Route::Redis);
+        // Nothing was counted for the dropped probe; a settled or plain attempt dropped
+        // changes nothing.
+        assert_eq!(health.counts.timeouts.load(Ordering::Relaxed), 1);
+        drop(Attempt::new(health.clone(), Route::Redis));
+        assert_eq!(health.route(), Route::Redis);
     }
 }

@@ -13,11 +13,11 @@ use tokio::time::{Instant, timeout_at};
 
 use super::{
     Inner,
-    health::{Failure, Route},
+    health::{Attempt, Failure, Route},
     keys,
 };
 use crate::{
-    backend::{Acquire, BucketKey, Decision, Limiter},
+    backend::{Acquire, BucketKey, Decision, Limiter, Origin},
     quota::Quota,
 };
 
@@ -235,7 +235,7 @@ impl Rule {
         }
     }
 
-    /// The fallback's decision.
+    /// The fallback's decision; its tokens are refunded to the fallback.
     fn fall_back(&self, key: &BucketKey<'_>, tokens: NonZeroU32) -> Decision {
         self.inner.health.fell_back();
         match &self.fallback {
@@ -243,8 +243,10 @@ impl Rule {
                 Acquire::Ready(decision) => decision,
                 // The local backend always answers at once.
                 Acquire::Pending(_) => Decision::allowed(self.burst, 0, Duration::ZERO),
-            },
-            RuleFallback::Allow => Decision::allowed(self.burst, self.burst, Duration::ZERO),
+            }
+            .with_origin(Origin::Fallback),
+            RuleFallback::Allow => Decision::allowed(self.burst, self.burst, Duration::ZERO)
+                .with_origin(Origin::Fallback),
             RuleFallback::Deny => {
                 let retry = self.inner.health.retry_interval();
                 Decision::denied(self.burst, retry, retry)
@@ -298,11 +300,14 @@ impl Limiter for RedisLimiter {
             Some(leases) => (leases.batch, Mode::Lease),
             None => (tokens.get(), Mode::Take),
         };
+        // Made here, not in the future: a future dropped before it is first polled still
+        // gives the probe slot back.
+        let attempt = Attempt::new(rule.inner.health.clone(), route);
         let rule = rule.clone();
         Acquire::Pending(Box::pin(async move {
-            match rule.eval(&name, ask, mode, route).await {
+            match rule.eval(&name, ask, mode, attempt.route()).await {
                 Ok(reply) => {
-                    rule.inner.health.succeeded(route);
+                    attempt.succeeded();
                     let mut leased = 0;
                     if let (Some(leases), Ok(taken)) = (&rule.leases, u32::try_from(reply.0))
                         && mode == Mode::Lease
@@ -316,7 +321,7 @@ impl Limiter for RedisLimiter {
                     rule.decision(reply, leased)
                 }
                 Err(failure) => {
-                    rule.inner.health.failed(route, failure);
+                    attempt.failed(failure);
                     let key = owned.as_ref().map(OwnedKey::key).unwrap_or_default();
                     rule.fall_back(&key, tokens)
                 }
@@ -324,26 +329,45 @@ impl Limiter for RedisLimiter {
         }))
     }
 
-    /// Into a live lease of the bucket if there is one; else in the background while Redis is
-    /// up (a fire-and-forget round trip, within the timeout); on the local fallback's buckets
-    /// while it is down.
+    /// Where the tokens came from not being known: to Redis while it is up, to the local
+    /// fallback while it is down (the layers use [`refund_to`](Limiter::refund_to)).
     fn refund(&self, key: &BucketKey<'_>, tokens: NonZeroU32) {
+        let origin = if self.0.inner.health.is_up() {
+            Origin::Primary
+        } else {
+            Origin::Fallback
+        };
+        self.refund_to(key, tokens, origin);
+    }
+
+    /// Where the tokens came from. Redis's: into a live lease of the bucket if there is one,
+    /// else in the background (a fire-and-forget round trip, within the timeout) — dropped
+    /// while Redis is down (they come back with time). The fallback's: into its local
+    /// buckets, even when Redis is up again.
+    fn refund_to(&self, key: &BucketKey<'_>, tokens: NonZeroU32, origin: Origin) {
         let rule = &self.0;
-        let name = keys::name(&rule.base, key, rule.hash_keys);
-        if let Some(leases) = &rule.leases
-            && leases.give_back(&name, tokens)
-        {
-            return;
-        }
-        if rule.inner.health.is_up() {
-            let rule = rule.clone();
-            rule.inner.runtime.clone().spawn(async move {
-                let _ = rule
-                    .eval(&name, tokens.get(), Mode::Refund, Route::Redis)
-                    .await;
-            });
-        } else if let RuleFallback::Local(local) = &rule.fallback {
-            local.refund(key, tokens);
+        match origin {
+            Origin::Fallback => {
+                if let RuleFallback::Local(local) = &rule.fallback {
+                    local.refund(key, tokens);
+                }
+            }
+            Origin::Primary => {
+                let name = keys::name(&rule.base, key, rule.hash_keys);
+                if let Some(leases) = &rule.leases
+                    && leases.give_back(&name, tokens)
+                {
+                    return;
+                }
+                if rule.inner.health.is_up() {
+                    let rule = rule.clone();
+                    rule.inner.runtime.clone().spawn(async move {
+                        let _ = rule
+                            .eval(&name, tokens.get(), Mode::Refund, Route::Redis)
+                            .await;
+                    });
+                }
+            }
         }
     }
 }

@@ -61,8 +61,10 @@ pub const DEFAULT_PREFIX: &str = "palisade:rl:";
 ///   [`Fallback`]; after [`trip_after`](RedisBuilder::trip_after) failures in a row (default 3),
 ///   every call goes to the fallback at once, without trying Redis, for the
 ///   [`retry_interval`](RedisBuilder::retry_interval) (default 500 ms); then one call at a time
-///   probes Redis, and the first that gets an answer sends the calls back to it. No thundering
-///   retries: while Redis is down, one round trip per retry interval goes to it.
+///   probes Redis, and the first that gets an answer sends the calls back to it (a probe whose
+///   call goes away first — its deadline, a reset stream — gives its turn back: the next
+///   probe goes one retry interval later). No thundering retries: while Redis is down, one
+///   round trip per retry interval goes to it.
 /// - **Fallback**: [`Fallback::Local`] (the default) decides on local buckets (governor, as
 ///   the [`Local`] backend) holding this instance's `share` of each quota — set it to
 ///   `1 / instances` ([`Fallback::local_for_instances`]) so that the instances together stay
@@ -151,7 +153,7 @@ pub struct Redis {
 
 pub(crate) struct Inner {
     pub(crate) manager: ConnectionManager,
-    pub(crate) health: Health,
+    pub(crate) health: Arc<Health>,
     pub(crate) timeout: Duration,
     pub(crate) runtime: tokio::runtime::Handle,
     prefix: String,
@@ -387,7 +389,7 @@ impl RedisBuilder {
         };
         let inner = Arc::new(Inner {
             manager,
-            health: Health::new(self.trip_after, self.retry_interval),
+            health: Arc::new(Health::new(self.trip_after, self.retry_interval)),
             timeout: self.timeout,
             runtime,
             prefix: self.prefix,
