@@ -283,7 +283,7 @@ impl Sketch {
             .sightings
             .fetch_add(1, Ordering::Relaxed)
             .wrapping_add(1);
-        if seen % ADMISSION_WINDOW == 0 {
+        if seen.is_multiple_of(ADMISSION_WINDOW) {
             self.halve();
         }
         min.saturating_add(1) >= ADMISSION_THRESHOLD

@@ -3,7 +3,10 @@
 
 use std::{
     fmt,
-    sync::{Arc, OnceLock},
+    sync::{
+        Arc, OnceLock,
+        atomic::{AtomicBool, Ordering},
+    },
 };
 
 use bytes::Bytes;
@@ -14,7 +17,7 @@ use opentelemetry::{
     propagation::{Extractor, Injector, TextMapPropagator},
 };
 use opentelemetry_http::{HeaderExtractor, HeaderInjector};
-use palisade_core::{Matcher, Side};
+use palisade_core::{Matcher, MethodRegistry, Side};
 
 /// Metadata that is never recorded, whatever the allowlist says.
 pub(crate) const NEVER_CAPTURED: [&str; 4] = [
@@ -70,21 +73,29 @@ impl<T> fmt::Debug for TracerSlot<T> {
 /// Where the propagator comes from.
 #[derive(Clone)]
 pub(crate) enum Propagation {
-    /// `opentelemetry::global`'s text map propagator, read on every RPC.
-    Global,
+    /// `opentelemetry::global`'s text map propagator, read on every RPC; `checked` once the
+    /// first RPC has looked whether it is the no-op default (shared by the layer's clones).
+    Global { checked: Arc<AtomicBool> },
     /// One given to the layer.
     Custom(Arc<dyn TextMapPropagator + Send + Sync>),
 }
 
 impl Propagation {
+    pub(crate) fn global() -> Self {
+        Propagation::Global {
+            checked: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
     /// The incoming context: the current one, with what the propagator reads from `headers`.
     pub(crate) fn extract(&self, headers: &HeaderMap) -> Context {
         let base = Context::current();
         let extractor = MetadataExtractor(HeaderExtractor(headers));
         match self {
-            Propagation::Global => {
-                global::get_text_map_propagator(|p| p.extract_with_context(&base, &extractor))
-            }
+            Propagation::Global { checked } => global::get_text_map_propagator(|p| {
+                check_global(checked, p);
+                p.extract_with_context(&base, &extractor)
+            }),
             Propagation::Custom(p) => p.extract_with_context(&base, &extractor),
         }
     }
@@ -93,18 +104,43 @@ impl Propagation {
     pub(crate) fn inject(&self, cx: &Context, headers: &mut HeaderMap) {
         let mut injector = MetadataInjector(headers);
         match self {
-            Propagation::Global => {
-                global::get_text_map_propagator(|p| p.inject_context(cx, &mut injector));
+            Propagation::Global { checked } => {
+                global::get_text_map_propagator(|p| {
+                    check_global(checked, p);
+                    p.inject_context(cx, &mut injector);
+                });
             }
             Propagation::Custom(p) => p.inject_context(cx, &mut injector),
         }
     }
 }
 
+/// At a layer's first RPC: warns when the global propagator is OpenTelemetry's no-op default
+/// (it has no fields), which silently propagates nothing.
+#[inline]
+fn check_global(checked: &AtomicBool, propagator: &dyn TextMapPropagator) {
+    if !checked.load(Ordering::Relaxed) && !checked.swap(true, Ordering::Relaxed) {
+        warn_if_noop(propagator);
+    }
+}
+
+#[cold]
+fn warn_if_noop(propagator: &dyn TextMapPropagator) {
+    if propagator.fields().next().is_none() {
+        tracing::warn!(
+            "palisade-trace: no global text-map propagator is set (OpenTelemetry's default \
+             propagates nothing), so trace context is neither read from nor written to gRPC \
+             metadata; call `opentelemetry::global::set_text_map_propagator` (W3C \
+             `TraceContextPropagator`, say) before serving, or give the layer one with \
+             `TraceLayer::propagator`"
+        );
+    }
+}
+
 impl fmt::Debug for Propagation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Propagation::Global => f.write_str("Global"),
+            Propagation::Global { .. } => f.write_str("Global"),
             Propagation::Custom(p) => f
                 .debug_tuple("Custom")
                 .field(&p.fields().collect::<Vec<_>>())
@@ -290,17 +326,20 @@ pub(crate) struct Config {
     pub(crate) public: Option<Matcher>,
     pub(crate) metadata: Arc<[Capture]>,
     pub(crate) server: Option<ServerAddress>,
+    /// The methods that name spans; `None`: every well-formed path does.
+    pub(crate) registry: Option<MethodRegistry>,
 }
 
 impl Config {
     pub(crate) fn new(side: Side) -> Self {
         Self {
             side,
-            propagation: Propagation::Global,
+            propagation: Propagation::global(),
             skip: None,
             public: None,
             metadata: Arc::new([]),
             server: None,
+            registry: None,
         }
     }
 }

@@ -7,7 +7,7 @@ use opentelemetry::{
     propagation::TextMapPropagator,
     trace::{Tracer, TracerProvider},
 };
-use palisade_core::{Matcher, Side};
+use palisade_core::{Matcher, MethodRegistry, Side};
 use tower_layer::Layer;
 
 use crate::{
@@ -33,7 +33,11 @@ use crate::{
 ///
 /// By default the layer uses the global tracer provider (taken when the first call is traced)
 /// and the global propagator (read on every call). OpenTelemetry's default global propagator
-/// propagates nothing: install one, or give one with [`TraceLayer::propagator`].
+/// propagates nothing: install one, or give one with [`TraceLayer::propagator`] — a layer
+/// that finds the no-op default at its first call says so, once, in a `tracing` warning.
+///
+/// Spans are named after the request path; give the [method registry](TraceLayer::registry)
+/// to bound the names to the methods served.
 ///
 /// The layer holds configuration only; it is cheap to clone.
 ///
@@ -119,6 +123,31 @@ impl<T> TraceLayer<T> {
         self
     }
 
+    /// Names spans after the registry's methods only: a call of a method the registry does
+    /// not have gets the fixed name `grpc`, and `rpc.service` / `rpc.method` = `_OTHER` (as
+    /// OpenTelemetry's conventions bound unknown methods), so span names — and what span
+    /// metrics derive from them — stay bounded whatever paths callers send.
+    ///
+    /// Without a registry every well-formed path names its span (`package.Service/Method`) and
+    /// fills `rpc.service` / `rpc.method`: a caller sending random paths makes as many span
+    /// names. Give the registry on servers exposed to untrusted callers.
+    ///
+    /// ```
+    /// use palisade_core::MethodRegistry;
+    /// use palisade_trace::TraceLayer;
+    ///
+    /// let registry =
+    ///     MethodRegistry::from_encoded_file_descriptor_set(palisade_demo::FILE_DESCRIPTOR_SET)
+    ///         .unwrap();
+    /// let layer = TraceLayer::server().registry(registry);
+    /// # let _ = layer;
+    /// ```
+    #[must_use]
+    pub fn registry(mut self, registry: MethodRegistry) -> Self {
+        Arc::make_mut(&mut self.config).registry = Some(registry);
+        self
+    }
+
     /// Records these request metadata keys on the span, each as a string array attribute
     /// `rpc.grpc.request.metadata.<key>` (lowercase), when the request carries them.
     ///
@@ -176,6 +205,10 @@ impl<T> fmt::Debug for TraceLayer<T> {
             .field("public_endpoint", &self.config.public)
             .field("metadata", &self.config.metadata)
             .field("server_address", &self.config.server)
+            .field(
+                "registry",
+                &self.config.registry.as_ref().map(MethodRegistry::len),
+            )
             .finish()
     }
 }

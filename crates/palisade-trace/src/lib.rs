@@ -14,6 +14,11 @@
 //! Unknown, DeadlineExceeded, Unimplemented, Internal, Unavailable and DataLoss; a client span
 //! for any code but OK.
 //!
+//! Span names are bounded by the [method registry](TraceLayer::registry) when the layer has
+//! one: methods it does not have share the name `grpc` and `rpc.service` / `rpc.method` =
+//! `_OTHER`. Without one, every well-formed path names its span — give the registry on servers
+//! exposed to untrusted callers, or random paths make as many span names.
+//!
 //! Incoming context that cannot be read — a malformed, truncated, all-zero or unknown-version
 //! `traceparent`, a duplicated header, metadata that is not ASCII — is ignored: the call starts
 //! a new root trace, with no error.

@@ -16,9 +16,11 @@ use crate::config::Config;
 pub mod attribute {
     /// `rpc.system`: always `grpc`.
     pub const RPC_SYSTEM: &str = "rpc.system";
-    /// `rpc.service`: the full service name, `package.Service`.
+    /// `rpc.service`: the full service name, `package.Service` (`_OTHER` for a method the
+    /// layer's registry does not have).
     pub const RPC_SERVICE: &str = "rpc.service";
-    /// `rpc.method`: the method name, `Method`.
+    /// `rpc.method`: the method name, `Method` (`_OTHER` for a method the layer's registry
+    /// does not have).
     pub const RPC_METHOD: &str = "rpc.method";
     /// `rpc.grpc.status_code`: the RPC's gRPC code, as an integer.
     pub const RPC_GRPC_STATUS_CODE: &str = "rpc.grpc.status_code";
@@ -37,9 +39,13 @@ pub mod attribute {
 
 use attribute::*;
 
-/// The name of the span of requests whose path is not a gRPC method: low-cardinality, as
-/// OpenTelemetry wants span names to be.
+/// The name of the span of requests whose path is not a gRPC method, or, with a registry, not
+/// one of its methods: low-cardinality, as OpenTelemetry wants span names to be.
 const NOT_A_METHOD: &str = "grpc";
+
+/// `rpc.service` and `rpc.method` of a method the registry does not have, as OpenTelemetry's
+/// conventions write values past an instrumentation's known set.
+const OTHER: &str = "_OTHER";
 
 /// A started span: the context to make current, and whether the span records (only then is
 /// there anything to end).
@@ -66,7 +72,14 @@ where
     {
         return None;
     }
-    let name = match method {
+    // With a registry, only its methods name spans: a path a caller made up is `_OTHER`.
+    let named = method.filter(|method| {
+        config
+            .registry
+            .as_ref()
+            .is_none_or(|registry| registry.get(method).is_some())
+    });
+    let name = match named {
         Some(method) => Cow::Owned(method.full_name().to_owned()),
         None => Cow::Borrowed(NOT_A_METHOD),
     };
@@ -101,7 +114,12 @@ where
             recording: false,
         });
     }
-    set_attributes(&mut span, config, method, request);
+    set_attributes(
+        &mut span,
+        config,
+        method.map(|m| (m, named.is_some())),
+        request,
+    );
     Some(Started {
         cx: parent.with_span(span),
         recording: true,
@@ -129,13 +147,20 @@ fn public_root(incoming: &Context) -> (Context, Option<Link>) {
 fn set_attributes<S: Span, B>(
     span: &mut S,
     config: &Config,
-    method: Option<&Method<'_>>,
+    method: Option<(&Method<'_>, bool)>,
     request: &Request<B>,
 ) {
     span.set_attribute(KeyValue::new(RPC_SYSTEM, "grpc"));
-    if let Some(method) = method {
-        span.set_attribute(KeyValue::new(RPC_SERVICE, method.service().to_owned()));
-        span.set_attribute(KeyValue::new(RPC_METHOD, method.method().to_owned()));
+    match method {
+        Some((method, true)) => {
+            span.set_attribute(KeyValue::new(RPC_SERVICE, method.service().to_owned()));
+            span.set_attribute(KeyValue::new(RPC_METHOD, method.method().to_owned()));
+        }
+        Some((_, false)) => {
+            span.set_attribute(KeyValue::new(RPC_SERVICE, OTHER));
+            span.set_attribute(KeyValue::new(RPC_METHOD, OTHER));
+        }
+        None => {}
     }
     match config.side {
         Side::Server => {

@@ -197,3 +197,101 @@ async fn an_oversized_tracestate_is_dropped() {
     let kept = span.span_context.trace_state().header();
     assert_eq!(kept.split(',').count(), 32, "{kept}");
 }
+
+/// Random method paths, as a scan or an attacker sends them, over a real server: with the
+/// method registry, span names (and `rpc.service` / `rpc.method`) stay within the registry's
+/// methods plus one fixed name, whatever the paths.
+#[tokio::test]
+async fn random_paths_make_no_span_names_of_their_own_with_a_registry() {
+    use std::collections::BTreeSet;
+
+    use http_body_util::BodyExt;
+    use opentelemetry::Value;
+    use palisade_demo::frames::{GrpcBody, message};
+    use tower::{Service, ServiceExt};
+
+    const FLOOD: usize = 2_000;
+    let telemetry = Telemetry::new();
+    let registry = palisade_core::MethodRegistry::from_encoded_file_descriptor_set(
+        palisade_demo::FILE_DESCRIPTOR_SET,
+    )
+    .unwrap();
+    let layer = telemetry.server_layer().registry(registry);
+    let server = palisade_demo::spawn_with(Greeter::new(), layer).await;
+    let mut channel = server.channel().await;
+
+    let mut state = 0x9E37_79B9_7F4A_7C15_u64;
+    for _ in 0..FLOOD {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let path = format!("/scan{}.Svc/Random{}", state % 1000, state >> 24);
+        let request = http::Request::post(path)
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(tonic::body::Body::new(GrpcBody::new([message(b"")], None)))
+            .unwrap();
+        let response = ServiceExt::<http::Request<tonic::body::Body>>::ready(&mut channel)
+            .await
+            .unwrap()
+            .call(request)
+            .await
+            .unwrap();
+        let _ = response.into_body().collect().await;
+    }
+    server
+        .client()
+        .await
+        .say_hello(HelloRequest::default())
+        .await
+        .unwrap();
+
+    let spans = telemetry.spans();
+    assert_eq!(spans.len(), FLOOD + 1);
+    let names: BTreeSet<&str> = spans.iter().map(|s| &*s.name).collect();
+    assert_eq!(names, BTreeSet::from([SAY_HELLO, "grpc"]), "{names:?}");
+    for span in spans.iter().filter(|s| s.name == "grpc") {
+        for key in ["rpc.service", "rpc.method"] {
+            assert_eq!(attr(span, key), Some(&Value::from("_OTHER")), "{key}");
+        }
+    }
+    let hello = spans.iter().find(|s| s.name == SAY_HELLO).unwrap();
+    assert_eq!(attr(hello, "rpc.method"), Some(&Value::from("SayHello")));
+}
+
+/// No global propagator installed (this test binary never sets one) and none given: trace
+/// context would silently not propagate. The layer says so once, at its first call, however
+/// many calls follow — on each side.
+#[tokio::test]
+async fn the_no_op_global_propagator_is_reported_once_per_layer() {
+    let (captured, _guard) = Captured::start();
+    let telemetry = Telemetry::new();
+    let server_layer = palisade_trace::TraceLayer::server().tracer_provider(&telemetry.provider);
+    let server = palisade_demo::spawn_with(Greeter::new(), server_layer).await;
+    let client_layer = palisade_trace::TraceLayer::client()
+        .tracer_provider(&telemetry.provider)
+        .server_address("127.0.0.1", server.addr.port());
+    let mut client = traced_client(client_layer, server.channel().await);
+    for _ in 0..3 {
+        client.say_hello(HelloRequest::default()).await.unwrap();
+    }
+    let warnings: Vec<String> = captured
+        .lines()
+        .into_iter()
+        .filter(|line| line.contains("no global text-map propagator"))
+        .collect();
+    assert_eq!(warnings.len(), 2, "one per layer: {warnings:#?}");
+    assert!(warnings.iter().all(|line| line.contains("WARN")));
+    assert!(warnings[0].contains("set_text_map_propagator"));
+
+    // A layer given its own propagator says nothing.
+    let (captured, _guard) = Captured::start();
+    let server = palisade_demo::spawn_with(Greeter::new(), telemetry.server_layer()).await;
+    server
+        .client()
+        .await
+        .say_hello(HelloRequest::default())
+        .await
+        .unwrap();
+    assert!(captured.lines().is_empty(), "{:#?}", captured.lines());
+}

@@ -18,6 +18,8 @@ async fn layers_use_the_globals_installed_before_the_first_call() {
     let telemetry = Telemetry::new();
     global::set_tracer_provider(telemetry.provider.clone());
     global::set_text_map_propagator(w3c());
+    // With a global propagator installed, no warning about it.
+    let (captured, _guard) = Captured::start();
 
     let greeter = Greeter::new().with_trace_id(current_trace_id);
     let server = palisade_demo::spawn_with(greeter, server_layer).await;
@@ -35,6 +37,7 @@ async fn layers_use_the_globals_installed_before_the_first_call() {
     let server_span = only(&spans, SpanKind::Server);
     assert_eq!(server_span.parent_span_id, span_id(client_span));
     assert_eq!(reply.trace_id, trace_id(client_span).to_string());
+    assert!(captured.lines().is_empty(), "{:#?}", captured.lines());
     assert_eq!(server_span.instrumentation_scope.name(), "palisade-trace");
     assert_eq!(
         server_span.instrumentation_scope.version(),
