@@ -9,14 +9,21 @@
 //! - `bare`: no layer on either side (tonic alone);
 //! - `server_stack`: the full server stack (`ServerLayers`: trace sampled → logging JSON →
 //!   metrics → jwt → ratelimit → breaker), a bare client that sends the token;
+//! - `server_stack_log_off`: the same server stack with its logging layer's levels below the
+//!   subscriber's (`RUST_LOG=info,palisade_logging=off` for the layer): nothing logged;
 //! - `full`: the full server stack and the full client stack (`ClientLayers`: trace →
 //!   logging → metrics → breaker → ratelimit → jwt attach).
 //!
+//! As the `server` program is deployed with `--log-format json > file`: the logs go through
+//! palisade-logging's non-blocking writer to a real (temporary) file — the application's own
+//! `tracing` events through a JSON `fmt` subscriber at `info`, and every RPC's access-log
+//! line written by the logging layers themselves ([`LoggingLayer::access_log`]) into the same
+//! writer.
+//!
 //! Criterion's time per iteration is the time per call (at 64 in flight, the inverse of the
 //! throughput: calls/s = 1 / time). Each call's latency is recorded too; when measuring, the
-//! percentiles go to `target/palisade-bench/e2e.json` for the report. Logs go to a JSON
-//! subscriber writing to a sink at `info`, installed globally (the server runs on the
-//! runtime's threads), for every case alike.
+//! percentiles go to `target/palisade-bench/e2e.json` for the report. The subscriber is
+//! installed globally (the server runs on the runtime's threads), for every case alike.
 #![allow(missing_docs)]
 
 use std::{
@@ -108,6 +115,14 @@ impl Drop for TestServer {
             let _ = tx.send(());
         }
     }
+}
+
+/// A fresh log file's path under the results directory (a real file on the same disk as the
+/// target directory).
+fn tempfile_in_target() -> std::path::PathBuf {
+    let dir = results_dir();
+    std::fs::create_dir_all(&dir).expect("the results directory");
+    dir.join(format!("e2e-access-{}.log", std::process::id()))
 }
 
 /// Replies per `SayHelloStream`.
@@ -253,8 +268,20 @@ fn main() {
         .build()
         .expect("a Tokio runtime");
     let env = env::get();
-    tracing::dispatcher::set_global_default(env::logging_on())
-        .expect("the global subscriber installs");
+    // The log file, as `server --log-format json > file` writes it.
+    let log_file = tempfile_in_target();
+    let (log, log_guard) = palisade_logging::writer::non_blocking(
+        std::fs::File::create(&log_file).expect("the log file opens"),
+    );
+    tracing::dispatcher::set_global_default(tracing::Dispatch::new(
+        tracing_subscriber::fmt()
+            .json()
+            .flatten_event(true)
+            .with_writer(log.clone())
+            .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
+            .finish(),
+    ))
+    .expect("the global subscriber installs");
 
     // Wall-clock time: throughput and latency are what a caller sees.
     let mut c = palisade_benches::configure(criterion::Criterion::default())
@@ -265,13 +292,25 @@ fn main() {
     record_load("e2e-start");
 
     let bearer = MetadataValue::try_from(format!("Bearer {}", env.token)).expect("ASCII");
-    let (bare, stacked) = rt.block_on(async {
+    let (bare, stacked, log_off) = rt.block_on(async {
         let bare = Arc::new(TestServer::spawn(tower::layer::util::Identity::new()).await);
-        let stacked = Arc::new(TestServer::spawn(suites::server_stack(true)).await);
-        (bare, stacked)
+        let stacked =
+            Arc::new(TestServer::spawn(suites::server_stack_to(true, Some(log.clone()))).await);
+        let log_off = Arc::new(
+            TestServer::spawn(
+                suites::server_stack_to(true, Some(log.clone())).logging(
+                    palisade_logging::LoggingLayer::server()
+                        .levels(|_| tracing::Level::TRACE)
+                        .span_level(tracing::Level::TRACE)
+                        .access_log(log.clone()),
+                ),
+            )
+            .await,
+        );
+        (bare, stacked, log_off)
     });
     let mut results = BTreeMap::new();
-    let (bare_client, server_stack_client, full_client) = rt.block_on(async {
+    let (bare_client, server_stack_client, log_off_client, full_client) = rt.block_on(async {
         let bare_client = Setup {
             client: bare.client().await,
             token: None,
@@ -282,13 +321,23 @@ fn main() {
             token: Some(bearer.clone()),
             _server: stacked.clone(),
         };
-        let stack = suites::client_stack_for_channel(true, stacked.addr.port());
+        let log_off_client = Setup {
+            client: log_off.client().await,
+            token: Some(bearer.clone()),
+            _server: log_off.clone(),
+        };
+        let stack = suites::client_stack_for_channel_to(true, stacked.addr.port(), log.clone());
         let full_client = Setup {
             client: GreeterClient::new(stack.layer(stacked.channel().await)),
             token: None,
             _server: stacked.clone(),
         };
-        (bare_client, server_stack_client, full_client)
+        (
+            bare_client,
+            server_stack_client,
+            log_off_client,
+            full_client,
+        )
     });
 
     // Each group measures its three cases one after the other, so they share the machine's
@@ -320,6 +369,15 @@ fn main() {
             bench_one(
                 &mut group,
                 &rt,
+                &log_off_client,
+                "server_stack_log_off",
+                shape,
+                &mut results,
+                &group_id,
+            );
+            bench_one(
+                &mut group,
+                &rt,
                 &full_client,
                 "full",
                 shape,
@@ -329,7 +387,12 @@ fn main() {
             group.finish();
         }
     }
-    drop((bare_client, server_stack_client, full_client));
+    drop((
+        bare_client,
+        server_stack_client,
+        log_off_client,
+        full_client,
+    ));
 
     c.final_summary();
     record_load("e2e-end");
@@ -344,6 +407,12 @@ fn main() {
         std::fs::write(&path, serde_json::to_vec_pretty(&all).expect("JSON"))
             .expect("e2e.json is written");
     }
-    drop((bare, stacked));
+    drop((bare, stacked, log_off));
     rt.shutdown_timeout(Duration::from_secs(1));
+    // Every line is in the file once the guard is gone; the file is the bench's alone.
+    drop(log_guard);
+    if log.dropped() > 0 {
+        eprintln!("e2e: {} log lines dropped (buffer full)", log.dropped());
+    }
+    let _ = std::fs::remove_file(&log_file);
 }

@@ -158,6 +158,19 @@ pub fn json_to_sink(filter: &str) -> Dispatch {
     )
 }
 
+/// A non-blocking access-log writer whose thread writes to `io::sink`, shared by the process.
+pub fn access_log_to_sink() -> palisade_logging::writer::LogWriter {
+    static WRITER: OnceLock<palisade_logging::writer::LogWriter> = OnceLock::new();
+    WRITER
+        .get_or_init(|| {
+            let (writer, guard) = palisade_logging::writer::non_blocking(io::sink());
+            // The writer runs for the whole process.
+            std::mem::forget(guard);
+            writer
+        })
+        .clone()
+}
+
 /// JSON to a sink at `info`: every call's event is written.
 pub fn logging_on() -> Dispatch {
     json_to_sink("info")

@@ -9,7 +9,7 @@ use palisade::preset::{ClientLayers, ServerLayers};
 use palisade_breaker::{Backoff, BreakerLayer, State};
 use palisade_core::{Code, Counts, ObservedFuture, Outcome, Side};
 use palisade_jwt::{JwtAuthLayer, client::AttachTokenLayer};
-use palisade_logging::LoggingLayer;
+use palisade_logging::{LoggingLayer, writer::LogWriter};
 use palisade_metrics::MetricsLayer;
 use palisade_ratelimit::{ClientRateLimitLayer, Key, Limit, Quota, RateLimitLayer};
 use palisade_trace::TraceLayer;
@@ -165,6 +165,12 @@ fn layer_groups(side: Side) -> Vec<Group> {
             .case("disabled", move || {
                 rpc_with(logging(), Requests::server(), logging_off())
             })
+            .case("access_log", move || {
+                let layer = LoggingLayer::server()
+                    .method_registry(env::get().registry.clone())
+                    .access_log(env::access_log_to_sink());
+                rpc_with(layer.layer(Handler::ok()), Requests::server(), logging_on())
+            })
     } else {
         let client = || {
             LoggingLayer::client()
@@ -259,7 +265,17 @@ fn layer_groups(side: Side) -> Vec<Group> {
 /// written) or not (trace not sampled, logging's level disabled); jwt hits its cache, one
 /// global bucket, breaker closed.
 pub fn server_stack(sampled: bool) -> ServerStack {
+    server_stack_to(sampled, None)
+}
+
+/// [`server_stack`] with its logging layer writing to `access_log` (as the `server` program
+/// does with `--log-format json`) instead of as `tracing` events.
+pub fn server_stack_to(sampled: bool, access_log: Option<LogWriter>) -> ServerStack {
     let env = env::get();
+    let mut logging = LoggingLayer::server().method_registry(env.registry.clone());
+    if let Some(writer) = access_log {
+        logging = logging.access_log(writer);
+    }
     let provider = if sampled {
         &env.sampled
     } else {
@@ -271,7 +287,7 @@ pub fn server_stack(sampled: bool) -> ServerStack {
                 .tracer_provider(provider)
                 .propagator(env::w3c()),
         )
-        .logging(LoggingLayer::server().method_registry(env.registry.clone()))
+        .logging(logging)
         .metrics(
             MetricsLayer::server()
                 .registry(env.registry.clone())
@@ -304,7 +320,7 @@ pub fn client_stack(sampled: bool, port: u16) -> ClientStack {
     let metrics = MetricsLayer::client()
         .registry(env::get().registry.clone())
         .build();
-    client_stack_with(sampled, port, metrics)
+    client_stack_with(sampled, port, metrics, None)
 }
 
 /// [`client_stack`] over a `tonic::transport::Channel` (whose requests must have
@@ -317,11 +333,33 @@ pub fn client_stack_for_channel(
         .registry(env::get().registry.clone())
         .build()
         .with_tonic_body();
-    client_stack_with(sampled, port, metrics)
+    client_stack_with(sampled, port, metrics, None)
 }
 
-fn client_stack_with<M>(sampled: bool, port: u16, metrics: MetricsLayer<M>) -> ClientStack<M> {
+/// [`client_stack_for_channel`] with its logging layer writing to `access_log`.
+pub fn client_stack_for_channel_to(
+    sampled: bool,
+    port: u16,
+    access_log: LogWriter,
+) -> ClientStack<palisade_metrics::body::TonicBody> {
+    let metrics = MetricsLayer::client()
+        .registry(env::get().registry.clone())
+        .build()
+        .with_tonic_body();
+    client_stack_with(sampled, port, metrics, Some(access_log))
+}
+
+fn client_stack_with<M>(
+    sampled: bool,
+    port: u16,
+    metrics: MetricsLayer<M>,
+    access_log: Option<LogWriter>,
+) -> ClientStack<M> {
     let env = env::get();
+    let mut logging = LoggingLayer::client().method_registry(env.registry.clone());
+    if let Some(writer) = access_log {
+        logging = logging.access_log(writer);
+    }
     let provider = if sampled {
         &env.sampled
     } else {
@@ -334,7 +372,7 @@ fn client_stack_with<M>(sampled: bool, port: u16, metrics: MetricsLayer<M>) -> C
                 .propagator(env::w3c())
                 .server_address("127.0.0.1", port),
         )
-        .logging(LoggingLayer::client().method_registry(env.registry.clone()))
+        .logging(logging)
         .metrics(metrics)
         .breaker(BreakerLayer::builder().name("client-stack").build())
         .ratelimit(ClientRateLimitLayer::new(Limit::global(unlimited())))

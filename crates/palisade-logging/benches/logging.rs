@@ -9,7 +9,14 @@
 //! - `json_event_only` (information): `json_to_sink` with the RPC span's level filtered out,
 //!   the finish event alone;
 //! - `ok_filtered_out` (information): the subscriber at `warn` with the server defaults: an OK
-//!   call is tracked (an error would be logged) but not written.
+//!   call is tracked (an error would be logged) but not written;
+//! - `access_log`: the same JSON subscriber, the finish line written by
+//!   [`LoggingLayer::access_log`] into a non-blocking writer (its thread writing to `io::sink`);
+//!   `access_log_event_only`: the same with the RPC's span filtered out — the line alone,
+//!   formatted and handed off (budget: ≤ 1 µs);
+//! - `writer/{palisade,tracing_appender}`: handing one 300-byte line to palisade-logging's
+//!   non-blocking writer, or to `tracing-appender`'s `non_blocking` (both lossy, writing to
+//!   `io::sink`): the cost on the caller's thread.
 //!
 //! Requests are built outside the timed part.
 
@@ -93,7 +100,42 @@ fn compare(c: &mut Criterion, name: &str, subscriber: Dispatch, layer: LoggingLa
     });
 }
 
+fn writers(c: &mut Criterion) {
+    let line = format!(
+        "{{\"timestamp\":\"2026-11-21T10:00:00.000000Z\",{}}}\n",
+        "x".repeat(250)
+    );
+    let mut group = c.benchmark_group("writer");
+    let (palisade, guard) = palisade_logging::writer::non_blocking(io::sink());
+    group.bench_function("palisade", |b| {
+        b.iter(|| palisade.write_line(black_box(line.as_bytes())))
+    });
+    drop(guard);
+    let (mut appender, guard) = tracing_appender::non_blocking(io::sink());
+    group.bench_function("tracing_appender", |b| {
+        b.iter(|| io::Write::write_all(&mut appender, black_box(line.as_bytes())).unwrap())
+    });
+    drop(guard);
+    group.finish();
+}
+
 fn bench(c: &mut Criterion) {
+    writers(c);
+    let (writer, _guard) = palisade_logging::writer::non_blocking(io::sink());
+    compare(
+        c,
+        "access_log",
+        json_to_sink("info"),
+        LoggingLayer::server().access_log(writer.clone()),
+    );
+    compare(
+        c,
+        "access_log_event_only",
+        json_to_sink("info"),
+        LoggingLayer::server()
+            .span_level(Level::TRACE)
+            .access_log(writer.clone()),
+    );
     compare(
         c,
         "json_to_sink",
