@@ -24,7 +24,8 @@ pub const DEFAULT_MAX_DYNAMIC_METHODS: usize = 100;
 ///
 /// Handles are registered when [`build`](MetricsBuilder::build) runs, with the `metrics`
 /// facade's recorder of that moment (or the one given to
-/// [`recorder`](MetricsBuilder::recorder)): install the recorder first.
+/// [`recorder`](MetricsBuilder::recorder)): install the recorder first. A layer built while no
+/// recorder is installed would record nothing, ever: `build` says so in a `tracing` warning.
 ///
 /// # Example
 ///
@@ -173,6 +174,17 @@ impl MetricsBuilder {
                 None => Registrar::Facade,
             },
         });
+        if matches!(family.registrar, Registrar::Facade) && metrics::with_recorder(is_noop) {
+            // Refusing would break `build`'s signature; the handles registered now are no-ops
+            // for good, so say it once, here.
+            tracing::warn!(
+                "palisade-metrics: a MetricsLayer was built while no `metrics` recorder is \
+                 installed, so its series are no-ops and /metrics will never show them; install \
+                 the recorder first (`PrometheusExporter::new().serve(addr).await` or \
+                 `.install()`) and build the layer after it, or give it one with \
+                 `MetricsBuilder::recorder`"
+            );
+        }
         family.describe();
 
         let allowed: Vec<_> = self
@@ -218,6 +230,12 @@ impl MetricsBuilder {
             _body: PhantomData,
         }
     }
+}
+
+/// Whether `recorder` is the `metrics` facade's no-op recorder, which it uses while none is
+/// installed: the only recorder without state (every real one holds its registry).
+fn is_noop(recorder: &dyn Recorder) -> bool {
+    std::mem::size_of_val(recorder) == 0
 }
 
 impl fmt::Debug for MetricsBuilder {

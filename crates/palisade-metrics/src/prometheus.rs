@@ -153,6 +153,7 @@ impl PrometheusExporter {
     /// Installs the recorder (see [`install`](Self::install)) and serves `GET /metrics` on
     /// `addr` (port 0 picks a free one: see [`MetricsServer::local_addr`]). Call it inside a
     /// Tokio runtime.
+    #[must_use = "dropping the MetricsServer stops serving /metrics at once: bind it to a named variable (`let _metrics = ...`) that lives as long as the program serves"]
     pub async fn serve(self, addr: SocketAddr) -> Result<MetricsServer, ExporterError> {
         let listener = TcpListener::bind(addr).await.map_err(ExporterError::Bind)?;
         let handle = self.install()?;
@@ -218,11 +219,13 @@ impl MetricsHandle {
     }
 
     /// Serves `GET /metrics` on `addr`; other paths get 404, other methods 405.
+    #[must_use = "dropping the MetricsServer stops serving /metrics at once: bind it to a named variable (`let _metrics = ...`) that lives as long as the program serves"]
     pub async fn serve(&self, addr: SocketAddr) -> io::Result<MetricsServer> {
         self.serve_listener(TcpListener::bind(addr).await?)
     }
 
     /// Serves `GET /metrics` on a bound listener. Call it inside a Tokio runtime.
+    #[must_use = "dropping the MetricsServer stops serving /metrics at once: bind it to a named variable (`let _metrics = ...`) that lives as long as the program serves"]
     pub fn serve_listener(&self, listener: TcpListener) -> io::Result<MetricsServer> {
         let local_addr = listener.local_addr()?;
         let handle = self.clone();
@@ -291,6 +294,31 @@ async fn accept_loop(listener: TcpListener, handle: MetricsHandle) {
 }
 
 /// A running `/metrics` server; dropping it stops the server.
+///
+/// Keep it for as long as the program serves, bound to a named variable: `let _ = ...` (or
+/// an unused result) drops it at once, and `/metrics` stops answering.
+///
+/// ```no_run
+/// use palisade_metrics::prometheus::PrometheusExporter;
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let _metrics = PrometheusExporter::new().serve("127.0.0.1:9464".parse()?).await?;
+/// // ... build the layers and serve ...
+/// # Ok(()) }
+/// ```
+///
+/// Dropping the result is refused by `#[must_use]` (this fails to compile under
+/// `#![deny(unused_must_use)]`):
+///
+/// ```compile_fail
+/// #![deny(unused_must_use)]
+/// use palisade_metrics::prometheus::PrometheusExporter;
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// PrometheusExporter::new().serve("127.0.0.1:9464".parse()?).await?;
+/// # Ok(()) }
+/// ```
+#[must_use = "dropping the MetricsServer stops serving /metrics at once: bind it to a named variable (`let _metrics = ...`) that lives as long as the program serves"]
 pub struct MetricsServer {
     local_addr: SocketAddr,
     handle: MetricsHandle,

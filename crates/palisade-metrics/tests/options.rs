@@ -358,3 +358,58 @@ async fn custom_buckets_for_the_handling_time() {
         Err(ExporterError::Build(_))
     ));
 }
+
+/// What `tracing` events say on this thread while `f` runs.
+fn warnings_during<T>(f: impl FnOnce() -> T) -> (T, String) {
+    #[derive(Clone, Default)]
+    struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .with_max_level(tracing::Level::WARN)
+        .finish();
+    let value = tracing::subscriber::with_default(subscriber, f);
+    let text = String::from_utf8_lossy(&captured.0.lock().unwrap()).into_owned();
+    (value, text)
+}
+
+#[test]
+fn a_layer_built_before_any_recorder_is_installed_says_so_once() {
+    // This binary never installs a global recorder.
+    let (layer, text) = warnings_during(|| MetricsLayer::server().registry(registry()).build());
+    assert_eq!(text.matches("no `metrics` recorder").count(), 1, "{text}");
+    assert!(
+        text.contains("WARN") && text.contains("PrometheusExporter"),
+        "{text}"
+    );
+    // Calls through it say nothing more.
+    let ((), text) = warnings_during(|| {
+        let _service = layer.layer(unary_service(Code::Ok));
+    });
+    assert!(text.is_empty(), "{text}");
+
+    // With a recorder (here a thread-local one, or one given), no warning.
+    let recorded = Recorded::new();
+    let recorder: Arc<dyn metrics::Recorder + Send + Sync> = recorded.recorder.clone();
+    let (_, text) = warnings_during(|| {
+        metrics::with_local_recorder(recorder.as_ref(), || MetricsLayer::server().build())
+    });
+    assert!(text.is_empty(), "{text}");
+    let (_, text) = warnings_during(|| {
+        MetricsLayer::server()
+            .recorder(recorded.recorder.clone())
+            .build()
+    });
+    assert!(text.is_empty(), "{text}");
+}
