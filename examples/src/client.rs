@@ -60,7 +60,7 @@ pub fn layers(target: &Endpoint, options: &ClientOptions) -> DemoClientLayers {
     };
     ClientLayers::new()
         .trace(trace)
-        .logging(LoggingLayer::client())
+        .logging(crate::telemetry::access_log(LoggingLayer::client()))
         .metrics(
             MetricsLayer::client()
                 .registry(registry.clone())

@@ -6,6 +6,7 @@
 
 pub mod client;
 pub mod server;
+pub mod shutdown;
 pub mod telemetry;
 
 pub use palisade_demo::{FILE_DESCRIPTOR_SET, Greeter, pb};

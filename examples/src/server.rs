@@ -1,17 +1,21 @@
 //! The demo server's flags and its full Palisade stack, shared by the `server` and `stack`
 //! programs.
 
-use std::{net::SocketAddr, num::NonZeroU32, path::PathBuf};
+use std::{net::SocketAddr, num::NonZeroU32, path::PathBuf, time::Duration};
 
 use clap::Args;
 use palisade::prelude::*;
 use palisade_demo::{FILE_DESCRIPTOR_SET, Greeter};
-use palisade_ratelimit::KeyValue;
+use palisade_ratelimit::{KeyValue, backend::Redis};
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use tonic::transport::{Server, server::TcpIncoming};
 use tower::ServiceBuilder;
 
-use crate::{BoxError, telemetry::LogFormat};
+use crate::{
+    BoxError,
+    shutdown::{self, Signals},
+    telemetry::LogFormat,
+};
 
 /// The default HS256 secret: fine for a demo on loopback, never for anything else.
 pub const DEMO_SECRET: &str = "palisade-demo-secret";
@@ -19,7 +23,7 @@ pub const DEMO_SECRET: &str = "palisade-demo-secret";
 /// The scope `SayHelloStream` requires.
 pub const STREAM_SCOPE: &str = "greeter.stream";
 
-/// The demo server's flags (DESIGN.md, "The demo contract").
+/// The demo server's flags, each with a default.
 #[derive(Args, Clone, Debug)]
 pub struct ServerArgs {
     /// gRPC listen address.
@@ -32,7 +36,7 @@ pub struct ServerArgs {
     #[arg(long, env = "PALISADE_JWT_SECRET", default_value = DEMO_SECRET, hide_env_values = true)]
     pub jwt_secret: String,
     /// A JWKS file (RS/PS/ES/EdDSA keys) to verify with, instead of the secret.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "jwt_secret")]
     pub jwks_file: Option<PathBuf>,
     /// Required `iss`.
     #[arg(long)]
@@ -43,8 +47,8 @@ pub struct ServerArgs {
     /// Requests per second; 0 turns rate limiting off.
     #[arg(long, default_value_t = 0)]
     pub rate: u32,
-    /// Bucket size.
-    #[arg(long, default_value_t = 1)]
+    /// Bucket size (at least 1).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     pub burst: u32,
     /// What a bucket is kept per: `global`, `peer`, `subject` or `metadata:NAME`.
     #[arg(long, default_value = "global")]
@@ -59,10 +63,29 @@ pub struct ServerArgs {
     /// Export spans with OTLP (gRPC) to this endpoint.
     #[arg(long)]
     pub otlp_endpoint: Option<String>,
-    /// Serve the same Greeter with no Palisade layer, for overhead comparisons.
-    #[arg(long)]
+    /// How long calls in flight may take to finish after SIGTERM or SIGINT, before the
+    /// server stops anyway: milliseconds, or with a unit (`500ms`, `10s`).
+    #[arg(long, default_value = "10s", value_parser = shutdown::parse_grace_period)]
+    pub grace_period: Duration,
+    /// Serve the same Greeter with no Palisade layer, for overhead comparisons (the layers'
+    /// flags are refused with it).
+    #[arg(long, conflicts_with_all = BARE_IGNORES)]
     pub bare: bool,
 }
+
+/// The flags that configure a layer, which `--bare` has none of.
+const BARE_IGNORES: [&str; 10] = [
+    "metrics_addr",
+    "jwt_secret",
+    "jwks_file",
+    "jwt_issuer",
+    "jwt_audience",
+    "rate",
+    "burst",
+    "rate_key",
+    "rate_redis",
+    "otlp_endpoint",
+];
 
 /// A running demo server; dropping it stops the server.
 #[derive(Debug)]
@@ -92,6 +115,46 @@ impl RunningServer {
         }
         self.wait().await
     }
+
+    /// Serves until a signal, then drains as a pod stops: no new connections (open ones are
+    /// told to go away), calls in flight finish within `grace`, and it returns. Calls still in
+    /// flight after `grace`, or at a second signal, are cut.
+    pub async fn serve_until_signal(
+        mut self,
+        signals: &mut Signals,
+        grace: Duration,
+    ) -> Result<(), BoxError> {
+        let Some(mut task) = self.task.take() else {
+            return Ok(());
+        };
+        let signal = tokio::select! {
+            result = &mut task => return Ok(result??),
+            signal = signals.recv() => signal,
+        };
+        tracing::info!(
+            signal,
+            grace_period_ms = u64::try_from(grace.as_millis()).unwrap_or(u64::MAX),
+            "draining: no new calls; calls in flight finish"
+        );
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        tokio::select! {
+            result = &mut task => {
+                result??;
+                tracing::info!("drained: every call finished");
+            }
+            () = tokio::time::sleep(grace) => {
+                task.abort();
+                tracing::warn!("grace period over: calls still in flight are cut");
+            }
+            signal = signals.recv() => {
+                task.abort();
+                tracing::warn!(signal, "signalled again: calls still in flight are cut");
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Drop for RunningServer {
@@ -114,11 +177,52 @@ pub fn greeter() -> Greeter {
         })
 }
 
-/// The rate limit the flags ask for; `None` when `--rate 0`.
+/// The Redis backend `--rate-redis` asks for, if any (it connects in the background). Call it
+/// inside a Tokio runtime.
+pub fn redis_backend(args: &ServerArgs) -> Result<Option<Redis>, BoxError> {
+    let Some(url) = &args.rate_redis else {
+        return Ok(None);
+    };
+    // Not the URL itself in the message: it may hold a password.
+    let builder = Redis::open(url.as_str())
+        .map_err(|_| "--rate-redis: expected redis://[user:password@]host:port[/db]")?;
+    Ok(Some(builder.build()))
+}
+
+/// The rate limit the flags ask for; `None` when `--rate 0`. With `--rate-redis`, its buckets
+/// are in that Redis (call it inside a Tokio runtime then).
 pub fn rate_limit(
     args: &ServerArgs,
     registry: &MethodRegistry,
 ) -> Result<Option<RateLimitLayer>, BoxError> {
+    rate_limit_on(args, registry, redis_backend(args)?)
+}
+
+/// Without a rate, the other rate-limit flags would do nothing: refused.
+fn check_rate_flags(args: &ServerArgs) -> Result<(), BoxError> {
+    if args.rate != 0 {
+        return Ok(());
+    }
+    let unread = [
+        (args.burst != 1, "--burst"),
+        (args.rate_key != "global", "--rate-key"),
+        (args.rate_redis.is_some(), "--rate-redis"),
+    ];
+    match unread.into_iter().find(|(given, _)| *given) {
+        Some((_, flag)) => {
+            Err(format!("{flag} needs --rate (requests per second; 0 is off)").into())
+        }
+        None => Ok(()),
+    }
+}
+
+/// [`rate_limit`], with the backend `--rate-redis` made already.
+fn rate_limit_on(
+    args: &ServerArgs,
+    registry: &MethodRegistry,
+    redis: Option<Redis>,
+) -> Result<Option<RateLimitLayer>, BoxError> {
+    check_rate_flags(args)?;
     let Some(rate) = NonZeroU32::new(args.rate) else {
         return Ok(None);
     };
@@ -144,13 +248,15 @@ pub fn rate_limit(
             }
         },
     };
-    // Health and reflection are exempt by default.
-    Ok(Some(
-        RateLimitLayer::builder()
-            .limit(limit)
-            .registry(registry.clone())
-            .build(),
-    ))
+    // Health and reflection are exempt by default. Servers sharing a Redis share buckets by
+    // limit name: name it after the flag, the same on every server.
+    let mut builder = RateLimitLayer::builder()
+        .limit(limit.named(format!("server-{}", args.rate_key)))
+        .registry(registry.clone());
+    if let Some(redis) = redis {
+        builder = builder.backend(redis);
+    }
+    Ok(Some(builder.build()))
 }
 
 /// JWT verification as the flags ask: the secret or a JWKS file, issuer and audience when
@@ -209,20 +315,35 @@ pub async fn start(args: &ServerArgs, listener: TcpListener) -> Result<RunningSe
         });
     }
 
+    check_rate_flags(args)?;
+    let redis = redis_backend(args)?;
+    if let Some(redis) = &redis {
+        // Calls are decided by each server alone while Redis does not answer: say so now.
+        match tokio::time::timeout(Duration::from_secs(2), redis.ping()).await {
+            Ok(Ok(())) => tracing::info!("--rate-redis: the rate limit's buckets are in Redis"),
+            _ => tracing::warn!(
+                "--rate-redis: Redis does not answer; each server limits alone until it does"
+            ),
+        }
+    }
     // The recorder comes first: layers register their metric handles when they are built.
     let metrics_server = PrometheusExporter::new().serve(args.metrics_addr).await?;
     let registry = MethodRegistry::from_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)?
         .with_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)?;
     let layers = ServerLayers::new()
         .trace(TraceLayer::server())
-        .logging(
+        .logging(crate::telemetry::access_log(
             LoggingLayer::server()
                 .skip(Matcher::health_and_reflection())
                 .method_registry(registry.clone()),
-        )
+        ))
         .metrics(MetricsLayer::server().registry(registry.clone()).build())
         .auth(auth(args)?)
-        .ratelimit(ServiceBuilder::new().option_layer(rate_limit(args, &registry)?));
+        .ratelimit(ServiceBuilder::new().option_layer(rate_limit_on(
+            args,
+            &registry,
+            redis.clone(),
+        )?));
     let task = tokio::spawn(
         Server::builder()
             .layer(layers)

@@ -1,7 +1,9 @@
 //! The demo client: calls `SayHello` on a server, one call after another, through Palisade's
 //! full client stack (trace, logging, metrics, breaker, rate limit, token attachment), and
 //! prints one line per call with the code it got — from the server, or from a client layer
-//! such as an open breaker. Exits 0 when every call got a gRPC status.
+//! such as an open breaker. Exits 0 when every call got a gRPC status. On SIGTERM or SIGINT
+//! it makes no new call, lets the one in flight finish (up to `--grace-period`), flushes its
+//! spans and logs, and exits 0.
 //!
 //! ```text
 //! cargo run -p palisade-examples --bin client -- --calls 5
@@ -17,6 +19,7 @@ use palisade_examples::{
     client::{self, ClientOptions},
     pb::HelloRequest,
     server::DEMO_SECRET,
+    shutdown::{self, Signals},
     telemetry::{self, LogFormat},
 };
 
@@ -36,18 +39,24 @@ struct Args {
     /// The token's space-separated `scope` claim.
     #[arg(long)]
     scope: Option<String>,
-    /// Log format of the client's own logs (to stderr's neighbour, stdout).
+    /// Log format of the client's own logs, to stdout.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
     /// Export spans with OTLP (gRPC) to this endpoint.
     #[arg(long)]
     otlp_endpoint: Option<String>,
+    /// How long the call in flight may take to finish after SIGTERM or SIGINT, before the
+    /// client stops anyway: milliseconds, or with a unit (`500ms`, `10s`).
+    #[arg(long, default_value = "10s", value_parser = shutdown::parse_grace_period)]
+    grace_period: Duration,
 }
 
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
     let args = Args::parse();
-    telemetry::init_logs(args.log_format, "warn");
+    let log_guard = telemetry::init_logs(args.log_format, "warn");
+    // From here on, SIGTERM and SIGINT stop the calls instead of ending the process at once.
+    let mut signals = Signals::new()?;
     let provider =
         telemetry::install_tracer("palisade-demo-client", args.otlp_endpoint.as_deref())?;
     // Client metrics are recorded into a recorder of their own; the client prints no scrape.
@@ -68,25 +77,54 @@ async fn main() -> Result<(), BoxError> {
     };
     let mut greeter = client::connect(&args.target, &options)?;
     for call in 1..=args.calls {
+        if let Some(signal) = signals.try_recv() {
+            println!("{signal}: stopping before call {call}");
+            break;
+        }
         let request = HelloRequest {
             name: format!("call {call}"),
             ..Default::default()
         };
-        match greeter.say_hello(request).await {
-            Ok(reply) => {
+        let reply = greeter.say_hello(request);
+        tokio::pin!(reply);
+        let (result, stopping) = tokio::select! {
+            biased;
+            result = &mut reply => (Some(result), false),
+            signal = signals.recv() => {
+                println!("{signal}: stopping after call {call}, in flight");
+                let result = tokio::select! {
+                    result = &mut reply => Some(result),
+                    () = tokio::time::sleep(args.grace_period) => None,
+                    _ = signals.recv() => None,
+                };
+                (result, true)
+            }
+        };
+        match result {
+            None => println!("call {call}: cut (stopping)"),
+            Some(Ok(reply)) => {
                 let reply = reply.into_inner();
                 println!(
                     "call {call}: OK {:?} (subject {:?}, trace {})",
                     reply.message, reply.subject, reply.trace_id
                 );
             }
-            Err(status) => println!(
+            Some(Err(status)) => println!(
                 "call {call}: {} {:?}",
                 go_name(status.code()),
                 status.message()
             ),
         }
+        if stopping {
+            break;
+        }
     }
-    provider.shutdown()?;
+    // Every span ended so far reaches the exporter before exit (off the runtime's threads:
+    // the export itself runs on them).
+    let flushed = tokio::task::spawn_blocking(move || provider.shutdown()).await?;
+    if let Err(error) = flushed {
+        tracing::warn!(%error, "flushing spans failed: some may be lost");
+    }
+    drop(log_guard);
     Ok(())
 }

@@ -26,6 +26,7 @@ use palisade_examples::{
     client::{self, ClientOptions},
     pb::{HelloRequest, greeter_client::GreeterClient},
     server::{self, STREAM_SCOPE, ServerArgs},
+    shutdown,
     telemetry::{self, LogFormat},
 };
 use palisade_jwt::{jsonwebtoken, mint::HmacMinter};
@@ -46,7 +47,7 @@ const SECRET: &str = "stack-story-secret";
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
     let args = Args::parse();
-    telemetry::init_logs(LogFormat::Text, args.logs.as_deref().unwrap_or("off"));
+    let log_guard = telemetry::init_logs(LogFormat::Text, args.logs.as_deref().unwrap_or("off"));
     let provider = telemetry::install_tracer("palisade-stack", None)?;
 
     let server_args = ServerArgs {
@@ -62,6 +63,7 @@ async fn main() -> Result<(), BoxError> {
         rate_redis: None,
         log_format: LogFormat::Text,
         otlp_endpoint: None,
+        grace_period: shutdown::DEFAULT_GRACE_PERIOD,
         bare: false,
     };
     let listener = tokio::net::TcpListener::bind(server_args.addr).await?;
@@ -256,6 +258,7 @@ async fn main() -> Result<(), BoxError> {
 
     running.stop().await?;
     provider.shutdown()?;
+    drop(log_guard);
     if !ok {
         return Err(
             "a step did not get the gRPC status the story expects (marked !! above)".into(),

@@ -1,0 +1,689 @@
+//! The demo programs tried from outside: the real `server` and `client` binaries, a real
+//! `redis-server`, and an OTLP/gRPC trace receiver of the test's own — plus their flags,
+//! parsed in-process.
+
+use std::{
+    future::Future,
+    io::{BufRead, BufReader},
+    net::SocketAddr,
+    pin::Pin,
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
+
+use clap::Parser;
+use opentelemetry_proto::tonic::{
+    collector::trace::v1::{
+        ExportTraceServiceRequest, ExportTraceServiceResponse,
+        trace_service_server::{TraceService, TraceServiceServer},
+    },
+    common::v1::any_value,
+    trace::v1::span::SpanKind,
+};
+use palisade_examples::{
+    pb::{HelloRequest, greeter_client::GreeterClient},
+    server::ServerArgs,
+    shutdown,
+};
+use palisade_jwt::mint::HmacMinter;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpListener,
+    sync::{Semaphore, mpsc},
+};
+use tonic::{
+    Code, Request, Response, Status,
+    transport::{Channel, Server, server::TcpIncoming},
+};
+
+#[path = "../../crates/palisade-ratelimit/tests/support/redis_server.rs"]
+mod redis_server;
+
+use redis_server::RedisServer;
+
+const SERVER: &str = env!("CARGO_BIN_EXE_server");
+const CLIENT: &str = env!("CARGO_BIN_EXE_client");
+const SECRET: &str = "programs-test-secret";
+
+/// A bound for waiting on what must happen (a failure, not a pace: nothing waits this long
+/// when things work).
+const WITHIN: Duration = Duration::from_secs(60);
+
+// ---------------------------------------------------------------------------------------------
+// `server --rate-redis`: one quota for every server on one Redis.
+
+/// Two `server` processes on one redis-server, `--rate 10 --burst 10 --rate-key global`: 60
+/// calls spread over both let through one quota between them, and the bucket is in Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_servers_on_one_redis_share_one_quota() {
+    let redis = RedisServer::start();
+    let monitor = redis.monitor();
+    let url = redis.url();
+    let flags = [
+        "--rate",
+        "10",
+        "--burst",
+        "10",
+        "--rate-key",
+        "global",
+        "--rate-redis",
+        &url,
+    ];
+    let mut one = DemoServer::start(&flags).await;
+    let mut two = DemoServer::start(&flags).await;
+    let token = token();
+    let mut clients = [one.client().await, two.client().await];
+
+    let start = Instant::now();
+    let mut passed = 0u32;
+    for call in 0..60 {
+        let request = with_token(hello(&format!("call {call}"), 0), &token);
+        match clients[call % 2].say_hello(request).await {
+            Ok(_) => passed += 1,
+            Err(status) if status.code() == Code::ResourceExhausted => {}
+            Err(status) => panic!("call {call}: {status:?}"),
+        }
+    }
+    let elapsed = start.elapsed();
+
+    // A call whose round trip outran the Redis timeout on a loaded machine is decided by its
+    // server's local fallback alone: those may pass on top of the shared quota.
+    let mut fell_back = 0.0;
+    for server in [&one, &two] {
+        fell_back += metric_sum(
+            &scrape(server.metrics).await,
+            "palisade_ratelimit_backend_fallback_total",
+            "",
+        );
+    }
+    // 10 at once, then 10 a second, across both servers together.
+    let bound = 10.0 + (10.0 * elapsed.as_secs_f64()).ceil() + fell_back;
+    assert!(
+        f64::from(passed) <= bound,
+        "{passed} of 60 calls passed in {elapsed:?} ({fell_back} decided without Redis): \
+         more than one quota (at most {bound})"
+    );
+    assert!(passed >= 10, "the burst of 10 passes: {passed}");
+
+    one.stop().await;
+    two.stop().await;
+    let scripts = monitor.finish(&redis);
+    let bucket = scripts
+        .get("palisade:rl:server-global/0")
+        .unwrap_or_else(|| panic!("the bucket is not in Redis; script calls by key: {scripts:?}"));
+    assert!(
+        bucket.count as f64 + fell_back >= 60.0,
+        "every call not decided by the fallback went to Redis: {bucket:?}, {fell_back} fell back"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Stopping like a pod stops.
+
+/// `server` on SIGTERM: a call in flight finishes OK, the process exits 0, and every server
+/// span reached the OTLP receiver.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_drains_on_sigterm_and_every_span_arrives() {
+    const CALLS: usize = 5;
+    let receiver = Receiver::start().await;
+    let endpoint = receiver.endpoint();
+    let mut server = DemoServer::start(&["--otlp-endpoint", &endpoint]).await;
+    let token = token();
+    let mut client = server.client().await;
+    for call in 0..CALLS {
+        let request = with_token(hello(&format!("call {call}"), 0), &token);
+        client.say_hello(request).await.expect("an authorized call");
+    }
+    // One more, still in the handler when the signal comes.
+    let mut slow = client.clone();
+    let slow_token = token.clone();
+    let in_flight = tokio::spawn(async move {
+        slow.say_hello(with_token(hello("in flight", 1_000), &slow_token))
+            .await
+    });
+    server.until_started("SayHello", CALLS + 1).await;
+
+    server.program.signal("-TERM");
+    let reply = tokio::time::timeout(WITHIN, in_flight)
+        .await
+        .expect("the call in flight ends")
+        .expect("the call's task");
+    let reply = reply.expect("the call in flight at SIGTERM completes");
+    assert_eq!(reply.into_inner().message, "Hello, in flight!");
+    let status = server.program.exit().await;
+    assert!(status.success(), "server exited with {status}");
+    let logs = server.program.rest().await;
+    assert!(
+        logs.iter().any(|line| line.contains("palisade demo server stopped")),
+        "the last log line is flushed: {logs:?}"
+    );
+
+    let spans = receiver.spans("palisade-demo-server", SpanKind::Server, "SayHello");
+    assert_eq!(
+        spans,
+        CALLS + 1,
+        "server spans received: {:?}",
+        receiver.all()
+    );
+}
+
+/// `client` on SIGTERM: no new call, the one in flight finishes, its spans all arrive, exit 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_stops_on_sigterm_after_the_call_in_flight() {
+    let receiver = Receiver::start().await;
+    let endpoint = receiver.endpoint();
+    // The fourth SayHello waits in the server until the test lets it go.
+    let gate = Arc::new(Gate {
+        seen: AtomicUsize::new(0),
+        hold: 4,
+        arrived: Semaphore::new(0),
+        release: Semaphore::new(0),
+    });
+    let layer_gate = gate.clone();
+    let server = palisade_demo::spawn(tower::layer::layer_fn(move |inner| Gated {
+        inner,
+        gate: layer_gate.clone(),
+    }))
+    .await;
+    let url = server.url();
+    let mut client = Program::spawn(
+        CLIENT,
+        &[
+            "--target",
+            &url,
+            "--calls",
+            "1000",
+            "--jwt-secret",
+            SECRET,
+            "--otlp-endpoint",
+            &endpoint,
+        ],
+    );
+    tokio::time::timeout(WITHIN, gate.arrived.acquire())
+        .await
+        .expect("the fourth call reaches the server")
+        .expect("open")
+        .forget();
+
+    client.signal("-TERM");
+    client
+        .line("the client takes the signal", |line| {
+            line.contains("stopping")
+        })
+        .await;
+    gate.release.add_permits(1);
+    let status = client.exit().await;
+    let lines = client.rest().await;
+    assert!(status.success(), "client exited with {status}: {lines:?}");
+    assert!(
+        lines.iter().any(|line| line.starts_with("call 4: OK")),
+        "the call in flight completes: {lines:?}"
+    );
+    assert!(
+        !lines.iter().any(|line| line.starts_with("call 5:")),
+        "no call after the signal: {lines:?}"
+    );
+    let spans = receiver.spans("palisade-demo-client", SpanKind::Client, "SayHello");
+    assert_eq!(spans, 4, "client spans received: {:?}", receiver.all());
+    server.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Flags: a flag that is accepted acts.
+
+#[derive(Debug, Parser)]
+struct ServerCli {
+    #[command(flatten)]
+    server: ServerArgs,
+}
+
+fn server_args(args: &[&str]) -> Result<ServerArgs, clap::Error> {
+    ServerCli::try_parse_from(std::iter::once("server").chain(args.iter().copied()))
+        .map(|cli| cli.server)
+}
+
+/// Flags that `--bare` would leave unread are refused with it.
+#[test]
+fn bare_refuses_the_flags_it_would_ignore() {
+    assert!(server_args(&["--bare"]).is_ok());
+    for flags in [
+        &["--rate", "5"][..],
+        &["--burst", "5"],
+        &["--rate-key", "peer"],
+        &["--rate-redis", "redis://127.0.0.1:1/"],
+        &["--jwt-secret", "s"],
+        &["--jwks-file", "jwks.json"],
+        &["--jwt-issuer", "i"],
+        &["--jwt-audience", "a"],
+        &["--metrics-addr", "127.0.0.1:0"],
+        &["--otlp-endpoint", "http://127.0.0.1:4317"],
+    ] {
+        let mut args = vec!["--bare"];
+        args.extend_from_slice(flags);
+        let error = server_args(&args).expect_err(&format!("{args:?} is refused"));
+        assert_eq!(
+            error.kind(),
+            clap::error::ErrorKind::ArgumentConflict,
+            "{args:?}"
+        );
+    }
+}
+
+/// `--jwt-secret` is not read when `--jwks-file` verifies: both together are refused.
+#[test]
+fn jwks_file_refuses_a_secret_it_would_ignore() {
+    assert!(server_args(&["--jwks-file", "jwks.json"]).is_ok());
+    let error = server_args(&["--jwks-file", "jwks.json", "--jwt-secret", "s"])
+        .expect_err("a secret beside a JWKS file is refused");
+    assert_eq!(error.kind(), clap::error::ErrorKind::ArgumentConflict);
+}
+
+/// `--burst 0` was read as 1; the rate limit's other flags did nothing without `--rate`.
+#[tokio::test]
+async fn rate_flags_without_a_rate_are_refused() {
+    assert!(
+        server_args(&["--burst", "0"]).is_err(),
+        "--burst 0 is refused"
+    );
+    let registry = palisade::core::MethodRegistry::from_encoded_file_descriptor_set(
+        palisade_examples::FILE_DESCRIPTOR_SET,
+    )
+    .unwrap();
+    for flags in [
+        &["--burst", "5"][..],
+        &["--rate-key", "peer"],
+        &["--rate-key", "nonsense"],
+        &["--rate-redis", "redis://127.0.0.1:1/"],
+    ] {
+        let args = server_args(flags).unwrap();
+        let error = palisade_examples::server::rate_limit(&args, &registry)
+            .expect_err(&format!("{flags:?} without --rate is refused"));
+        assert!(error.to_string().contains("--rate"), "{error}");
+    }
+    let off = server_args(&[]).unwrap();
+    assert!(
+        palisade_examples::server::rate_limit(&off, &registry)
+            .unwrap()
+            .is_none()
+    );
+    let bad_url = server_args(&["--rate", "5", "--rate-redis", "not a url"]).unwrap();
+    let error = palisade_examples::server::rate_limit(&bad_url, &registry)
+        .expect_err("a bad Redis URL is refused");
+    assert!(error.to_string().contains("--rate-redis"), "{error}");
+}
+
+/// `--grace-period`: milliseconds, or with a unit.
+#[test]
+fn grace_period_takes_ms_or_seconds() {
+    let ms = Duration::from_millis;
+    assert_eq!(shutdown::parse_grace_period("250"), Ok(ms(250)));
+    assert_eq!(shutdown::parse_grace_period("250ms"), Ok(ms(250)));
+    assert_eq!(shutdown::parse_grace_period("10s"), Ok(ms(10_000)));
+    assert_eq!(shutdown::parse_grace_period(" 2 s "), Ok(ms(2_000)));
+    assert_eq!(shutdown::parse_grace_period("0"), Ok(ms(0)));
+    for bad in [
+        "",
+        "s",
+        "-1",
+        "1.5s",
+        "10m",
+        "99999999999999999999s",
+        "18446744073709552s",
+    ] {
+        assert!(shutdown::parse_grace_period(bad).is_err(), "{bad:?}");
+    }
+    let args = server_args(&[]).unwrap();
+    assert_eq!(args.grace_period, shutdown::DEFAULT_GRACE_PERIOD);
+    let args = server_args(&["--grace-period", "3s"]).unwrap();
+    assert_eq!(args.grace_period, Duration::from_secs(3));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Support.
+
+/// A program of this package, run with its stdout read line by line.
+struct Program {
+    child: Option<Child>,
+    pid: u32,
+    lines: mpsc::UnboundedReceiver<String>,
+}
+
+impl Program {
+    fn spawn(binary: &str, args: &[&str]) -> Self {
+        let mut child = Command::new(binary)
+            .args(args)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{binary} starts: {e}"));
+        let stdout = child.stdout.take().expect("piped");
+        let (tx, lines) = mpsc::unbounded_channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self {
+            pid: child.id(),
+            child: Some(child),
+            lines,
+        }
+    }
+
+    /// The next line of stdout that `matches`.
+    async fn line(&mut self, what: &str, matches: impl Fn(&str) -> bool) -> String {
+        let wait = async {
+            loop {
+                match self.lines.recv().await {
+                    Some(line) if matches(&line) => return line,
+                    Some(_) => {}
+                    None => panic!("{what}: the program's stdout closed first"),
+                }
+            }
+        };
+        tokio::time::timeout(WITHIN, wait)
+            .await
+            .unwrap_or_else(|_| panic!("{what}: no such line within {WITHIN:?}"))
+    }
+
+    /// The lines not read yet, up to the end of stdout.
+    async fn rest(&mut self) -> Vec<String> {
+        let mut rest = Vec::new();
+        while let Ok(Some(line)) = tokio::time::timeout(WITHIN, self.lines.recv()).await {
+            rest.push(line);
+        }
+        rest
+    }
+
+    /// Sends a signal with `kill`.
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([signal, &self.pid.to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill {signal} {}", self.pid);
+    }
+
+    /// Waits for the program to exit.
+    async fn exit(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let wait = tokio::task::spawn_blocking(move || child.wait());
+        match tokio::time::timeout(WITHIN, wait).await {
+            Ok(status) => status.expect("the waiting task").expect("wait"),
+            Err(_) => {
+                self.signal("-KILL");
+                panic!("the program did not exit within {WITHIN:?}");
+            }
+        }
+    }
+}
+
+impl Drop for Program {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The `server` binary on free loopback ports.
+struct DemoServer {
+    program: Program,
+    addr: SocketAddr,
+    metrics: SocketAddr,
+}
+
+impl DemoServer {
+    async fn start(flags: &[&str]) -> Self {
+        let mut args = vec![
+            "--addr",
+            "127.0.0.1:0",
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--jwt-secret",
+            SECRET,
+        ];
+        args.extend_from_slice(flags);
+        let mut program = Program::spawn(SERVER, &args);
+        let line = program
+            .line("the server listens", |line| line.contains("listening"))
+            .await;
+        let fields: serde_json::Value = serde_json::from_str(&line).expect("a JSON log line");
+        let field = |name: &str| -> SocketAddr {
+            let value = fields[name]
+                .as_str()
+                .unwrap_or_else(|| panic!("{name}: {line}"));
+            let value = value.trim_start_matches("Some(").trim_end_matches(')');
+            value.parse().unwrap_or_else(|_| panic!("{name}: {line}"))
+        };
+        Self {
+            addr: field("addr"),
+            metrics: field("metrics"),
+            program,
+        }
+    }
+
+    async fn client(&self) -> GreeterClient<Channel> {
+        let channel = Channel::from_shared(format!("http://{}", self.addr))
+            .unwrap()
+            .connect()
+            .await
+            .expect("the server accepts connections");
+        GreeterClient::new(channel)
+    }
+
+    /// Waits until `calls` calls of `method` have reached the server (its
+    /// `grpc_server_started_total`).
+    async fn until_started(&self, method: &str, calls: usize) {
+        let label = format!("grpc_method=\"{method}\"");
+        let deadline = Instant::now() + WITHIN;
+        loop {
+            let started = metric_sum(
+                &scrape(self.metrics).await,
+                "grpc_server_started_total",
+                &label,
+            );
+            if started >= calls as f64 {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{calls} calls of {method} did not start"
+            );
+            tokio::task::yield_now().await;
+        }
+    }
+
+    async fn stop(&mut self) {
+        self.program.signal("-TERM");
+        let status = self.program.exit().await;
+        assert!(status.success(), "server exited with {status}");
+    }
+}
+
+fn token() -> String {
+    HmacMinter::hs256(SECRET)
+        .subject("programs-test")
+        .mint()
+        .expect("a token")
+        .value()
+        .to_owned()
+}
+
+fn hello(name: &str, delay_ms: u32) -> HelloRequest {
+    HelloRequest {
+        name: name.into(),
+        delay_ms,
+        ..Default::default()
+    }
+}
+
+fn with_token<T>(message: T, token: &str) -> Request<T> {
+    let mut request = Request::new(message);
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("ASCII"),
+    );
+    request
+}
+
+/// `GET /metrics` over HTTP/1.0.
+async fn scrape(addr: SocketAddr) -> String {
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("/metrics accepts");
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    response
+}
+
+/// The sum of a metric's samples whose line contains `label`.
+fn metric_sum(scrape: &str, name: &str, label: &str) -> f64 {
+    scrape
+        .lines()
+        .filter(|line| {
+            line.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(['{', ' ']))
+                && line.contains(label)
+        })
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// A span the receiver got: its service, name and kind.
+#[derive(Clone, Debug)]
+struct Received {
+    service: String,
+    name: String,
+    kind: i32,
+}
+
+/// An OTLP/gRPC trace receiver on 127.0.0.1:0.
+#[derive(Clone, Default)]
+struct Receiver {
+    spans: Arc<Mutex<Vec<Received>>>,
+    addr: Option<SocketAddr>,
+}
+
+impl Receiver {
+    async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let receiver = Self {
+            addr: Some(listener.local_addr().unwrap()),
+            ..Self::default()
+        };
+        let service = TraceServiceServer::new(receiver.clone());
+        tokio::spawn(
+            Server::builder()
+                .add_service(service)
+                .serve_with_incoming(TcpIncoming::from(listener)),
+        );
+        receiver
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://{}", self.addr.expect("started"))
+    }
+
+    fn all(&self) -> Vec<Received> {
+        self.spans.lock().unwrap().clone()
+    }
+
+    /// How many spans of `service` of this kind whose name ends with `method` arrived.
+    fn spans(&self, service: &str, kind: SpanKind, method: &str) -> usize {
+        self.all()
+            .iter()
+            .filter(|s| s.service == service && s.kind == kind as i32 && s.name.ends_with(method))
+            .count()
+    }
+}
+
+#[tonic::async_trait]
+impl TraceService for Receiver {
+    async fn export(
+        &self,
+        request: Request<ExportTraceServiceRequest>,
+    ) -> Result<Response<ExportTraceServiceResponse>, Status> {
+        let mut spans = self.spans.lock().unwrap();
+        for resource_spans in request.into_inner().resource_spans {
+            let service = resource_spans
+                .resource
+                .iter()
+                .flat_map(|r| &r.attributes)
+                .find(|kv| kv.key == "service.name")
+                .and_then(|kv| match kv.value.as_ref()?.value.as_ref()? {
+                    any_value::Value::StringValue(s) => Some(s.clone()),
+                    _ => None,
+                })
+                .unwrap_or_default();
+            for scope in resource_spans.scope_spans {
+                for span in scope.spans {
+                    spans.push(Received {
+                        service: service.clone(),
+                        name: span.name,
+                        kind: span.kind,
+                    });
+                }
+            }
+        }
+        Ok(Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+/// Holds the `hold`-th SayHello until released, and says when it arrived.
+struct Gate {
+    seen: AtomicUsize,
+    hold: usize,
+    arrived: Semaphore,
+    release: Semaphore,
+}
+
+#[derive(Clone)]
+struct Gated<S> {
+    inner: S,
+    gate: Arc<Gate>,
+}
+
+impl<S, B> tower::Service<http::Request<B>> for Gated<S>
+where
+    S: tower::Service<http::Request<B>> + Clone + Send + 'static,
+    S::Future: Send,
+    B: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let gate = self.gate.clone();
+        Box::pin(async move {
+            if request.uri().path().ends_with("/SayHello")
+                && gate.seen.fetch_add(1, Ordering::SeqCst) + 1 == gate.hold
+            {
+                gate.arrived.add_permits(1);
+                gate.release.acquire().await.expect("open").forget();
+            }
+            inner.call(request).await
+        })
+    }
+}
