@@ -1,6 +1,15 @@
 //! Keys: which caller a call belongs to, for per-key buckets.
 
-use std::{borrow::Cow, fmt, marker::PhantomData, net::IpAddr, sync::Arc};
+use std::{
+    borrow::Cow,
+    fmt,
+    marker::PhantomData,
+    net::IpAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+};
 
 use http::{Extensions, HeaderMap, HeaderName, Uri};
 use palisade_core::{Method, Peer};
@@ -82,8 +91,23 @@ impl Key {
     /// A value an earlier layer put into the request extensions, read by `f`; no `T` in the
     /// extensions (or `f` answering `None`) is no key.
     ///
-    /// The JWT subject, with palisade-jwt's claims type in the extensions:
-    /// `Key::extension(|claims: &Claims| claims.sub.as_deref().map(KeyValue::from))`.
+    /// The layer that puts `T` there must run before the limit (be outside it). When the first
+    /// call a key sees has no `T` at all — a per-subject limit placed before authentication,
+    /// which would put every caller in one shared bucket — it says so once, in a `tracing`
+    /// warning.
+    ///
+    /// The JWT subject, with palisade-jwt's verified claims in the extensions:
+    ///
+    /// ```
+    /// use std::num::NonZeroU32;
+    /// use palisade_jwt::StandardClaims;
+    /// use palisade_ratelimit::{Key, KeyValue, Limit, NoKey, Quota};
+    ///
+    /// let subject = Key::extension(|c: &StandardClaims| c.subject().map(KeyValue::from));
+    /// let limit = Limit::per_key(subject, Quota::per_second(NonZeroU32::new(10).unwrap()))
+    ///     .when_keyless(NoKey::Reject);
+    /// # let _ = limit;
+    /// ```
     pub fn extension<T, F>(f: F) -> Self
     where
         T: Send + Sync + 'static,
@@ -91,6 +115,7 @@ impl Key {
     {
         Key(Source::Custom(Arc::new(FromExtension {
             f,
+            checked: AtomicBool::new(false),
             _type: PhantomData::<fn(&T)>,
         })))
     }
@@ -199,7 +224,25 @@ impl<F> fmt::Debug for FromFn<F> {
 
 struct FromExtension<T, F> {
     f: F,
+    /// Set by the first call, which looks whether the extension is there at all.
+    checked: AtomicBool,
     _type: PhantomData<fn(&T)>,
+}
+
+impl<T, F> FromExtension<T, F> {
+    #[cold]
+    fn check_first(&self, present: bool) {
+        if !self.checked.swap(true, Ordering::Relaxed) && !present {
+            tracing::warn!(
+                extension = std::any::type_name::<T>(),
+                "palisade-ratelimit: a limit keyed on a request extension found none at its \
+                 first call: the layer that adds it (authentication, for claims) must come \
+                 before the rate limit, or every caller without it shares one bucket \
+                 (`NoKey::Shared`); put the limit after auth, or choose \
+                 `Limit::when_keyless(NoKey::Reject)`"
+            );
+        }
+    }
 }
 
 impl<T, F> KeyExtractor for FromExtension<T, F>
@@ -208,7 +251,11 @@ where
     F: for<'a> Fn(&'a T) -> Option<KeyValue<'a>> + Send + Sync + 'static,
 {
     fn extract<'a>(&self, request: &RequestInfo<'a>) -> Option<KeyValue<'a>> {
-        (self.f)(request.extensions().get::<T>()?)
+        let value = request.extensions().get::<T>();
+        if !self.checked.load(Ordering::Relaxed) {
+            self.check_first(value.is_some());
+        }
+        (self.f)(value?)
     }
 }
 
@@ -474,6 +521,68 @@ mod tests {
             b"tenant"
         );
         assert!(format!("{key:?}").contains("Claims"));
+    }
+
+    /// What `tracing` events say on this thread while `f` runs.
+    fn warnings_during(f: impl FnOnce()) -> String {
+        #[derive(Clone, Default)]
+        struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Captured {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .with_max_level(tracing::Level::WARN)
+            .finish();
+        tracing::subscriber::with_default(subscriber, f);
+        String::from_utf8_lossy(&captured.0.lock().unwrap()).into_owned()
+    }
+
+    #[test]
+    fn a_key_on_an_extension_missing_at_its_first_call_warns_once() {
+        use palisade_jwt::StandardClaims;
+        let text = warnings_during(|| {
+            // A per-subject limit placed before auth: no claims, ever.
+            let key = Key::extension(|c: &StandardClaims| c.subject().map(KeyValue::from));
+            let clone = key.clone();
+            let request = http::Request::new(());
+            for _ in 0..5 {
+                assert!(key.extract(&RequestInfo::new(&request)).is_none());
+                assert!(clone.extract(&RequestInfo::new(&request)).is_none());
+            }
+        });
+        assert_eq!(
+            text.matches("found none at its first call").count(),
+            1,
+            "{text}"
+        );
+        assert!(
+            text.contains("WARN") && text.contains("StandardClaims"),
+            "{text}"
+        );
+
+        // Found at the first call (auth before the limit): later calls without it (a public
+        // method) say nothing.
+        #[derive(Clone)]
+        struct Subject(String);
+        let text = warnings_during(|| {
+            let key = Key::extension(|s: &Subject| Some(KeyValue::from(s.0.as_str())));
+            let mut request = http::Request::new(());
+            request.extensions_mut().insert(Subject("ada".into()));
+            assert!(key.extract(&RequestInfo::new(&request)).is_some());
+            let bare = http::Request::new(());
+            assert!(key.extract(&RequestInfo::new(&bare)).is_none());
+        });
+        assert!(text.is_empty(), "{text}");
     }
 
     #[test]
