@@ -316,6 +316,9 @@ pub async fn start(args: &ServerArgs, listener: TcpListener) -> Result<RunningSe
     }
 
     check_rate_flags(args)?;
+    // The recorder comes first: layers register their metric handles when they are built.
+    let metrics_server = PrometheusExporter::new().serve(args.metrics_addr).await?;
+    // After the recorder too: the backend registers its series when it is built.
     let redis = redis_backend(args)?;
     if let Some(redis) = &redis {
         // Calls are decided by each server alone while Redis does not answer: say so now.
@@ -326,8 +329,6 @@ pub async fn start(args: &ServerArgs, listener: TcpListener) -> Result<RunningSe
             ),
         }
     }
-    // The recorder comes first: layers register their metric handles when they are built.
-    let metrics_server = PrometheusExporter::new().serve(args.metrics_addr).await?;
     let registry = MethodRegistry::from_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)?
         .with_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)?;
     let layers = ServerLayers::new()

@@ -95,11 +95,12 @@ async fn two_servers_on_one_redis_share_one_quota() {
     // server's local fallback alone: those may pass on top of the shared quota.
     let mut fell_back = 0.0;
     for server in [&one, &two] {
-        fell_back += metric_sum(
-            &scrape(server.metrics).await,
-            "palisade_ratelimit_backend_fallback_total",
-            "",
+        let scrape = scrape(server.metrics).await;
+        assert!(
+            scrape.contains("palisade_ratelimit_backend_up{backend=\"redis\"}"),
+            "the Redis backend's series are served: {scrape}"
         );
+        fell_back += metric_sum(&scrape, "palisade_ratelimit_backend_fallback_total", "");
     }
     // 10 at once, then 10 a second, across both servers together.
     let bound = 10.0 + (10.0 * elapsed.as_secs_f64()).ceil() + fell_back;
@@ -159,7 +160,8 @@ async fn server_drains_on_sigterm_and_every_span_arrives() {
     assert!(status.success(), "server exited with {status}");
     let logs = server.program.rest().await;
     assert!(
-        logs.iter().any(|line| line.contains("palisade demo server stopped")),
+        logs.iter()
+            .any(|line| line.contains("palisade demo server stopped")),
         "the last log line is flushed: {logs:?}"
     );
 
@@ -169,6 +171,36 @@ async fn server_drains_on_sigterm_and_every_span_arrives() {
         CALLS + 1,
         "server spans received: {:?}",
         receiver.all()
+    );
+}
+
+/// `--grace-period` acts: a call still in flight when it is over is cut, and the server exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_cuts_calls_still_in_flight_after_the_grace_period() {
+    let mut server = DemoServer::start(&["--grace-period", "50ms"]).await;
+    let token = token();
+    let mut client = server.client().await;
+    let in_flight = tokio::spawn(async move {
+        client
+            .say_hello(with_token(hello("too slow", 600_000), &token))
+            .await
+    });
+    server.until_started("SayHello", 1).await;
+    server.program.signal("-TERM");
+    let status = server.program.exit().await;
+    assert!(status.success(), "server exited with {status}");
+    let logs = server.program.rest().await;
+    assert!(
+        logs.iter().any(|line| line.contains("grace period over")),
+        "{logs:?}"
+    );
+    let cut = tokio::time::timeout(WITHIN, in_flight)
+        .await
+        .expect("the cut call ends")
+        .expect("the call's task");
+    assert!(
+        cut.is_err(),
+        "a ten-minute call cannot have finished: {cut:?}"
     );
 }
 
