@@ -52,6 +52,12 @@ pub use palisade_trace as trace;
 
 pub mod preset;
 
+/// The README's snippets, compiled (and run where they can) as doctests, so they cannot drift
+/// from the API.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;
+
 /// The types most programs name: core's primitives and each enabled layer.
 pub mod prelude {
     pub use crate::preset::{ClientLayers, ServerLayers};
