@@ -5,14 +5,16 @@
 //! A slot left empty is `tower_layer::Identity`: it costs nothing. Every setter takes any tower
 //! layer, so a slot can hold a Palisade layer, one of your own, or a `ServiceBuilder` stack.
 //!
-//! Why this order (DESIGN.md):
+//! Why this order:
 //!
 //! - trace is outermost, so every later layer and every rejection happens inside the RPC's span;
 //! - logging and metrics sit outside auth and limits, so rejected calls are logged and counted
 //!   with their real code (`Unauthenticated`, `ResourceExhausted`, `Unavailable`);
 //! - on a server, a per-subject rate limit must come after auth (it reads the claims); a global
 //!   limit can also go before auth to keep floods off signature checks — put it in the `auth`
-//!   slot as `ServiceBuilder::new().layer(limit).layer(auth)` for that;
+//!   slot as `ServiceBuilder::new().layer(limit).layer(auth)` for that. (A limit keyed on the
+//!   claims that finds none at its first call says so in a `tracing` warning: every caller
+//!   would share one bucket.);
 //! - on a client, the breaker fails fast before a call waits for a rate-limit token, and the token
 //!   is attached last, right before the channel.
 //!
