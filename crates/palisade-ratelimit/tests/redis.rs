@@ -193,9 +193,10 @@ async fn combined_limits_on_redis_are_all_or_nothing() {
 }
 
 /// Three instances — each its own layer, backend and connection — drive one Redis with
-/// bounded concurrency for a timed window; the calls they let through, together, are the
-/// quota's `burst + rate × t` within 1 %, `t` from the first to the last script call on the
-/// bucket, on the Redis server's clock (as `MONITOR` shows the calls).
+/// bounded concurrency for a timed window; the calls they let through, together, are at most
+/// the quota's `burst + rate × t`, `t` from the first to the last script call on the bucket,
+/// on the Redis server's clock (as `MONITOR` shows the calls), and within 1 % of what the
+/// bucket could give the calls at the times they came (the same, unless the callers stalled).
 async fn three_instances(
     keys: &[&str],
     rate: u32,
@@ -301,10 +302,14 @@ async fn three_instances(
         };
         let window = scripts[&name].window();
         let expected = f64::from(burst) + f64::from(rate) * window.as_secs_f64();
+        // What the bucket could give the calls as they came: less than `expected` when the
+        // callers paused (a shared machine stalls them) with the bucket full.
+        let batch = lease.map_or(1, |(batch, _)| batch);
+        let could = scripts[&name].tokens_for(rate, burst, batch) as f64;
         let allowed = allowed[k].load(Ordering::Relaxed) as f64;
         assert!(
-            allowed <= expected + 1.0 && allowed >= expected * 0.99 - leased,
-            "{name}: {allowed} allowed, {expected:.1} expected over {window:?} (rate {rate}/s, burst {burst})"
+            allowed <= expected + 1.0 && allowed >= could * 0.99 - leased,
+            "{name}: {allowed} allowed, {expected:.1} expected over {window:?}, {could} as the calls came (rate {rate}/s, burst {burst})"
         );
     }
 }

@@ -12,7 +12,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use common::{Counters, HELLO, call, quota, recorder};
+use common::{Counters, Gated, HELLO, call, per_hour, quota, recorder};
 use http::{Request, Response};
 use http_body::Body;
 use http_body_util::BodyExt;
@@ -247,5 +247,60 @@ async fn shadow_mode_never_cuts_a_stream() {
         counters.get(REJECTED_TOTAL, &[]),
         1,
         "counted once per stream"
+    );
+}
+
+/// A handler that reads the request stream for 10 ms at most, then drops it and answers OK.
+#[derive(Clone, Default)]
+struct Impatient;
+
+impl<B> Service<Request<B>> for Impatient
+where
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<GrpcBody>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<GrpcBody>, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        Box::pin(async move {
+            let body = request.into_body();
+            let _ =
+                tokio::time::timeout(std::time::Duration::from_millis(10), body.collect()).await;
+            Ok(Response::new(GrpcBody::unary(b"done", Code::Ok)))
+        })
+    }
+}
+
+/// A stream dropped while paying for a message (a later per-message limit's backend has not
+/// answered) never delivers it: the earlier limits' tokens for it go back.
+#[tokio::test(start_paused = true)]
+async fn a_stream_dropped_while_paying_for_a_message_gives_its_tokens_back() {
+    let gate = Gated::default();
+    gate.open();
+    let layer = RateLimitLayer::builder()
+        .backend(gate.clone())
+        .limit(Limit::global(per_hour(2)).per_message().named("first"))
+        .limit(Limit::global(per_hour(9)).per_message().named("gate"))
+        .build_metered();
+    let mut service = layer.layer(Impatient);
+    // The call pays its first message at the door (the gate open); the second takes the first
+    // limit's last token, then waits on the gate (closed) until the handler gives up.
+    let pending = service.call(stream(messages(2)));
+    gate.close();
+    let response = pending.await.unwrap();
+    assert_eq!(response.headers().get("grpc-status"), None, "answered OK");
+    gate.open();
+    let response = call(&mut service, stream(messages(1))).await;
+    assert_eq!(
+        response.headers().get("grpc-status"),
+        None,
+        "the first limit's token came back"
     );
 }

@@ -191,6 +191,10 @@ impl Gated {
     pub fn open(&self) {
         self.open.store(true, Ordering::SeqCst);
     }
+
+    pub fn close(&self) {
+        self.open.store(false, Ordering::SeqCst);
+    }
 }
 
 impl palisade_ratelimit::backend::Backend for Gated {

@@ -211,9 +211,11 @@ impl RedisServer {
                     first: at,
                     last: at,
                     count: 0,
+                    times: Vec::new(),
                 });
                 entry.last = at;
                 entry.count += 1;
+                entry.times.push(at);
             }
             scripts
         });
@@ -264,18 +266,41 @@ fn read_reply(stream: &mut TcpStream) -> String {
 const MONITOR_END: &str = "palisade-monitor-end";
 
 /// The script calls (`EVALSHA`) on one key that a [`Monitor`] saw.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Scripts {
     /// The server's time of the first and the last, in microseconds.
     pub first: u64,
     pub last: u64,
     pub count: u64,
+    /// The server's time of each, in order.
+    pub times: Vec<u64>,
 }
 
 impl Scripts {
     /// The time from the first to the last.
     pub fn window(&self) -> Duration {
         Duration::from_micros(self.last - self.first)
+    }
+
+    /// The tokens a bucket of `rate` a second, bursts of `burst`, full at the first call,
+    /// gives these calls when each takes as many as it finds, up to `batch` (1: one each) —
+    /// the most the calls can get, whatever gaps the load had (a bucket full through a pause
+    /// of the callers gains nothing).
+    pub fn tokens_for(&self, rate: u32, burst: u32, batch: u32) -> u64 {
+        let mut tokens = f64::from(burst);
+        let mut at = self.first;
+        let mut granted = 0;
+        for &time in &self.times {
+            let elapsed = time.saturating_sub(at) as f64 / 1e6;
+            at = time;
+            tokens = (tokens + elapsed * f64::from(rate)).min(f64::from(burst));
+            if tokens >= 1.0 {
+                let take = tokens.floor().min(f64::from(batch));
+                tokens -= take;
+                granted += take as u64;
+            }
+        }
+        granted
     }
 }
 
