@@ -9,9 +9,13 @@
 //!
 //! - keeps the state and a generation in one atomic word, so a closed circuit admits a call
 //!   with one atomic load and an open one rejects it with a clock read, both without a lock;
-//! - bounds half-open probes with an atomic counter, released by the permit's `Drop`, so
-//!   every path — success, failure, ignored outcome, cancellation, a dropped future or
-//!   stream, a panic — gives the slot back;
+//! - bounds half-open probes with an atomic counter tagged with the half-open period it
+//!   counts, released by the permit's `Drop`, so every path — success, failure, ignored
+//!   outcome, cancellation, a dropped future or stream, a panic — gives the slot back, and a
+//!   probe of an older period never frees a slot of the current one;
+//! - bounds the half-open period itself: a probe that has not ended within the maximum wait
+//!   (a hung call, a long-lived stream) counts as a failed probe, so the circuit opens again
+//!   and the next half-open period admits a new probe;
 //! - counts an outcome only when the circuit is still in the generation that admitted the
 //!   call: probes decide half-open, late outcomes of older calls are dropped;
 //! - changes state under a mutex that also guards the policy, so the gauge, the log line and
@@ -21,7 +25,7 @@ use std::{
     fmt,
     sync::{
         Arc, Mutex, MutexGuard, PoisonError,
-        atomic::{AtomicU32, AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::Duration,
 };
@@ -45,6 +49,7 @@ pub(crate) struct Settings {
     pub(crate) rules: Rules,
     pub(crate) probes: u32,
     pub(crate) successes: u32,
+    pub(crate) half_open_max_wait: Duration,
     pub(crate) side: Side,
 }
 
@@ -93,10 +98,15 @@ pub(crate) struct Circuit<H> {
     name: Arc<str>,
     /// `generation << 2 | state`; the generation grows with every transition.
     word: AtomicU64,
-    /// While open: until when, in nanoseconds since `epoch`.
-    open_until: AtomicU64,
-    /// Probes in flight.
-    probes: AtomicU32,
+    /// While open: until when it stays open; while half-open: until when its probes may take
+    /// to end. In nanoseconds since `epoch`.
+    until: AtomicU64,
+    /// Probes in flight: `period << 32 | count`, `period` the low 32 bits of the generation
+    /// of the half-open period they were admitted in (a new period starts from zero).
+    probes: AtomicU64,
+    /// Whether a call looked this circuit up since the registry last checked (keyed circuits
+    /// are evicted when unused).
+    used: AtomicBool,
     epoch: Instant,
     core: Mutex<Core>,
     shared: Arc<Shared<H>>,
@@ -111,6 +121,11 @@ const fn generation(word: u64) -> u64 {
     word >> 2
 }
 
+/// The tag of a half-open period in the probe counter.
+const fn period(generation: u64) -> u64 {
+    generation & 0xffff_ffff
+}
+
 impl<H> Circuit<H> {
     pub(crate) fn new(name: Arc<str>, shared: Arc<Shared<H>>) -> Self {
         let settings = &shared.settings;
@@ -120,8 +135,9 @@ impl<H> Circuit<H> {
         Circuit {
             name,
             word: AtomicU64::new(pack(0, State::Closed)),
-            open_until: AtomicU64::new(0),
-            probes: AtomicU32::new(0),
+            until: AtomicU64::new(0),
+            probes: AtomicU64::new(0),
+            used: AtomicBool::new(false),
             epoch: Instant::now(),
             core: Mutex::new(Core {
                 policy,
@@ -155,8 +171,42 @@ impl<H> Circuit<H> {
         self.core.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn release_probe(&self) {
-        self.probes.fetch_sub(1, Ordering::AcqRel);
+    /// Gives back a probe slot of the half-open period of `generation`; a slot of an older
+    /// period is gone already.
+    fn release_probe(&self, generation: u64) {
+        let tag = period(generation);
+        let _ = self
+            .probes
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n >> 32 == tag && n & 0xffff_ffff > 0).then(|| n - 1)
+            });
+    }
+
+    /// Takes a probe slot of the half-open period of `generation`, if one is free.
+    fn take_probe(&self, generation: u64) -> bool {
+        let tag = period(generation);
+        let max = u64::from(self.shared.settings.probes);
+        self.probes
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                if n >> 32 != tag {
+                    Some(tag << 32 | 1)
+                } else {
+                    (n & 0xffff_ffff < max).then(|| n + 1)
+                }
+            })
+            .is_ok()
+    }
+
+    /// Marks the circuit as looked up by a call.
+    pub(crate) fn touch(&self) {
+        if !self.used.load(Ordering::Relaxed) {
+            self.used.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether a call looked the circuit up since the last check; clears the mark.
+    pub(crate) fn take_used(&self) -> bool {
+        self.used.swap(false, Ordering::Relaxed)
     }
 }
 
@@ -174,27 +224,26 @@ impl<H: OnStateChange> Circuit<H> {
                     });
                 }
                 State::Open => {
-                    if self.now_nanos() < self.open_until.load(Ordering::Acquire) {
+                    if self.now_nanos() < self.until.load(Ordering::Acquire) {
                         self.handles.rejected.increment(1);
                         return None;
                     }
                     word = self.to_half_open(word);
                 }
                 State::HalfOpen => {
-                    let max = self.shared.settings.probes;
-                    let taken =
-                        self.probes
-                            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                                (n < max).then_some(n + 1)
-                            });
-                    if taken.is_err() {
+                    if !self.take_probe(generation(word)) {
+                        if self.now_nanos() >= self.until.load(Ordering::Acquire) {
+                            // The probes took too long: decide without them.
+                            word = self.expire_half_open(word);
+                            continue;
+                        }
                         self.handles.rejected.increment(1);
                         return None;
                     }
                     let now = self.word.load(Ordering::Acquire);
                     if now != word {
                         // The probes changed the state meanwhile: this slot is not a probe.
-                        self.release_probe();
+                        self.release_probe(generation(word));
                         word = now;
                         continue;
                     }
@@ -214,7 +263,22 @@ impl<H: OnStateChange> Circuit<H> {
         let mut core = self.lock();
         if self.word.load(Ordering::Acquire) == seen {
             core.probe_successes = 0;
+            let wait = saturating_nanos(self.shared.settings.half_open_max_wait);
+            self.until
+                .store(self.now_nanos().saturating_add(wait), Ordering::Release);
             self.transit(seen, State::HalfOpen, None);
+        }
+        self.word.load(Ordering::Acquire)
+    }
+
+    /// The probes of the half-open period `seen` did not end within the maximum wait: they
+    /// count as a failed probe, and the circuit opens again (their late outcomes belong to an
+    /// older generation and are dropped). Returns the current word.
+    fn expire_half_open(&self, seen: u64) -> u64 {
+        let mut core = self.lock();
+        if self.word.load(Ordering::Acquire) == seen {
+            let delay = core.policy.mark_dead_on_failure().unwrap_or(core.delay);
+            self.open(&mut core, seen, delay);
         }
         self.word.load(Ordering::Acquire)
     }
@@ -256,9 +320,8 @@ impl<H: OnStateChange> Circuit<H> {
 
     fn open(&self, core: &mut Core, word: u64, delay: Duration) {
         core.delay = delay;
-        let delay_nanos = u64::try_from(delay.as_nanos()).unwrap_or(u64::MAX);
-        let until = self.now_nanos().saturating_add(delay_nanos);
-        self.open_until.store(until, Ordering::Release);
+        let until = self.now_nanos().saturating_add(saturating_nanos(delay));
+        self.until.store(until, Ordering::Release);
         self.transit(word, State::Open, Some(delay));
     }
 
@@ -306,12 +369,19 @@ impl<H: OnStateChange> Circuit<H> {
     }
 }
 
+fn saturating_nanos(duration: Duration) -> u64 {
+    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
+}
+
 impl<H> fmt::Debug for Circuit<H> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Circuit")
             .field("name", &self.name)
             .field("state", &self.state())
-            .field("probes", &self.probes.load(Ordering::Relaxed))
+            .field(
+                "probes",
+                &(self.probes.load(Ordering::Relaxed) & 0xffff_ffff),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -356,7 +426,7 @@ impl<H: OnStateChange> Observer for Permit<H> {
 impl<H> Drop for Permit<H> {
     fn drop(&mut self) {
         if self.ticket.probe {
-            self.circuit.release_probe();
+            self.circuit.release_probe(self.ticket.generation);
         }
     }
 }

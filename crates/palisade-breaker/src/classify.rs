@@ -2,7 +2,7 @@
 
 use std::{fmt, sync::Arc, time::Duration};
 
-use palisade_core::{Code, CodeSet, Outcome, outcome::Source};
+use palisade_core::{Code, CodeSet, Outcome, Side, outcome::Source};
 use tokio::time::Instant;
 
 /// How one ended call counts for its circuit.
@@ -12,16 +12,21 @@ pub enum Verdict {
     Success,
     /// The backend failed: counts toward opening; a failed probe reopens the circuit.
     Failure,
-    /// Counts as neither (the caller went away): the call's permit is released, nothing else.
+    /// Counts as neither (the caller went away, or a Palisade layer answered the call
+    /// itself): the call's permit is released, nothing else.
     Ignore,
 }
 
-/// The codes that are failures by default: Unknown, DeadlineExceeded, ResourceExhausted,
-/// Internal, Unavailable and DataLoss — the backend's trouble, not the caller's mistake.
+/// The codes that are failures by default: Unknown, DeadlineExceeded, Internal, Unavailable
+/// and DataLoss — the backend's trouble, not the caller's mistake.
+///
+/// `ResourceExhausted` is not one: a quota answer is the server asking the caller to slow
+/// down (with `grpc-retry-pushback-ms`, which a client rate limiter honours), not a sign the
+/// backend is failing. Add it with `DEFAULT_FAILURE_CODES.with(Code::ResourceExhausted)` if
+/// your backend answers it when overloaded.
 pub const DEFAULT_FAILURE_CODES: CodeSet = CodeSet::of(&[
     Code::Unknown,
     Code::DeadlineExceeded,
-    Code::ResourceExhausted,
     Code::Internal,
     Code::Unavailable,
     Code::DataLoss,
@@ -63,10 +68,13 @@ impl fmt::Debug for Classifier {
 }
 
 /// Everything that decides a call's verdict.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub(crate) struct Rules {
     pub(crate) classifier: Classifier,
     pub(crate) slow_call: Option<Duration>,
+    /// On a server, outcomes the caller caused (its own deadline, a request that does not
+    /// decode) are never the backend's failure.
+    pub(crate) side: Side,
 }
 
 /// When a call started and when its caller's deadline passes, read only when a rule needs it.
@@ -76,13 +84,58 @@ pub(crate) struct Timing {
     pub(crate) deadline: Option<Instant>,
 }
 
+impl Default for Rules {
+    fn default() -> Self {
+        Rules {
+            classifier: Classifier::default(),
+            slow_call: None,
+            side: Side::Client,
+        }
+    }
+}
+
+/// The `grpc-message` beginnings of tonic's answers to a request it could not decode
+/// (tonic-prost's decode error, tonic's framing and decompression errors): `INTERNAL`, by the
+/// gRPC spec, but the caller's doing.
+const REQUEST_DECODE_ERRORS: [&str; 5] = [
+    "failed to decode Protobuf message",
+    "protocol error: received message with",
+    "Error decompressing:",
+    "Unexpected EOF decoding stream.",
+    "Missing request message.",
+];
+
+/// Whether a server's `INTERNAL` is tonic's answer to a request body that does not decode.
+fn is_request_decode_error(outcome: &Outcome) -> bool {
+    outcome.code() == Code::Internal
+        && outcome.message().is_some_and(|message| {
+            REQUEST_DECODE_ERRORS
+                .iter()
+                .any(|prefix| message.starts_with(prefix))
+        })
+}
+
 impl Rules {
     /// The verdict on a call that ended with `outcome`.
     ///
-    /// A call the caller dropped is ignored — unless its `grpc-timeout` had passed by then:
-    /// that is a local timeout, read as `DeadlineExceeded`. A success slower than the slow-call
-    /// threshold is a failure.
+    /// - A rejection made by a Palisade layer in this process (an inner breaker, a rate
+    ///   limiter, auth: [`Outcome::is_local`]) is ignored: it is not the backend's answer.
+    /// - A call the caller dropped is ignored. On a client, unless its `grpc-timeout` had
+    ///   passed by then: that is a local timeout, read as `DeadlineExceeded`. On a server the
+    ///   caller's deadline is the caller's own: tonic dropping the call then is ignored too.
+    /// - On a server, tonic's `INTERNAL` answer to a request body that does not decode is
+    ///   the caller's doing: ignored.
+    /// - A panic ([`Source::Panicked`]) fails, whatever the failure codes.
+    /// - A success slower than the slow-call threshold is a failure.
     pub(crate) fn verdict(&self, outcome: &Outcome, timing: Timing) -> Verdict {
+        if outcome.is_local() {
+            return Verdict::Ignore;
+        }
+        if self.side == Side::Server
+            && (outcome.source() == Source::Dropped || is_request_decode_error(outcome))
+        {
+            return Verdict::Ignore;
+        }
         let mut now = None;
         let mut clock = || *now.get_or_insert_with(Instant::now);
         let expired;
@@ -105,7 +158,10 @@ impl Rules {
             } => {
                 let transport_error =
                     matches!(outcome.source(), Source::ServiceError | Source::BodyError);
-                if (*transport && transport_error) || failures.contains(outcome.code()) {
+                if (*transport && transport_error)
+                    || outcome.source() == Source::Panicked
+                    || failures.contains(outcome.code())
+                {
                     Verdict::Failure
                 } else {
                     Verdict::Success
@@ -173,7 +229,7 @@ mod tests {
                 Code::NotFound => Verdict::Ignore,
                 _ => Verdict::Success,
             })),
-            slow_call: None,
+            ..Rules::default()
         };
         assert_eq!(
             verdict(&rules, Code::Aborted, Source::Trailers),
@@ -190,6 +246,74 @@ mod tests {
         assert_eq!(
             verdict(&rules, Code::Cancelled, Source::Dropped),
             Verdict::Ignore
+        );
+    }
+
+    #[test]
+    fn local_rejections_are_ignored_and_panics_fail() {
+        let closure = Rules {
+            classifier: Classifier::Fn(Arc::new(|_: &Outcome| Verdict::Failure)),
+            ..Rules::default()
+        };
+        let only_unavailable = Rules {
+            classifier: Classifier::Codes {
+                failures: CodeSet::of(&[Code::Unavailable]),
+                transport: false,
+            },
+            ..Rules::default()
+        };
+        for rules in [&Rules::default(), &closure] {
+            let local =
+                Outcome::new(Code::Unavailable, Source::TrailersOnly).with_rejected_by("breaker");
+            assert_eq!(rules.verdict(&local, Timing::default()), Verdict::Ignore);
+        }
+        for rules in [&Rules::default(), &only_unavailable] {
+            assert_eq!(
+                rules.verdict(&Outcome::panicked(), Timing::default()),
+                Verdict::Failure
+            );
+        }
+        assert_eq!(
+            verdict(
+                &Rules::default(),
+                Code::ResourceExhausted,
+                Source::TrailersOnly
+            ),
+            Verdict::Success
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn on_a_server_what_the_caller_caused_is_ignored() {
+        let server = Rules {
+            side: Side::Server,
+            ..Rules::default()
+        };
+        let started = Instant::now();
+        let timing = Timing {
+            started: Some(started),
+            deadline: Some(started + Duration::from_millis(1)),
+        };
+        tokio::time::advance(Duration::from_millis(5)).await;
+        assert_eq!(
+            server.verdict(&Outcome::cancelled(), timing),
+            Verdict::Ignore
+        );
+        assert_eq!(
+            Rules::default().verdict(&Outcome::cancelled(), timing),
+            Verdict::Failure
+        );
+        let decode = Outcome::new(Code::Internal, Source::TrailersOnly)
+            .with_message("failed to decode Protobuf message: buffer underflow");
+        assert_eq!(server.verdict(&decode, Timing::default()), Verdict::Ignore);
+        assert_eq!(
+            Rules::default().verdict(&decode, Timing::default()),
+            Verdict::Failure
+        );
+        let handler = Outcome::new(Code::Internal, Source::Trailers).with_message("db down");
+        assert_eq!(
+            server.verdict(&handler, Timing::default()),
+            Verdict::Failure
         );
     }
 

@@ -2,7 +2,7 @@
 
 use std::{borrow::Cow, fmt, sync::Arc, time::Duration};
 
-use palisade_core::{CodeSet, Matcher, Outcome, Side};
+use palisade_core::{CodeSet, Matcher, MethodRegistry, Outcome, Side};
 
 use crate::{
     circuit::{Settings, Shared},
@@ -23,7 +23,9 @@ use crate::{
 /// | [`slow_call`](Builder::slow_call) | off |
 /// | [`half_open_probes`](Builder::half_open_probes) | 1 |
 /// | [`successes_to_close`](Builder::successes_to_close) | 1 |
+/// | [`half_open_max_wait`](Builder::half_open_max_wait) | [`DEFAULT_HALF_OPEN_MAX_WAIT`] (30 s) |
 /// | key | one circuit, named by [`name`](Builder::name) (`"default"`) |
+/// | [`registry`](Builder::registry) | none: every method is counted |
 /// | [`max_breakers`](Builder::max_breakers) | 1024 |
 /// | [`side`](Builder::side) | [`Side::Client`] |
 /// | [`skip`](Builder::skip) | nothing skipped |
@@ -54,12 +56,17 @@ pub struct Builder<H = ()> {
     rules: Rules,
     probes: u32,
     successes: u32,
+    half_open_max_wait: Duration,
     side: Side,
     key: KeyBy,
     skip: Option<Matcher>,
+    registry: Option<MethodRegistry>,
     max_breakers: usize,
     hook: H,
 }
+
+/// How long a half-open circuit waits for its probes by default: 30 s.
+pub const DEFAULT_HALF_OPEN_MAX_WAIT: Duration = Duration::from_secs(30);
 
 impl Builder<()> {
     /// The defaults above.
@@ -71,9 +78,11 @@ impl Builder<()> {
             rules: Rules::default(),
             probes: 1,
             successes: 1,
+            half_open_max_wait: DEFAULT_HALF_OPEN_MAX_WAIT,
             side: Side::Client,
             key: KeyBy::Single,
             skip: None,
+            registry: None,
             max_breakers: 1024,
             hook: (),
         }
@@ -165,8 +174,10 @@ impl<H> Builder<H> {
     ///
     /// The closure sees every real end of the RPC, inner service errors included
     /// (`outcome.source()` is `ServiceError`). A caller's cancellation never reaches it — it
-    /// is always [`Verdict::Ignore`] — unless the call's `grpc-timeout` had passed, which
-    /// reaches it as `DeadlineExceeded`.
+    /// is always [`Verdict::Ignore`] — unless, on a client, the call's `grpc-timeout` had
+    /// passed, which reaches it as `DeadlineExceeded`. Rejections made by Palisade layers in
+    /// this process ([`Outcome::is_local`]) and, on a server, outcomes the caller caused
+    /// never reach it either: they are always ignored.
     ///
     /// ```
     /// use palisade_breaker::{BreakerLayer, Verdict};
@@ -175,7 +186,7 @@ impl<H> Builder<H> {
     /// let layer = BreakerLayer::builder()
     ///     .classify(|outcome: &Outcome| match outcome.code() {
     ///         Code::Unavailable | Code::Internal => Verdict::Failure,
-    ///         Code::ResourceExhausted => Verdict::Ignore, // our quota, not their health
+    ///         Code::ResourceExhausted => Verdict::Ignore, // their quota, not their health
     ///         _ => Verdict::Success,
     ///     })
     ///     .build();
@@ -223,8 +234,23 @@ impl<H> Builder<H> {
         self
     }
 
-    /// Which side the layer runs on (default [`Side::Client`]): only the code an error
-    /// without a gRPC status reads as, and the `grpc.component` of log lines.
+    /// The longest a half-open circuit waits for its probes (default
+    /// [`DEFAULT_HALF_OPEN_MAX_WAIT`], as Resilience4j's `maxWaitDurationInHalfOpenState`).
+    /// A probe that has not ended by then — a hung call without a deadline, a long-lived
+    /// stream — counts as a failed probe: the circuit opens again for its next backoff, and
+    /// the half-open period after it admits new probes. The stuck probe's outcome, when it
+    /// comes, is dropped. Checked when a call finds the probe slots taken.
+    /// `Duration::MAX` waits for ever.
+    #[must_use]
+    pub fn half_open_max_wait(mut self, max_wait: Duration) -> Self {
+        self.half_open_max_wait = max_wait;
+        self
+    }
+
+    /// Which side the layer runs on (default [`Side::Client`]): the code an error without a
+    /// gRPC status reads as, the `grpc.component` of log lines, and — on a server — that
+    /// outcomes the caller caused are ignored: its own deadline passing (tonic drops the
+    /// call), and tonic's `INTERNAL` answer to a request body that does not decode.
     #[must_use]
     pub fn side(mut self, side: Side) -> Self {
         self.side = side;
@@ -273,9 +299,42 @@ impl<H> Builder<H> {
         self
     }
 
-    /// At most this many keyed circuits (default 1024); calls with further keys share the
-    /// [`OVERFLOW_BREAKER`](crate::OVERFLOW_BREAKER) circuit, so memory and metric labels stay
-    /// bounded whatever paths or keys callers send.
+    /// The methods the service has (a [`MethodRegistry`], from the same descriptors as
+    /// reflection). Calls of any other method go through uncounted and never rejected — the
+    /// inner service answers them (tonic: `UNIMPLEMENTED`) — and, with
+    /// [`per_method`](Self::per_method), every known method has a circuit of its own whatever
+    /// [`max_breakers`](Self::max_breakers) says and no other path gets one. Recommended on a
+    /// server that untrusted callers reach.
+    ///
+    /// ```
+    /// use palisade_breaker::BreakerLayer;
+    /// use palisade_core::{MethodRegistry, Side};
+    ///
+    /// let registry =
+    ///     MethodRegistry::from_encoded_file_descriptor_set(palisade_demo::FILE_DESCRIPTOR_SET)
+    ///         .unwrap();
+    /// let layer = BreakerLayer::builder()
+    ///     .side(Side::Server)
+    ///     .per_method()
+    ///     .registry(registry)
+    ///     .build();
+    /// # let _ = layer;
+    /// ```
+    #[must_use]
+    pub fn registry(mut self, registry: MethodRegistry) -> Self {
+        self.registry = Some(registry);
+        self
+    }
+
+    /// At most this many keyed circuits (default 1024), so memory stays bounded whatever
+    /// paths, authorities or keys callers send. When a new key finds no room, circuits that
+    /// are closed, have no call in flight and were not used since the last time room ran out
+    /// are evicted; an open or half-open circuit never is. When none can go, the call shares
+    /// the [`OVERFLOW_BREAKER`](crate::OVERFLOW_BREAKER) circuit. Keys made by a
+    /// [`registry`](Self::registry)'s methods are not bounded by it.
+    ///
+    /// Each circuit registers its metric series when it is made: without a registry, keys
+    /// that callers choose make new `breaker` label values.
     #[must_use]
     pub fn max_breakers(mut self, max: usize) -> Self {
         self.max_breakers = max;
@@ -300,9 +359,11 @@ impl<H> Builder<H> {
             rules: self.rules,
             probes: self.probes,
             successes: self.successes,
+            half_open_max_wait: self.half_open_max_wait,
             side: self.side,
             key: self.key,
             skip: self.skip,
+            registry: self.registry,
             max_breakers: self.max_breakers,
             hook,
         }
@@ -317,9 +378,13 @@ impl<H> Builder<H> {
             settings: Settings {
                 policy: self.policy,
                 backoff: self.backoff,
-                rules: self.rules,
+                rules: Rules {
+                    side: self.side,
+                    ..self.rules
+                },
                 probes: self.probes,
                 successes: self.successes,
+                half_open_max_wait: self.half_open_max_wait,
                 side: self.side,
             },
             hook: self.hook,
@@ -329,6 +394,7 @@ impl<H> Builder<H> {
             self.name,
             self.key,
             self.skip,
+            self.registry,
             self.max_breakers,
         ))
     }
@@ -343,9 +409,11 @@ impl<H> fmt::Debug for Builder<H> {
             .field("rules", &self.rules)
             .field("probes", &self.probes)
             .field("successes", &self.successes)
+            .field("half_open_max_wait", &self.half_open_max_wait)
             .field("side", &self.side)
             .field("key", &self.key)
             .field("skip", &self.skip)
+            .field("registry", &self.registry)
             .field("max_breakers", &self.max_breakers)
             .finish_non_exhaustive()
     }

@@ -9,12 +9,13 @@ use std::{
 };
 
 use http::Response;
-use palisade_core::{Code, ObservedBody, ObservedFuture, Side, reject};
+use palisade_core::{Code, ObservedBody, ObservedFuture, Rejection, Side};
 use pin_project_lite::pin_project;
 
 use crate::{circuit::Permit, hook::OnStateChange};
 
-/// The `grpc-message` of a rejected call.
+/// The `grpc-message` of a rejected call. The response is marked as made by the layer
+/// named `"breaker"` ([`Outcome::rejected_by`](palisade_core::Outcome::rejected_by)).
 pub const CIRCUIT_OPEN: &str = "circuit open";
 
 pin_project! {
@@ -78,7 +79,9 @@ where
                         .map(|response| response.map(|body| ObservedBody::ended(body, side))),
                 )
             }
-            KindProj::Rejected => Poll::Ready(Ok(reject(Code::Unavailable, CIRCUIT_OPEN))),
+            KindProj::Rejected => Poll::Ready(Ok(Rejection::new(Code::Unavailable, CIRCUIT_OPEN)
+                .by("breaker")
+                .into_response())),
         }
     }
 }

@@ -8,27 +8,50 @@
 //! below the layer), a body error — through palisade-core's observed body, so streams count
 //! when they end, not at their response headers.
 //!
-//! - **What fails**: by default Unknown, DeadlineExceeded, ResourceExhausted, Internal,
-//!   Unavailable, DataLoss ([`DEFAULT_FAILURE_CODES`]) and transport errors; any code set, or
-//!   a closure ([`Builder::classify`]). A caller's cancellation counts as neither — unless the
-//!   call's `grpc-timeout` had passed, which is a timeout. Optionally, a success slower than a
-//!   threshold is a failure ([`Builder::slow_call`]).
+//! - **What fails**: by default Unknown, DeadlineExceeded, Internal, Unavailable, DataLoss
+//!   ([`DEFAULT_FAILURE_CODES`]), transport errors and panics; any code set, or a closure
+//!   ([`Builder::classify`]). `ResourceExhausted` is not a failure by default: a quota answer
+//!   asks the caller to slow down. A caller's cancellation counts as neither — unless, on a
+//!   client, the call's `grpc-timeout` had passed, which is a timeout. Optionally, a success
+//!   slower than a threshold is a failure ([`Builder::slow_call`]).
+//! - **Never the backend's failure**: a rejection made by a Palisade layer in this process —
+//!   a client rate limiter's `RESOURCE_EXHAUSTED`, an inner breaker's "circuit open", auth —
+//!   is marked local by palisade-core ([`Outcome::rejected_by`]) and ignored, wherever the
+//!   layers sit.
 //! - **When it opens**: failsafe's consecutive failures, or a failure rate over a rolling
 //!   window with a minimum number of calls, or both ([`Policy`]); for how long: failsafe's
 //!   constant, exponential or jittered [`Backoff`], longer after each failed probe.
 //! - **Open**: calls are answered at once with a trailers-only `UNAVAILABLE` "circuit open"
 //!   (a tonic client sees a `Status`), without reaching the inner service.
 //! - **Half-open**: at most [`Builder::half_open_probes`] calls (default 1) go through; the
-//!   others are rejected. A probe's success closes the circuit, its failure reopens it.
+//!   others are rejected. A probe's success closes the circuit, its failure reopens it; a
+//!   probe still running after [`Builder::half_open_max_wait`] (default 30 s) counts as
+//!   failed, so a hung call or a long stream never holds the circuit half-open.
 //! - **Permits**: every admitted call carries a [`Permit`] that gives its probe slot back on
 //!   every path — success, failure, ignored outcome, cancellation, dropped response future,
 //!   dropped stream, panic — so a circuit never sticks half-open.
 //! - **Keys**: one circuit per layer, or per method, per endpoint (`:authority`), or per key
-//!   of your own, bounded in number ([`Builder::max_breakers`]).
+//!   of your own, bounded by the service's methods ([`Builder::registry`]) or in number
+//!   ([`Builder::max_breakers`]: unused closed circuits make room, open ones never do).
 //! - **Observability**: `palisade_breaker_state{breaker}` (0 closed, 1 half-open, 2 open),
 //!   `palisade_breaker_permitted_total{breaker}` and `palisade_breaker_rejected_total{breaker}`
 //!   through the `metrics` facade, a `tracing` event per transition (target
 //!   `palisade_breaker`), and a hook ([`OnStateChange`]).
+//!
+//! # On a server
+//!
+//! A server-side breaker protects the server's own dependencies: while the handlers behind it
+//! fail (a database down, a downstream service timing out), it sheds calls at once with
+//! `UNAVAILABLE` instead of letting them pile up. It must trip on the server's failures only,
+//! never on what a caller did, or any caller could open it for everyone. With
+//! [`Builder::side`]`(Side::Server)`:
+//!
+//! - a call the caller dropped, or whose own `grpc-timeout` passed (tonic drops it), is ignored;
+//! - tonic's `INTERNAL` answer to a request body that does not decode is ignored;
+//! - with a [`Builder::registry`], unknown methods are never counted and get no circuit;
+//!   without one, keyed circuits for paths and authorities callers choose are evicted when
+//!   unused, so they cannot crowd out real ones (give a registry to a server untrusted
+//!   callers reach: it also keeps metric labels to known methods).
 //!
 //! Time is tokio's clock, so `tokio::time::pause` drives open durations and windows in tests.
 //! Metric handles are registered when a circuit is made — for a layer with one circuit, when
@@ -84,6 +107,7 @@
 //! ```
 //!
 //! [failsafe]: https://docs.rs/failsafe
+//! [`Outcome::rejected_by`]: palisade_core::Outcome::rejected_by
 #![forbid(unsafe_code)]
 
 mod circuit;
@@ -98,7 +122,7 @@ mod service;
 
 pub use circuit::Permit;
 pub use classify::{DEFAULT_FAILURE_CODES, Verdict};
-pub use config::Builder;
+pub use config::{Builder, DEFAULT_HALF_OPEN_MAX_WAIT};
 pub use future::{CIRCUIT_OPEN, ResponseFuture};
 pub use hook::{OnStateChange, State, Transition};
 pub use layer::BreakerLayer;

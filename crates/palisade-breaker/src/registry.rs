@@ -1,4 +1,5 @@
-//! A layer's circuits: one, or one per key (method, authority, your key), bounded in number.
+//! A layer's circuits: one, or one per key (method, authority, your key), bounded in number:
+//! by the method registry when keys are its methods, else by evicting unused closed circuits.
 
 use std::{
     borrow::Cow,
@@ -8,7 +9,7 @@ use std::{
 };
 
 use http::{Extensions, HeaderMap, Request, Uri, header::HOST};
-use palisade_core::{Matcher, Method, deadline::grpc_timeout};
+use palisade_core::{Matcher, Method, MethodRegistry, Side, deadline::grpc_timeout};
 use tokio::time::Instant;
 
 use crate::{
@@ -111,6 +112,9 @@ pub(crate) struct Registry<H> {
     shared: Arc<Shared<H>>,
     key: KeyBy,
     skip: Option<Matcher>,
+    methods: Option<MethodRegistry>,
+    /// Whether `max` bounds the keyed circuits (not when they are the registry's methods).
+    bounded: bool,
     max: usize,
     single: Option<Arc<Circuit<H>>>,
     map: RwLock<HashMap<Arc<str>, Arc<Circuit<H>>, foldhash::fast::RandomState>>,
@@ -123,15 +127,19 @@ impl<H> Registry<H> {
         name: Arc<str>,
         key: KeyBy,
         skip: Option<Matcher>,
+        methods: Option<MethodRegistry>,
         max: usize,
     ) -> Self {
         let shared = Arc::new(shared);
         let single =
             matches!(key, KeyBy::Single).then(|| Arc::new(Circuit::new(name, shared.clone())));
+        let bounded = !(matches!(key, KeyBy::Method) && methods.is_some());
         Registry {
             shared,
             key,
             skip,
+            methods,
+            bounded,
             max,
             single,
             map: RwLock::new(HashMap::default()),
@@ -148,20 +156,25 @@ impl<H> Registry<H> {
             .get_or_init(|| Arc::new(Circuit::new(OVERFLOW_BREAKER.into(), self.shared.clone())))
     }
 
-    /// The circuit for `key`, made on first sight while there is room.
+    /// The circuit for `key`, made on first sight while there is room (or room can be made).
     fn keyed(&self, key: &str) -> Arc<Circuit<H>> {
         let map = self.map.read().unwrap_or_else(PoisonError::into_inner);
         if let Some(circuit) = map.get(key) {
+            circuit.touch();
             return circuit.clone();
         }
         drop(map);
         let mut map = self.map.write().unwrap_or_else(PoisonError::into_inner);
         if let Some(circuit) = map.get(key) {
+            circuit.touch();
             return circuit.clone();
         }
-        if map.len() >= self.max {
-            drop(map);
-            return self.overflow().clone();
+        if self.bounded && map.len() >= self.max {
+            evict(&mut map);
+            if map.len() >= self.max {
+                drop(map);
+                return self.overflow().clone();
+            }
         }
         let name: Arc<str> = key.into();
         let circuit = Arc::new(Circuit::new(name.clone(), self.shared.clone()));
@@ -196,17 +209,35 @@ impl<H> Registry<H> {
     }
 }
 
+/// Makes room among keyed circuits: removes those that are closed, have no call in flight
+/// (the map holds the only reference: no permit has one) and were not looked up since the
+/// last eviction; the others of them lose their mark, so they go next time unless used. Open
+/// and half-open circuits always stay.
+fn evict<H, S>(map: &mut HashMap<Arc<str>, Arc<Circuit<H>>, S>) {
+    map.retain(|_, circuit| {
+        let idle = circuit.state() == State::Closed && Arc::strong_count(circuit) == 1;
+        !idle || circuit.take_used()
+    });
+}
+
 impl<H: OnStateChange> Registry<H> {
     /// Decides what happens to a call.
     pub(crate) fn admit<B>(&self, request: &Request<B>) -> Admission<H> {
         // Parse the path once, and only when something reads it.
-        let method = if self.skip.is_some() || matches!(self.key, KeyBy::Method) {
-            Method::from_request(request)
-        } else {
-            None
-        };
+        let method =
+            if self.skip.is_some() || self.methods.is_some() || matches!(self.key, KeyBy::Method) {
+                Method::from_request(request)
+            } else {
+                None
+            };
         if let Some(skip) = &self.skip
             && skip.matches(method.as_ref())
+        {
+            return Admission::Skip;
+        }
+        // A method the service does not have: the inner service answers it, uncounted.
+        if let Some(methods) = &self.methods
+            && method.and_then(|m| methods.get(&m)).is_none()
         {
             return Admission::Skip;
         }
@@ -242,11 +273,14 @@ impl<H: OnStateChange> Registry<H> {
         }
     }
 
-    /// Reads the clock only when a rule needs the call's start: a slow-call threshold, or the
-    /// caller's `grpc-timeout` (a call dropped after it passed is a local timeout, not a
-    /// cancellation).
+    /// Reads the clock only when a rule needs the call's start: a slow-call threshold, or, on
+    /// a client, the caller's `grpc-timeout` (a call dropped after it passed is a local
+    /// timeout, not a cancellation; on a server it is the caller's own deadline).
     fn timing<B>(&self, request: &Request<B>) -> Timing {
-        let timeout = grpc_timeout(request.headers());
+        let timeout = match self.shared.settings.side {
+            Side::Client => grpc_timeout(request.headers()),
+            Side::Server => None,
+        };
         if timeout.is_none() && self.shared.settings.rules.slow_call.is_none() {
             return Timing::default();
         }
@@ -264,6 +298,7 @@ impl<H> fmt::Debug for Registry<H> {
             .field("settings", &self.shared.settings)
             .field("key", &self.key)
             .field("skip", &self.skip)
+            .field("methods", &self.methods.as_ref().map(MethodRegistry::len))
             .field("max", &self.max)
             .field("states", &self.states())
             .finish()

@@ -88,7 +88,12 @@ async fn successes_reset_consecutive_failures_and_other_codes_are_successes() {
         assert_eq!(hello(&service).await.0, Code::NotFound);
     }
     assert_eq!(layer.state("backend"), Some(State::Closed));
+    // A quota answer is the server asking to slow down, not a failure.
     backend.set(Reply::TrailersOnly(Code::ResourceExhausted));
+    hello(&service).await;
+    hello(&service).await;
+    assert_eq!(layer.state("backend"), Some(State::Closed));
+    backend.set(Reply::TrailersOnly(Code::Internal));
     hello(&service).await;
     backend.set(Reply::Error);
     hello(&service).await;
@@ -144,6 +149,85 @@ async fn after_the_backoff_one_probe_goes_through_and_its_success_closes() {
             (State::HalfOpen, State::Closed, None),
         ]
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_probe_that_never_ends_does_not_hold_the_circuit_half_open() {
+    let recorder = Transitions::default();
+    let backend = Backend::new(Reply::Unary(Code::Unavailable));
+    let layer = BreakerLayer::builder()
+        .name("backend")
+        .consecutive_failures(1)
+        .backoff(Backoff::constant(secs(5)))
+        .half_open_max_wait(secs(10))
+        .on_state_change(recorder.hook())
+        .build();
+    let service = layer.layer(backend.clone());
+    hello(&service).await;
+    assert_eq!(layer.state("backend"), Some(State::Open));
+
+    // The probe hangs for a minute, then fails.
+    tokio::time::advance(secs(5)).await;
+    backend.set(Reply::Late(60_000, Code::Unavailable));
+    let stuck = tokio::spawn({
+        let service = service.clone();
+        async move { hello(&service).await }
+    });
+    while backend.calls() < 2 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(layer.state("backend"), Some(State::HalfOpen));
+    tokio::time::advance(secs(10) - Duration::from_millis(1)).await;
+    assert_eq!(hello(&service).await, open());
+    assert_eq!(layer.state("backend"), Some(State::HalfOpen));
+
+    // Past the maximum wait the circuit decides without it: open again, then a new probe.
+    tokio::time::advance(Duration::from_millis(1)).await;
+    assert_eq!(hello(&service).await, open());
+    assert_eq!(layer.state("backend"), Some(State::Open));
+    tokio::time::advance(secs(5)).await;
+    backend.set(Reply::Unary(Code::Ok));
+    assert_eq!(hello(&service).await, ok());
+    assert_eq!(layer.state("backend"), Some(State::Closed));
+    assert_eq!(backend.calls(), 3);
+
+    // The stuck probe's late failure belongs to an older generation: it changes nothing.
+    assert_eq!(stuck.await.unwrap().0, Code::Unavailable);
+    assert_eq!(layer.state("backend"), Some(State::Closed));
+    assert_eq!(hello(&service).await, ok());
+    assert_eq!(
+        recorder.take(),
+        [
+            (State::Closed, State::Open, Some(secs(5))),
+            (State::Open, State::HalfOpen, None),
+            (State::HalfOpen, State::Open, Some(secs(5))),
+            (State::Open, State::HalfOpen, None),
+            (State::HalfOpen, State::Closed, None),
+        ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_inner_palisade_rejection_is_not_the_backends_failure() {
+    // Two breakers stacked: the inner one's "circuit open" is UNAVAILABLE, a failure code,
+    // but it was made here, by a Palisade layer: the outer breaker ignores it.
+    let backend = Backend::new(Reply::Unary(Code::Unavailable));
+    let inner = BreakerLayer::builder()
+        .name("inner")
+        .consecutive_failures(1)
+        .backoff(Backoff::constant(secs(60)))
+        .build();
+    let outer = BreakerLayer::builder()
+        .name("outer")
+        .consecutive_failures(3)
+        .build();
+    let service = outer.layer(inner.layer(backend.clone()));
+    assert_eq!(hello(&service).await.0, Code::Unavailable);
+    for _ in 0..5 {
+        assert_eq!(hello(&service).await, open());
+    }
+    assert_eq!(inner.state("inner"), Some(State::Open));
+    assert_eq!(outer.state("outer"), Some(State::Closed));
 }
 
 #[tokio::test(start_paused = true)]
@@ -413,6 +497,10 @@ async fn one_log_line_per_transition() {
         .with_ansi(false)
         .without_time()
         .finish();
+    // With one dispatcher registered, tracing computes a new callsite's interest from the
+    // default of whichever thread hits it first — another test's, which has none — and
+    // caches "never". With two, it asks each of them.
+    let _second = tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default());
     let _guard = tracing::subscriber::set_default(subscriber);
 
     let backend = Backend::new(Reply::Unary(Code::Unavailable));

@@ -277,3 +277,266 @@ async fn a_server_sheds_one_failing_method_and_serves_the_others() {
         Some(State::Closed)
     );
 }
+
+fn quota_of(rate: u32, burst: u32, per_hour: bool) -> palisade_ratelimit::Quota {
+    let rate = std::num::NonZeroU32::new(rate).unwrap();
+    let quota = if per_hour {
+        palisade_ratelimit::Quota::per_hour(rate)
+    } else {
+        palisade_ratelimit::Quota::per_second(rate)
+    };
+    quota.with_burst(std::num::NonZeroU32::new(burst).unwrap())
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_clients_own_rate_limiter_never_opens_its_breaker() {
+    let server = spawn(tower::layer::util::Identity::new()).await;
+    // The default failure codes, and codes that include the limiter's own code: a rejection
+    // made by a Palisade layer is never the backend's failure, whatever its code.
+    for failures in [
+        palisade_breaker::DEFAULT_FAILURE_CODES,
+        palisade_breaker::DEFAULT_FAILURE_CODES.with(Code::ResourceExhausted),
+    ] {
+        let breaker = BreakerLayer::builder()
+            .name("greeter")
+            .consecutive_failures(3)
+            .failure_codes(failures)
+            .build();
+        let limiter = palisade_ratelimit::ClientRateLimitLayer::builder()
+            .limit(palisade_ratelimit::Limit::global(quota_of(1, 1, false)))
+            .max_wait(Duration::ZERO)
+            .build();
+        // The recommended client order: the breaker outside the rate limiter.
+        let channel = ServiceBuilder::new()
+            .layer(breaker.clone())
+            .layer(limiter)
+            .service(server.channel().await);
+        let mut client = GreeterClient::new(channel);
+        assert!(client.say_hello(hello()).await.is_ok());
+        for _ in 0..3 {
+            let status = client.say_hello(hello()).await.unwrap_err();
+            assert_eq!(status.code(), Code::ResourceExhausted);
+        }
+        assert_eq!(breaker.state("greeter"), Some(State::Closed));
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_servers_quota_answers_do_not_open_the_clients_breaker() {
+    let limit = palisade_ratelimit::RateLimitLayer::new(palisade_ratelimit::Limit::global(
+        quota_of(1, 1, true),
+    ));
+    let server = spawn(limit).await;
+    let breaker = BreakerLayer::builder()
+        .name("greeter")
+        .consecutive_failures(3)
+        .build();
+    let mut client = GreeterClient::new(breaker.layer(server.channel().await));
+    assert!(client.say_hello(hello()).await.is_ok());
+    for _ in 0..3 {
+        let status = client.say_hello(hello()).await.unwrap_err();
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        assert!(status.metadata().get("grpc-retry-pushback-ms").is_some());
+    }
+    assert_eq!(breaker.state("greeter"), Some(State::Closed));
+}
+
+/// A codec that sends and receives raw bytes: what an attacker (or a broken client) sends.
+#[derive(Clone, Copy, Debug, Default)]
+struct Raw;
+
+impl tonic::codec::Codec for Raw {
+    type Encode = bytes::Bytes;
+    type Decode = bytes::Bytes;
+    type Encoder = Raw;
+    type Decoder = Raw;
+
+    fn encoder(&mut self) -> Raw {
+        Raw
+    }
+
+    fn decoder(&mut self) -> Raw {
+        Raw
+    }
+}
+
+impl tonic::codec::Encoder for Raw {
+    type Item = bytes::Bytes;
+    type Error = tonic::Status;
+
+    fn encode(
+        &mut self,
+        item: bytes::Bytes,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        bytes::BufMut::put(dst, item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for Raw {
+    type Item = bytes::Bytes;
+    type Error = tonic::Status;
+
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<bytes::Bytes>, tonic::Status> {
+        let len = bytes::Buf::remaining(src);
+        Ok(Some(bytes::Buf::copy_to_bytes(src, len)))
+    }
+}
+
+/// One unary call of `path` carrying `body` as its message, unchecked.
+async fn raw_call(
+    channel: tonic::transport::Channel,
+    path: &str,
+    body: &'static [u8],
+) -> Result<bytes::Bytes, tonic::Status> {
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready()
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let path = http::uri::PathAndQuery::try_from(path.to_owned()).unwrap();
+    grpc.unary(
+        tonic::Request::new(bytes::Bytes::from_static(body)),
+        path,
+        Raw,
+    )
+    .await
+    .map(tonic::Response::into_inner)
+}
+
+fn server_breaker() -> palisade_breaker::Builder {
+    BreakerLayer::builder()
+        .name("greeter")
+        .side(Side::Server)
+        .consecutive_failures(3)
+        .backoff(Backoff::constant(Duration::from_secs(30)))
+}
+
+#[tokio::test(start_paused = true)]
+async fn malformed_request_bodies_do_not_open_a_server_breaker() {
+    let breaker = server_breaker().build();
+    let server = spawn(breaker.clone()).await;
+    let channel = server.channel().await;
+    // Field 1 announces 5 bytes and brings 1: tonic's decode error, answered INTERNAL.
+    for _ in 0..3 {
+        let status = raw_call(channel.clone(), SAY_HELLO, &[0x0a, 0x05, b'a'])
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::Internal);
+    }
+    assert_eq!(breaker.state("greeter"), Some(State::Closed));
+    let mut client = GreeterClient::new(channel);
+    assert_eq!(
+        client.say_hello(hello()).await.unwrap().get_ref().message,
+        "Hello, Ada!"
+    );
+}
+
+/// Tells a channel of the end of every call it wraps (inside the breaker: the breaker has
+/// counted a call by the time this end arrives).
+#[derive(Clone)]
+struct Ends(tokio::sync::mpsc::UnboundedSender<Code>);
+
+impl palisade_core::Observer for Ends {
+    fn on_end(self, outcome: palisade_core::Outcome, _: palisade_core::Counts) {
+        let _ = self.0.send(outcome.code());
+    }
+}
+
+impl<S> Layer<S> for Ends {
+    type Service = EndsService<S>;
+
+    fn layer(&self, inner: S) -> EndsService<S> {
+        EndsService(inner, self.clone())
+    }
+}
+
+#[derive(Clone)]
+struct EndsService<S>(S, Ends);
+
+impl<S, B, R> Service<Request<B>> for EndsService<S>
+where
+    S: Service<Request<B>, Response = Response<R>>,
+    S::Error: 'static,
+{
+    type Response = Response<palisade_core::ObservedBody<R, Ends>>;
+    type Error = S::Error;
+    type Future = palisade_core::ObservedFuture<S::Future, Ends>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        palisade_core::ObservedFuture::new(self.0.call(request), Side::Server, self.1.clone())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_callers_short_deadline_does_not_open_a_server_breaker() {
+    let breaker = server_breaker().build();
+    let (tx, mut ends) = tokio::sync::mpsc::unbounded_channel();
+    let server = spawn(ServiceBuilder::new().layer(breaker.clone()).layer(Ends(tx))).await;
+    let mut client = server.client().await;
+    for _ in 0..3 {
+        let mut request = tonic::Request::new(HelloRequest {
+            delay_ms: 60_000,
+            ..hello()
+        });
+        request.set_timeout(Duration::from_millis(1));
+        let status = client.say_hello(request).await.unwrap_err();
+        assert_ne!(status.message(), "circuit open");
+        // The server dropped the call: the breaker has seen it end.
+        assert_eq!(ends.recv().await, Some(Code::Cancelled));
+    }
+    assert_eq!(breaker.state("greeter"), Some(State::Closed));
+    assert_eq!(
+        client.say_hello(hello()).await.unwrap().get_ref().message,
+        "Hello, Ada!"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_flood_of_random_paths_leaves_real_methods_their_circuits() {
+    let breaker = server_breaker().per_method().max_breakers(4).build();
+    let server = spawn(breaker.clone()).await;
+    let channel = server.channel().await;
+    for i in 0..50 {
+        let status = raw_call(channel.clone(), &format!("/junk{i}.Service/Method"), b"")
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::Unimplemented);
+    }
+    let mut client = GreeterClient::new(channel);
+    assert!(client.say_hello(hello()).await.is_ok());
+    assert_eq!(
+        breaker.state("palisade.demo.v1.Greeter/SayHello"),
+        Some(State::Closed),
+        "{:?}",
+        breaker.states()
+    );
+    assert!(breaker.states().len() <= 5, "{:?}", breaker.states());
+    // Its circuit is its own: failures of SayHello open it, and the flood cannot evict it.
+    let failing = HelloRequest {
+        fail_code: Code::Unavailable as i32,
+        ..hello()
+    };
+    for _ in 0..3 {
+        client.say_hello(failing.clone()).await.unwrap_err();
+    }
+    let channel = server.channel().await;
+    for i in 50..100 {
+        raw_call(channel.clone(), &format!("/junk{i}.Service/Method"), b"")
+            .await
+            .unwrap_err();
+    }
+    assert_eq!(
+        breaker.state("palisade.demo.v1.Greeter/SayHello"),
+        Some(State::Open)
+    );
+    let status = client.say_hello(hello()).await.unwrap_err();
+    assert_eq!(status.message(), "circuit open");
+}

@@ -103,30 +103,105 @@ async fn the_number_of_circuits_is_bounded() {
                 .0,
             Code::Ok
         );
+        assert!(layer.states().len() <= 4, "{:?}", layer.states());
     }
-    // Paths that are not gRPC methods go to the overflow circuit too, without a panic.
+    // Paths that are not gRPC methods go to the overflow circuit, without a panic.
     for bad in ["/", "//", "/a/b/c", "/%ff/x"] {
         assert_eq!(call(&service, request(bad)).await.0, Code::Ok);
     }
-    let names: Vec<_> = layer.states().into_iter().map(|(name, _)| name).collect();
-    assert_eq!(
-        names,
-        [
-            "junk.Service/M0",
-            "junk.Service/M1",
-            "junk.Service/M2",
-            OVERFLOW_BREAKER
-        ]
-    );
+    assert_eq!(layer.state(OVERFLOW_BREAKER), Some(State::Closed));
 
-    // The overflow circuit is one circuit: one failure among the extra keys opens it for all.
+    // The overflow circuit is one circuit: one failure among those paths opens it for all.
     backend.set(Reply::Unary(Code::Unavailable));
-    call(&service, request("/junk.Service/M999")).await;
-    assert_eq!(call(&service, request("/other.Service/X")).await, open());
+    call(&service, request("/a/b/c")).await;
+    assert_eq!(call(&service, request("//")).await, open());
+    // A real method still gets a circuit of its own after the flood.
     backend.set(Reply::Unary(Code::Ok));
+    assert_eq!(call(&service, request(support::HELLO)).await.0, Code::Ok);
     assert_eq!(
-        call(&service, request("/junk.Service/M1")).await.0,
+        layer.state("palisade.demo.v1.Greeter/SayHello"),
+        Some(State::Closed)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_flood_of_authorities_cannot_evict_an_open_circuit_nor_keep_new_ones_out() {
+    let backend = Backend::new(Reply::Unary(Code::Unavailable));
+    let layer = builder().per_authority().max_breakers(3).build();
+    let service = layer.layer(backend.clone());
+    let absolute = |authority: &str| request(&format!("http://{authority}{}", support::HELLO));
+    call(&service, absolute("a.internal:50051")).await;
+    assert_eq!(layer.state("a.internal:50051"), Some(State::Open));
+
+    backend.set(Reply::Unary(Code::Ok));
+    for i in 0..500 {
+        assert_eq!(
+            call(&service, absolute(&format!("x{i}.evil"))).await.0,
+            Code::Ok
+        );
+    }
+    // The open circuit stayed, and still sheds its calls.
+    assert_eq!(layer.state("a.internal:50051"), Some(State::Open));
+    assert_eq!(call(&service, absolute("a.internal:50051")).await, open());
+    // A real endpoint seen after the flood gets its own circuit.
+    assert_eq!(
+        call(&service, absolute("b.internal:50051")).await.0,
         Code::Ok
+    );
+    assert_eq!(layer.state("b.internal:50051"), Some(State::Closed));
+    // One that keeps calling keeps it while the flood goes on around it.
+    for i in 0..100 {
+        assert_eq!(
+            call(&service, absolute("b.internal:50051")).await.0,
+            Code::Ok
+        );
+        assert_eq!(
+            call(&service, absolute(&format!("y{i}.evil"))).await.0,
+            Code::Ok
+        );
+        assert_eq!(layer.state("b.internal:50051"), Some(State::Closed));
+    }
+    assert!(layer.states().len() <= 4, "{:?}", layer.states());
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_a_method_registry_only_known_methods_have_circuits() {
+    let registry = palisade_core::MethodRegistry::new()
+        .with_method(
+            "palisade.demo.v1.Greeter/SayHello",
+            palisade_core::MethodType::Unary,
+        )
+        .with_method(
+            "palisade.demo.v1.Greeter/SayBye",
+            palisade_core::MethodType::Unary,
+        );
+    let backend = Backend::new(Reply::Unary(Code::Unavailable));
+    let layer = builder()
+        .per_method()
+        .registry(registry)
+        .max_breakers(1)
+        .build();
+    let service = layer.layer(backend.clone());
+    // Unknown methods are never counted, never rejected, and get no circuit.
+    for i in 0..100 {
+        let junk = request(&format!("/junk.Service/M{i}"));
+        assert_eq!(call(&service, junk).await.0, Code::Unavailable);
+    }
+    assert_eq!(
+        call(&service, request("/junk.Service/M0")).await.0,
+        Code::Unavailable
+    );
+    assert!(layer.states().is_empty(), "{:?}", layer.states());
+    // Every known method has its own, whatever max_breakers says.
+    call(&service, request(support::HELLO)).await;
+    backend.set(Reply::Unary(Code::Ok));
+    assert_eq!(call(&service, request(BYE)).await.0, Code::Ok);
+    assert_eq!(
+        layer.states(),
+        [
+            ("palisade.demo.v1.Greeter/SayBye".to_owned(), State::Closed),
+            ("palisade.demo.v1.Greeter/SayHello".to_owned(), State::Open),
+        ]
     );
 }
 

@@ -40,6 +40,8 @@ pub enum Reply {
     Stream,
     /// A unary `Ok` after this many milliseconds (tokio time).
     Delayed(u64),
+    /// A unary answer with this code after this many milliseconds (tokio time).
+    Late(u64, Code),
 }
 
 #[derive(Clone, Default)]
@@ -103,6 +105,10 @@ impl<B> Service<Request<B>> for Backend {
                 Reply::Delayed(ms) => {
                     tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
                     Ok(grpc_response(TestBody::unary(Code::Ok)))
+                }
+                Reply::Late(ms, code) => {
+                    tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+                    Ok(grpc_response(TestBody::unary(code)))
                 }
             }
         })
