@@ -9,7 +9,9 @@
 //! - [`ObservedFuture`] and [`ObservedBody`] forward a response unchanged, count gRPC
 //!   messages, and tell an [`Observer`] exactly once how the RPC ended — at end of stream, not
 //!   at the response headers;
-//! - [`Rejection`] answers with a trailers-only gRPC response a client reads as a `Status`;
+//! - [`Rejection`] answers with a trailers-only gRPC response a client reads as a `Status`,
+//!   marked ([`LocalRejection`]) so every observer can tell it from the backend's answers
+//!   ([`Outcome::rejected_by`]);
 //! - [`Matcher`] and [`PerMethod`] select RPCs and per-method policy;
 //! - [`CodeSet`], [`Peer`], [`deadline::grpc_timeout`] and (feature `registry`)
 //!   [`MethodRegistry`].
@@ -77,5 +79,5 @@ pub use outcome::Outcome;
 pub use peer::Peer;
 #[cfg(feature = "registry")]
 pub use registry::{MethodInfo, MethodRegistry};
-pub use rejection::{Rejection, reject};
+pub use rejection::{LocalRejection, Rejection, reject};
 pub use tonic::Status;
