@@ -25,8 +25,9 @@
 //!
 //! # When the buffer is full
 //!
-//! The buffer holds [`buffered_lines`](NonBlockingBuilder::buffered_lines) lines (128 000 by
-//! default). When the sink cannot keep up and the buffer is full, a line is either
+//! The writer thread writes a batch at most [`flush_interval`](NonBlockingBuilder::flush_interval)
+//! (20 ms) after its first line, or as soon as half the buffer (or 256 KiB) is full. The buffer holds
+//! [`buffered_lines`](NonBlockingBuilder::buffered_lines) lines (128 000 by default). When the sink cannot keep up and the buffer is full, a line is either
 //!
 //! - **dropped and counted** ([`Overflow::Drop`], the default — what a server wants: a slow
 //!   disk never slows its RPCs): the `palisade_log_dropped_total{reason="buffer_full"}` counter
@@ -49,11 +50,18 @@ use std::{
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
     thread::JoinHandle,
+    time::{Duration, Instant},
 };
 
 /// The counter of lines lost, through the `metrics` facade, labelled `reason`
 /// (`buffer_full`, `write_error` or `closed`).
 pub const DROPPED_TOTAL: &str = "palisade_log_dropped_total";
+
+/// The size of a batch at which the writer writes at once.
+const HIGH_WATER_BYTES: usize = 256 * 1024;
+
+/// How long the writer thread gathers a batch by default.
+pub const DEFAULT_FLUSH_INTERVAL: Duration = Duration::from_millis(20);
 
 /// The default bound of the buffer, in lines (as `tracing-appender`'s).
 pub const DEFAULT_BUFFERED_LINES: usize = 128_000;
@@ -93,6 +101,7 @@ pub struct NonBlockingBuilder {
     buffered_lines: usize,
     overflow: Overflow,
     thread_name: String,
+    flush_interval: Duration,
     on_error: OnError,
 }
 
@@ -102,6 +111,7 @@ impl Default for NonBlockingBuilder {
             buffered_lines: DEFAULT_BUFFERED_LINES,
             overflow: Overflow::Drop,
             thread_name: "palisade-log-writer".into(),
+            flush_interval: DEFAULT_FLUSH_INTERVAL,
             on_error: Arc::new(report_on_stderr),
         }
     }
@@ -113,6 +123,7 @@ impl fmt::Debug for NonBlockingBuilder {
             .field("buffered_lines", &self.buffered_lines)
             .field("overflow", &self.overflow)
             .field("thread_name", &self.thread_name)
+            .field("flush_interval", &self.flush_interval)
             .finish_non_exhaustive()
     }
 }
@@ -151,6 +162,15 @@ impl NonBlockingBuilder {
         self
     }
 
+    /// How long the writer thread gathers lines after the first one of a batch before it writes
+    /// them (default 20 ms), unless half the buffer fills first: a line reaches the sink at
+    /// most this late, and a busy program wakes the writer once per interval, not once per line.
+    #[must_use]
+    pub fn flush_interval(mut self, interval: Duration) -> Self {
+        self.flush_interval = interval;
+        self
+    }
+
     /// Called once, with the first failed write's error (default: one line on stderr); later
     /// failures are only counted.
     #[must_use]
@@ -168,15 +188,18 @@ impl NonBlockingBuilder {
     pub fn finish<W: io::Write + Send + 'static>(self, sink: W) -> (LogWriter, WriterGuard) {
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
-                buf: Vec::with_capacity(64 * 1024),
+                buf: Vec::with_capacity(2 * HIGH_WATER_BYTES),
                 lines: 0,
-                writer_waiting: false,
+                writer_idle: false,
+                writer_napping: false,
                 producers_waiting: 0,
                 closed: false,
             }),
             data: Condvar::new(),
             space: Condvar::new(),
             max_lines: self.buffered_lines,
+            high_water: (self.buffered_lines / 2).max(1),
+            flush_interval: self.flush_interval,
             overflow: self.overflow,
             dropped: AtomicU64::new(0),
             reported: AtomicBool::new(false),
@@ -204,7 +227,10 @@ struct State {
     buf: Vec<u8>,
     /// How many lines `buf` holds.
     lines: usize,
-    writer_waiting: bool,
+    /// The writer waits for the first line of a batch.
+    writer_idle: bool,
+    /// The writer gathers a batch until the flush interval ends or the buffer is half full.
+    writer_napping: bool,
     producers_waiting: usize,
     closed: bool,
 }
@@ -216,6 +242,9 @@ struct Shared {
     /// Blocked producers ([`Overflow::Block`]) wait here for room.
     space: Condvar,
     max_lines: usize,
+    /// Lines (half the buffer) at which the writer stops gathering and writes at once.
+    high_water: usize,
+    flush_interval: Duration,
     overflow: Overflow,
     dropped: AtomicU64,
     /// Whether a write failure has been reported.
@@ -246,6 +275,12 @@ impl Shared {
         self.state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Whether the writer should write now rather than gather more: half the buffer's lines,
+    /// or 256 KiB (a batch that stays in the caches and needs no fresh memory).
+    fn is_high(&self, state: &State) -> bool {
+        state.lines >= self.high_water || state.buf.len() >= HIGH_WATER_BYTES
     }
 
     fn lose(&self, lines: u64, why: Loss) {
@@ -284,9 +319,10 @@ impl Shared {
         }
         state.buf.extend_from_slice(line);
         state.lines += 1;
-        // Wake the writer only when it sleeps: under load it finds the next batch by itself,
-        // so a busy server makes no wake-up call per line.
-        let wake = std::mem::take(&mut state.writer_waiting);
+        // Wake the writer for the first line of a batch, or when half the buffer is full: a
+        // busy server makes one wake-up call per batch, never one per line.
+        let wake = std::mem::take(&mut state.writer_idle)
+            || (self.is_high(&state) && std::mem::take(&mut state.writer_napping));
         drop(state);
         if wake {
             self.data.notify_one();
@@ -295,18 +331,33 @@ impl Shared {
 
     /// The writer thread: takes the whole buffer at once and writes it in one call.
     fn run<W: io::Write>(&self, mut sink: W) {
-        let mut batch: Vec<u8> = Vec::with_capacity(64 * 1024);
+        let mut batch: Vec<u8> = Vec::with_capacity(2 * HIGH_WATER_BYTES);
         loop {
             let (lines, closed) = {
                 let mut state = self.lock();
                 while state.lines == 0 && !state.closed {
-                    state.writer_waiting = true;
+                    state.writer_idle = true;
                     state = self
                         .data
                         .wait(state)
                         .unwrap_or_else(|poisoned| poisoned.into_inner());
                 }
-                state.writer_waiting = false;
+                state.writer_idle = false;
+                // Gather the batch for one flush interval, unless half the buffer fills first.
+                let deadline = Instant::now() + self.flush_interval;
+                while !state.closed && !self.is_high(&state) {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        break;
+                    }
+                    state.writer_napping = true;
+                    state = self
+                        .data
+                        .wait_timeout(state, deadline - now)
+                        .unwrap_or_else(|poisoned| poisoned.into_inner())
+                        .0;
+                }
+                state.writer_napping = false;
                 std::mem::swap(&mut state.buf, &mut batch);
                 let lines = std::mem::take(&mut state.lines);
                 if state.producers_waiting > 0 {
@@ -326,8 +377,8 @@ impl Shared {
                 }
                 batch.clear();
                 // A burst must not keep its memory for ever.
-                if batch.capacity() > 1 << 20 {
-                    batch.shrink_to(64 * 1024);
+                if batch.capacity() > 4 * HIGH_WATER_BYTES {
+                    batch.shrink_to(2 * HIGH_WATER_BYTES);
                 }
             }
             if closed && lines == 0 {
