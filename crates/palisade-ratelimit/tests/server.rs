@@ -71,6 +71,11 @@ async fn shadow_mode_decides_and_counts_but_never_rejects() {
         .limit(Limit::per_key(Key::metadata("x-api-key"), quota(1, 2)).when_keyless(NoKey::Reject))
         .shadow(true)
         .recorder(recorder)
+        // Known methods have their own labels from the first call; see the cardinality tests.
+        .registry(
+            MethodRegistry::from_encoded_file_descriptor_set(palisade_demo::FILE_DESCRIPTOR_SET)
+                .unwrap(),
+        )
         .build();
     let mut service = layer.layer(counting.clone());
     for _ in 0..5 {
