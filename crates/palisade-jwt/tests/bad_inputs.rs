@@ -874,3 +874,74 @@ async fn every_algorithm_verifies_with_its_own_key_only() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn extreme_numeric_dates() {
+    let passes = |payload: serde_json::Value, layer: JwtAuthLayer| async move {
+        let inner = Inner::default();
+        let response = layer
+            .layer(inner.clone())
+            .oneshot(with_token(&hs256(&payload)))
+            .await
+            .unwrap();
+        assert_eq!((code(&response), inner.calls()), (0, 1), "{payload}");
+    };
+    // Far in the future, past `i64::MAX` or at `u64::MAX`: a token that never expires.
+    let far = [
+        json!(u64::MAX),
+        json!(i64::MAX as u64 + 1),
+        json!(1.8e19),
+        json!(now() as f64 + 60.5),
+    ];
+    for exp in far.clone() {
+        passes(json!({"sub": "alice", "exp": exp}), layer()).await;
+        passes(json!({"sub": "alice", "exp": exp, "iat": exp}), layer()).await;
+    }
+    // The widest leeway and cache lifetime saturate rather than overflow; a cache hit too.
+    let wide = JwtAuthLayer::builder()
+        .secret(SECRET)
+        .leeway(Duration::MAX)
+        .cache_max_ttl(Duration::MAX)
+        .build()
+        .unwrap();
+    for exp in far {
+        passes(json!({"sub": "alice", "exp": exp, "nbf": 0}), wide.clone()).await;
+        passes(json!({"sub": "alice", "exp": exp, "nbf": 0}), wide.clone()).await;
+    }
+    passes(json!({"sub": "alice", "exp": 0, "nbf": u64::MAX}), wide).await;
+    // Not before the end of time.
+    for nbf in [json!(u64::MAX), json!(1.8e19)] {
+        assert_rejected(
+            &layer(),
+            with_token(&hs256(
+                &json!({"sub": "alice", "exp": u64::MAX, "nbf": nbf}),
+            )),
+            UNAUTHENTICATED,
+            Reason::NotYetValid,
+        )
+        .await;
+    }
+    // Negative, beyond `u64`, or no number at all: malformed, in any of the three claims.
+    for bad in [
+        json!(-1),
+        json!(i64::MIN),
+        json!(-0.5),
+        json!(1e300),
+        json!(-1e300),
+        json!(18446744073709551616.0),
+        json!(true),
+        json!([1]),
+    ] {
+        for claim in ["exp", "nbf", "iat"] {
+            let mut payload = json!({"sub": "alice", "exp": now() + 60});
+            payload[claim] = bad.clone();
+            assert_rejected(
+                &layer(),
+                with_token(&hs256(&payload)),
+                UNAUTHENTICATED,
+                Reason::Malformed,
+            )
+            .await;
+        }
+    }
+}
