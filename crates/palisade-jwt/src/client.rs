@@ -1,5 +1,6 @@
 //! The client layer: attaches `authorization: Bearer …` from a static token or a token source,
-//! caching the token and refreshing it before it expires, one refresh at a time.
+//! caching the token and refreshing it before it expires, one refresh at a time, backing off
+//! after failures.
 
 use std::{
     fmt,
@@ -14,7 +15,7 @@ use std::{
 
 use http::{HeaderName, HeaderValue, Request, Response, header::AUTHORIZATION};
 use palisade_core::{Code, Rejection};
-use tokio::time::Instant;
+use tokio::{sync::watch, time::Instant};
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -56,6 +57,8 @@ impl Token {
     }
 
     /// A JWT, its expiry read from its `exp` claim (not verified: it is the client's own token).
+    /// Without a readable `exp` (none, negative, not a number) the token does not expire; an
+    /// `exp` too far ahead for the system clock to hold is taken as 30 years from now.
     pub fn jwt(value: impl Into<String>) -> Token {
         let value = value.into();
         #[derive(serde::Deserialize)]
@@ -74,20 +77,24 @@ impl Token {
             })
             .and_then(|json| serde_json::from_slice::<Exp>(&json).ok())
             .and_then(|claims| claims.exp);
-        Token {
-            value,
-            expiry: exp.map(|exp| Expiry::At(SystemTime::UNIX_EPOCH + Duration::from_secs(exp))),
-        }
+        // An `exp` past what `SystemTime` holds (beyond `i64::MAX` seconds) never comes.
+        let expiry = exp.map(|exp| {
+            SystemTime::UNIX_EPOCH
+                .checked_add(Duration::from_secs(exp))
+                .map_or(Expiry::In(Duration::MAX), Expiry::At)
+        });
+        Token { value, expiry }
     }
 
-    /// Sets the expiry.
+    /// Sets the expiry. One beyond about 30 years from now is taken as 30 years.
     #[must_use]
     pub fn expires_at(mut self, at: SystemTime) -> Token {
         self.expiry = Some(Expiry::At(at));
         self
     }
 
-    /// Sets the expiry, from now.
+    /// Sets the expiry, from when the source returns it. A lifetime beyond about 30 years (up
+    /// to `Duration::MAX`) is taken as 30 years.
     #[must_use]
     pub fn expires_in(mut self, lifetime: Duration) -> Token {
         self.expiry = Some(Expiry::In(lifetime));
@@ -118,7 +125,9 @@ impl fmt::Debug for Token {
 }
 
 /// Where the client layer gets tokens: an OAuth client, a file, a minter, … It is asked only
-/// when the cached token is about to expire, one call at a time.
+/// when the cached token is due for refresh, one fetch at a time, in a task of its own (a call
+/// that goes away does not cancel the fetch); after a failure, not again before a backoff. A
+/// token that arrives already expired counts as a failure.
 pub trait TokenSource: Send + Sync + 'static {
     /// A fresh token.
     fn token(&self) -> impl Future<Output = Result<Token, BoxError>> + Send;
@@ -182,6 +191,14 @@ impl fmt::Display for InvalidToken {
 
 impl std::error::Error for InvalidToken {}
 
+/// The first wait before asking a failing source again; it doubles at every failure in a row.
+const BACKOFF_FIRST: Duration = Duration::from_millis(100);
+/// The longest wait before asking a failing source again.
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// Lifetimes are taken as this at most (about 30 years): longer ones, up to `Duration::MAX` or an
+/// `exp` no clock can hold, are as good as never expiring, and still fit an `Instant`.
+const MAX_LIFETIME: Duration = Duration::from_secs(30 * 365 * 24 * 3600);
+
 #[derive(Clone)]
 struct Current {
     value: HeaderValue,
@@ -192,6 +209,25 @@ struct Current {
 }
 
 impl Current {
+    /// A token fetched at `now`, living `lifetime` (`None`: forever), refreshed `margin` before
+    /// it expires or halfway through its lifetime, whichever comes later.
+    fn new(value: HeaderValue, now: Instant, lifetime: Option<Duration>, margin: Duration) -> Self {
+        let Some(lifetime) = lifetime else {
+            return Current {
+                value,
+                refresh_at: None,
+                expires_at: None,
+            };
+        };
+        let lifetime = lifetime.min(MAX_LIFETIME);
+        let refresh_in = lifetime.saturating_sub(margin).max(lifetime / 2);
+        Current {
+            value,
+            refresh_at: now.checked_add(refresh_in),
+            expires_at: now.checked_add(lifetime),
+        }
+    }
+
     fn fresh(&self, now: Instant) -> bool {
         self.refresh_at.is_none_or(|at| now < at)
     }
@@ -201,15 +237,28 @@ impl Current {
     }
 }
 
+/// What a fetch ends with, as told to the calls that waited for it.
+type Outcome = Result<HeaderValue, Arc<str>>;
+
+/// The state of refreshing, behind one lock.
+#[derive(Default)]
+struct Refresh {
+    /// The fetch in flight, if any: its outcome arrives here.
+    in_flight: Option<watch::Receiver<Option<Outcome>>>,
+    /// Failed fetches in a row.
+    failures: u32,
+    /// After a failure: no fetch before this.
+    retry_at: Option<Instant>,
+    /// The last failure's error, answered while the source is not asked.
+    last_error: Option<Arc<str>>,
+}
+
 struct Cache<T> {
     source: T,
     scheme: Option<Box<str>>,
     refresh_before: Duration,
     current: RwLock<Option<Current>>,
-    /// One refresh in flight.
-    refresh: tokio::sync::Mutex<()>,
-    /// Refreshes attempted, and the last one's error.
-    attempts: Mutex<(u64, Option<Arc<str>>)>,
+    refresh: Mutex<Refresh>,
     refreshes: AtomicU64,
 }
 
@@ -232,39 +281,91 @@ impl<T: TokenSource> Cache<T> {
             .map(|c| c.value.clone())
     }
 
-    /// A usable token: the cached one, or a fresh one from the source.
-    async fn get(&self) -> Result<HeaderValue, Arc<str>> {
+    /// A usable token: the current one while it is valid (starting a refresh in the background
+    /// when one is due), else the outcome of the fetch in flight, or of a new one — unless the
+    /// source failed less than the backoff ago.
+    async fn get(self: &Arc<Self>) -> Result<HeaderValue, Arc<str>> {
         let now = Instant::now();
         if let Some(value) = self.fresh(now) {
             return Ok(value);
         }
-        if let Some(value) = self.valid(now) {
-            // Due for refresh but still valid: one caller refreshes, the others carry on with it.
-            return match self.refresh.try_lock() {
-                Ok(_guard) => Ok(self.refresh_now().await.unwrap_or(value)),
-                Err(_) => Ok(value),
+        let (mut outcome, inline) = {
+            let mut refresh = self.lock_refresh();
+            let valid = self.valid(now);
+            let (outcome, inline) = match &refresh.in_flight {
+                Some(outcome) => (outcome.clone(), None),
+                None if refresh.retry_at.is_some_and(|at| now < at) => {
+                    // Backing off: the current token while it lasts, else the last error.
+                    return valid.ok_or_else(|| {
+                        refresh
+                            .last_error
+                            .clone()
+                            .unwrap_or_else(|| "backing off".into())
+                    });
+                }
+                None => self.start(&mut refresh),
             };
-        }
-        let attempts_before = self.lock_attempts().0;
-        let _guard = self.refresh.lock().await;
-        if let Some(value) = self.valid(Instant::now()) {
-            return Ok(value);
-        }
-        {
-            // A refresh failed while this call waited for it: share its error, don't retry.
-            let attempts = self.lock_attempts();
-            if attempts.0 > attempts_before
-                && let Some(error) = &attempts.1
+            if inline.is_none()
+                && let Some(value) = valid
             {
-                return Err(error.clone());
+                return Ok(value);
+            }
+            (outcome, inline)
+        };
+        if let Some(fetch) = inline {
+            // No runtime to spawn on: this call fetches, and keeps the current token if the
+            // fetch fails.
+            fetch.await;
+            if let Some(value) = self.valid(Instant::now()) {
+                return Ok(value);
             }
         }
-        self.refresh_now().await
+        match outcome.wait_for(Option::is_some).await {
+            Ok(outcome) => outcome.clone().unwrap_or_else(|| Err(unfinished())),
+            // The fetch was dropped before it ended (its runtime shutting down, or the call
+            // fetching inline went away); the next call starts another.
+            Err(_) => Err(unfinished()),
+        }
     }
 
-    /// Asks the source; the refresh lock is held.
-    async fn refresh_now(&self) -> Result<HeaderValue, Arc<str>> {
+    /// Starts a fetch, spawned on the runtime, or returned to be awaited where there is none.
+    fn start(
+        self: &Arc<Self>,
+        refresh: &mut Refresh,
+    ) -> (
+        watch::Receiver<Option<Outcome>>,
+        Option<impl Future<Output = ()> + Send + 'static>,
+    ) {
+        let (tx, rx) = watch::channel(None);
+        refresh.in_flight = Some(rx.clone());
         self.refreshes.fetch_add(1, Ordering::Relaxed);
+        let fetch = self.clone().fetch(tx);
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(fetch);
+                (rx, None)
+            }
+            Err(_) => (rx, Some(fetch)),
+        }
+    }
+
+    /// Asks the source, and records the outcome.
+    async fn fetch(self: Arc<Self>, tx: watch::Sender<Option<Outcome>>) {
+        /// Ends the fetch however it ends: a source that panics counts as failed, a fetch
+        /// dropped unfinished lets the next call start another.
+        struct InFlight<'a, T: TokenSource>(&'a Cache<T>, Option<watch::Sender<Option<Outcome>>>);
+        impl<T: TokenSource> Drop for InFlight<'_, T> {
+            fn drop(&mut self) {
+                if let Some(tx) = self.1.take() {
+                    if std::thread::panicking() {
+                        self.0.finish(Err("the token source panicked".into()), &tx);
+                    } else {
+                        self.0.lock_refresh().in_flight = None;
+                    }
+                }
+            }
+        }
+        let mut in_flight = InFlight(&self, Some(tx));
         let result = self
             .source
             .token()
@@ -273,33 +374,73 @@ impl<T: TokenSource> Cache<T> {
             .and_then(|token| {
                 let value = header_value(self.scheme.as_deref(), token.value())
                     .map_err(|e| Arc::<str>::from(e.to_string()))?;
-                Ok((value, token.lifetime()))
+                match token.lifetime() {
+                    Some(lifetime) if lifetime.is_zero() => {
+                        Err("the token source gave an expired token".into())
+                    }
+                    lifetime => Ok((value, lifetime)),
+                }
             });
-        let mut attempts = self.lock_attempts();
-        attempts.0 += 1;
-        match result {
-            Ok((value, lifetime)) => {
-                attempts.1 = None;
-                let now = Instant::now();
-                let current = Current {
-                    value: value.clone(),
-                    refresh_at: lifetime.map(|l| now + l.saturating_sub(self.refresh_before)),
-                    expires_at: lifetime.map(|l| now + l),
-                };
-                *self.current.write().unwrap_or_else(|e| e.into_inner()) = Some(current);
-                Ok(value)
-            }
-            Err(error) => {
-                tracing::debug!(%error, "jwt: token source failed");
-                attempts.1 = Some(error.clone());
-                Err(error)
-            }
+        if let Some(tx) = in_flight.1.take() {
+            self.finish(result, &tx);
         }
     }
 
-    fn lock_attempts(&self) -> std::sync::MutexGuard<'_, (u64, Option<Arc<str>>)> {
-        self.attempts.lock().unwrap_or_else(|e| e.into_inner())
+    /// Records a fetch's result and tells the calls waiting for it.
+    fn finish(
+        &self,
+        result: Result<(HeaderValue, Option<Duration>), Arc<str>>,
+        tx: &watch::Sender<Option<Outcome>>,
+    ) {
+        let now = Instant::now();
+        let mut refresh = self.lock_refresh();
+        let outcome = match result {
+            Ok((value, lifetime)) => {
+                let current = Current::new(value.clone(), now, lifetime, self.refresh_before);
+                *self.current.write().unwrap_or_else(|e| e.into_inner()) = Some(current);
+                refresh.failures = 0;
+                refresh.retry_at = None;
+                refresh.last_error = None;
+                Ok(value)
+            }
+            Err(error) => {
+                refresh.failures = refresh.failures.saturating_add(1);
+                let delay = backoff(refresh.failures);
+                tracing::debug!(%error, retry_in = ?delay, "jwt: token source failed");
+                refresh.retry_at = now.checked_add(delay);
+                refresh.last_error = Some(error.clone());
+                Err(error)
+            }
+        };
+        refresh.in_flight = None;
+        tx.send_replace(Some(outcome));
     }
+
+    fn lock_refresh(&self) -> std::sync::MutexGuard<'_, Refresh> {
+        self.refresh.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The error of a fetch that was dropped before it ended.
+fn unfinished() -> Arc<str> {
+    "the token fetch did not finish".into()
+}
+
+/// How long to wait after `failures` failed fetches in a row: 100 ms doubling to 30 s, each a
+/// random time between half of that and all of it (so that many clients that failed together
+/// do not come back together).
+fn backoff(failures: u32) -> Duration {
+    use std::hash::{BuildHasher, RandomState};
+    let doublings = failures.saturating_sub(1).min(16);
+    let ceiling = BACKOFF_FIRST
+        .saturating_mul(1 << doublings)
+        .min(BACKOFF_MAX);
+    let half = ceiling / 2;
+    // A random fraction of `half`: `RandomState` is seeded randomly, and differently each time.
+    let random = RandomState::new().hash_one(failures);
+    let nanos = u64::try_from(half.as_nanos()).unwrap_or(u64::MAX);
+    let extra = (u128::from(nanos) * u128::from(random)) >> 64;
+    half + Duration::from_nanos(u64::try_from(extra).unwrap_or(nanos))
 }
 
 fn header_value(scheme: Option<&str>, token: &str) -> Result<HeaderValue, InvalidToken> {
@@ -345,8 +486,17 @@ impl<T: TokenSource> AttachTokenBuilder<T> {
         self
     }
 
-    /// How long before expiry the token is refreshed (default 30 s). Calls keep using the
-    /// current token while one of them refreshes it.
+    /// How long before expiry the token is refreshed (default 30 s), but never before half of
+    /// its lifetime has passed: a token shorter than twice the margin (20 s tokens with the
+    /// default margin) is refreshed halfway through its life, so a short lifetime never means a
+    /// fetch per call.
+    ///
+    /// The refresh runs in the background, one at a time: calls keep using the current token
+    /// while it is valid, and wait only when there is none. When a fetch fails, calls keep the
+    /// current token while it is valid, and the source is not asked again before a backoff:
+    /// 100 ms after the first failure, doubling at each failure in a row up to 30 s, each wait
+    /// a random time between half of that and all of it. While the source is backed off and no
+    /// token is valid, calls are answered at once.
     #[must_use]
     pub fn refresh_before(mut self, margin: Duration) -> Self {
         self.refresh_before = margin;
@@ -361,8 +511,7 @@ impl<T: TokenSource> AttachTokenBuilder<T> {
                 scheme: self.scheme,
                 refresh_before: self.refresh_before,
                 current: RwLock::new(None),
-                refresh: tokio::sync::Mutex::new(()),
-                attempts: Mutex::new((0, None)),
+                refresh: Mutex::new(Refresh::default()),
                 refreshes: AtomicU64::new(0),
             }),
             header: self.header,
@@ -372,10 +521,11 @@ impl<T: TokenSource> AttachTokenBuilder<T> {
 
 /// Attaches `authorization: Bearer <token>` to every request of a client (the header marked
 /// sensitive). The token is static ([`AttachTokenLayer::bearer`]) or comes from a
-/// [`TokenSource`] ([`AttachTokenLayer::builder`]): cached, and refreshed before it expires by
-/// one call while the others carry on — however many calls wait, one refresh is in flight.
-/// When no token can be had, the call is answered `UNAUTHENTICATED` ("token unavailable")
-/// without reaching the channel.
+/// [`TokenSource`] ([`AttachTokenLayer::builder`]): cached, and refreshed in the background
+/// before it expires while calls carry on with the current token — however many calls wait, one
+/// fetch is in flight — with a backoff after failures (see
+/// [`refresh_before`](AttachTokenBuilder::refresh_before)). When no token can be had, the call
+/// is answered `UNAUTHENTICATED` ("token unavailable") without reaching the channel.
 ///
 /// # Example
 ///
@@ -521,10 +671,61 @@ where
                     request.headers_mut().insert(header, value);
                     inner.call(request).await
                 }
-                Err(_) => {
-                    Ok(Rejection::new(Code::Unauthenticated, "token unavailable").into_response())
-                }
+                Err(_) => Ok(Rejection::new(Code::Unauthenticated, "token unavailable")
+                    .by("jwt")
+                    .into_response()),
             }
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_with_jitter_up_to_30_s() {
+        for failures in [1, 2, 3, 9, 10, 100, u32::MAX] {
+            let ceiling = match failures {
+                1 => Duration::from_millis(100),
+                2 => Duration::from_millis(200),
+                3 => Duration::from_millis(400),
+                9 => Duration::from_millis(25_600),
+                _ => Duration::from_secs(30),
+            };
+            for _ in 0..100 {
+                let delay = backoff(failures);
+                assert!(
+                    delay >= ceiling / 2 && delay <= ceiling,
+                    "{failures}: {delay:?}"
+                );
+            }
+        }
+        // Jittered: not the same wait every time.
+        let delays: std::collections::HashSet<_> = (0..20).map(|_| backoff(5)).collect();
+        assert!(delays.len() > 1);
+    }
+
+    #[test]
+    fn refresh_is_due_at_the_margin_or_halfway_whichever_is_later() {
+        let now = Instant::now();
+        let value = HeaderValue::from_static("t");
+        let at = |lifetime: u64, margin: u64| {
+            let current = Current::new(
+                value.clone(),
+                now,
+                Some(Duration::from_secs(lifetime)),
+                Duration::from_secs(margin),
+            );
+            (current.refresh_at.unwrap() - now).as_secs()
+        };
+        assert_eq!(at(300, 30), 270);
+        assert_eq!(at(60, 30), 30);
+        assert_eq!(at(40, 30), 20);
+        assert_eq!(at(20, 30), 10);
+        assert_eq!(at(10, 0), 10);
+        let endless = Current::new(value, now, Some(Duration::MAX), Duration::MAX);
+        assert_eq!(endless.expires_at.unwrap() - now, MAX_LIFETIME);
+        assert_eq!(endless.refresh_at.unwrap() - now, MAX_LIFETIME / 2);
     }
 }

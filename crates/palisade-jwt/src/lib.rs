@@ -12,7 +12,7 @@
 //!   `palisade_auth_rejected_total{reason}` and logs it at debug level.
 //! - [`AttachTokenLayer`](client::AttachTokenLayer) (client) attaches `authorization: Bearer …`
 //!   from a static token or a [`TokenSource`](client::TokenSource), refreshing it before it
-//!   expires with one refresh in flight.
+//!   expires with one refresh in flight, backing off after failures.
 //!
 //! # Example
 //!

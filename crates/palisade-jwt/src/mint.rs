@@ -11,6 +11,10 @@ use serde_json::{Map, Value};
 
 use crate::client::{BoxError, Token, TokenSource};
 
+/// The latest `exp` minted: 9999-12-31T23:59:59Z, the last second most date libraries can
+/// represent.
+const MAX_EXP: u64 = 253_402_300_799;
+
 /// Mints HMAC-signed JWTs: `iat` now, `exp` after the time to live, plus the claims set here.
 /// As a [`TokenSource`], it mints a new token each time the client layer refreshes.
 ///
@@ -110,7 +114,9 @@ impl HmacMinter {
         self
     }
 
-    /// How long minted tokens live (default 5 minutes).
+    /// How long minted tokens live (default 5 minutes). However long (up to `Duration::MAX`),
+    /// `exp` is at most 9999-12-31T23:59:59Z, the last second most date libraries can
+    /// represent (or `iat`, when minted later than that).
     #[must_use]
     pub fn ttl(mut self, ttl: Duration) -> Self {
         self.ttl = ttl;
@@ -137,7 +143,8 @@ impl HmacMinter {
         let now = now.duration_since(UNIX_EPOCH)?.as_secs();
         let mut claims = self.claims.clone();
         claims.insert("iat".into(), now.into());
-        claims.insert("exp".into(), (now + self.ttl.as_secs()).into());
+        let exp = now.saturating_add(self.ttl.as_secs()).min(MAX_EXP).max(now);
+        claims.insert("exp".into(), exp.into());
         let mut header = Header::new(self.algorithm);
         header.kid = self.kid.clone();
         let token = jsonwebtoken::encode(&header, &claims, &self.key)?;
