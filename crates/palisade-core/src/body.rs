@@ -34,9 +34,12 @@ pin_project! {
     ///
     /// Response bodies end with the code in their trailers (`Unknown` when the stream ends
     /// without one), the body's error, or `Cancelled` when dropped before the end. Request
-    /// bodies end `Ok` at their end of stream. A panic of the inner body while polled, or a
-    /// drop while the thread unwinds, ends either kind `Internal` ([`Source::Panicked`]). [`ObservedFuture`](crate::ObservedFuture) makes
-    /// response bodies; [`ObservedBody::request`] wraps request bodies.
+    /// bodies end `Ok` at their end of stream. A panic of the inner body while this body polls it
+    /// ends either kind `Internal` ([`Source::Panicked`]). A drop while the thread unwinds from
+    /// a panic elsewhere is `Cancelled` on [`Side::Client`] (the calling program panicked, not
+    /// the backend) and `Internal` on [`Side::Server`] (the server's own code panicked).
+    /// [`ObservedFuture`](crate::ObservedFuture) makes response bodies;
+    /// [`ObservedBody::request`] wraps request bodies.
     ///
     /// # Example
     ///
@@ -69,7 +72,10 @@ pin_project! {
             let this = this.project();
             if let Some(observer) = this.observer.take() {
                 let counts = Counts { messages: this.counter.messages(), bytes: *this.bytes };
-                observer.on_end(Outcome::dropped(std::thread::panicking()), counts);
+                let side = match this.role {
+                    Role::Response(side) | Role::Request(side) => *side,
+                };
+                observer.on_end(Outcome::dropped(side, std::thread::panicking()), counts);
             }
         }
     }

@@ -25,9 +25,14 @@ pin_project! {
     /// - an `Err` from the inner service: at once, from the error (a [`tonic::Status`] inside it
     ///   gives the code, anything else [`Side::error_fallback`]);
     /// - the future dropped before it resolved: `Cancelled`;
-    /// - the inner future panicked (the panic unwinds through this future's `poll`, or the
-    ///   future is dropped while the thread unwinds): `Internal`, from [`Source::Panicked`] —
-    ///   a panic is the service's failure, not the caller's cancellation.
+    /// - the inner future panicked (the panic unwound through this future's own `poll`):
+    ///   `Internal`, from [`Source::Panicked`] — a panic is the service's failure, not the
+    ///   caller's cancellation;
+    /// - the future dropped while the thread unwinds from a panic elsewhere: on
+    ///   [`Side::Client`], `Cancelled` — the panic is the calling program's, which dropped the
+    ///   call as it unwound, not the backend's; on [`Side::Server`], `Internal` — nothing in the
+    ///   server's process is the remote caller, so whatever unwound (the handler, a layer
+    ///   around it) is the service failing this call.
     ///
     /// A trailers-only response a Palisade layer made ([`Rejection`](crate::Rejection)) ends
     /// with an outcome that names that layer: [`Outcome::rejected_by`].
@@ -56,8 +61,10 @@ pin_project! {
 
     impl<F, O: Observer> PinnedDrop for ObservedFuture<F, O> {
         fn drop(this: Pin<&mut Self>) {
-            if let Some(observer) = this.project().observer.take() {
-                observer.on_end(Outcome::dropped(std::thread::panicking()), Counts::default());
+            let this = this.project();
+            if let Some(observer) = this.observer.take() {
+                let panicking = std::thread::panicking();
+                observer.on_end(Outcome::dropped(*this.side, panicking), Counts::default());
             }
         }
     }

@@ -31,8 +31,9 @@ pub enum Source {
     ServiceError,
     /// A request body that ended normally (its code is `Ok`).
     EndOfStream,
-    /// The inner service panicked: its future or body was dropped while the thread unwound
-    /// (read as `Internal`, never as the caller's cancellation).
+    /// The inner service panicked: the panic unwound through the observed future's or body's
+    /// poll, or (on the server) the call was dropped while its thread unwound. Read as
+    /// `Internal`, never as the caller's cancellation.
     Panicked,
 }
 
@@ -110,10 +111,14 @@ impl Outcome {
         }
     }
 
-    /// The outcome of a call that ended with `panicking` unwinding (see
-    /// [`std::thread::panicking`]) or, otherwise, that the caller dropped.
-    pub(crate) fn dropped(panicking: bool) -> Self {
-        if panicking {
+    /// The outcome of a call dropped on `side` before it ended, `panicking` telling whether
+    /// the thread was unwinding then (see [`std::thread::panicking`]). A panic that went
+    /// through the observed poll is reported there ([`Outcome::panicked`]); a drop while
+    /// unwinding is the caller's cancellation on the client — its own program panicked, the
+    /// backend did not — and the service's failure on the server, where no code in the process
+    /// is the remote caller's.
+    pub(crate) fn dropped(side: crate::Side, panicking: bool) -> Self {
+        if panicking && side == crate::Side::Server {
             Self::panicked()
         } else {
             Self::cancelled()

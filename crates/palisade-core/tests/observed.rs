@@ -462,3 +462,137 @@ async fn a_panicking_body_is_internal_not_cancelled() {
     assert!(unwound.is_err());
     assert_eq!(recorder.single().0.code(), Code::Internal);
 }
+
+/// Drops `value` while the thread unwinds from a panic that never goes through it, as an
+/// `async fn`'s locals are dropped when code beside them panics.
+fn drop_while_unwinding<T>(value: T) {
+    let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+        let _held = value;
+        panic!("the caller's own bug, beside the call");
+    }));
+    assert!(unwound.is_err());
+}
+
+#[tokio::test]
+async fn a_client_call_dropped_by_a_panic_beside_it_is_cancelled_not_internal() {
+    // The future, never polled (a call made but not awaited yet, beside a panicking branch).
+    let recorder = Recorder::default();
+    drop_while_unwinding(ObservedFuture::new(
+        respond(GrpcBody::unary(b"hi", Code::Ok)),
+        Side::Client,
+        recorder.clone(),
+    ));
+    let (outcome, _) = recorder.single();
+    assert_eq!(
+        (outcome.code(), outcome.source()),
+        (Code::Cancelled, Source::Dropped)
+    );
+
+    // The response body, part read.
+    let recorder = Recorder::default();
+    let response = ObservedFuture::new(
+        respond(GrpcBody::unary(b"hi", Code::Ok)),
+        Side::Client,
+        recorder.clone(),
+    )
+    .await
+    .unwrap();
+    drop_while_unwinding(response.into_body());
+    assert_eq!(recorder.single().0.code(), Code::Cancelled);
+
+    // The request body the client was sending.
+    let recorder = Recorder::default();
+    drop_while_unwinding(ObservedBody::request(
+        GrpcBody::new([frames::message(b"a")], None),
+        Side::Client,
+        recorder.clone(),
+    ));
+    assert_eq!(recorder.single().0.code(), Code::Cancelled);
+
+    // A panic through the observed poll itself is still the panic it is, on either side.
+    let recorder = Recorder::default();
+    assert!(poll_catching(ObservedFuture::new(Panics, Side::Client, recorder.clone())).is_err());
+    assert_eq!(
+        recorder.single().0.source(),
+        Source::Panicked,
+        "the panic went through this call"
+    );
+}
+
+#[tokio::test]
+async fn a_server_call_dropped_while_unwinding_is_internal() {
+    let recorder = Recorder::default();
+    drop_while_unwinding(ObservedFuture::new(
+        respond(GrpcBody::unary(b"hi", Code::Ok)),
+        Side::Server,
+        recorder.clone(),
+    ));
+    let (outcome, _) = recorder.single();
+    assert_eq!(
+        (outcome.code(), outcome.source()),
+        (Code::Internal, Source::Panicked)
+    );
+    let recorder = Recorder::default();
+    let response = ObservedFuture::new(
+        respond(GrpcBody::unary(b"hi", Code::Ok)),
+        Side::Server,
+        recorder.clone(),
+    )
+    .await
+    .unwrap();
+    drop_while_unwinding(response.into_body());
+    assert_eq!(recorder.single().0.code(), Code::Internal);
+}
+
+/// Observes every call of the service it wraps, on the server side.
+#[derive(Clone)]
+struct Observe(Recorder);
+
+impl<S> tower_layer::Layer<S> for Observe {
+    type Service = ObserveService<S>;
+    fn layer(&self, inner: S) -> ObserveService<S> {
+        ObserveService(inner, self.0.clone())
+    }
+}
+
+#[derive(Clone)]
+struct ObserveService<S>(S, Recorder);
+
+impl<S, B, RB> tower_service::Service<http::Request<B>> for ObserveService<S>
+where
+    S: tower_service::Service<http::Request<B>, Response = Response<RB>>,
+    S::Error: 'static,
+{
+    type Response = Response<ObservedBody<RB, Recorder>>;
+    type Error = S::Error;
+    type Future = ObservedFuture<S::Future, Recorder>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        ObservedFuture::new(self.0.call(request), Side::Server, self.1.clone())
+    }
+}
+
+#[tokio::test]
+async fn a_tonic_handler_that_panics_is_internal_on_the_server() {
+    // A real tonic server whose handler panics: tonic polls the handler inside the service's
+    // future on hyper's per-stream task, so the panic unwinds through the observed poll.
+    let recorder = Recorder::default();
+    let greeter = palisade_demo::Greeter::new().with_subject(|_| panic!("handler bug"));
+    let server = palisade_demo::spawn_with(greeter, Observe(recorder.clone())).await;
+    let result = server
+        .client()
+        .await
+        .say_hello(palisade_demo::pb::HelloRequest::default())
+        .await;
+    assert!(result.is_err(), "the call fails: {result:?}");
+    let (outcome, _) = recorder.single();
+    assert_eq!(
+        (outcome.code(), outcome.source()),
+        (Code::Internal, Source::Panicked)
+    );
+    server.shutdown().await;
+}
