@@ -175,6 +175,29 @@ impl<V, S: BuildHasher> Slots<V, S> {
             return None;
         }
         let method = Method::parse(path)?;
+        self.admit_sighted(sketch, path, || make(&method))
+    }
+
+    /// [`admit`](Self::admit) for keys that are not request paths (an authority, a tenant):
+    /// counts a sighting of `key`, which has no slot yet, and gives it one — with the value
+    /// `make` returns — once it has earned it and while there is room. `None` when the key
+    /// keeps no slot: longer than [`MAX_PATH_LEN`], seen too rarely so far, or the dynamic
+    /// slots all taken.
+    #[cold]
+    pub fn admit_key(&self, key: &str, make: impl FnOnce() -> V) -> Option<(SlotId, &V)> {
+        let sketch = self.sketch.as_ref()?;
+        if key.len() > MAX_PATH_LEN || self.dynamic.load(Ordering::Relaxed) >= self.max_dynamic {
+            return None;
+        }
+        self.admit_sighted(sketch, key, make)
+    }
+
+    fn admit_sighted(
+        &self,
+        sketch: &Sketch,
+        path: &str,
+        make: impl FnOnce() -> V,
+    ) -> Option<(SlotId, &V)> {
         if !sketch.sighting(self.hasher.hash_one(path)) {
             return None;
         }
@@ -185,7 +208,7 @@ impl<V, S: BuildHasher> Slots<V, S> {
         if self.dynamic.load(Ordering::Relaxed) >= self.max_dynamic {
             return None;
         }
-        let id = self.place(path, make(&method))?;
+        let id = self.place(path, make())?;
         self.dynamic.fetch_add(1, Ordering::Relaxed);
         let value = self.slot(id)?;
         Some((id, value))
@@ -382,6 +405,29 @@ mod tests {
             assert!(slots.admit("/a.S/Second", |_| ()).is_none());
         }
         assert!(slots.get("/a.S/First").is_some());
+        assert_eq!(slots.dynamic_len(), 1);
+    }
+
+    #[test]
+    fn keys_that_are_not_paths_earn_slots_the_same_way() {
+        let slots: Slots<u32> = Slots::new([], 1);
+        let mut made = 0;
+        for i in 0..100 {
+            // Seen once each: never earn one.
+            let _ = slots.admit_key(&format!("x{i}.evil"), || 0);
+            if slots
+                .admit_key("b.internal:50051", || {
+                    made += 1;
+                    7
+                })
+                .is_some()
+            {
+                break;
+            }
+        }
+        assert_eq!(made, 1);
+        assert_eq!(slots.get("b.internal:50051").map(|(_, v)| *v), Some(7));
+        assert!(slots.admit_key("another:1", || 0).is_none(), "full");
         assert_eq!(slots.dynamic_len(), 1);
     }
 }
