@@ -12,6 +12,14 @@
 //! up the slots before the real methods arrive. Until then, and for every path once the slots
 //! are all taken, the caller records the path under its `unknown` values.
 //!
+//! That is [`Admission::Frequency`], for servers, whose paths are chosen by callers. On a
+//! client the paths are the program's own, so [`Admission::FirstSight`] gives a method its slot
+//! the first time it is seen ([`Admission::for_side`] picks by [`Side`]).
+//!
+//! Without a registry, a server's layers therefore count a method's first few calls (until it
+//! has earned its slot) under `unknown`, and show an `unknown` series beside the method's own:
+//! give the layers the method registry.
+//!
 //! A series, once exported, cannot be taken back, so a slot is never given up: on a server
 //! exposed to untrusted callers, give the layers the method registry and leave the dynamic
 //! slots at 0 (their default with a registry), so that no caller-chosen path ever becomes a
@@ -48,7 +56,29 @@ use std::{
     },
 };
 
-use crate::Method;
+use crate::{Method, Side};
+
+/// How a path without a slot earns one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Admission {
+    /// By being seen [`ADMISSION_THRESHOLD`] times while counts decay: for paths chosen by
+    /// callers (a server's).
+    #[default]
+    Frequency,
+    /// On first sight: for paths the program chooses itself (a client's).
+    FirstSight,
+}
+
+impl Admission {
+    /// [`Admission::Frequency`] on [`Side::Server`], [`Admission::FirstSight`] on
+    /// [`Side::Client`].
+    pub const fn for_side(side: Side) -> Self {
+        match side {
+            Side::Server => Admission::Frequency,
+            Side::Client => Admission::FirstSight,
+        }
+    }
+}
 
 /// Paths longer than this never get a slot of their own.
 pub const MAX_PATH_LEN: usize = 256;
@@ -114,6 +144,17 @@ impl<V> Slots<V> {
 }
 
 impl<V, S: BuildHasher> Slots<V, S> {
+    /// How paths earn the dynamic slots: [`Admission::Frequency`] unless set.
+    pub fn admission(mut self, admission: Admission) -> Self {
+        self.sketch = match admission {
+            Admission::Frequency => self
+                .sketch
+                .or_else(|| (self.max_dynamic > 0).then(Sketch::new)),
+            Admission::FirstSight => None,
+        };
+        self
+    }
+
     /// [`Slots::new`] with a hasher of your choice.
     pub fn with_hasher(
         known: impl IntoIterator<Item = (String, V)>,
@@ -165,17 +206,17 @@ impl<V, S: BuildHasher> Slots<V, S> {
     }
 
     /// Counts a sighting of `path`, which has no slot yet, and gives it one — with the value
-    /// `make` returns — once it has earned it and while there is room. `None` when the path
+    /// `make` returns — once it has earned it (at once with [`Admission::FirstSight`]) and
+    /// while there is room. `None` when the path
     /// keeps no slot: not a gRPC method, longer than [`MAX_PATH_LEN`], seen too rarely so far,
     /// or the dynamic slots all taken.
     #[cold]
     pub fn admit(&self, path: &str, make: impl FnOnce(&Method<'_>) -> V) -> Option<(SlotId, &V)> {
-        let sketch = self.sketch.as_ref()?;
         if path.len() > MAX_PATH_LEN || self.dynamic.load(Ordering::Relaxed) >= self.max_dynamic {
             return None;
         }
         let method = Method::parse(path)?;
-        self.admit_sighted(sketch, path, || make(&method))
+        self.admit_sighted(self.sketch.as_ref(), path, || make(&method))
     }
 
     /// [`admit`](Self::admit) for keys that are not request paths (an authority, a tenant):
@@ -185,20 +226,22 @@ impl<V, S: BuildHasher> Slots<V, S> {
     /// slots all taken.
     #[cold]
     pub fn admit_key(&self, key: &str, make: impl FnOnce() -> V) -> Option<(SlotId, &V)> {
-        let sketch = self.sketch.as_ref()?;
         if key.len() > MAX_PATH_LEN || self.dynamic.load(Ordering::Relaxed) >= self.max_dynamic {
             return None;
         }
-        self.admit_sighted(sketch, key, make)
+        self.admit_sighted(self.sketch.as_ref(), key, make)
     }
 
     fn admit_sighted(
         &self,
-        sketch: &Sketch,
+        sketch: Option<&Sketch>,
         path: &str,
         make: impl FnOnce() -> V,
     ) -> Option<(SlotId, &V)> {
-        if !sketch.sighting(self.hasher.hash_one(path)) {
+        // Without a sketch (first-sight admission) every sighting earns the slot.
+        if let Some(sketch) = sketch
+            && !sketch.sighting(self.hasher.hash_one(path))
+        {
             return None;
         }
         let _guard = self.insert.lock().unwrap_or_else(PoisonError::into_inner);
@@ -392,6 +435,23 @@ mod tests {
         }
         assert!(admitted);
         assert_eq!(slots.dynamic_len(), 1, "only the steady method");
+    }
+
+    #[test]
+    fn first_sight_admission_gives_a_slot_at_once_up_to_the_cap() {
+        let slots: Slots<()> = Slots::new([], 2).admission(Admission::for_side(Side::Client));
+        assert!(slots.admit("/pkg.Orders/List", |_| ()).is_some());
+        assert!(slots.get("/pkg.Orders/List").is_some());
+        assert!(slots.admit("/pkg.Orders/Get", |_| ()).is_some());
+        assert!(slots.admit("/pkg.Orders/Third", |_| ()).is_none(), "full");
+        assert!(slots.admit("not a method", |_| ()).is_none());
+        assert_eq!(slots.dynamic_len(), 2);
+        // A server's table keeps frequency admission.
+        let slots: Slots<()> = Slots::new([], 2).admission(Admission::for_side(Side::Server));
+        assert!(slots.admit("/pkg.Orders/List", |_| ()).is_none());
+        // No room, either way: nothing.
+        let slots: Slots<()> = Slots::new([], 0).admission(Admission::FirstSight);
+        assert!(slots.admit("/pkg.Orders/List", |_| ()).is_none());
     }
 
     #[test]

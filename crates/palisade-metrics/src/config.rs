@@ -3,7 +3,7 @@
 use std::{fmt, marker::PhantomData, sync::Arc};
 
 use metrics::{Label, Recorder};
-use palisade_core::{Matcher, Method, MethodRegistry, Side};
+use palisade_core::{Matcher, Method, MethodRegistry, Side, slots::Admission};
 
 use crate::{
     handles::{Family, Registrar, Table},
@@ -127,11 +127,14 @@ impl MetricsBuilder {
         self
     }
 
-    /// How many methods that are not known may still get label values of their own. A method
-    /// earns them only once it has been called
-    /// [`ADMISSION_THRESHOLD`](palisade_core::slots::ADMISSION_THRESHOLD) times recently (its
-    /// calls until then are recorded as `unknown`), so paths called once or twice — a scan, a
-    /// flood of random paths — never take the slots from real methods. Past the cap every other
+    /// How many methods that are not known may still get label values of their own. On a
+    /// server a method earns them only once it has been called
+    /// [`ADMISSION_THRESHOLD`](palisade_core::slots::ADMISSION_THRESHOLD) times recently, so
+    /// paths called once or twice — a scan, a flood of random paths — never take the slots from
+    /// real methods; its first few calls are recorded as `unknown`, so without a registry a
+    /// server shows an `unknown` series beside its methods' own: give the layer the
+    /// [registry](Self::registry). On a client, whose paths are its own, a method gets its
+    /// slot at its first call. Past the cap every other
     /// path is recorded under `grpc_service="unknown"`, `grpc_method="unknown"`, as Envoy's gRPC
     /// stats filter does. Default: 0 when methods are known (a registry or an allow-list),
     /// [`DEFAULT_MAX_DYNAMIC_METHODS`] otherwise.
@@ -217,7 +220,12 @@ impl MetricsBuilder {
         } else {
             DEFAULT_MAX_DYNAMIC_METHODS
         });
-        let table = Table::new(family.clone(), known, max_dynamic);
+        let table = Table::new(
+            family.clone(),
+            known,
+            max_dynamic,
+            Admission::for_side(self.side),
+        );
 
         MetricsLayer {
             shared: Arc::new(Shared {

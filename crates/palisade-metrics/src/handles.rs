@@ -8,7 +8,10 @@ use std::{
 };
 
 use metrics::{Counter, Histogram, Key, Label, Level, Metadata, Recorder, Unit};
-use palisade_core::{Code, MethodType, slots::Slots};
+use palisade_core::{
+    Code, MethodType,
+    slots::{Admission, Slots},
+};
 
 use crate::naming::{Metric, Names, Naming, code_label, method_labels};
 
@@ -200,8 +203,8 @@ impl fmt::Debug for MethodMetrics {
 }
 
 /// Every method's handles, by request path: the known methods (fixed at build), the methods
-/// that earned a slot at run time (palisade-core's [`Slots`]: seen repeatedly, up to a cap),
-/// and `unknown` for everything else.
+/// that earned a slot at run time (palisade-core's [`Slots`]: on a server seen repeatedly, on a
+/// client at first sight, up to a cap), and `unknown` for everything else.
 pub(crate) struct Table {
     family: Arc<Family>,
     slots: Slots<Arc<MethodMetrics>, foldhash::fast::RandomState>,
@@ -214,6 +217,7 @@ impl Table {
         family: Arc<Family>,
         known: impl IntoIterator<Item = (&'a str, &'a str, Option<MethodType>)>,
         max_dynamic: usize,
+        admission: Admission,
     ) -> Self {
         let mut seen = HashSet::new();
         let known: Vec<(String, Arc<MethodMetrics>)> = known
@@ -232,7 +236,7 @@ impl Table {
             })
             .collect();
         Self {
-            slots: Slots::with_hasher(known, max_dynamic, Default::default()),
+            slots: Slots::with_hasher(known, max_dynamic, Default::default()).admission(admission),
             family,
             unknown: OnceLock::new(),
         }

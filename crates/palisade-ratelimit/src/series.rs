@@ -1,12 +1,16 @@
 //! The layer's series and its per-method cache: one lookup of the path finds a method's
 //! limits and counter handles.
 
-use std::{collections::HashSet, fmt, sync::Arc};
+use std::{
+    collections::HashSet,
+    fmt,
+    sync::{Arc, atomic::AtomicU64},
+};
 
 use metrics::{Counter, Key, Label, Level, Metadata, Recorder, SharedString};
 use palisade_core::{
     Method, MethodRegistry, MethodType, Side,
-    slots::{SlotId, Slots},
+    slots::{Admission, SlotId, Slots},
 };
 
 /// `palisade_ratelimit_allowed_total`: calls let through.
@@ -18,9 +22,12 @@ pub const REJECTED_TOTAL: &str = "palisade_ratelimit_rejected_total";
 /// How many methods that are not known may still earn label values of their own, when no
 /// registry is given (as palisade-metrics does).
 ///
-/// A method earns them by being called repeatedly (see [`palisade_core::slots`]), so a flood of
-/// random paths takes none of them; still, on a server exposed to untrusted callers give the
-/// layer the method registry, so that no caller-chosen path ever becomes a label value.
+/// On a server a method earns them by being called repeatedly (see [`palisade_core::slots`]),
+/// so a flood of random paths takes none of them, and its first few calls are counted under
+/// `unknown`: without a registry a server shows an `unknown` series beside its methods' own.
+/// Give a server's layer the method registry, so that no caller-chosen path ever becomes a
+/// label value. On a client, whose paths are its own, a method gets its values at its first
+/// call.
 pub const DEFAULT_MAX_DYNAMIC_METHODS: usize = 100;
 
 static METADATA: Metadata<'static> =
@@ -109,6 +116,9 @@ pub(crate) struct MethodEntry {
     /// Whether any of those limits charges per message.
     pub(crate) per_message: bool,
     pub(crate) counters: Counters,
+    /// Client only: until when a server's pushback holds this method's calls, in nanoseconds
+    /// since the layer's pushback clock started; 0 when none is known to (see `client.rs`).
+    pub(crate) held: AtomicU64,
 }
 
 impl fmt::Debug for MethodEntry {
@@ -163,7 +173,8 @@ pub(crate) enum EntryRef {
 }
 
 /// Every method's entry, by request path: the registry's (made at build), those that earned
-/// a slot at run time (palisade-core's [`Slots`]: seen repeatedly, up to a cap), and entries
+/// a slot at run time (palisade-core's [`Slots`]: on a server seen repeatedly, on a client at
+/// first sight, up to a cap), and entries
 /// made per call under `unknown` labels for every other path.
 ///
 /// A lookup is one hash of the path and a probe of plain loads — no lock, no guard, no
@@ -215,7 +226,9 @@ impl MethodTable {
             })
             .collect();
         Self {
-            slots: Slots::with_hasher(entries, max_dynamic, Default::default()),
+            // A client's paths are its own: they get a slot at first sight.
+            slots: Slots::with_hasher(entries, max_dynamic, Default::default())
+                .admission(Admission::for_side(side)),
             registrar,
             side,
             unknown,
@@ -291,6 +304,7 @@ impl MethodEntry {
             plan,
             per_message,
             counters,
+            held: AtomicU64::new(0),
         }
     }
 }
