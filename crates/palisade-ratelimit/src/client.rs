@@ -5,12 +5,9 @@ use std::{
     collections::HashMap,
     fmt,
     future::Future,
-    hash::BuildHasher,
+    hash::{BuildHasher, Hasher},
     pin::Pin,
-    sync::{
-        Arc, Mutex, PoisonError,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::{Arc, Mutex, PoisonError, atomic::Ordering},
     task::{Context, Poll, ready},
     time::Duration,
 };
@@ -25,8 +22,8 @@ use tower_service::Service;
 use crate::{
     backend::{Decision, DecisionFuture},
     config::ClientRateLimitBuilder,
-    key::RequestInfo,
-    series::EntryRef,
+    key::{KeyValue, RequestInfo},
+    series::{EntryRef, Lookup, MethodEntry},
     shared::{PUSHBACK, Shared, Step, Tally},
 };
 
@@ -43,11 +40,23 @@ use crate::{
 /// **Server pushback** is honoured (unless turned off with
 /// [`pushback(false)`](ClientRateLimitBuilder::pushback)): a trailers-only error response
 /// carrying `grpc-retry-pushback-ms` — a server's rate limit (this crate's server layer,
-/// Envoy's) asking the caller to slow down — holds the method's later calls until that many
-/// milliseconds have passed (capped at a minute; a value that is not a non-negative integer
-/// is ignored). Each waits until then, within the maximum wait and its deadline as for its
-/// tokens, or fails at once with the layer's rejection, unsent. The response that carried
+/// Envoy's) asking the caller to slow down — holds later calls of the same scope until that
+/// many milliseconds have passed (capped at a minute; a value that is not a non-negative
+/// integer is ignored). Each waits until then, within the maximum wait and its deadline as for
+/// its tokens, or fails at once with the layer's rejection, unsent. The response that carried
 /// the pushback goes back to its caller as it is.
+///
+/// The **scope of a hold** is the method, and the layer's keys when its limits are keyed: a
+/// pushback to a call of `/pkg.Svc/Get` holds the later calls of `/pkg.Svc/Get` that this
+/// layer would put in the same buckets — with a limit keyed by
+/// [`Key::metadata("x-api-key")`](crate::Key::metadata), only those with the same API key,
+/// so one end user's exhausted quota on a gateway does not hold anyone else's calls; with
+/// only unkeyed limits, every call of the method through this layer. Other methods are never
+/// held. Calls to different servers are told apart only by the layer: give each channel its
+/// own layer (a layer shared by two channels holds a method on both when one server pushes
+/// back). Methods without an entry of their own in the layer's method table (past its
+/// dynamic cap, not in the registry) are not held. While nothing is held, honouring
+/// pushback costs a call one atomic load.
 ///
 /// # Example
 ///
@@ -206,8 +215,12 @@ where
             return ClientResponseFuture::called(inner.call(request), None);
         }
         let mut tally = Tally::default();
-        let scope = Scope::of(shared, request.uri().path());
-        if let Some(until) = scope.as_ref().and_then(Scope::held) {
+        let scope = Scope::of(shared, &lookup, &RequestInfo::new(&request));
+        // Nothing held: one load.
+        let held = entry.held.load(Ordering::Relaxed);
+        if held != 0
+            && let Some(until) = shared.held_until(entry, scope.as_ref(), held)
+        {
             if shared.shadow {
                 tally.shadow_denied = true;
             } else {
@@ -236,7 +249,11 @@ where
         let (pos, wait) = match shared.run(entry, &RequestInfo::new(&request), 0, &mut tally) {
             Step::Done => {
                 shared.count_passed(entry, &tally);
-                return ClientResponseFuture::called(inner.call(request), scope);
+                let hold = scope.map(|scope| Hold {
+                    shared: shared.clone(),
+                    scope,
+                });
+                return ClientResponseFuture::called(inner.call(request), hold);
             }
             Step::NoKey => {
                 shared.refund(entry, &RequestInfo::new(&request), &mut tally);
@@ -280,20 +297,19 @@ where
 /// The longest a server's pushback holds a method's calls.
 const MAX_PUSHBACK: Duration = Duration::from_secs(60);
 
-/// The most methods a layer holds at once for their servers' pushbacks; past it, a new
-/// pushback is not kept.
-const MAX_HELD_METHODS: usize = 4096;
+/// The most keyed scopes (a method and the layer's keys for a call) a layer holds at once for
+/// their servers' pushbacks; past it, a new keyed pushback is not kept.
+const MAX_HELD_SCOPES: usize = 4096;
 
-/// The pushbacks of one layer: until when each method's calls are held, by a hash of the
-/// method's path.
+/// The pushbacks of one layer. A method's hold is the `held` word of its table entry (found by
+/// the lookup every call makes anyway): the end of the latest hold of any of its scopes, in
+/// nanoseconds since `base`, 0 when none is known to be running. The holds of keyed scopes are
+/// in `keyed`, which only calls of a method with a running hold look at.
 #[derive(Debug)]
 pub(crate) struct Pushbacks {
     base: Instant,
     hasher: foldhash::fast::RandomState,
-    /// The latest end of any hold, in nanoseconds since `base`; 0 when none is known to be
-    /// running — the common call reads this alone.
-    latest: AtomicU64,
-    held: Mutex<HashMap<u64, Instant>>,
+    keyed: Mutex<HashMap<u64, Instant>>,
 }
 
 impl Pushbacks {
@@ -301,99 +317,136 @@ impl Pushbacks {
         Self {
             base: Instant::now(),
             hasher: foldhash::fast::RandomState::default(),
-            latest: AtomicU64::new(0),
-            held: Mutex::new(HashMap::new()),
+            keyed: Mutex::new(HashMap::new()),
         }
     }
 
-    fn held(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Instant>> {
-        self.held.lock().unwrap_or_else(PoisonError::into_inner)
+    fn keyed(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Instant>> {
+        self.keyed.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Until when the calls of `scope` are held, if they are.
-    #[inline]
-    fn until(&self, scope: u64) -> Option<Instant> {
-        let latest = self.latest.load(Ordering::Acquire);
-        if latest == 0 {
-            return None;
-        }
-        self.hold(scope, latest)
-    }
-
+    /// Until when the calls of `scope` are held, `held` being its method's word (not 0).
     #[cold]
-    fn hold(&self, scope: u64, latest: u64) -> Option<Instant> {
+    fn until(&self, entry: &MethodEntry, scope: Option<&Scope>, held: u64) -> Option<Instant> {
         let now = Instant::now();
-        if now >= self.base + Duration::from_nanos(latest) {
-            // Every hold is over.
-            let _ = self
-                .latest
-                .compare_exchange(latest, 0, Ordering::AcqRel, Ordering::Relaxed);
+        let end = self.base.checked_add(Duration::from_nanos(held))?;
+        if now >= end {
+            // Every hold of the method is over.
+            let _ = entry
+                .held
+                .compare_exchange(held, 0, Ordering::Relaxed, Ordering::Relaxed);
             return None;
         }
-        self.held()
-            .get(&scope)
-            .copied()
-            .filter(|&until| until > now)
+        match scope.and_then(|scope| scope.key) {
+            None => Some(end),
+            Some(key) => self.keyed().get(&key).copied().filter(|&until| until > now),
+        }
     }
 
-    /// Holds the calls of `scope` for `pushback` from now.
+    /// Holds the calls of `scope` (of the method `entry`) for `pushback` from now.
     #[cold]
-    fn record(&self, scope: u64, pushback: Duration) {
+    fn record(&self, entry: &MethodEntry, scope: &Scope, pushback: Duration) {
         let now = Instant::now();
         let until = now + pushback.min(MAX_PUSHBACK);
-        {
-            let mut held = self.held();
-            held.retain(|_, &mut end| end > now);
-            if held.len() >= MAX_HELD_METHODS && !held.contains_key(&scope) {
-                return;
+        if let Some(key) = scope.key {
+            let mut keyed = self.keyed();
+            if keyed.len() >= MAX_HELD_SCOPES && !keyed.contains_key(&key) {
+                keyed.retain(|_, &mut end| end > now);
+                if keyed.len() >= MAX_HELD_SCOPES {
+                    return;
+                }
             }
-            let end = held.entry(scope).or_insert(until);
+            let end = keyed.entry(key).or_insert(until);
             *end = (*end).max(until);
         }
-        let nanos = u64::try_from((until - self.base).as_nanos())
+        let nanos = u64::try_from(until.saturating_duration_since(self.base).as_nanos())
             .unwrap_or(u64::MAX)
             .max(1);
-        self.latest.fetch_max(nanos, Ordering::AcqRel);
+        entry.held.fetch_max(nanos, Ordering::Relaxed);
     }
 }
 
-/// The method a call's pushback applies to (a hash of its path).
+impl Shared {
+    /// Until when a call of `entry` in `scope` is held, its method's word being `held` (not 0).
+    #[cold]
+    fn held_until(&self, entry: &MethodEntry, scope: Option<&Scope>, held: u64) -> Option<Instant> {
+        self.pushback.as_ref()?.until(entry, scope, held)
+    }
+}
+
+/// Which calls a pushback to this call holds: those of its method (its slot in the table)
+/// and, when the method's limits are keyed, with the same keys (a hash of their values).
+#[derive(Clone, Copy, Debug)]
 struct Scope {
-    shared: Arc<Shared>,
-    id: u64,
+    slot: u32,
+    key: Option<u64>,
 }
 
 impl Scope {
-    fn of(shared: &Arc<Shared>, path: &str) -> Option<Self> {
+    /// The scope of a call, when the layer honours pushback and the method has an entry of
+    /// its own.
+    #[inline]
+    fn of(shared: &Shared, lookup: &Lookup<'_>, info: &RequestInfo<'_>) -> Option<Self> {
         let pushbacks = shared.pushback.as_ref()?;
-        Some(Self {
-            shared: shared.clone(),
-            id: pushbacks.hasher.hash_one(path),
-        })
+        let &Lookup::Cached(slot, entry) = lookup else {
+            return None;
+        };
+        let keyed = entry
+            .plan
+            .iter()
+            .any(|&(limit, _)| shared.limits[usize::from(limit)].key.is_some());
+        let key = keyed.then(|| {
+            let mut hasher = pushbacks.hasher.build_hasher();
+            hasher.write_u32(slot);
+            for &(limit, _) in entry.plan.iter() {
+                let state = &shared.limits[usize::from(limit)];
+                if state.key.is_none() {
+                    continue;
+                }
+                hasher.write_u16(limit);
+                match Shared::key_of(state, info) {
+                    Ok(Some(value)) => {
+                        let bytes = KeyValue::as_bytes(&value);
+                        hasher.write_usize(bytes.len());
+                        hasher.write(bytes);
+                    }
+                    _ => hasher.write_u8(0xff),
+                }
+            }
+            hasher.finish()
+        });
+        Some(Self { slot, key })
     }
+}
 
-    fn held(&self) -> Option<Instant> {
-        self.shared.pushback.as_ref()?.until(self.id)
-    }
+/// What a sent call needs to take in its response's pushback.
+struct Hold {
+    shared: Arc<Shared>,
+    scope: Scope,
+}
 
+impl Hold {
     /// Takes in a response: a trailers-only error with a valid pushback holds the scope.
     fn observe(&self, headers: &HeaderMap) {
         if let Some(pushback) = pushback_of(headers)
             && let Some(pushbacks) = &self.shared.pushback
         {
-            pushbacks.record(self.id, pushback);
+            let slot = EntryRef::Cached(self.scope.slot);
+            pushbacks.record(self.shared.table.resolve(&slot), &self.scope, pushback);
         }
     }
 }
 
 /// The pushback of a trailers-only error response: `grpc-status` other than 0 and
 /// `grpc-retry-pushback-ms` a non-negative integer (anything else is ignored).
+#[inline]
 fn pushback_of(headers: &HeaderMap) -> Option<Duration> {
-    let status = headers.get("grpc-status")?;
-    if status.as_bytes() == b"0" {
-        return None;
-    }
+    // The rare header first: an ordinary response has neither.
     let value = headers.get(&PUSHBACK)?.as_bytes();
+    match headers.get("grpc-status") {
+        Some(status) if status.as_bytes() != b"0" => {}
+        _ => return None,
+    }
     if value.is_empty() || !value.iter().all(u8::is_ascii_digit) {
         return None;
     }
@@ -446,8 +499,12 @@ where
             let step = match &mut self.wait {
                 Wait::Pushback(sleep) => {
                     ready!(sleep.as_mut().poll(cx));
-                    // A later pushback may hold the method longer.
-                    if let Some(until) = self.scope.as_ref().and_then(Scope::held) {
+                    // A later pushback may hold the scope longer.
+                    let held = entry.held.load(Ordering::Relaxed);
+                    if held != 0
+                        && let Some(until) =
+                            self.shared.held_until(entry, self.scope.as_ref(), held)
+                    {
                         if !self.budget.allows(until) {
                             entry.counters.rejected.increment(1);
                             self.request = None;
@@ -492,7 +549,10 @@ where
                     }
                     return Poll::Ready(State::Called {
                         future: self.service.call(request),
-                        scope: self.scope.take(),
+                        hold: self.scope.take().map(|scope| Hold {
+                            shared: self.shared.clone(),
+                            scope,
+                        }),
                     });
                 }
                 Step::NoKey => return Poll::Ready(self.reject(None)),
@@ -578,7 +638,7 @@ pin_project! {
     where
         S: Service<Request<B>>,
     {
-        Called { #[pin] future: S::Future, scope: Option<Scope> },
+        Called { #[pin] future: S::Future, hold: Option<Hold> },
         Rejected { rejection: Option<Rejection> },
         Waiting { waiter: Box<Waiter<S, B>> },
     }
@@ -588,9 +648,9 @@ impl<S, B> ClientResponseFuture<S, B>
 where
     S: Service<Request<B>>,
 {
-    fn called(future: S::Future, scope: Option<Scope>) -> Self {
+    fn called(future: S::Future, hold: Option<Hold>) -> Self {
         Self {
-            state: State::Called { future, scope },
+            state: State::Called { future, hold },
         }
     }
 
@@ -619,10 +679,10 @@ where
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         loop {
             let next = match self.as_mut().project().state.project() {
-                StateProj::Called { future, scope } => {
+                StateProj::Called { future, hold } => {
                     let result = ready!(future.poll(cx));
-                    if let (Some(scope), Ok(response)) = (scope.take(), &result) {
-                        scope.observe(response.headers());
+                    if let (Some(hold), Ok(response)) = (hold.take(), &result) {
+                        hold.observe(response.headers());
                     }
                     return Poll::Ready(result);
                 }

@@ -237,7 +237,7 @@ impl Shared {
     /// The bucket key of one limit for a call: `Ok(None)` for the shared keyless bucket,
     /// `Err` with the limit's [`NoKey`] policy when a keyless call is rejected or unlimited.
     #[inline]
-    fn key_of<'a>(
+    pub(crate) fn key_of<'a>(
         limit: &LimitState,
         info: &RequestInfo<'a>,
     ) -> Result<Option<KeyValue<'a>>, NoKey> {
@@ -324,7 +324,7 @@ impl Shared {
                 } else {
                     Origin::Primary
                 };
-                limit.limiters[usize::from(rule)].refund_to(&key, ONE, origin);
+                limit.limiters[usize::from(rule)].refund(&key, ONE, origin);
             }
         }
     }
@@ -416,7 +416,7 @@ impl Charge {
 
     /// Gives back a token that a decision of `origin` took.
     pub(crate) fn refund(&self, origin: Origin) {
-        self.limiter.refund_to(&self.key(), ONE, origin);
+        self.limiter.refund(&self.key(), ONE, origin);
     }
 
     fn key(&self) -> BucketKey<'_> {

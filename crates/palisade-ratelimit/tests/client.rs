@@ -226,6 +226,24 @@ async fn pushback_pair(
     Arc<AtomicUsize>,
     GreeterClient<palisade_ratelimit::ClientRateLimit<tonic::transport::Channel>>,
 ) {
+    pushback_pair_with(
+        Limit::global(quota),
+        Limit::global(common::quota(1000, 1000)),
+        pushback,
+    )
+    .await
+}
+
+/// As [`pushback_pair`], with the server's and the client's limits given.
+async fn pushback_pair_with(
+    server_limit: Limit,
+    client_limit: Limit,
+    pushback: bool,
+) -> (
+    palisade_demo::TestServer,
+    Arc<AtomicUsize>,
+    GreeterClient<palisade_ratelimit::ClientRateLimit<tonic::transport::Channel>>,
+) {
     let reached = Arc::new(AtomicUsize::new(0));
     let count = reached.clone();
     let server = palisade_demo::spawn(
@@ -238,14 +256,14 @@ async fn pushback_pair(
             ))
             .layer(
                 palisade_ratelimit::RateLimitLayer::builder()
-                    .limit(Limit::global(quota))
+                    .limit(server_limit)
                     .build(),
             ),
     )
     .await;
     let channel = server.channel().await;
     let client = ClientRateLimitLayer::builder()
-        .limit(Limit::global(common::quota(1000, 1000)))
+        .limit(client_limit)
         .max_wait(Duration::from_secs(5))
         .pushback(pushback)
         .build()
@@ -314,4 +332,79 @@ async fn a_pushback_longer_than_the_wait_refuses_calls_locally_unless_turned_off
         assert_eq!(status.code(), tonic::Code::ResourceExhausted);
     }
     assert_eq!(reached.load(Ordering::SeqCst), 3, "every call sent");
+}
+
+/// A call of SayHello for the API key `key`.
+fn hello_for(key: &'static str) -> tonic::Request<HelloRequest> {
+    let mut request = tonic::Request::new(hello());
+    request.metadata_mut().insert(
+        "x-api-key",
+        tonic::metadata::MetadataValue::from_static(key),
+    );
+    request
+}
+
+/// With a client limit keyed as the server's (per API key), a pushback holds only the calls of
+/// the key it answered: one end user's exhausted quota — a gateway relaying its callers' keys —
+/// does not hold anyone else's calls of the method.
+#[tokio::test]
+async fn a_pushback_holds_only_the_calls_of_the_same_key() {
+    let key = || palisade_ratelimit::Key::metadata("x-api-key");
+    let (_server, reached, mut client) = pushback_pair_with(
+        Limit::per_key(key(), per_hour(1)),
+        Limit::per_key(key(), quota(1000, 1000)),
+        true,
+    )
+    .await;
+    client.say_hello(hello_for("alice")).await.unwrap();
+    let status = client.say_hello(hello_for("alice")).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+    assert_eq!(reached.load(Ordering::SeqCst), 2);
+    // Alice's next call is held (an hour, over the maximum wait): refused unsent.
+    let local = client.say_hello(hello_for("alice")).await.unwrap_err();
+    assert_eq!(local.code(), tonic::Code::ResourceExhausted);
+    assert_eq!(reached.load(Ordering::SeqCst), 2, "alice's call is held");
+    // Bob's are not: sent, and the server has his token.
+    client
+        .say_hello(hello_for("bob"))
+        .await
+        .expect("bob is not held by alice's pushback");
+    assert_eq!(reached.load(Ordering::SeqCst), 3);
+    let status = client.say_hello(hello_for("bob")).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+    assert_eq!(reached.load(Ordering::SeqCst), 4);
+    // Carol, still free, after both holds.
+    client.say_hello(hello_for("carol")).await.unwrap();
+    assert_eq!(reached.load(Ordering::SeqCst), 5);
+    let _ = client.say_hello(hello_for("alice")).await.unwrap_err();
+    let _ = client.say_hello(hello_for("bob")).await.unwrap_err();
+    assert_eq!(reached.load(Ordering::SeqCst), 5, "both still held");
+}
+
+/// With only unkeyed client limits, a pushback holds every call of that method through the
+/// layer — and no other method's.
+#[tokio::test]
+async fn an_unkeyed_hold_covers_the_method_and_no_other() {
+    let (_server, reached, mut client) = pushback_pair_with(
+        Limit::global(per_hour(1)).only(palisade_core::Matcher::method(common::HELLO)),
+        Limit::global(quota(1000, 1000)),
+        true,
+    )
+    .await;
+    client.say_hello(hello_for("alice")).await.unwrap();
+    let _ = client.say_hello(hello_for("alice")).await.unwrap_err();
+    assert_eq!(reached.load(Ordering::SeqCst), 2);
+    let _ = client.say_hello(hello_for("bob")).await.unwrap_err();
+    assert_eq!(
+        reached.load(Ordering::SeqCst),
+        2,
+        "the method is held for every key"
+    );
+    let mut stream = client
+        .say_hello_stream(hello())
+        .await
+        .expect("another method is not held")
+        .into_inner();
+    while stream.message().await.unwrap().is_some() {}
+    assert_eq!(reached.load(Ordering::SeqCst), 3);
 }

@@ -31,7 +31,8 @@ use palisade_demo::{
 use palisade_ratelimit::{
     ClientRateLimitLayer, Key, Limit, Quota, RateLimitLayer,
     backend::{
-        Acquire, BACKEND_UP, Backend, BucketKey, Decision, Fallback, Limiter, LimiterSpec, Redis,
+        Acquire, BACKEND_UP, Backend, BucketKey, Decision, Fallback, Limiter, LimiterSpec, Origin,
+        Redis,
     },
 };
 use redis_server::RedisServer;
@@ -98,7 +99,7 @@ async fn the_script_counts_like_governor_and_keys_expire_when_full() {
 
     // A refund gives a token back (in the background).
     let before = server.command(&["GET", name]);
-    limiter.refund(&key, ONE);
+    limiter.refund(&key, ONE, Origin::Primary);
     assert!(
         eventually(Duration::from_secs(5), || server.command(&["GET", name])
             != before)

@@ -14,7 +14,7 @@ use palisade_demo::frames::unary_service;
 use palisade_ratelimit::{
     ALLOWED_TOTAL, ClientRateLimitLayer, Key, Limit, NoKey, REJECTED_TOTAL, RateLimitHeaders,
     RateLimitLayer,
-    backend::{Acquire, Backend, BucketKey, Limiter, LimiterSpec, Local},
+    backend::{Acquire, Backend, BucketKey, Limiter, LimiterSpec, Local, Origin},
 };
 use tokio::time::{Instant, advance};
 use tonic::Code;
@@ -282,8 +282,8 @@ impl Limiter for DeferredLimiter {
         }))
     }
 
-    fn refund(&self, key: &BucketKey<'_>, tokens: NonZeroU32) {
-        self.0.refund(key, tokens);
+    fn refund(&self, key: &BucketKey<'_>, tokens: NonZeroU32, origin: Origin) {
+        self.0.refund(key, tokens, origin);
     }
 }
 

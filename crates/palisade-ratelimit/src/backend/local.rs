@@ -17,7 +17,7 @@ use governor::{
 use siphasher::sip128::{Hasher128, SipHasher13};
 
 use super::{
-    Acquire, Backend, BucketKey, Decision, Limiter, LimiterSpec,
+    Acquire, Backend, BucketKey, Decision, Limiter, LimiterSpec, Origin,
     store::{Cell, Digest, SharedStore, Store, give_back},
 };
 use crate::{clock::TokioClock, quota::Quota};
@@ -213,7 +213,7 @@ impl Limiter for DirectLimiter {
         Acquire::Ready(decide(result, &self.consts, &self.clock))
     }
 
-    fn refund(&self, _: &BucketKey<'_>, tokens: NonZeroU32) {
+    fn refund(&self, _: &BucketKey<'_>, tokens: NonZeroU32, _: Origin) {
         give_back(&self.cell.0, self.consts.weight(tokens));
     }
 }
@@ -253,7 +253,7 @@ impl Limiter for KeyedLimiter {
         Acquire::Ready(decide(result, &self.consts, &self.clock))
     }
 
-    fn refund(&self, key: &BucketKey<'_>, tokens: NonZeroU32) {
+    fn refund(&self, key: &BucketKey<'_>, tokens: NonZeroU32, _: Origin) {
         self.store
             .refund(&self.backend.digest(key), self.consts.weight(tokens));
     }
@@ -438,7 +438,7 @@ mod tests {
             assert!(ready(limiter.acquire(&key, ONE)).is_allowed());
             assert!(ready(limiter.acquire(&key, ONE)).is_allowed());
             assert!(!ready(limiter.acquire(&key, ONE)).is_allowed());
-            limiter.refund(&key, ONE);
+            limiter.refund(&key, ONE, Origin::Primary);
             assert!(
                 ready(limiter.acquire(&key, ONE)).is_allowed(),
                 "keyed: {keyed}"
@@ -446,7 +446,7 @@ mod tests {
             assert!(!ready(limiter.acquire(&key, ONE)).is_allowed());
             // Refunds never fill a bucket past its burst.
             tokio::time::advance(Duration::from_secs(1)).await;
-            limiter.refund(&key, NonZeroU32::new(5).unwrap());
+            limiter.refund(&key, NonZeroU32::new(5).unwrap(), Origin::Primary);
             assert!(ready(limiter.acquire(&key, ONE)).is_allowed());
             assert!(ready(limiter.acquire(&key, ONE)).is_allowed());
             assert!(!ready(limiter.acquire(&key, ONE)).is_allowed());

@@ -72,21 +72,15 @@ pub trait Limiter: fmt::Debug + Send + Sync + 'static {
     /// will be there (denied). A denied call takes nothing.
     fn acquire(&self, key: &BucketKey<'_>, tokens: NonZeroU32) -> Acquire;
 
-    /// Gives back `tokens` taken for a call that another limit then refused, so that a call
-    /// takes a token from every limit or from none. Best effort: the default does nothing (the
-    /// tokens come back with time, as for any call).
-    fn refund(&self, key: &BucketKey<'_>, tokens: NonZeroU32) {
-        let _ = (key, tokens);
-    }
-
-    /// Gives back `tokens` that an allowed decision of `origin` took (its
-    /// [`Decision::origin`]): into the buckets they came from, whatever the backend's state
-    /// is now — a backend with a fallback gives its fallback's tokens back to the fallback,
-    /// even when its store is back by then. The layers refund through this. The default calls
-    /// [`refund`](Limiter::refund).
-    fn refund_to(&self, key: &BucketKey<'_>, tokens: NonZeroU32, origin: Origin) {
-        let _ = origin;
-        self.refund(key, tokens);
+    /// Gives back `tokens` that an allowed decision took, for a call that another limit then
+    /// refused or that went away before it was sent, so that a call takes a token from every
+    /// limit or from none. `origin` is that decision's [`Decision::origin`]: the tokens go back
+    /// into the buckets they came from, whatever the backend's state is now — a backend with a
+    /// fallback gives its fallback's tokens back to the fallback, even when its store is back
+    /// by then. Best effort: the default does nothing (the tokens come back with time, as for
+    /// any call).
+    fn refund(&self, key: &BucketKey<'_>, tokens: NonZeroU32, origin: Origin) {
+        let _ = (key, tokens, origin);
     }
 }
 
@@ -263,7 +257,7 @@ impl Decision {
     }
 
     /// The same decision, its tokens from `origin` (a fallback's decision says so, for
-    /// [`Limiter::refund_to`]).
+    /// [`Limiter::refund`]).
     #[must_use]
     pub const fn with_origin(mut self, origin: Origin) -> Self {
         self.origin = origin;

@@ -329,27 +329,16 @@ impl Limiter for RedisLimiter {
         }))
     }
 
-    /// Where the tokens came from not being known: to Redis while it is up, to the local
-    /// fallback while it is down (the layers use [`refund_to`](Limiter::refund_to)).
-    fn refund(&self, key: &BucketKey<'_>, tokens: NonZeroU32) {
-        let origin = if self.0.inner.health.is_up() {
-            Origin::Primary
-        } else {
-            Origin::Fallback
-        };
-        self.refund_to(key, tokens, origin);
-    }
-
     /// Where the tokens came from. Redis's: into a live lease of the bucket if there is one,
     /// else in the background (a fire-and-forget round trip, within the timeout) — dropped
     /// while Redis is down (they come back with time). The fallback's: into its local
     /// buckets, even when Redis is up again.
-    fn refund_to(&self, key: &BucketKey<'_>, tokens: NonZeroU32, origin: Origin) {
+    fn refund(&self, key: &BucketKey<'_>, tokens: NonZeroU32, origin: Origin) {
         let rule = &self.0;
         match origin {
             Origin::Fallback => {
                 if let RuleFallback::Local(local) = &rule.fallback {
-                    local.refund(key, tokens);
+                    local.refund(key, tokens, Origin::Primary);
                 }
             }
             Origin::Primary => {
