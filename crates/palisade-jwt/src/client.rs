@@ -7,7 +7,7 @@ use std::{
     future::Future,
     sync::{
         Arc, Mutex, RwLock,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     task::{Context, Poll},
     time::{Duration, SystemTime},
@@ -240,7 +240,8 @@ impl Current {
 /// What a fetch ends with, as told to the calls that waited for it.
 type Outcome = Result<HeaderValue, Arc<str>>;
 
-/// The state of refreshing, behind one lock.
+/// The state of refreshing, behind one lock. [`Cache::idle`] mirrors what a call holding a
+/// valid token needs of it ([`Cache::valid_while_idle`]), so that such calls never take it.
 #[derive(Default)]
 struct Refresh {
     /// The fetch in flight, if any: its outcome arrives here.
@@ -259,7 +260,17 @@ struct Cache<T> {
     refresh_before: Duration,
     current: RwLock<Option<Current>>,
     refresh: Mutex<Refresh>,
+    /// `Refresh::in_flight.is_some()`, readable without the lock (written under it).
+    fetching: AtomicBool,
+    /// `Refresh::retry_at`, in nanoseconds after `epoch` (0: none), readable without the lock
+    /// (written under it).
+    retry_at: AtomicU64,
+    /// The instant `retry_at` counts from.
+    epoch: Instant,
     refreshes: AtomicU64,
+    /// How many times the refresh lock was taken (for the tests).
+    #[cfg(test)]
+    locks: AtomicU64,
 }
 
 impl<T: TokenSource> Cache<T> {
@@ -271,6 +282,30 @@ impl<T: TokenSource> Cache<T> {
             .as_ref()
             .filter(|c| c.fresh(now))
             .map(|c| c.value.clone())
+    }
+
+    /// The current token while it is valid and the source must not be asked now (a fetch is in
+    /// flight, or the source is backing off): what the call would get under the lock, without
+    /// it — during an outage every call of the token's remaining life takes this path. A stale
+    /// read only hands out the valid token once more, or sends one call to the lock.
+    #[inline]
+    fn valid_while_idle(&self, now: Instant) -> Option<HeaderValue> {
+        if self.fetching.load(Ordering::Acquire) || self.backing_off(now) {
+            self.valid(now)
+        } else {
+            None
+        }
+    }
+
+    fn backing_off(&self, now: Instant) -> bool {
+        let retry_at = self.retry_at.load(Ordering::Acquire);
+        retry_at != 0 && self.nanos(now) < retry_at
+    }
+
+    /// `at` in nanoseconds after `epoch`, at least 1 (0 means none).
+    fn nanos(&self, at: Instant) -> u64 {
+        let nanos = at.saturating_duration_since(self.epoch).as_nanos();
+        u64::try_from(nanos).unwrap_or(u64::MAX).max(1)
     }
 
     fn valid(&self, now: Instant) -> Option<HeaderValue> {
@@ -287,6 +322,9 @@ impl<T: TokenSource> Cache<T> {
     async fn get(self: &Arc<Self>) -> Result<HeaderValue, Arc<str>> {
         let now = Instant::now();
         if let Some(value) = self.fresh(now) {
+            return Ok(value);
+        }
+        if let Some(value) = self.valid_while_idle(now) {
             return Ok(value);
         }
         let (mut outcome, inline) = {
@@ -338,6 +376,7 @@ impl<T: TokenSource> Cache<T> {
     ) {
         let (tx, rx) = watch::channel(None);
         refresh.in_flight = Some(rx.clone());
+        self.fetching.store(true, Ordering::Release);
         self.refreshes.fetch_add(1, Ordering::Relaxed);
         let fetch = self.clone().fetch(tx);
         match tokio::runtime::Handle::try_current() {
@@ -360,7 +399,9 @@ impl<T: TokenSource> Cache<T> {
                     if std::thread::panicking() {
                         self.0.finish(Err("the token source panicked".into()), &tx);
                     } else {
-                        self.0.lock_refresh().in_flight = None;
+                        let mut refresh = self.0.lock_refresh();
+                        refresh.in_flight = None;
+                        self.0.fetching.store(false, Ordering::Release);
                     }
                 }
             }
@@ -400,6 +441,7 @@ impl<T: TokenSource> Cache<T> {
                 *self.current.write().unwrap_or_else(|e| e.into_inner()) = Some(current);
                 refresh.failures = 0;
                 refresh.retry_at = None;
+                self.retry_at.store(0, Ordering::Release);
                 refresh.last_error = None;
                 Ok(value)
             }
@@ -408,15 +450,20 @@ impl<T: TokenSource> Cache<T> {
                 let delay = backoff(refresh.failures);
                 tracing::debug!(%error, retry_in = ?delay, "jwt: token source failed");
                 refresh.retry_at = now.checked_add(delay);
+                let retry_at = refresh.retry_at.map_or(0, |at| self.nanos(at));
+                self.retry_at.store(retry_at, Ordering::Release);
                 refresh.last_error = Some(error.clone());
                 Err(error)
             }
         };
         refresh.in_flight = None;
+        self.fetching.store(false, Ordering::Release);
         tx.send_replace(Some(outcome));
     }
 
     fn lock_refresh(&self) -> std::sync::MutexGuard<'_, Refresh> {
+        #[cfg(test)]
+        self.locks.fetch_add(1, Ordering::Relaxed);
         self.refresh.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -512,7 +559,12 @@ impl<T: TokenSource> AttachTokenBuilder<T> {
                 refresh_before: self.refresh_before,
                 current: RwLock::new(None),
                 refresh: Mutex::new(Refresh::default()),
+                fetching: AtomicBool::new(false),
+                retry_at: AtomicU64::new(0),
+                epoch: Instant::now(),
                 refreshes: AtomicU64::new(0),
+                #[cfg(test)]
+                locks: AtomicU64::new(0),
             }),
             header: self.header,
         }
@@ -661,6 +713,10 @@ where
             request.headers_mut().insert(self.header.clone(), value);
             return ResponseFuture::inner(self.inner.call(request));
         }
+        if let Some(value) = self.cache.valid_while_idle(Instant::now()) {
+            request.headers_mut().insert(self.header.clone(), value);
+            return ResponseFuture::inner(self.inner.call(request));
+        }
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let cache = self.cache.clone();
@@ -727,5 +783,73 @@ mod tests {
         let endless = Current::new(value, now, Some(Duration::MAX), Duration::MAX);
         assert_eq!(endless.expires_at.unwrap() - now, MAX_LIFETIME);
         assert_eq!(endless.refresh_at.unwrap() - now, MAX_LIFETIME / 2);
+    }
+
+    /// While the source fails and the token is due for refresh but valid, calls carry the
+    /// token without taking the refresh lock: counted here, as nothing outside can see it.
+    #[tokio::test(start_paused = true)]
+    async fn calls_during_a_backoff_with_a_valid_token_take_no_lock() {
+        use tower::{ServiceExt, service_fn};
+        let asked = Arc::new(AtomicU64::new(0));
+        let counter = asked.clone();
+        let layer = AttachTokenLayer::builder(crate::client::token_fn(move || {
+            let n = counter.fetch_add(1, Ordering::SeqCst);
+            async move {
+                match n {
+                    0 => Ok(Token::new("t").expires_in(Duration::from_secs(60))),
+                    _ => Err("identity provider down".into()),
+                }
+            }
+        }))
+        .build();
+        let cache = layer.cache.clone();
+        assert_eq!(cache.get().await.unwrap(), "Bearer t");
+        tokio::time::advance(Duration::from_secs(31)).await;
+        // Due for refresh: this call starts it and goes on with the valid token.
+        assert_eq!(cache.get().await.unwrap(), "Bearer t");
+        let fetch = cache.lock_refresh().in_flight.clone();
+        // While the fetch is in flight, and after it failed, during the backoff.
+        for mut fetch in [None, fetch] {
+            if let Some(fetch) = &mut fetch {
+                let outcome = fetch.wait_for(Option::is_some).await.unwrap().clone();
+                assert!(outcome.unwrap().is_err(), "the refresh fails");
+            }
+            let locks = cache.locks.load(Ordering::SeqCst);
+            let service = layer.layer(service_fn(|request: Request<()>| async move {
+                let sent = request.headers()[AUTHORIZATION]
+                    .to_str()
+                    .unwrap()
+                    .to_owned();
+                Ok::<_, std::convert::Infallible>(Response::new(sent))
+            }));
+            for _ in 0..500 {
+                assert_eq!(cache.get().await.unwrap(), "Bearer t");
+                let sent = service.clone().oneshot(Request::new(())).await.unwrap();
+                assert_eq!(sent.into_body(), "Bearer t");
+            }
+            assert_eq!(
+                cache.locks.load(Ordering::SeqCst),
+                locks,
+                "no call took the refresh lock"
+            );
+        }
+        assert_eq!(
+            asked.load(Ordering::SeqCst),
+            2,
+            "asked once during the backoff"
+        );
+        // After the backoff, the next call goes to the lock and asks again.
+        tokio::time::advance(BACKOFF_FIRST).await;
+        let locks = cache.locks.load(Ordering::SeqCst);
+        assert_eq!(cache.get().await.unwrap(), "Bearer t");
+        assert!(cache.locks.load(Ordering::SeqCst) > locks);
+        assert_eq!(asked.load(Ordering::SeqCst), 2, "the refresh is spawned");
+        let fetch = cache.lock_refresh().in_flight.clone();
+        fetch
+            .expect("a new refresh")
+            .wait_for(Option::is_some)
+            .await
+            .unwrap();
+        assert_eq!(asked.load(Ordering::SeqCst), 3);
     }
 }

@@ -425,3 +425,47 @@ fn a_minter_with_an_endless_ttl_caps_exp() {
     assert_eq!(claims["exp"], 253_402_300_799u64);
     assert_eq!(claims["iat"], 253_402_300_000u64);
 }
+
+/// During an outage, calls with a valid token due for refresh skip the refresh lock (checked
+/// with atomics; the unit test in `src/client.rs` counts the lock): many calls at once, during
+/// the fetch and during the backoff, all carry the current token, the source is asked once per
+/// backoff, and once the token expires calls are answered at once without reaching the channel.
+#[tokio::test(start_paused = true)]
+async fn many_calls_during_a_backoff_carry_the_valid_token_until_it_expires() {
+    let (calls, source) = counted(|n| {
+        (n == 1).then(|| Token::new(format!("token-{n}")).expires_in(Duration::from_secs(60)))
+    });
+    let layer = AttachTokenLayer::builder(source).build();
+    let seen = Seen::default();
+    let service = layer.layer(recording(seen.clone()));
+    service.clone().oneshot(request()).await.unwrap();
+    tokio::time::advance(Duration::from_secs(31)).await;
+    // Due for refresh; every refresh fails. Waves of 1000 calls at once, 50 ms apart.
+    for _ in 0..20 {
+        let responses = join_all((0..1_000).map(|_| service.clone().oneshot(request()))).await;
+        assert!(
+            responses
+                .iter()
+                .all(|r| rejection(r.as_ref().unwrap()).is_empty()),
+            "every call goes out"
+        );
+        tokio::time::advance(Duration::from_millis(50)).await;
+    }
+    let asked = calls.load(Ordering::SeqCst);
+    // 1 s of backoffs from 100 ms doubling (each at least half of that), plus the first fetch.
+    assert!((3..=7).contains(&asked), "asked {asked} times");
+    {
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 20_001);
+        assert!(seen.iter().all(|v| v == "Bearer token-1"));
+    }
+    // Past its expiry, no call carries it: answered at once, the channel not called.
+    tokio::time::advance(Duration::from_secs(30)).await;
+    let responses = join_all((0..1_000).map(|_| service.clone().oneshot(request()))).await;
+    for response in &responses {
+        let response = response.as_ref().unwrap();
+        assert_eq!(response.headers()["grpc-status"], "16");
+        assert_eq!(rejection(response), "token unavailable");
+    }
+    assert_eq!(seen.lock().unwrap().len(), 20_001);
+}
