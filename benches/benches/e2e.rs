@@ -277,6 +277,7 @@ fn main() {
         tracing_subscriber::fmt()
             .json()
             .flatten_event(true)
+            .fmt_fields(palisade_logging::JsonFields::new())
             .with_writer(log.clone())
             .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
             .finish(),

@@ -51,7 +51,12 @@ pub fn init_logs(format: LogFormat, default_filter: &str) -> LogGuard {
         .with_writer(writer.clone());
     // A second install (the stack story runs server and client in one process) is a no-op.
     let installed = match format {
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        // Span fields written straight as JSON: the RPC's span opens without a map of values.
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .fmt_fields(palisade_logging::JsonFields::new())
+            .try_init(),
         LogFormat::Text => builder.try_init(),
     };
     if installed.is_ok() && format == LogFormat::Json {

@@ -104,6 +104,7 @@
 
 mod body;
 mod config;
+mod fields;
 mod future;
 mod layer;
 mod level;
@@ -113,6 +114,7 @@ mod service;
 pub mod writer;
 
 pub use body::ResponseBody;
+pub use fields::JsonFields;
 pub use future::ResponseFuture;
 pub use layer::{ClientSide, LoggingLayer, ServerSide};
 pub use level::{default_client_level, default_server_level};
