@@ -374,6 +374,15 @@ impl<H> Builder<H> {
     where
         H: OnStateChange,
     {
+        if !palisade_core::recorder::installed() {
+            // Circuits register their gauges and counters as they are made: with no recorder
+            // now, the first ones (the layer's own, the registry's) are no-ops for good.
+            tracing::warn!(
+                "palisade-breaker: a BreakerLayer was built while no `metrics` recorder is \
+                 installed, so its palisade_breaker_* series are no-ops and /metrics will never \
+                 show them; install the recorder first and build the layer after it"
+            );
+        }
         let shared = Shared {
             settings: Settings {
                 policy: self.policy,

@@ -14,7 +14,9 @@
 //!   ([`Outcome::rejected_by`]);
 //! - [`Matcher`] and [`PerMethod`] select RPCs and per-method policy;
 //! - [`CodeSet`], [`Peer`], [`deadline::grpc_timeout`] and (feature `registry`)
-//!   [`MethodRegistry`].
+//!   [`MethodRegistry`];
+//! - (feature `metrics`) [`recorder::installed`], which every layer that registers `metrics`
+//!   handles at build asks, to warn when it is built before the recorder is installed.
 //!
 //! # Example
 //!
@@ -63,6 +65,8 @@ pub mod method;
 pub mod observe;
 pub mod outcome;
 pub mod peer;
+#[cfg(feature = "metrics")]
+pub mod recorder;
 #[cfg(feature = "registry")]
 pub mod registry;
 pub mod rejection;

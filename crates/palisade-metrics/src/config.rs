@@ -177,7 +177,7 @@ impl MetricsBuilder {
                 None => Registrar::Facade,
             },
         });
-        if matches!(family.registrar, Registrar::Facade) && metrics::with_recorder(is_noop) {
+        if matches!(family.registrar, Registrar::Facade) && !palisade_core::recorder::installed() {
             // Refusing would break `build`'s signature; the handles registered now are no-ops
             // for good, so say it once, here.
             tracing::warn!(
@@ -238,12 +238,6 @@ impl MetricsBuilder {
             _body: PhantomData,
         }
     }
-}
-
-/// Whether `recorder` is the `metrics` facade's no-op recorder, which it uses while none is
-/// installed: the only recorder without state (every real one holds its registry).
-fn is_noop(recorder: &dyn Recorder) -> bool {
-    std::mem::size_of_val(recorder) == 0
 }
 
 impl fmt::Debug for MetricsBuilder {

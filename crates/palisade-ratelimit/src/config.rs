@@ -62,6 +62,15 @@ impl Common {
             Some(recorder) => Registrar::Recorder(recorder),
             None => Registrar::Facade,
         };
+        if matches!(registrar, Registrar::Facade) && !palisade_core::recorder::installed() {
+            // The handles registered now are no-ops for good: say it once, here.
+            tracing::warn!(
+                "palisade-ratelimit: a rate-limit layer was built while no `metrics` recorder \
+                 is installed, so its series are no-ops and /metrics will never show them; \
+                 install the recorder first and build the layer after it, or give it one with \
+                 `.recorder(..)`"
+            );
+        }
         registrar.describe();
         assert!(
             self.limits.len() <= usize::from(u16::MAX),

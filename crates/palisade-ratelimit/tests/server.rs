@@ -378,3 +378,68 @@ async fn refunds_reach_every_limit_past_the_64th() {
     assert!(passes(&mut service, request(HELLO, Some("b"))).await);
     assert!(!passes(&mut service, request(HELLO, Some("c"))).await);
 }
+
+/// Every builder that registers `metrics` handles at build says once, at build, that no
+/// recorder is installed (this binary installs none), and nothing with a recorder.
+#[tokio::test]
+async fn building_before_any_recorder_is_installed_warns_once_per_build() {
+    fn warnings_during(f: impl FnOnce()) -> String {
+        #[derive(Clone, Default)]
+        struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Captured {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .with_max_level(tracing::Level::WARN)
+            .finish();
+        // Two dispatchers alive: tracing asks each for a new callsite's interest instead of
+        // caching the answer of whichever test's thread reached it first.
+        let _second = tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default());
+        tracing::subscriber::with_default(subscriber, f);
+        String::from_utf8_lossy(&captured.0.lock().unwrap()).into_owned()
+    }
+    const WARNING: &str = "no `metrics` recorder";
+    let text = warnings_during(|| {
+        let _ = RateLimitLayer::builder()
+            .limit(Limit::global(per_hour(1)))
+            .build();
+    });
+    assert_eq!(text.matches(WARNING).count(), 1, "{text}");
+    assert!(text.contains("WARN") && text.contains(".recorder("), "{text}");
+    let text = warnings_during(|| {
+        let _ = palisade_ratelimit::ClientRateLimitLayer::builder()
+            .limit(Limit::global(per_hour(1)))
+            .build();
+    });
+    assert_eq!(text.matches(WARNING).count(), 1, "{text}");
+    #[cfg(feature = "redis")]
+    {
+        let text = warnings_during(|| {
+            let _ = palisade_ratelimit::backend::Redis::open("redis://127.0.0.1:1")
+                .unwrap()
+                .build();
+        });
+        assert_eq!(text.matches(WARNING).count(), 1, "{text}");
+        assert!(text.contains("Redis backend"), "{text}");
+    }
+    // With a recorder, thread-local here, no warning.
+    let recorder = metrics_util::debugging::DebuggingRecorder::new();
+    let text = warnings_during(|| {
+        metrics::with_local_recorder(&recorder, || {
+            let _ = RateLimitLayer::builder()
+                .limit(Limit::global(per_hour(1)))
+                .build();
+        })
+    });
+    assert!(!text.contains(WARNING), "{text}");
+}

@@ -48,6 +48,13 @@ pub(crate) struct Series {
 
 impl Series {
     pub(crate) fn register() -> Self {
+        if !palisade_core::recorder::installed() {
+            tracing::warn!(
+                "palisade-ratelimit: the Redis backend was built while no `metrics` recorder is \
+                 installed, so palisade_ratelimit_backend_* are no-ops and /metrics will never \
+                 show them; install the recorder first and build the backend after it"
+            );
+        }
         metrics::describe_gauge!(
             BACKEND_UP,
             "1 while the rate-limit backend answers, 0 while calls are decided by its fallback"

@@ -1,0 +1,124 @@
+//! Whether a [`metrics`] recorder is installed, for layers that register their handles when
+//! they are built (feature `metrics`).
+//!
+//! A handle registered while the facade has no recorder is a no-op for good: a layer built
+//! before the exporter is installed records nothing, ever, and `/metrics` never shows its
+//! series. Every Palisade builder that registers handles at build asks [`installed`] and warns
+//! once, at build, when it says no.
+//!
+//! # Example
+//!
+//! ```
+//! // No recorder is installed in this doctest.
+//! assert!(!palisade_core::recorder::installed());
+//! ```
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicU64, Ordering},
+};
+
+use metrics::{KeyName, Recorder, SharedString};
+
+/// Whether the recorder the `metrics` facade hands out now (the thread's local one, else the
+/// global one) is a real recorder rather than the facade's no-op stand-in.
+///
+/// A recorder with state (every exporter holds its registry) is real. A zero-sized recorder
+/// may be the no-op or may forward to a recorder held elsewhere (in a `static`); it is asked
+/// to describe a probe metric with a shared description, and is real when it kept a reference
+/// to that description, as every recorder that stores descriptions (the Prometheus exporter,
+/// `metrics-util`'s) does and the no-op does not. The probe's name is unique to each call and
+/// no series is registered, so nothing shows in an exporter's output.
+pub fn installed() -> bool {
+    metrics::with_recorder(is_real)
+}
+
+fn is_real(recorder: &dyn Recorder) -> bool {
+    if std::mem::size_of_val(recorder) != 0 {
+        return true;
+    }
+    static PROBES: AtomicU64 = AtomicU64::new(0);
+    let n = PROBES.fetch_add(1, Ordering::Relaxed);
+    let description: Arc<str> = Arc::from("palisade recorder probe: no series");
+    recorder.describe_counter(
+        KeyName::from(format!("palisade_recorder_probe_{n}")),
+        None,
+        SharedString::from(Arc::clone(&description)),
+    );
+    Arc::strong_count(&description) > 1
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Mutex, OnceLock};
+
+    use metrics::{Counter, Gauge, Histogram, Key, Metadata, NoopRecorder, Unit};
+
+    use super::*;
+
+    /// A recorder that keeps descriptions, as exporters do.
+    #[derive(Default)]
+    struct Keeping(Mutex<Vec<SharedString>>);
+
+    impl Recorder for Keeping {
+        fn describe_counter(&self, _: KeyName, _: Option<Unit>, description: SharedString) {
+            self.0.lock().unwrap().push(description);
+        }
+        fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn register_counter(&self, _: &Key, _: &Metadata<'_>) -> Counter {
+            Counter::noop()
+        }
+        fn register_gauge(&self, _: &Key, _: &Metadata<'_>) -> Gauge {
+            Gauge::noop()
+        }
+        fn register_histogram(&self, _: &Key, _: &Metadata<'_>) -> Histogram {
+            Histogram::noop()
+        }
+    }
+
+    /// A zero-sized recorder forwarding everything to one held in a static.
+    struct Forwarding;
+
+    fn target() -> &'static Keeping {
+        static TARGET: OnceLock<Keeping> = OnceLock::new();
+        TARGET.get_or_init(Keeping::default)
+    }
+
+    impl Recorder for Forwarding {
+        fn describe_counter(&self, key: KeyName, unit: Option<Unit>, description: SharedString) {
+            target().describe_counter(key, unit, description);
+        }
+        fn describe_gauge(&self, key: KeyName, unit: Option<Unit>, description: SharedString) {
+            target().describe_gauge(key, unit, description);
+        }
+        fn describe_histogram(&self, key: KeyName, unit: Option<Unit>, description: SharedString) {
+            target().describe_histogram(key, unit, description);
+        }
+        fn register_counter(&self, key: &Key, metadata: &Metadata<'_>) -> Counter {
+            target().register_counter(key, metadata)
+        }
+        fn register_gauge(&self, key: &Key, metadata: &Metadata<'_>) -> Gauge {
+            target().register_gauge(key, metadata)
+        }
+        fn register_histogram(&self, key: &Key, metadata: &Metadata<'_>) -> Histogram {
+            target().register_histogram(key, metadata)
+        }
+    }
+
+    #[test]
+    fn the_noop_is_not_installed_and_real_recorders_are() {
+        assert!(!installed(), "nothing installed in this test binary");
+        assert!(!metrics::with_local_recorder(&NoopRecorder, installed));
+        let keeping = Keeping::default();
+        assert!(metrics::with_local_recorder(&keeping, installed));
+        // A zero-sized recorder forwarding to a static is real (the size test said no).
+        assert_eq!(std::mem::size_of::<Forwarding>(), 0);
+        assert!(metrics::with_local_recorder(&Forwarding, installed));
+        assert!(
+            metrics::with_local_recorder(&Forwarding, installed),
+            "twice"
+        );
+        assert!(!installed());
+    }
+}
