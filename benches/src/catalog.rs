@@ -211,11 +211,12 @@ pub const BUDGETS: &[Budget] = &[
     ),
 ];
 
-/// The end-to-end budget: the full stacks' throughput over bare tonic's, unary, 64 in flight.
+/// The end-to-end budget: the full stacks' throughput over bare tonic's, unary, 64 in flight
+/// (DESIGN.md's second round: ≥ 70 %).
 pub const E2E_BUDGET: E2eBudget = E2eBudget {
     case: "e2e/unary_64/full",
     bare: "e2e/unary_64/bare",
-    min_ratio: 0.9,
+    min_ratio: 0.7,
 };
 
 /// See [`E2E_BUDGET`].

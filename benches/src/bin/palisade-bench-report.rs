@@ -100,7 +100,86 @@ struct Results {
     clock: String,
     /// The interleaved overheads (`palisade_benches::paired`).
     paired: BTreeMap<String, Paired>,
+    /// The h2load runs against the release `server` (`scripts/bench`'s last step).
+    h2load: Vec<H2loadRun>,
 }
+
+/// One h2load run: `NAME calls/s=N log_lines=N load=L1 L5 L15`, a line of `h2load.txt`.
+#[derive(Clone, Debug, PartialEq)]
+struct H2loadRun {
+    name: String,
+    calls_per_s: f64,
+    log_lines: Option<u64>,
+    load: String,
+}
+
+impl H2loadRun {
+    fn parse(line: &str) -> Option<Self> {
+        let mut words = line.split_whitespace();
+        let name = words.next()?.to_owned();
+        let mut run = H2loadRun {
+            name,
+            calls_per_s: 0.0,
+            log_lines: None,
+            load: String::new(),
+        };
+        let mut load = Vec::new();
+        for word in words {
+            if let Some(v) = word.strip_prefix("calls/s=") {
+                run.calls_per_s = v.parse().ok()?;
+            } else if let Some(v) = word.strip_prefix("log_lines=") {
+                run.log_lines = v.parse().ok();
+            } else if let Some(v) = word.strip_prefix("load=") {
+                load.push(v);
+            } else if !word.contains('=') && !load.is_empty() {
+                load.push(word);
+            }
+        }
+        run.load = load.join(" ");
+        (run.calls_per_s > 0.0).then_some(run)
+    }
+}
+
+/// The h2load runs as rounds: the n-th run of each variant is in round n.
+fn h2load_rounds(runs: &[H2loadRun]) -> Vec<BTreeMap<&str, &H2loadRun>> {
+    let mut rounds: Vec<BTreeMap<&str, &H2loadRun>> = Vec::new();
+    let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
+    for run in runs {
+        let n = seen.entry(&run.name).or_default();
+        if rounds.len() <= *n {
+            rounds.push(BTreeMap::new());
+        }
+        rounds[*n].insert(&run.name, run);
+        *n += 1;
+    }
+    rounds
+}
+
+fn median(mut values: Vec<f64>) -> Option<f64> {
+    if values.is_empty() {
+        return None;
+    }
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    Some(if values.len() % 2 == 1 {
+        values[mid]
+    } else {
+        (values[mid - 1] + values[mid]) / 2.0
+    })
+}
+
+/// The median over the rounds of `name`'s calls/s over `bare`'s in the same round.
+fn h2load_ratio(rounds: &[BTreeMap<&str, &H2loadRun>], name: &str) -> Option<f64> {
+    median(
+        rounds
+            .iter()
+            .filter_map(|r| Some(r.get(name)?.calls_per_s / r.get("bare")?.calls_per_s))
+            .collect(),
+    )
+}
+
+/// The mark after which BENCHMARKS.md is written by hand and kept by every rerun.
+const KEPT: &str = "<!-- Written by hand below this line; palisade-bench-report keeps it. -->";
 
 impl Results {
     fn load(criterion: &Path, results: &Path) -> Self {
@@ -126,6 +205,11 @@ impl Results {
             clock: std::fs::read_to_string(results.join("clock"))
                 .unwrap_or_else(|_| "thread CPU time".into()),
             paired: read_json(&results.join("paired.json")).unwrap_or_default(),
+            h2load: std::fs::read_to_string(results.join("h2load.txt"))
+                .unwrap_or_default()
+                .lines()
+                .filter_map(H2loadRun::parse)
+                .collect(),
         }
     }
 
@@ -689,7 +773,10 @@ fn write_report(results: &Results, machine: &Machine, svg_name: &str) -> String 
         "A real tonic server (palisade-demo's routes) and client in one process, over one \
          loopback HTTP/2 connection with `TCP_NODELAY` on both ends, sharing the machine's cores. `bare`: no layer; `server_stack`: the full server stack \
          (trace sampled, JSON logs, metrics, jwt, ratelimit, breaker) and a bare client sending \
-         the token; `full`: both full stacks. Unary is `SayHello`; stream is `SayHelloStream` \
+         the token; `server_stack_log_off`: the same with the logging layer's levels below the \
+         subscriber's (nothing logged); `full`: both full stacks. As the `server` program is \
+         deployed: the access log and the application's JSON events go through \
+         palisade-logging's non-blocking writer to a real file. Unary is `SayHello`; stream is `SayHelloStream` \
          with 10 replies, a call being the whole stream. Time per call is criterion's median \
          (at 64 in flight, the inverse of the throughput); latencies are over every call of \
          the case.\n"
@@ -699,8 +786,11 @@ fn write_report(results: &Results, machine: &Machine, svg_name: &str) -> String 
         "| case | time per call | calls/s | × bare throughput | p50 | p90 | p99 |\n|---|---:|---:|---:|---:|---:|---:|"
     );
     for shape in ["unary_1", "unary_64", "stream_1", "stream_64"] {
-        for name in ["bare", "server_stack", "full"] {
+        for name in ["bare", "server_stack", "server_stack_log_off", "full"] {
             let id = format!("e2e/{shape}/{name}");
+            if name == "server_stack_log_off" && results.median(&id).is_none() {
+                continue;
+            }
             let median = results.median(&id);
             let bare = results.median(&format!("e2e/{shape}/bare"));
             let latency = results.latencies.get(&id);
@@ -727,6 +817,8 @@ fn write_report(results: &Results, machine: &Machine, svg_name: &str) -> String 
          figures are wall-clock and move with the machine's load from run to run.\n"
     );
 
+    write_deployed(w, results);
+
     // How to run.
     let _ = writeln!(w, "## Running the benches\n");
     let _ = writeln!(
@@ -741,6 +833,91 @@ fn write_report(results: &Results, machine: &Machine, svg_name: &str) -> String 
          ```"
     );
     md
+}
+
+/// The three end-to-end figures the issue asks of the project's own benches: the `e2e`
+/// bench's deployed cases and the h2load runs against the release `server`, with the load.
+fn write_deployed(w: &mut String, results: &Results) {
+    let _ = writeln!(w, "## The server as deployed (`e2e` and h2load)\n");
+    let e2e = |case: &str| {
+        results
+            .median("e2e/unary_64/bare")
+            .zip(results.median(&format!("e2e/unary_64/{case}")))
+            .map(|(b, c)| b / c)
+    };
+    let rounds = h2load_rounds(&results.h2load);
+    let ratio = |name: &str| h2load_ratio(&rounds, name);
+    let pct = |r: Option<f64>| opt(r, |r| format!("{:.0} %", r * 100.0));
+    let met = |r: Option<f64>, min: f64| verdict(r.map(|r| r >= min));
+    let _ = writeln!(
+        w,
+        "| what | h2load against `server` | `e2e`, unary, 64 in flight | budget | verdict |\n|---|---:|---:|---:|---|"
+    );
+    let _ = writeln!(
+        w,
+        "| full server stack, every RPC logged as JSON to a file, × bare | {} | {} (`server_stack`) | ≥ 80 % | {} |",
+        pct(ratio("full")),
+        pct(e2e("server_stack")),
+        met(ratio("full").or(e2e("server_stack")), 0.80)
+    );
+    let _ = writeln!(
+        w,
+        "| the same, log level off, × bare | {} | {} (`server_stack_log_off`) | ≥ 90 % (DESIGN: 95 %) | {} |",
+        pct(ratio("off")),
+        pct(e2e("server_stack_log_off")),
+        met(ratio("off").or(e2e("server_stack_log_off")), 0.90)
+    );
+    let _ = writeln!(
+        w,
+        "| both stacks, client and server, × bare | | {} (`full`) | ≥ 70 % | {} |\n",
+        pct(e2e("full")),
+        met(e2e("full"), E2E_BUDGET.min_ratio)
+    );
+    if rounds.is_empty() {
+        let _ = writeln!(
+            w,
+            "No h2load runs in this run's results (`h2load.txt`): `scripts/bench` runs them when \
+             h2load is installed.\n"
+        );
+        return;
+    }
+    let _ = writeln!(
+        w,
+        "h2load (`scripts/bench`'s last step): 2 connections × 32 streams, unary `SayHello`, \
+         against the release `server`: `full` with `--log-format json > file`, `off` the same \
+         with `RUST_LOG=off`, `bare` with `--bare`, interleaved in rotating order; each ratio is \
+         against `bare` of the same round, the verdict is on their median. `log lines`: the \
+         `\"grpc.code\":\"OK\"` lines in the `full` run's file after SIGTERM. Load average (1, 5, 15 \
+         min) after each round's last run.\n"
+    );
+    let _ = writeln!(
+        w,
+        "| round | bare calls/s | full calls/s | off calls/s | full × bare | off × bare | log lines | load |\n|---|---:|---:|---:|---:|---:|---:|---|"
+    );
+    for (i, round) in rounds.iter().enumerate() {
+        let calls = |name: &str| round.get(name).map(|r| r.calls_per_s);
+        let ratio = |name: &str| calls(name).zip(calls("bare")).map(|(c, b)| c / b);
+        let last = round.values().last().map(|r| r.load.as_str()).unwrap_or("");
+        let _ = writeln!(
+            w,
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            i + 1,
+            opt(calls("bare"), |c| format!("{c:.0}")),
+            opt(calls("full"), |c| format!("{c:.0}")),
+            opt(calls("off"), |c| format!("{c:.0}")),
+            opt(ratio("full"), |r| format!("{r:.2}")),
+            opt(ratio("off"), |r| format!("{r:.2}")),
+            opt(round.get("full").and_then(|r| r.log_lines), |n| n
+                .to_string()),
+            last
+        );
+    }
+    let _ = writeln!(
+        w,
+        "| median | | | | **{}** | **{}** | | |\n",
+        opt(ratio("full"), |r| format!("{r:.2}")),
+        opt(ratio("off"), |r| format!("{r:.2}"))
+    );
 }
 
 fn capitalize(s: &str) -> String {
@@ -920,8 +1097,16 @@ fn main() -> ExitCode {
     }
     let machine = Machine::probe(&root);
     let svg_link = relative(&svg, out.parent().unwrap_or(&root));
-    std::fs::write(&out, write_report(&results, &machine, &svg_link))
-        .expect("the report is written");
+    let mut report = write_report(&results, &machine, &svg_link);
+    // What is written by hand below the mark (the profile's account) survives the rerun.
+    if let Some(kept) = std::fs::read_to_string(&out)
+        .ok()
+        .and_then(|old| old.find(KEPT).map(|at| old[at..].to_owned()))
+    {
+        report.push('\n');
+        report.push_str(&kept);
+    }
+    std::fs::write(&out, report).expect("the report is written");
     std::fs::write(&svg, write_svg(&results)).expect("the chart is written");
     println!("wrote {} and {}", out.display(), svg.display());
     ExitCode::SUCCESS
@@ -1013,6 +1198,39 @@ mod tests {
         assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
         assert_eq!(svg.matches("<svg").count(), 1);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn h2load_rounds_and_ratios() {
+        let text = "full calls/s=40000 log_lines=20000 load=3.1 2.0 1.5\n\
+                    bare calls/s=50000 log_lines=0 load=3.0 2.0 1.5\n\
+                    off calls/s=45000 log_lines=0 load=2.9 2.0 1.5\n\
+                    bare calls/s=40000 log_lines=0 load=2.9 2.0 1.5\n\
+                    off calls/s=40000 log_lines=0 load=2.9 2.0 1.5\n\
+                    full calls/s=36000 log_lines=20000 load=2.8 2.0 1.5\n\
+                    not a run\n";
+        let runs: Vec<H2loadRun> = text.lines().filter_map(H2loadRun::parse).collect();
+        assert_eq!(runs.len(), 6);
+        assert_eq!(runs[0].load, "3.1 2.0 1.5");
+        assert_eq!(runs[0].log_lines, Some(20000));
+        let rounds = h2load_rounds(&runs);
+        assert_eq!(rounds.len(), 2);
+        assert_eq!(h2load_ratio(&rounds, "full"), Some((0.8 + 0.9) / 2.0));
+        assert_eq!(h2load_ratio(&rounds, "off"), Some((0.9 + 1.0) / 2.0));
+        let results = Results {
+            h2load: runs,
+            ..Results::default()
+        };
+        let mut md = String::new();
+        write_deployed(&mut md, &results);
+        assert!(
+            md.contains("| median | | | | **0.85** | **0.95** | | |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| full server stack, every RPC logged as JSON to a file, × bare | 85 %"),
+            "{md}"
+        );
     }
 
     #[test]
