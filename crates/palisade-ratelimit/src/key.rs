@@ -7,7 +7,7 @@ use std::{
     net::IpAddr,
     sync::{
         Arc,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicU32, Ordering},
     },
 };
 
@@ -91,10 +91,12 @@ impl Key {
     /// A value an earlier layer put into the request extensions, read by `f`; no `T` in the
     /// extensions (or `f` answering `None`) is no key.
     ///
-    /// The layer that puts `T` there must run before the limit (be outside it). When the first
-    /// call a key sees has no `T` at all — a per-subject limit placed before authentication,
-    /// which would put every caller in one shared bucket — it says so once, in a `tracing`
-    /// warning.
+    /// The layer that puts `T` there must run before the limit (be outside it). When none of
+    /// the first 16 calls a key sees has a `T` at all — a per-subject limit placed before
+    /// authentication, which would put every caller in one shared bucket — it says so once, in
+    /// a `tracing` warning. (A few calls without it first, to public methods that
+    /// authentication lets through, are not a misplacement: one call with it in those 16 and
+    /// the key never warns.)
     ///
     /// The JWT subject, with palisade-jwt's verified claims in the extensions:
     ///
@@ -115,7 +117,7 @@ impl Key {
     {
         Key(Source::Custom(Arc::new(FromExtension {
             f,
-            checked: AtomicBool::new(false),
+            missing: AtomicU32::new(0),
             _type: PhantomData::<fn(&T)>,
         })))
     }
@@ -224,19 +226,37 @@ impl<F> fmt::Debug for FromFn<F> {
 
 struct FromExtension<T, F> {
     f: F,
-    /// Set by the first call, which looks whether the extension is there at all.
-    checked: AtomicBool,
+    /// How many of the first calls had no `T`, up to [`CHECKED_CALLS`]; [`CHECKED`] once a
+    /// call had one or the warning was given.
+    missing: AtomicU32,
     _type: PhantomData<fn(&T)>,
 }
 
+/// How many calls without the extension, before any with it, make a key warn.
+const CHECKED_CALLS: u32 = 16;
+
+/// The check is over.
+const CHECKED: u32 = u32::MAX;
+
 impl<T, F> FromExtension<T, F> {
     #[cold]
-    fn check_first(&self, present: bool) {
-        if !self.checked.swap(true, Ordering::Relaxed) && !present {
+    fn check(&self, present: bool) {
+        if present {
+            self.missing.store(CHECKED, Ordering::Relaxed);
+            return;
+        }
+        let counted = self
+            .missing
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |missing| {
+                (missing < CHECKED_CALLS).then_some(missing + 1)
+            });
+        if counted == Ok(CHECKED_CALLS - 1) {
+            self.missing.store(CHECKED, Ordering::Relaxed);
             tracing::warn!(
                 extension = std::any::type_name::<T>(),
-                "palisade-ratelimit: a limit keyed on a request extension found none at its \
-                 first call: the layer that adds it (authentication, for claims) must come \
+                calls = CHECKED_CALLS,
+                "palisade-ratelimit: a limit keyed on a request extension found none in its \
+                 first calls: the layer that adds it (authentication, for claims) must come \
                  before the rate limit, or every caller without it shares one bucket \
                  (`NoKey::Shared`); put the limit after auth, or choose \
                  `Limit::when_keyless(NoKey::Reject)`"
@@ -252,8 +272,8 @@ where
 {
     fn extract<'a>(&self, request: &RequestInfo<'a>) -> Option<KeyValue<'a>> {
         let value = request.extensions().get::<T>();
-        if !self.checked.load(Ordering::Relaxed) {
-            self.check_first(value.is_some());
+        if self.missing.load(Ordering::Relaxed) != CHECKED {
+            self.check(value.is_some());
         }
         (self.f)(value?)
     }
@@ -543,46 +563,76 @@ mod tests {
             .with_ansi(false)
             .with_max_level(tracing::Level::WARN)
             .finish();
+        // With one dispatcher registered, tracing computes a new callsite's interest from the
+        // default of whichever thread hits it first — another test's, which has none — and
+        // caches "never" for good. With two alive, it asks each of them, this one included.
+        let _second = tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default());
         tracing::subscriber::with_default(subscriber, f);
         String::from_utf8_lossy(&captured.0.lock().unwrap()).into_owned()
     }
 
+    const WARNING: &str = "found none in its first calls";
+
     #[test]
-    fn a_key_on_an_extension_missing_at_its_first_call_warns_once() {
+    fn a_key_on_an_extension_missing_from_its_first_calls_warns_once() {
         use palisade_jwt::StandardClaims;
         let text = warnings_during(|| {
             // A per-subject limit placed before auth: no claims, ever.
             let key = Key::extension(|c: &StandardClaims| c.subject().map(KeyValue::from));
             let clone = key.clone();
             let request = http::Request::new(());
-            for _ in 0..5 {
+            for _ in 0..CHECKED_CALLS / 2 - 1 {
                 assert!(key.extract(&RequestInfo::new(&request)).is_none());
                 assert!(clone.extract(&RequestInfo::new(&request)).is_none());
             }
+            assert!(key.extract(&RequestInfo::new(&request)).is_none());
         });
-        assert_eq!(
-            text.matches("found none at its first call").count(),
-            1,
-            "{text}"
-        );
-        assert!(
-            text.contains("WARN") && text.contains("StandardClaims"),
-            "{text}"
-        );
+        assert!(text.is_empty(), "not before the 16th call: {text}");
 
-        // Found at the first call (auth before the limit): later calls without it (a public
-        // method) say nothing.
+        let text = warnings_during(|| {
+            let key = Key::extension(|c: &StandardClaims| c.subject().map(KeyValue::from));
+            let request = http::Request::new(());
+            for _ in 0..CHECKED_CALLS * 4 {
+                assert!(key.extract(&RequestInfo::new(&request)).is_none());
+            }
+        });
+        assert_eq!(text.matches(WARNING).count(), 1, "{text}");
+        assert!(
+            text.contains("WARN") && text.contains("StandardClaims") && text.contains("calls=16"),
+            "{text}"
+        );
+    }
+
+    /// A first call to a public method (that auth lets through without claims, and the limit
+    /// does not exempt) is no misplacement: a call with the extension among the first ones and
+    /// the key never warns, however many keyless calls follow.
+    #[test]
+    fn a_key_whose_extension_comes_within_its_first_calls_never_warns() {
         #[derive(Clone)]
         struct Subject(String);
         let text = warnings_during(|| {
             let key = Key::extension(|s: &Subject| Some(KeyValue::from(s.0.as_str())));
+            let bare = http::Request::new(());
+            for _ in 0..CHECKED_CALLS - 1 {
+                assert!(key.extract(&RequestInfo::new(&bare)).is_none());
+            }
             let mut request = http::Request::new(());
             request.extensions_mut().insert(Subject("ada".into()));
             assert!(key.extract(&RequestInfo::new(&request)).is_some());
-            let bare = http::Request::new(());
-            assert!(key.extract(&RequestInfo::new(&bare)).is_none());
+            for _ in 0..CHECKED_CALLS * 4 {
+                assert!(key.extract(&RequestInfo::new(&bare)).is_none());
+            }
         });
         assert!(text.is_empty(), "{text}");
+        // The same calls with the extension never there do warn (the check above is live).
+        let text = warnings_during(|| {
+            let key = Key::extension(|s: &Subject| Some(KeyValue::from(s.0.as_str())));
+            let bare = http::Request::new(());
+            for _ in 0..CHECKED_CALLS * 5 {
+                assert!(key.extract(&RequestInfo::new(&bare)).is_none());
+            }
+        });
+        assert_eq!(text.matches(WARNING).count(), 1, "{text}");
     }
 
     #[test]
