@@ -689,6 +689,7 @@ async fn a_dropped_probe_gives_its_slot_back_and_calls_return_to_redis() {
 
     // Calls with a 50 ms deadline until one is the probe: the fallback answers the others at
     // once; the probe waits on the frozen Redis until tonic drops it at its deadline.
+    let timeouts = redis.stats().timeouts;
     let mut dropped = false;
     for _ in 0..200 {
         let mut request = tonic::Request::new(hello());
@@ -701,7 +702,15 @@ async fn a_dropped_probe_gives_its_slot_back_and_calls_return_to_redis() {
                 // The fallback's answer: the retry interval is not over yet.
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
-            Err(_) => {
+            // The probe, dropped by tonic's server at the call's deadline — which tonic answers
+            // with CANCELLED "Timeout expired", not DEADLINE_EXCEEDED. Any other error is not
+            // the dropped probe.
+            Err(status) => {
+                assert_eq!(
+                    (status.code(), status.message()),
+                    (tonic::Code::Cancelled, "Timeout expired"),
+                    "{status:?}"
+                );
                 dropped = true;
                 break;
             }
@@ -711,6 +720,10 @@ async fn a_dropped_probe_gives_its_slot_back_and_calls_return_to_redis() {
     assert!(dropped, "a probe went, and its call was dropped");
     let stats = redis.stats();
     assert!(!stats.up, "{stats:?}");
+    assert_eq!(
+        stats.timeouts, timeouts,
+        "the probe was dropped before its own Redis timeout: {stats:?}"
+    );
 
     server.resume();
     until_back(&mut client, &redis, ANSWERED_WITHIN).await;
@@ -750,6 +763,8 @@ async fn a_fallback_token_is_refunded_to_the_fallback_not_to_redis() {
         .build()
         .layer(counting.clone());
 
+    // Every script call on the first limit's Redis bucket from now on.
+    let monitor = server.monitor();
     server.pause();
     let call = tokio::spawn(async move {
         let response = common::call(&mut service, request(HELLO, None)).await;
@@ -766,12 +781,20 @@ async fn a_fallback_token_is_refunded_to_the_fallback_not_to_redis() {
     let stats = redis.stats();
     assert_eq!((stats.timeouts, stats.fallback), (1, 1), "{stats:?}");
     assert_eq!(counting.calls(), 0);
-    // Let a refund spawned towards Redis (the defect) go out before the next round trip.
-    for _ in 0..20 {
-        tokio::task::yield_now().await;
-    }
+    // A refund towards Redis (the defect) would be spawned as the call is refused, so it is
+    // queued on the runtime — and on the backend's one connection — before this round trip.
     // Redis's bucket: 5, less the timed-out round trip's token, less this one.
     let decision = decide(&*one, &BucketKey::default()).await;
     assert!(decision.is_allowed());
     assert_eq!(decision.remaining(), 3, "no token given to Redis");
+    // What Redis ran on that bucket: the timed-out round trip (run once thawed) and this one;
+    // no refund.
+    let scripts = monitor.finish(&server);
+    let on_one: Vec<_> = scripts
+        .iter()
+        .filter(|(key, _)| key.contains("one/0"))
+        .map(|(key, scripts)| (key.as_str(), scripts.count))
+        .collect();
+    assert_eq!(on_one.len(), 1, "{scripts:?}");
+    assert_eq!(on_one[0].1, 2, "{on_one:?}");
 }

@@ -19,6 +19,14 @@ fn per_minute(n: u32) -> Quota {
     Quota::per_minute(NonZeroU32::new(n).unwrap())
 }
 
+/// The demo's methods, as a server is given them.
+fn registry() -> palisade_core::MethodRegistry {
+    palisade_core::MethodRegistry::from_encoded_file_descriptor_set(
+        palisade_demo::FILE_DESCRIPTOR_SET,
+    )
+    .expect("the demo's descriptors")
+}
+
 fn hello() -> HelloRequest {
     HelloRequest {
         name: "Ada".into(),
@@ -101,9 +109,14 @@ async fn the_code_is_configurable_and_x_ratelimit_headers_are_optional() {
 #[tokio::test]
 async fn every_rejected_call_is_one_resource_exhausted_in_palisade_metrics_outside() {
     let (recorder, snapshotter) = recorder();
-    let metrics = MetricsLayer::server().recorder(recorder.clone()).build();
+    // Servers are given the registry: their methods' series are theirs from the first call.
+    let metrics = MetricsLayer::server()
+        .registry(registry())
+        .recorder(recorder.clone())
+        .build();
     let ratelimit = RateLimitLayer::builder()
         .limit(Limit::global(per_minute(4)))
+        .registry(registry())
         .recorder(recorder)
         .build();
     let server = spawn(ServiceBuilder::new().layer(metrics).layer(ratelimit)).await;
@@ -140,7 +153,13 @@ async fn every_rejected_call_is_one_resource_exhausted_in_palisade_metrics_outsi
 async fn the_client_layer_fails_at_once_without_sending() {
     let (recorder, snapshotter) = recorder();
     // The server counts what reaches it.
-    let server = spawn(MetricsLayer::server().recorder(recorder.clone()).build()).await;
+    let server = spawn(
+        MetricsLayer::server()
+            .registry(registry())
+            .recorder(recorder.clone())
+            .build(),
+    )
+    .await;
     let channel = ServiceBuilder::new()
         .layer(
             ClientRateLimitLayer::builder()
@@ -260,4 +279,182 @@ async fn per_subject_limits_read_what_an_earlier_layer_put_in_the_extensions() {
         status.metadata().get("grpc-retry-pushback-ms").unwrap(),
         "-1"
     );
+}
+
+/// Bytes as they are, for a bidi method that has no generated client.
+#[derive(Clone, Copy, Debug, Default)]
+struct Raw;
+
+impl tonic::codec::Codec for Raw {
+    type Encode = bytes::Bytes;
+    type Decode = bytes::Bytes;
+    type Encoder = Raw;
+    type Decoder = Raw;
+
+    fn encoder(&mut self) -> Raw {
+        Raw
+    }
+
+    fn decoder(&mut self) -> Raw {
+        Raw
+    }
+}
+
+impl tonic::codec::Encoder for Raw {
+    type Item = bytes::Bytes;
+    type Error = tonic::Status;
+
+    fn encode(
+        &mut self,
+        item: bytes::Bytes,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        bytes::BufMut::put(dst, item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for Raw {
+    type Item = bytes::Bytes;
+    type Error = tonic::Status;
+
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<bytes::Bytes>, tonic::Status> {
+        let len = bytes::Buf::remaining(src);
+        Ok(Some(bytes::Buf::copy_to_bytes(src, len)))
+    }
+}
+
+/// A bidi handler, `/test.Chat/Talk`: answers one message at once (the response has started),
+/// reads its request stream to the end or to its error, then fails with rich details
+/// (`grpc-status-details-bin`) in its trailers.
+#[derive(Clone, Debug)]
+struct Chat;
+
+const TALK: &str = "/test.Chat/Talk";
+const HANDLER_DETAILS: &[u8] = b"the handler's own details";
+
+impl tonic::server::NamedService for Chat {
+    const NAME: &'static str = "test.Chat";
+}
+
+impl tower::Service<http::Request<tonic::body::Body>> for Chat {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = std::future::Ready<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+        use http_body_util::BodyExt;
+        type Frame = Result<http_body::Frame<bytes::Bytes>, tonic::Status>;
+        let (tx, rx) = tokio::sync::mpsc::channel::<Frame>(4);
+        tokio::spawn(async move {
+            let mut body = request.into_body();
+            let first = palisade_demo::frames::message(b"first");
+            let _ = tx.send(Ok(http_body::Frame::data(first))).await;
+            while let Some(Ok(_)) = body.frame().await {}
+            let mut trailers = http::HeaderMap::new();
+            tonic::Status::with_details(
+                tonic::Code::Internal,
+                "the handler failed",
+                bytes::Bytes::from_static(HANDLER_DETAILS),
+            )
+            .add_header(&mut trailers)
+            .unwrap();
+            let _ = tx.send(Ok(http_body::Frame::trailers(trailers))).await;
+        });
+        let frames = futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|frame| (frame, rx))
+        });
+        let body = tonic::body::Body::new(http_body_util::StreamBody::new(frames));
+        let response = http::Response::builder()
+            .header("content-type", "application/grpc")
+            .body(body)
+            .unwrap();
+        std::future::ready(Ok(response))
+    }
+}
+
+/// Item 8 over the wire: a bidi stream cut by the metered rate limiter, after its handler put
+/// rich details in its trailers, reaches a tonic client as RESOURCE_EXHAUSTED with no details
+/// (`Status::details()` empty) — not the rejection's code beside the handler's stale details.
+#[tokio::test]
+async fn a_stream_cut_by_the_metered_limiter_carries_no_stale_details() {
+    let layer = RateLimitLayer::builder()
+        .limit(Limit::global(per_minute(2)).per_message())
+        .build_metered();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .layer(layer)
+            .add_service(Chat)
+            .serve_with_incoming_shutdown(
+                tonic::transport::server::TcpIncoming::from(listener),
+                async {
+                    let _ = stopped.await;
+                },
+            ),
+    );
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    let talk = |messages: usize| {
+        let stream = futures_util::stream::iter(
+            (0..messages).map(|i| bytes::Bytes::from(format!("message {i}"))),
+        );
+        tonic::Request::new(stream)
+    };
+
+    // Within its tokens (the call's own): the client decodes the handler's details.
+    grpc.ready().await.unwrap();
+    let mut replies = grpc
+        .streaming(talk(1), http::uri::PathAndQuery::from_static(TALK), Raw)
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(replies.message().await.unwrap().unwrap(), "first");
+    let status = replies.message().await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Internal);
+    assert_eq!(
+        status.details(),
+        HANDLER_DETAILS,
+        "the details reach the client"
+    );
+
+    // The second call takes the last token; its second message finds none: cut.
+    grpc.ready().await.unwrap();
+    let mut replies = grpc
+        .streaming(talk(5), http::uri::PathAndQuery::from_static(TALK), Raw)
+        .await
+        .expect("the response started")
+        .into_inner();
+    assert_eq!(replies.message().await.unwrap().unwrap(), "first");
+    let status = replies.message().await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    assert_eq!(status.message(), "rate limit exceeded");
+    assert!(status.details().is_empty(), "stale details: {status:?}");
+    assert!(
+        status
+            .metadata()
+            .get_bin("grpc-status-details-bin")
+            .is_none(),
+        "{status:?}"
+    );
+    assert!(status.metadata().get("grpc-retry-pushback-ms").is_some());
+
+    let _ = stop.send(());
+    server.await.unwrap().unwrap();
 }
