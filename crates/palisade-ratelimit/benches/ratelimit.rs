@@ -4,7 +4,8 @@
 //!
 //! Cases: `direct` (one global bucket), `keyed` (one bucket per `x-api-key`, 1 000 keys in
 //! turn), `keyed_and_global` (both on each call), `unlimited_method` (the layer on a method no
-//! limit applies to), and, as the floor, governor's own `check` and `check_key` without any
+//! limit applies to), `client_direct` and `client_keyed` (the client layer, server pushback
+//! honoured, nothing held), and, as the floor, governor's own `check` and `check_key` without any
 //! layer, the local backend's `acquire`, and the clocks.
 //!
 //! After criterion's runs, an interleaved measurement prints the overhead and the ratio of
@@ -31,7 +32,8 @@ use palisade_demo::{
     frames::{GrpcBody, UnaryService, message, unary_service},
 };
 use palisade_ratelimit::{
-    Key, Limit, Quota, RateLimit, RateLimitLayer, TokioClock,
+    ClientRateLimit, ClientRateLimitLayer, Key, Limit, Quota, RateLimit, RateLimitLayer,
+    TokioClock,
     backend::{Backend, BucketKey, LimiterSpec, Local},
 };
 use tower::{Layer, Service};
@@ -77,6 +79,8 @@ struct Cases {
     direct: RateLimit<UnaryService>,
     keyed: RateLimit<UnaryService>,
     keyed_and_global: RateLimit<UnaryService>,
+    client_direct: ClientRateLimit<UnaryService>,
+    client_keyed: ClientRateLimit<UnaryService>,
 }
 
 fn cases() -> Cases {
@@ -93,6 +97,9 @@ fn cases() -> Cases {
             .limit(Limit::per_key(api_key(), unlimited()))
             .limit(Limit::global(unlimited()))
             .build()
+            .layer(inner),
+        client_direct: ClientRateLimitLayer::new(Limit::global(unlimited())).layer(inner),
+        client_keyed: ClientRateLimitLayer::new(Limit::per_key(api_key(), unlimited()))
             .layer(inner),
     }
 }
@@ -140,6 +147,12 @@ fn bench(c: &mut Criterion) {
     });
     run("unlimited_method", &mut |key| {
         rpc(&mut cases.unlimited_method, &uri, &payload, key)
+    });
+    run("client_direct", &mut |key| {
+        rpc(&mut cases.client_direct, &uri, &payload, key)
+    });
+    run("client_keyed", &mut |key| {
+        rpc(&mut cases.client_keyed, &uri, &payload, key)
     });
     group.finish();
 }
@@ -277,6 +290,8 @@ fn only(spec: &str) {
         "unlimited_method" => {
             each(&mut |key| rpc(&mut cases.unlimited_method, &uri, &payload, key))
         }
+        "client_direct" => each(&mut |key| rpc(&mut cases.client_direct, &uri, &payload, key)),
+        "client_keyed" => each(&mut |key| rpc(&mut cases.client_keyed, &uri, &payload, key)),
         other => panic!("no case {other}"),
     }
 }
