@@ -17,7 +17,10 @@ use opentelemetry::{
     propagation::{Extractor, Injector, TextMapPropagator},
 };
 use opentelemetry_http::{HeaderExtractor, HeaderInjector};
-use palisade_core::{Matcher, MethodRegistry, Side};
+use palisade_core::{
+    Matcher, MethodRegistry, Side,
+    slots::{Admission, Slots},
+};
 
 /// Metadata that is never recorded, whatever the allowlist says.
 pub(crate) const NEVER_CAPTURED: [&str; 4] = [
@@ -326,8 +329,12 @@ pub(crate) struct Config {
     pub(crate) public: Option<Matcher>,
     pub(crate) metadata: Arc<[Capture]>,
     pub(crate) server: Option<ServerAddress>,
-    /// The methods that name spans; `None`: every well-formed path does.
+    /// The methods that name spans; `None`: the paths that earn a name in `names`.
     pub(crate) registry: Option<MethodRegistry>,
+    /// Without a registry, the paths that name spans: palisade-core's slots, earned by
+    /// frequency on a server (a flood of random paths names no span), at first sight on a
+    /// client, at most [`MAX_SPAN_NAMES`](crate::MAX_SPAN_NAMES) of them.
+    pub(crate) names: Arc<Slots<()>>,
 }
 
 impl Config {
@@ -340,6 +347,9 @@ impl Config {
             metadata: Arc::new([]),
             server: None,
             registry: None,
+            names: Arc::new(
+                Slots::new([], crate::MAX_SPAN_NAMES).admission(Admission::for_side(side)),
+            ),
         }
     }
 }

@@ -128,9 +128,10 @@ impl<T> TraceLayer<T> {
     /// OpenTelemetry's conventions bound unknown methods), so span names — and what span
     /// metrics derive from them — stay bounded whatever paths callers send.
     ///
-    /// Without a registry every well-formed path names its span (`package.Service/Method`) and
-    /// fills `rpc.service` / `rpc.method`: a caller sending random paths makes as many span
-    /// names. Give the registry on servers exposed to untrusted callers.
+    /// Without a registry at most [`MAX_SPAN_NAMES`](crate::MAX_SPAN_NAMES) methods name their
+    /// spans (`package.Service/Method`): on a server a method earns its name by being called
+    /// repeatedly, so random paths name none and a method's first few spans are named `grpc`;
+    /// on a client a method names its spans from its first call. Give servers the registry.
     ///
     /// ```
     /// use palisade_core::MethodRegistry;

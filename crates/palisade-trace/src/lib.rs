@@ -16,8 +16,9 @@
 //!
 //! Span names are bounded by the [method registry](TraceLayer::registry) when the layer has
 //! one: methods it does not have share the name `grpc` and `rpc.service` / `rpc.method` =
-//! `_OTHER`. Without one, every well-formed path names its span — give the registry on servers
-//! exposed to untrusted callers, or random paths make as many span names.
+//! `_OTHER`. Without one, at most [`MAX_SPAN_NAMES`] methods name spans, earned by frequency on
+//! a server (random paths name none; a method's first few spans are `grpc`) and at first sight
+//! on a client — give servers the registry.
 //!
 //! Incoming context that cannot be read — a malformed, truncated, all-zero or unknown-version
 //! `traceparent`, a duplicated header, metadata that is not ASCII — is ignored: the call starts
@@ -158,6 +159,15 @@ pub use future::ResponseFuture;
 pub use layer::TraceLayer;
 pub use service::TraceService;
 pub use span::attribute;
+
+/// Without a [registry](TraceLayer::registry), at most this many methods name spans after themselves;
+/// every other path's span is named `grpc`, with `rpc.service` and `rpc.method` `_OTHER`.
+///
+/// On a server a method earns its name by being called repeatedly (palisade-core's
+/// [`slots`](palisade_core::slots)), so a flood of random paths names no span, and its first few
+/// calls are named `grpc`: give a server's layer the method registry. On a client, whose paths
+/// are its own, a method names its spans from its first call.
+pub const MAX_SPAN_NAMES: usize = 100;
 
 use opentelemetry::{Context, trace::TraceContextExt};
 

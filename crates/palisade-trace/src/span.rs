@@ -76,11 +76,13 @@ where
         return None;
     }
     // With a registry, only its methods name spans: a path a caller made up is `_OTHER`.
-    let named = method.filter(|method| {
-        config
-            .registry
-            .as_ref()
-            .is_none_or(|registry| registry.get(method).is_some())
+    // Without one, the paths that earned a slot do (bounded, by frequency on a server).
+    let named = method.filter(|method| match &config.registry {
+        Some(registry) => registry.get(method).is_some(),
+        None => {
+            let names = &config.names;
+            names.get(method.path()).is_some() || names.admit(method.path(), |_| ()).is_some()
+        }
     });
     let name = match named {
         Some(method) => Cow::Owned(method.full_name().to_owned()),

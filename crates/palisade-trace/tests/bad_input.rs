@@ -295,3 +295,50 @@ async fn the_no_op_global_propagator_is_reported_once_per_layer() {
         .unwrap();
     assert!(captured.lines().is_empty(), "{:#?}", captured.lines());
 }
+
+/// The same flood without a registry: a method names its spans once it has earned a slot
+/// (core's frequency admission, as metrics does), random paths never do.
+#[tokio::test]
+async fn random_paths_make_no_span_names_of_their_own_without_a_registry() {
+    use std::collections::BTreeSet;
+
+    use http_body_util::BodyExt;
+    use palisade_demo::frames::{GrpcBody, message};
+    use tower::{Service, ServiceExt};
+
+    const FLOOD: usize = 2_000;
+    let telemetry = Telemetry::new();
+    let server =
+        palisade_demo::spawn_with(Greeter::new(), telemetry.server_layer_without_registry()).await;
+    let mut channel = server.channel().await;
+    let mut state = 0x2545_F491_4F6C_DD1D_u64;
+    for _ in 0..FLOOD {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let path = format!("/scan{}.Svc/Random{}", state % 1000, state >> 24);
+        let request = http::Request::post(path)
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(tonic::body::Body::new(GrpcBody::new([message(b"")], None)))
+            .unwrap();
+        let response = ServiceExt::<http::Request<tonic::body::Body>>::ready(&mut channel)
+            .await
+            .unwrap()
+            .call(request)
+            .await
+            .unwrap();
+        let _ = response.into_body().collect().await;
+    }
+    let threshold = usize::from(palisade_core::slots::ADMISSION_THRESHOLD);
+    let mut client = server.client().await;
+    for _ in 0..2 * threshold {
+        client.say_hello(HelloRequest::default()).await.unwrap();
+    }
+    let spans = telemetry.spans();
+    assert_eq!(spans.len(), FLOOD + 2 * threshold);
+    let names: BTreeSet<&str> = spans.iter().map(|s| &*s.name).collect();
+    assert_eq!(names, BTreeSet::from([SAY_HELLO, "grpc"]), "{names:?}");
+    let named = spans.iter().filter(|s| s.name == SAY_HELLO).count();
+    assert!(named > threshold - 1, "the method earned its name: {named}");
+}

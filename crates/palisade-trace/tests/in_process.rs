@@ -150,7 +150,16 @@ fn request(path: &str) -> Request<()> {
 async fn the_span_is_current_in_call_in_every_future_poll_and_every_body_poll() {
     let telemetry = Telemetry::new();
     let probe = Probe::new(Code::Ok);
-    let service = telemetry.server_layer().layer(probe.clone());
+    // A server names spans after the registry's methods (without one, a method's first few
+    // spans are `grpc` until it has earned its name).
+    let registry = palisade_core::MethodRegistry::from_encoded_file_descriptor_set(
+        palisade_demo::FILE_DESCRIPTOR_SET,
+    )
+    .unwrap();
+    let service = telemetry
+        .server_layer()
+        .registry(registry)
+        .layer(probe.clone());
 
     let response = service
         .oneshot(request(&format!("/{SAY_HELLO}")))

@@ -51,7 +51,18 @@ impl Telemetry {
         self.exporter.get_finished_spans().expect("in-memory spans")
     }
 
+    /// A server layer as servers are meant to be set up: with the method registry.
     pub fn server_layer(&self) -> TraceLayer<SdkTracer> {
+        self.server_layer_without_registry().registry(
+            palisade_core::MethodRegistry::from_encoded_file_descriptor_set(
+                palisade_demo::FILE_DESCRIPTOR_SET,
+            )
+            .unwrap(),
+        )
+    }
+
+    /// A server layer without a registry: its span names are earned by frequency.
+    pub fn server_layer_without_registry(&self) -> TraceLayer<SdkTracer> {
         TraceLayer::server()
             .tracer_provider(&self.provider)
             .propagator(w3c())
@@ -149,6 +160,13 @@ pub struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
 
 impl Captured {
     pub fn start() -> (Self, tracing::subscriber::DefaultGuard) {
+        // With one dispatcher registered, tracing computes a new callsite's interest from the
+        // default of whichever thread hits it first — another test's, which has none — and
+        // caches "never" for good: a warning would go unseen, and "no warning" would pass
+        // without testing anything. With a second one alive for the whole binary, it asks
+        // each of them, this one included.
+        static SECOND: std::sync::OnceLock<tracing::Dispatch> = std::sync::OnceLock::new();
+        SECOND.get_or_init(|| tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default()));
         let captured = Self::default();
         let subscriber = tracing_subscriber::fmt()
             .with_writer(captured.clone())
