@@ -38,7 +38,10 @@ use std::{
     convert::Infallible,
     fmt, io,
     net::SocketAddr,
-    sync::{Arc, Weak},
+    sync::{
+        Arc, Weak,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Duration,
 };
 
@@ -229,11 +232,13 @@ impl MetricsHandle {
     pub fn serve_listener(&self, listener: TcpListener) -> io::Result<MetricsServer> {
         let local_addr = listener.local_addr()?;
         let handle = self.clone();
-        let task = tokio::spawn(accept_loop(listener, handle.clone()));
+        let scrapes = Arc::new(AtomicU64::new(0));
+        let task = tokio::spawn(accept_loop(listener, handle.clone(), scrapes.clone()));
         Ok(MetricsServer {
             local_addr,
             handle,
             task,
+            scrapes,
         })
     }
 
@@ -266,7 +271,7 @@ impl fmt::Debug for MetricsHandle {
     }
 }
 
-async fn accept_loop(listener: TcpListener, handle: MetricsHandle) {
+async fn accept_loop(listener: TcpListener, handle: MetricsHandle, scrapes: Arc<AtomicU64>) {
     // Connections live in the set, so stopping the server (aborting this task) ends them too.
     let mut connections = tokio::task::JoinSet::new();
     loop {
@@ -280,9 +285,13 @@ async fn accept_loop(listener: TcpListener, handle: MetricsHandle) {
         };
         while connections.try_join_next().is_some() {}
         let handle = handle.clone();
+        let scrapes = scrapes.clone();
         connections.spawn(async move {
             let service = service_fn(move |request: Request<hyper::body::Incoming>| {
                 let response = handle.respond(&request);
+                if response.status() == StatusCode::OK {
+                    scrapes.fetch_add(1, Ordering::Relaxed);
+                }
                 async move { Ok::<_, Infallible>(response) }
             });
             // A client that goes away mid-request is not an error of ours.
@@ -323,6 +332,7 @@ pub struct MetricsServer {
     local_addr: SocketAddr,
     handle: MetricsHandle,
     task: JoinHandle<()>,
+    scrapes: Arc<AtomicU64>,
 }
 
 impl MetricsServer {
@@ -340,6 +350,24 @@ impl MetricsServer {
 impl Drop for MetricsServer {
     fn drop(&mut self) {
         self.task.abort();
+        let scrapes = self.scrapes.load(Ordering::Relaxed);
+        if scrapes == 0 {
+            // Most often `let _ = ...serve(..)`: dropped at once, before anyone could scrape.
+            tracing::warn!(
+                addr = %self.local_addr,
+                "palisade-metrics: stopped serving /metrics on {} before any scrape; \
+                 was the MetricsServer dropped at once (`let _ = ...serve(..)`)? bind it to a \
+                 named variable (`let _metrics = ...`) that lives as long as the program serves",
+                self.local_addr
+            );
+        } else {
+            tracing::info!(
+                addr = %self.local_addr,
+                scrapes,
+                "palisade-metrics: stopped serving /metrics on {}",
+                self.local_addr
+            );
+        }
     }
 }
 

@@ -188,7 +188,10 @@ async fn without_a_registry_methods_get_their_names_and_an_unknown_type() {
         ("grpc_method", "SayHelloStream"),
         ("grpc_code", "Unavailable"),
     ];
-    assert_eq!(samples.get("grpc_client_handled_total", &labels), THRESHOLD as f64);
+    assert_eq!(
+        samples.get("grpc_client_handled_total", &labels),
+        THRESHOLD as f64
+    );
     // Series of methods first seen at run time are created per code on first use.
     assert!(!samples.has(
         "grpc_client_handled_total",
@@ -415,5 +418,38 @@ fn a_layer_built_before_any_recorder_is_installed_says_so_once() {
             .recorder(recorded.recorder.clone())
             .build()
     });
+    assert!(text.is_empty(), "{text}");
+}
+
+#[tokio::test]
+async fn a_metrics_server_says_when_it_stops_and_warns_if_it_never_served() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (_recorder, handle) = palisade_metrics::prometheus::PrometheusExporter::new()
+        .build()
+        .unwrap();
+    // `let _ = ...serve(..)`: dropped at once.
+    let server = handle.serve("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let addr = server.local_addr();
+    let ((), text) = warnings_during(|| drop(server));
+    assert!(
+        text.contains("WARN")
+            && text.contains("before any scrape")
+            && text.contains(&addr.to_string()),
+        "{text}"
+    );
+
+    // Dropped after serving a scrape: said at info, not a warning.
+    let server = handle.serve("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let mut stream = tokio::net::TcpStream::connect(server.local_addr())
+        .await
+        .unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut reply = Vec::new();
+    stream.read_to_end(&mut reply).await.unwrap();
+    assert!(reply.starts_with(b"HTTP/1.1 200"));
+    let ((), text) = warnings_during(|| drop(server));
     assert!(text.is_empty(), "{text}");
 }
