@@ -84,6 +84,9 @@ struct Core {
     delay: Duration,
     /// Probes that succeeded in the current half-open period.
     probe_successes: u32,
+    /// Probes of the current half-open period whose response has started (headers, not
+    /// trailers-only) and that have not ended: the backend is answering them.
+    answered: u32,
 }
 
 /// Why a call was admitted: in the closed state, or as a half-open probe.
@@ -104,9 +107,6 @@ pub(crate) struct Circuit<H> {
     /// Probes in flight: `period << 32 | count`, `period` the low 32 bits of the generation
     /// of the half-open period they were admitted in (a new period starts from zero).
     probes: AtomicU64,
-    /// Whether a call looked this circuit up since the registry last checked (keyed circuits
-    /// are evicted when unused).
-    used: AtomicBool,
     epoch: Instant,
     core: Mutex<Core>,
     shared: Arc<Shared<H>>,
@@ -137,12 +137,12 @@ impl<H> Circuit<H> {
             word: AtomicU64::new(pack(0, State::Closed)),
             until: AtomicU64::new(0),
             probes: AtomicU64::new(0),
-            used: AtomicBool::new(false),
             epoch: Instant::now(),
             core: Mutex::new(Core {
                 policy,
                 delay: Duration::ZERO,
                 probe_successes: 0,
+                answered: 0,
             }),
             shared,
             handles,
@@ -183,30 +183,26 @@ impl<H> Circuit<H> {
     }
 
     /// Takes a probe slot of the half-open period of `generation`, if one is free.
+    ///
+    /// The counter still tagged with an older period starts over for this one only while
+    /// `generation` is the circuit's current generation: a caller holding a stale word must
+    /// not overwrite a newer period's counter (its release would then zero it, and admit one
+    /// probe too many). Any change to the counter in between fails the exchange, and the
+    /// check runs again.
     fn take_probe(&self, generation: u64) -> bool {
         let tag = period(generation);
         let max = u64::from(self.shared.settings.probes);
         self.probes
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                if n >> 32 != tag {
+                if n >> 32 == tag {
+                    (n & 0xffff_ffff < max).then(|| n + 1)
+                } else if self::generation(self.word.load(Ordering::Acquire)) == generation {
                     Some(tag << 32 | 1)
                 } else {
-                    (n & 0xffff_ffff < max).then(|| n + 1)
+                    None
                 }
             })
             .is_ok()
-    }
-
-    /// Marks the circuit as looked up by a call.
-    pub(crate) fn touch(&self) {
-        if !self.used.load(Ordering::Relaxed) {
-            self.used.store(true, Ordering::Relaxed);
-        }
-    }
-
-    /// Whether a call looked the circuit up since the last check; clears the mark.
-    pub(crate) fn take_used(&self) -> bool {
-        self.used.swap(false, Ordering::Relaxed)
     }
 }
 
@@ -232,6 +228,12 @@ impl<H: OnStateChange> Circuit<H> {
                 }
                 State::HalfOpen => {
                     if !self.take_probe(generation(word)) {
+                        let now = self.word.load(Ordering::Acquire);
+                        if now != word {
+                            // A stale look: the circuit moved on meanwhile.
+                            word = now;
+                            continue;
+                        }
                         if self.now_nanos() >= self.until.load(Ordering::Acquire) {
                             // The probes took too long: decide without them.
                             word = self.expire_half_open(word);
@@ -263,29 +265,73 @@ impl<H: OnStateChange> Circuit<H> {
         let mut core = self.lock();
         if self.word.load(Ordering::Acquire) == seen {
             core.probe_successes = 0;
-            let wait = saturating_nanos(self.shared.settings.half_open_max_wait);
-            self.until
-                .store(self.now_nanos().saturating_add(wait), Ordering::Release);
+            core.answered = 0;
+            self.start_half_open_wait();
             self.transit(seen, State::HalfOpen, None);
         }
         self.word.load(Ordering::Acquire)
     }
 
-    /// The probes of the half-open period `seen` did not end within the maximum wait: they
-    /// count as a failed probe, and the circuit opens again (their late outcomes belong to an
-    /// older generation and are dropped). Returns the current word.
+    /// The probes of the half-open period `seen` did not end within the maximum wait. Those
+    /// whose response has started (a long-lived stream: headers came, not trailers-only) show
+    /// the backend answering: each counts as a successful probe. Enough of them close the
+    /// circuit; some, but not enough, start a new half-open period (the successes so far
+    /// kept) so that new probes can be admitted; none — hung calls — count as a failed probe,
+    /// and the circuit opens again. Either way the stuck probes' late outcomes belong to an
+    /// older generation and are dropped. Returns the current word.
     fn expire_half_open(&self, seen: u64) -> u64 {
         let mut core = self.lock();
         if self.word.load(Ordering::Acquire) == seen {
-            let delay = core.policy.mark_dead_on_failure().unwrap_or(core.delay);
-            self.open(&mut core, seen, delay);
+            let answered = std::mem::take(&mut core.answered);
+            if answered == 0 {
+                let delay = core.policy.mark_dead_on_failure().unwrap_or(core.delay);
+                self.open(&mut core, seen, delay);
+            } else {
+                core.probe_successes = core.probe_successes.saturating_add(answered);
+                if core.probe_successes >= self.shared.settings.successes {
+                    self.close(&mut core, seen);
+                } else {
+                    // Same state, new generation: fresh probe slots and a fresh wait.
+                    self.start_half_open_wait();
+                    self.word.store(
+                        pack(generation(seen) + 1, State::HalfOpen),
+                        Ordering::Release,
+                    );
+                }
+            }
         }
         self.word.load(Ordering::Acquire)
     }
 
-    /// Records how an admitted call ended.
-    pub(crate) fn complete(&self, ticket: Ticket, verdict: Verdict) {
-        if verdict == Verdict::Ignore {
+    fn start_half_open_wait(&self) {
+        let wait = saturating_nanos(self.shared.settings.half_open_max_wait);
+        self.until
+            .store(self.now_nanos().saturating_add(wait), Ordering::Release);
+    }
+
+    fn close(&self, core: &mut Core, word: u64) {
+        core.policy.revived();
+        core.policy.record_success();
+        self.transit(word, State::Closed, None);
+    }
+
+    /// The response of the probe of `ticket` has started, and is not trailers-only: counted
+    /// as answering while its half-open period lasts. Whether it was counted.
+    pub(crate) fn probe_answered(&self, ticket: Ticket) -> bool {
+        let mut core = self.lock();
+        let word = self.word.load(Ordering::Acquire);
+        let current =
+            generation(word) == ticket.generation && State::from_bits(word) == State::HalfOpen;
+        if current {
+            core.answered += 1;
+        }
+        current
+    }
+
+    /// Records how an admitted call ended; `answered` when it was a probe counted by
+    /// [`probe_answered`](Self::probe_answered).
+    pub(crate) fn complete(&self, ticket: Ticket, verdict: Verdict, answered: bool) {
+        if verdict == Verdict::Ignore && !answered {
             return;
         }
         let mut core = self.lock();
@@ -293,6 +339,10 @@ impl<H: OnStateChange> Circuit<H> {
         if generation(word) != ticket.generation {
             // Admitted before the last transition: its outcome no longer says anything.
             return;
+        }
+        if answered {
+            // It ended: from now on its own outcome speaks for it.
+            core.answered = core.answered.saturating_sub(1);
         }
         match (State::from_bits(word), verdict) {
             (State::Closed, Verdict::Success) => core.policy.record_success(),
@@ -304,9 +354,7 @@ impl<H: OnStateChange> Circuit<H> {
             (State::HalfOpen, Verdict::Success) => {
                 core.probe_successes += 1;
                 if core.probe_successes >= self.shared.settings.successes {
-                    core.policy.revived();
-                    core.policy.record_success();
-                    self.transit(word, State::Closed, None);
+                    self.close(&mut core, word);
                 }
             }
             (State::HalfOpen, Verdict::Failure) => {
@@ -393,14 +441,18 @@ pub struct Permit<H> {
     circuit: Arc<Circuit<H>>,
     ticket: Ticket,
     timing: Timing,
+    /// For a probe: set once its response started and the circuit counted it as answering.
+    answered: Option<Arc<AtomicBool>>,
 }
 
 impl<H> Permit<H> {
     pub(crate) fn new(circuit: Arc<Circuit<H>>, ticket: Ticket, timing: Timing) -> Self {
+        let answered = ticket.probe.then(|| Arc::new(AtomicBool::new(false)));
         Permit {
             circuit,
             ticket,
             timing,
+            answered,
         }
     }
 
@@ -413,12 +465,31 @@ impl<H> Permit<H> {
     pub fn is_probe(&self) -> bool {
         self.ticket.probe
     }
+
+    /// For a probe: what tells its circuit that the probe's response started.
+    pub(crate) fn watch(&self) -> Option<ProbeWatch<H>> {
+        Some(ProbeWatch {
+            circuit: self.circuit.clone(),
+            ticket: self.ticket,
+            answered: self.answered.clone()?,
+        })
+    }
+
+    fn answered(&self) -> bool {
+        self.answered
+            .as_ref()
+            .is_some_and(|answered| answered.load(Ordering::Acquire))
+    }
 }
 
 impl<H: OnStateChange> Observer for Permit<H> {
-    fn on_end(self, outcome: Outcome, _: Counts) {
-        let verdict = self.circuit.settings().rules.verdict(&outcome, self.timing);
-        self.circuit.complete(self.ticket, verdict);
+    fn on_end(self, outcome: Outcome, counts: Counts) {
+        let verdict = self
+            .circuit
+            .settings()
+            .rules
+            .verdict(&outcome, counts, self.timing);
+        self.circuit.complete(self.ticket, verdict, self.answered());
         // Dropping `self` gives the probe slot back, after the outcome is in.
     }
 }
@@ -437,5 +508,84 @@ impl<H> fmt::Debug for Permit<H> {
             .field("breaker", &self.circuit.name())
             .field("probe", &self.ticket.probe)
             .finish_non_exhaustive()
+    }
+}
+
+/// Held by a probe's response future: tells the circuit when the probe's response starts.
+pub(crate) struct ProbeWatch<H> {
+    circuit: Arc<Circuit<H>>,
+    ticket: Ticket,
+    answered: Arc<AtomicBool>,
+}
+
+impl<H: OnStateChange> ProbeWatch<H> {
+    /// The probe's response headers came, and the RPC goes on (not trailers-only).
+    pub(crate) fn answered(self) {
+        if self.circuit.probe_answered(self.ticket) {
+            self.answered.store(true, Ordering::Release);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn circuit() -> Circuit<()> {
+        let shared = Shared {
+            settings: Settings {
+                policy: Policy::consecutive_failures(1),
+                backoff: Backoff::constant(Duration::from_secs(1)),
+                rules: Rules::default(),
+                probes: 1,
+                successes: 1,
+                half_open_max_wait: Duration::from_secs(30),
+                side: Side::Client,
+            },
+            hook: (),
+        };
+        Circuit::new("backend".into(), Arc::new(shared))
+    }
+
+    /// Drives, one step at a time, a call that loaded the word during an older half-open
+    /// period and takes (then gives back) a probe slot after the circuit moved on to a newer
+    /// one: the newer period's probe must stay the only one in flight.
+    #[tokio::test(start_paused = true)]
+    async fn a_stale_probe_take_never_resets_a_newer_periods_counter() {
+        let circuit = circuit();
+        let first = circuit.try_acquire().unwrap();
+        circuit.complete(first, Verdict::Failure, false);
+        assert_eq!(circuit.state(), State::Open);
+
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let old = circuit.try_acquire().unwrap();
+        assert!(old.probe);
+        assert_eq!(circuit.state(), State::HalfOpen);
+        // The stale caller's look at the word, during this period.
+        let stale = circuit.word.load(Ordering::Acquire);
+        circuit.complete(old, Verdict::Failure, false);
+        circuit.release_probe(old.generation);
+        assert_eq!(circuit.state(), State::Open);
+
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let probe = circuit.try_acquire().unwrap();
+        assert!(probe.probe);
+        assert_eq!(circuit.state(), State::HalfOpen);
+        assert_ne!(generation(stale), probe.generation);
+
+        // Now the stale caller tries to take its slot; had it got one, it would see the word
+        // changed and give it back.
+        if circuit.take_probe(generation(stale)) {
+            circuit.release_probe(generation(stale));
+        }
+        assert_eq!(
+            circuit.try_acquire(),
+            None,
+            "the newer period's probe is still in flight"
+        );
+        assert_eq!(circuit.probes.load(Ordering::Acquire) & 0xffff_ffff, 1);
+        circuit.complete(probe, Verdict::Success, false);
+        circuit.release_probe(probe.generation);
+        assert_eq!(circuit.state(), State::Closed);
     }
 }

@@ -27,7 +27,9 @@ use crate::{
 /// | key | one circuit, named by [`name`](Builder::name) (`"default"`) |
 /// | [`registry`](Builder::registry) | none: every method is counted |
 /// | [`max_breakers`](Builder::max_breakers) | 1024 |
-/// | [`side`](Builder::side) | [`Side::Client`] |
+/// | [`side`](Builder::side) | [`Side::Client`] ([`BreakerLayer::server`] sets [`Side::Server`]) |
+/// | [`min_deadline_failure`](Builder::min_deadline_failure) | the slow-call threshold, else [`DEFAULT_MIN_DEADLINE_FAILURE`](crate::DEFAULT_MIN_DEADLINE_FAILURE) (1 s) |
+/// | [`ignore_request_decode_errors`](Builder::ignore_request_decode_errors) | `true` |
 /// | [`skip`](Builder::skip) | nothing skipped |
 /// | [`on_state_change`](Builder::on_state_change) | `()` |
 ///
@@ -236,10 +238,17 @@ impl<H> Builder<H> {
 
     /// The longest a half-open circuit waits for its probes (default
     /// [`DEFAULT_HALF_OPEN_MAX_WAIT`], as Resilience4j's `maxWaitDurationInHalfOpenState`).
-    /// A probe that has not ended by then — a hung call without a deadline, a long-lived
-    /// stream — counts as a failed probe: the circuit opens again for its next backoff, and
-    /// the half-open period after it admits new probes. The stuck probe's outcome, when it
-    /// comes, is dropped. Checked when a call finds the probe slots taken.
+    /// Checked when a call finds the probe slots taken; then the circuit decides from the
+    /// probes still running:
+    ///
+    /// - a probe whose response has started (its headers came, not trailers-only: a healthy
+    ///   long-lived stream) shows the backend answering, and counts as a successful probe:
+    ///   with [`successes_to_close`](Self::successes_to_close) reached the circuit closes,
+    ///   else a new half-open period admits new probes, the successes so far kept;
+    /// - with none answering (a hung call without a deadline), the wait counts as a failed
+    ///   probe: the circuit opens again for its next backoff.
+    ///
+    /// Either way the stuck probes' own outcomes, when they come, are dropped.
     /// `Duration::MAX` waits for ever.
     #[must_use]
     pub fn half_open_max_wait(mut self, max_wait: Duration) -> Self {
@@ -247,13 +256,51 @@ impl<H> Builder<H> {
         self
     }
 
-    /// Which side the layer runs on (default [`Side::Client`]): the code an error without a
-    /// gRPC status reads as, the `grpc.component` of log lines, and — on a server — that
-    /// outcomes the caller caused are ignored: its own deadline passing (tonic drops the
-    /// call), and tonic's `INTERNAL` answer to a request body that does not decode.
+    /// Which side the layer runs on (default [`Side::Client`]; [`BreakerLayer::server`] and
+    /// [`BreakerLayer::client`] set it): the code an error without a gRPC status reads as,
+    /// the `grpc.component` of log lines, and — on a server — that outcomes the caller caused
+    /// are ignored: its own short deadline passing (see
+    /// [`min_deadline_failure`](Self::min_deadline_failure)), and tonic's `INTERNAL` answer
+    /// to a request body that does not decode (see
+    /// [`ignore_request_decode_errors`](Self::ignore_request_decode_errors)).
     #[must_use]
     pub fn side(mut self, side: Side) -> Self {
         self.side = side;
+        self
+    }
+
+    /// On a server: how long a call must have run for its caller's deadline passing to count
+    /// as the server's failure (default: the [`slow_call`](Self::slow_call) threshold if set,
+    /// else [`DEFAULT_MIN_DEADLINE_FAILURE`](crate::DEFAULT_MIN_DEADLINE_FAILURE), 1 s).
+    ///
+    /// A call whose caller sent a `grpc-timeout` and that ends by it — tonic drops the call
+    /// when the deadline passes, or the handler answers `DEADLINE_EXCEEDED` after passing
+    /// the deadline on to its own calls — is a failure (`DeadlineExceeded`) when it ran at
+    /// least this long: a hung dependency still opens the circuit, though every caller has a
+    /// deadline. A shorter call is ignored: any caller can send a 1 ms deadline. So a hung
+    /// dependency opens the circuit only through callers whose deadlines are at least this
+    /// long. `DEADLINE_EXCEEDED` without a caller's deadline is the server's own, and counts
+    /// as the failure codes say. A client ignores this setting: there, a call dropped after
+    /// its deadline is always a timeout.
+    #[must_use]
+    pub fn min_deadline_failure(mut self, min: Duration) -> Self {
+        self.rules.min_deadline_failure = Some(min);
+        self
+    }
+
+    /// On a server: whether tonic's `INTERNAL` answers to a request body that does not
+    /// decode are ignored (default `true`). They are recognised by tonic's messages ("failed
+    /// to decode Protobuf message…", framing and decompression errors) on a trailers-only
+    /// answer with no response message, which is how tonic answers a unary request it cannot
+    /// decode, before the handler runs.
+    ///
+    /// The false negative: a handler that passes on, with `?` and before sending any
+    /// message, an upstream's reply that did not decode (tonic's client reports it with the
+    /// same message) is ignored too. Turn this off when that matters more than callers
+    /// being able to send bytes that do not decode.
+    #[must_use]
+    pub fn ignore_request_decode_errors(mut self, yes: bool) -> Self {
+        self.rules.ignore_request_decode_errors = yes;
         self
     }
 
@@ -302,19 +349,18 @@ impl<H> Builder<H> {
     /// The methods the service has (a [`MethodRegistry`], from the same descriptors as
     /// reflection). Calls of any other method go through uncounted and never rejected — the
     /// inner service answers them (tonic: `UNIMPLEMENTED`) — and, with
-    /// [`per_method`](Self::per_method), every known method has a circuit of its own whatever
-    /// [`max_breakers`](Self::max_breakers) says and no other path gets one. Recommended on a
-    /// server that untrusted callers reach.
+    /// [`per_method`](Self::per_method), every known method has a circuit of its own from the
+    /// start, whatever [`max_breakers`](Self::max_breakers) says, and no other path gets one.
+    /// Recommended on a server that untrusted callers reach.
     ///
     /// ```
     /// use palisade_breaker::BreakerLayer;
-    /// use palisade_core::{MethodRegistry, Side};
+    /// use palisade_core::MethodRegistry;
     ///
     /// let registry =
     ///     MethodRegistry::from_encoded_file_descriptor_set(palisade_demo::FILE_DESCRIPTOR_SET)
     ///         .unwrap();
-    /// let layer = BreakerLayer::builder()
-    ///     .side(Side::Server)
+    /// let layer = BreakerLayer::server()
     ///     .per_method()
     ///     .registry(registry)
     ///     .build();
@@ -326,15 +372,21 @@ impl<H> Builder<H> {
         self
     }
 
-    /// At most this many keyed circuits (default 1024), so memory stays bounded whatever
-    /// paths, authorities or keys callers send. When a new key finds no room, circuits that
-    /// are closed, have no call in flight and were not used since the last time room ran out
-    /// are evicted; an open or half-open circuit never is. When none can go, the call shares
-    /// the [`OVERFLOW_BREAKER`](crate::OVERFLOW_BREAKER) circuit. Keys made by a
-    /// [`registry`](Self::registry)'s methods are not bounded by it.
+    /// At most this many keyed circuits are ever made (default 1024), and so at most this
+    /// many `breaker` label values (plus the [`OVERFLOW_BREAKER`](crate::OVERFLOW_BREAKER)
+    /// one), whatever paths, authorities or keys callers send. A circuit is never taken back
+    /// (its series, once exported, cannot be), nor evicted.
     ///
-    /// Each circuit registers its metric series when it is made: without a registry, keys
-    /// that callers choose make new `breaker` label values.
+    /// A key does not get a circuit on first sight: it earns one by frequency admission
+    /// (palisade-core's [`Slots`](palisade_core::slots::Slots)): once seen
+    /// [`ADMISSION_THRESHOLD`](palisade_core::slots::ADMISSION_THRESHOLD) times (8) while the
+    /// counts of recent sightings decay, and while there is room. A key in steady use earns
+    /// its circuit within its first few calls, even during a flood of random keys; keys
+    /// seen once or twice (a scan, an attacker) never do, so they cannot take the room
+    /// before the real ones come. Until then, and for every key once the room is taken, calls
+    /// share the [`OVERFLOW_BREAKER`](crate::OVERFLOW_BREAKER) circuit: guarded, but
+    /// together. Keys longer than 256 bytes always do. Keys made by a
+    /// [`registry`](Self::registry)'s methods are not bounded by it.
     #[must_use]
     pub fn max_breakers(mut self, max: usize) -> Self {
         self.max_breakers = max;

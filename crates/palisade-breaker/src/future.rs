@@ -12,7 +12,10 @@ use http::Response;
 use palisade_core::{Code, ObservedBody, ObservedFuture, Rejection, Side};
 use pin_project_lite::pin_project;
 
-use crate::{circuit::Permit, hook::OnStateChange};
+use crate::{
+    circuit::{Permit, ProbeWatch},
+    hook::OnStateChange,
+};
 
 /// The `grpc-message` of a rejected call. The response is marked as made by the layer
 /// named `"breaker"` ([`Outcome::rejected_by`](palisade_core::Outcome::rejected_by)).
@@ -29,16 +32,19 @@ pin_project! {
 pin_project! {
     #[project = KindProj]
     enum Kind<F, H: OnStateChange> {
-        Observed { #[pin] future: ObservedFuture<F, Permit<H>> },
+        Observed { #[pin] future: ObservedFuture<F, Permit<H>>, probe: Option<ProbeWatch<H>> },
         Bypass { #[pin] future: F, side: Side },
         Rejected,
     }
 }
 
 impl<F, H: OnStateChange> ResponseFuture<F, H> {
-    pub(crate) fn observed(future: ObservedFuture<F, Permit<H>>) -> Self {
+    pub(crate) fn observed(
+        future: ObservedFuture<F, Permit<H>>,
+        probe: Option<ProbeWatch<H>>,
+    ) -> Self {
         ResponseFuture {
-            kind: Kind::Observed { future },
+            kind: Kind::Observed { future, probe },
         }
     }
 
@@ -71,7 +77,17 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().kind.project() {
-            KindProj::Observed { future } => future.poll(cx),
+            KindProj::Observed { future, probe } => {
+                let result = ready!(future.poll(cx));
+                if let Some(probe) = probe.take()
+                    && let Ok(response) = &result
+                    && !response.body().has_ended()
+                {
+                    // A probe whose response started: the backend is answering it.
+                    probe.answered();
+                }
+                Poll::Ready(result)
+            }
             KindProj::Bypass { future, side } => {
                 let side = *side;
                 Poll::Ready(

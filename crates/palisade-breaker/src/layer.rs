@@ -2,6 +2,7 @@
 
 use std::{fmt, sync::Arc};
 
+use palisade_core::Side;
 use tower_layer::Layer;
 
 use crate::{
@@ -11,7 +12,9 @@ use crate::{
     service::Breaker,
 };
 
-/// Applies circuit breaking to a gRPC service or client; built with [`Builder`].
+/// Applies circuit breaking to a gRPC service or client; built with [`Builder`], from
+/// [`BreakerLayer::server`] around a server's services or [`BreakerLayer::client`] around a
+/// channel.
 ///
 /// The layer holds its circuits in an `Arc`: every service it makes, and every clone of it,
 /// shares them (a server's connections, a client's clones of its channel). Build another
@@ -26,9 +29,36 @@ impl BreakerLayer<()> {
         Builder::new().build()
     }
 
-    /// A [`Builder`] with every default.
+    /// A [`Builder`] with every default (on [`Side::Client`]). Prefer
+    /// [`server`](Self::server) or [`client`](Self::client), which say the side.
     pub fn builder() -> Builder<()> {
         Builder::new()
+    }
+
+    /// A [`Builder`] for a server's routes ([`Side::Server`]): what the caller caused — its
+    /// own short deadline, a request body that does not decode — never trips the circuit, so
+    /// no caller can open it for everyone. Use this one around a server's services.
+    ///
+    /// ```
+    /// use palisade_breaker::BreakerLayer;
+    /// use palisade_core::Matcher;
+    ///
+    /// let breaker = BreakerLayer::server()
+    ///     .per_method()
+    ///     .skip(Matcher::health_and_reflection())
+    ///     .build();
+    /// // tonic::transport::Server::builder().layer(breaker).add_service(...)
+    /// # let _ = breaker;
+    /// ```
+    pub fn server() -> Builder<()> {
+        Builder::new().side(Side::Server)
+    }
+
+    /// A [`Builder`] for a client's channel ([`Side::Client`], as [`builder`](Self::builder)):
+    /// a call dropped after its `grpc-timeout` passed is a timeout. Use this one around a
+    /// tonic `Channel`.
+    pub fn client() -> Builder<()> {
+        Builder::new().side(Side::Client)
     }
 }
 

@@ -24,15 +24,17 @@
 //! - **Open**: calls are answered at once with a trailers-only `UNAVAILABLE` "circuit open"
 //!   (a tonic client sees a `Status`), without reaching the inner service.
 //! - **Half-open**: at most [`Builder::half_open_probes`] calls (default 1) go through; the
-//!   others are rejected. A probe's success closes the circuit, its failure reopens it; a
-//!   probe still running after [`Builder::half_open_max_wait`] (default 30 s) counts as
-//!   failed, so a hung call or a long stream never holds the circuit half-open.
+//!   others are rejected. A probe's success closes the circuit, its failure reopens it. At
+//!   [`Builder::half_open_max_wait`] (default 30 s) the circuit decides without the probes
+//!   still running: one whose response started (a healthy long stream) counts as a success,
+//!   a hung one as a failure — so neither holds the circuit half-open.
 //! - **Permits**: every admitted call carries a [`Permit`] that gives its probe slot back on
 //!   every path — success, failure, ignored outcome, cancellation, dropped response future,
 //!   dropped stream, panic — so a circuit never sticks half-open.
 //! - **Keys**: one circuit per layer, or per method, per endpoint (`:authority`), or per key
 //!   of your own, bounded by the service's methods ([`Builder::registry`]) or in number
-//!   ([`Builder::max_breakers`]: unused closed circuits make room, open ones never do).
+//!   ([`Builder::max_breakers`]: a hard cap on circuits and series ever made, which keys
+//!   earn by frequency admission, never by coming first; the others share one circuit).
 //! - **Observability**: `palisade_breaker_state{breaker}` (0 closed, 1 half-open, 2 open),
 //!   `palisade_breaker_permitted_total{breaker}` and `palisade_breaker_rejected_total{breaker}`
 //!   through the `metrics` facade, a `tracing` event per transition (target
@@ -43,15 +45,21 @@
 //! A server-side breaker protects the server's own dependencies: while the handlers behind it
 //! fail (a database down, a downstream service timing out), it sheds calls at once with
 //! `UNAVAILABLE` instead of letting them pile up. It must trip on the server's failures only,
-//! never on what a caller did, or any caller could open it for everyone. With
-//! [`Builder::side`]`(Side::Server)`:
+//! never on what a caller did, or any caller could open it for everyone. Build it with
+//! [`BreakerLayer::server`] (or [`Builder::side`]`(Side::Server)`):
 //!
-//! - a call the caller dropped, or whose own `grpc-timeout` passed (tonic drops it), is ignored;
-//! - tonic's `INTERNAL` answer to a request body that does not decode is ignored;
-//! - with a [`Builder::registry`], unknown methods are never counted and get no circuit;
-//!   without one, keyed circuits for paths and authorities callers choose are evicted when
-//!   unused, so they cannot crowd out real ones (give a registry to a server untrusted
-//!   callers reach: it also keeps metric labels to known methods).
+//! - a call the caller dropped before its deadline is ignored;
+//! - a call ended by the caller's deadline (tonic drops it at its `grpc-timeout`, or the
+//!   handler answers `DEADLINE_EXCEEDED`) is a failure only when it ran at least
+//!   [`Builder::min_deadline_failure`] (the slow-call threshold, else 1 s): a hung
+//!   dependency opens the circuit, a caller's 1 ms deadline does not;
+//! - tonic's `INTERNAL` answer to a request body that does not decode is ignored
+//!   ([`Builder::ignore_request_decode_errors`]);
+//! - with a [`Builder::registry`], unknown methods are never counted and get no circuit, and
+//!   every known method has its circuit from the start; without one, paths and authorities
+//!   callers choose must earn a circuit by frequency, within [`Builder::max_breakers`]
+//!   (give a registry to a server untrusted callers reach: it also keeps metric labels to
+//!   known methods).
 //!
 //! Time is tokio's clock, so `tokio::time::pause` drives open durations and windows in tests.
 //! Metric handles are registered when a circuit is made — for a layer with one circuit, when
@@ -71,7 +79,7 @@
 //! # #[tokio::main] async fn main() {
 //! # let server = palisade_demo::spawn(tower::layer::util::Identity::new()).await;
 //! # let channel = server.channel().await;
-//! let breaker = BreakerLayer::builder()
+//! let breaker = BreakerLayer::client()
 //!     .name("greeter")
 //!     .consecutive_failures(3)
 //!     .backoff(Backoff::constant(Duration::from_secs(5)))
@@ -95,10 +103,9 @@
 //!
 //! ```
 //! use palisade_breaker::BreakerLayer;
-//! use palisade_core::{Matcher, Side};
+//! use palisade_core::Matcher;
 //!
-//! let breaker = BreakerLayer::builder()
-//!     .side(Side::Server)
+//! let breaker = BreakerLayer::server()
 //!     .per_method()
 //!     .skip(Matcher::health_and_reflection())
 //!     .build();
@@ -121,7 +128,7 @@ mod registry;
 mod service;
 
 pub use circuit::Permit;
-pub use classify::{DEFAULT_FAILURE_CODES, Verdict};
+pub use classify::{DEFAULT_FAILURE_CODES, DEFAULT_MIN_DEADLINE_FAILURE, Verdict};
 pub use config::{Builder, DEFAULT_HALF_OPEN_MAX_WAIT};
 pub use future::{CIRCUIT_OPEN, ResponseFuture};
 pub use hook::{OnStateChange, State, Transition};

@@ -1,15 +1,15 @@
 //! A layer's circuits: one, or one per key (method, authority, your key), bounded in number:
-//! by the method registry when keys are its methods, else by evicting unused closed circuits.
+//! by the method registry when keys are its methods, else by `max_breakers`, which keys earn
+//! by frequency admission (palisade-core's [`Slots`]).
 
 use std::{
     borrow::Cow,
-    collections::HashMap,
     fmt,
-    sync::{Arc, OnceLock, PoisonError, RwLock},
+    sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError},
 };
 
 use http::{Extensions, HeaderMap, Request, Uri, header::HOST};
-use palisade_core::{Matcher, Method, MethodRegistry, Side, deadline::grpc_timeout};
+use palisade_core::{Matcher, Method, MethodRegistry, deadline::grpc_timeout, slots::Slots};
 use tokio::time::Instant;
 
 use crate::{
@@ -113,11 +113,13 @@ pub(crate) struct Registry<H> {
     key: KeyBy,
     skip: Option<Matcher>,
     methods: Option<MethodRegistry>,
-    /// Whether `max` bounds the keyed circuits (not when they are the registry's methods).
-    bounded: bool,
     max: usize,
     single: Option<Arc<Circuit<H>>>,
-    map: RwLock<HashMap<Arc<str>, Arc<Circuit<H>>, foldhash::fast::RandomState>>,
+    /// Keyed circuits: the registry's methods, placed at build, and up to `max` keys that
+    /// earned one by frequency admission. Never emptied: a series once exported stays.
+    keyed: Option<Slots<Arc<Circuit<H>>, foldhash::fast::RandomState>>,
+    /// Every keyed circuit made, in order: for [`Registry::states`].
+    made: Mutex<Vec<Arc<Circuit<H>>>>,
     overflow: OnceLock<Arc<Circuit<H>>>,
 }
 
@@ -133,16 +135,36 @@ impl<H> Registry<H> {
         let shared = Arc::new(shared);
         let single =
             matches!(key, KeyBy::Single).then(|| Arc::new(Circuit::new(name, shared.clone())));
-        let bounded = !(matches!(key, KeyBy::Method) && methods.is_some());
+        let mut made = Vec::new();
+        let keyed = (!matches!(key, KeyBy::Single)).then(|| {
+            // Keyed by the registry's methods: each has its circuit from the start, and no
+            // other path ever gets one.
+            let (known, max_dynamic) = match (&key, &methods) {
+                (KeyBy::Method, Some(methods)) => {
+                    let known: Vec<_> = methods
+                        .iter()
+                        .map(|info| {
+                            let name: Arc<str> = format!("{}/{}", info.service, info.method).into();
+                            let circuit = Arc::new(Circuit::new(name.clone(), shared.clone()));
+                            made.push(circuit.clone());
+                            (format!("/{name}"), circuit)
+                        })
+                        .collect();
+                    (known, 0)
+                }
+                _ => (Vec::new(), max),
+            };
+            Slots::with_hasher(known, max_dynamic, foldhash::fast::RandomState::default())
+        });
         Registry {
             shared,
             key,
             skip,
             methods,
-            bounded,
             max,
             single,
-            map: RwLock::new(HashMap::default()),
+            keyed,
+            made: Mutex::new(made),
             overflow: OnceLock::new(),
         }
     }
@@ -156,30 +178,37 @@ impl<H> Registry<H> {
             .get_or_init(|| Arc::new(Circuit::new(OVERFLOW_BREAKER.into(), self.shared.clone())))
     }
 
-    /// The circuit for `key`, made on first sight while there is room (or room can be made).
-    fn keyed(&self, key: &str) -> Arc<Circuit<H>> {
-        let map = self.map.read().unwrap_or_else(PoisonError::into_inner);
-        if let Some(circuit) = map.get(key) {
-            circuit.touch();
-            return circuit.clone();
+    /// The circuit of `key` (a request path when `name` is given: the circuit is named by the
+    /// method's full name), or the overflow circuit while the key has not earned one of its
+    /// own — by being seen often enough (palisade-core's frequency admission), while fewer
+    /// than `max` keys have one. A one-off key never gets a circuit, so a flood of keys
+    /// chosen by callers neither makes circuits (nor metric series) nor crowds real ones out.
+    fn keyed(&self, key: &str, name: Option<&str>) -> &Arc<Circuit<H>> {
+        let Some(slots) = &self.keyed else {
+            return self.overflow();
+        };
+        if let Some((_, circuit)) = slots.get(key) {
+            return circuit;
         }
-        drop(map);
-        let mut map = self.map.write().unwrap_or_else(PoisonError::into_inner);
-        if let Some(circuit) = map.get(key) {
-            circuit.touch();
-            return circuit.clone();
+        let admitted = slots.admit_key(key, || {
+            let circuit = Arc::new(Circuit::new(
+                name.unwrap_or(key).into(),
+                self.shared.clone(),
+            ));
+            self.made
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(circuit.clone());
+            circuit
+        });
+        match admitted {
+            Some((_, circuit)) => circuit,
+            None => self.overflow(),
         }
-        if self.bounded && map.len() >= self.max {
-            evict(&mut map);
-            if map.len() >= self.max {
-                drop(map);
-                return self.overflow().clone();
-            }
-        }
-        let name: Arc<str> = key.into();
-        let circuit = Arc::new(Circuit::new(name.clone(), self.shared.clone()));
-        map.insert(name, circuit.clone());
-        circuit
+    }
+
+    fn made(&self) -> MutexGuard<'_, Vec<Arc<Circuit<H>>>> {
+        self.made.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The state of the circuit named `name`, if the layer has made it.
@@ -190,34 +219,25 @@ impl<H> Registry<H> {
         if name == OVERFLOW_BREAKER {
             return self.overflow.get().map(|c| c.state());
         }
-        let map = self.map.read().unwrap_or_else(PoisonError::into_inner);
-        map.get(name).map(|c| c.state())
+        self.made()
+            .iter()
+            .find(|c| c.name() == name)
+            .map(|c| c.state())
     }
 
     /// Every circuit made so far, with its state, sorted by name.
     pub(crate) fn states(&self) -> Vec<(String, State)> {
-        let map = self.map.read().unwrap_or_else(PoisonError::into_inner);
+        let made = self.made();
         let mut states: Vec<_> = self
             .single
             .iter()
-            .chain(map.values())
+            .chain(made.iter())
             .chain(self.overflow.get())
             .map(|c| (c.name().to_owned(), c.state()))
             .collect();
         states.sort_by(|a, b| a.0.cmp(&b.0));
         states
     }
-}
-
-/// Makes room among keyed circuits: removes those that are closed, have no call in flight
-/// (the map holds the only reference: no permit has one) and were not looked up since the
-/// last eviction; the others of them lose their mark, so they go next time unless used. Open
-/// and half-open circuits always stay.
-fn evict<H, S>(map: &mut HashMap<Arc<str>, Arc<Circuit<H>>, S>) {
-    map.retain(|_, circuit| {
-        let idle = circuit.state() == State::Closed && Arc::strong_count(circuit) == 1;
-        !idle || circuit.take_used()
-    });
 }
 
 impl<H: OnStateChange> Registry<H> {
@@ -247,17 +267,19 @@ impl<H: OnStateChange> Registry<H> {
                 None => self.admit_in(self.overflow(), request),
             },
             KeyBy::Method => match method {
-                Some(method) => self.admit_in(&self.keyed(method.full_name()), request),
+                Some(method) => {
+                    self.admit_in(self.keyed(method.path(), Some(method.full_name())), request)
+                }
                 None => self.admit_in(self.overflow(), request),
             },
             KeyBy::Authority => match authority(request.uri(), request.headers()) {
-                Some(authority) => self.admit_in(&self.keyed(authority), request),
+                Some(authority) => self.admit_in(self.keyed(authority, None), request),
                 None => self.admit_in(self.overflow(), request),
             },
             KeyBy::Custom(key) => {
                 let head = RequestHead::new(request);
                 match key(&head) {
-                    Some(key) => self.admit_in(&self.keyed(&key), request),
+                    Some(key) => self.admit_in(self.keyed(&key, None), request),
                     None => self.admit_in(self.overflow(), request),
                 }
             }
@@ -273,14 +295,12 @@ impl<H: OnStateChange> Registry<H> {
         }
     }
 
-    /// Reads the clock only when a rule needs the call's start: a slow-call threshold, or, on
-    /// a client, the caller's `grpc-timeout` (a call dropped after it passed is a local
-    /// timeout, not a cancellation; on a server it is the caller's own deadline).
+    /// Reads the clock only when a rule needs the call's start: a slow-call threshold, or the
+    /// caller's `grpc-timeout` (on a client, a call dropped after it passed is a local
+    /// timeout, not a cancellation; on a server, whether the call ran long enough for its
+    /// deadline passing to be the server's failure rather than the caller's short deadline).
     fn timing<B>(&self, request: &Request<B>) -> Timing {
-        let timeout = match self.shared.settings.side {
-            Side::Client => grpc_timeout(request.headers()),
-            Side::Server => None,
-        };
+        let timeout = grpc_timeout(request.headers());
         if timeout.is_none() && self.shared.settings.rules.slow_call.is_none() {
             return Timing::default();
         }

@@ -80,11 +80,11 @@ where
         match self.registry.admit(&request) {
             Admission::Permitted(permit) => {
                 // If `call` panics, the permit is dropped with it and gives back its slot.
-                ResponseFuture::observed(ObservedFuture::new(
-                    self.inner.call(request),
-                    side,
-                    permit,
-                ))
+                let probe = permit.watch();
+                ResponseFuture::observed(
+                    ObservedFuture::new(self.inner.call(request), side, permit),
+                    probe,
+                )
             }
             Admission::Rejected => ResponseFuture::rejected(),
             Admission::Skip => ResponseFuture::bypass(self.inner.call(request), side),

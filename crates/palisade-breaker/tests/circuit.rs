@@ -208,6 +208,80 @@ async fn a_probe_that_never_ends_does_not_hold_the_circuit_half_open() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_long_stream_probe_on_a_healthy_backend_closes_the_circuit_at_the_max_wait() {
+    let recorder = Transitions::default();
+    let backend = Backend::new(Reply::Unary(Code::Unavailable));
+    let layer = BreakerLayer::client()
+        .name("backend")
+        .consecutive_failures(1)
+        .backoff(Backoff::constant(secs(5)))
+        .half_open_max_wait(secs(10))
+        .on_state_change(recorder.hook())
+        .build();
+    let service = layer.layer(backend.clone());
+    hello(&service).await;
+    assert_eq!(layer.state("backend"), Some(State::Open));
+
+    // The probe is a long-lived stream on a healthy backend: headers, a message, no end.
+    tokio::time::advance(secs(5)).await;
+    backend.set(Reply::Stream);
+    let stream = tower::ServiceExt::oneshot(service.clone(), request(HELLO))
+        .await
+        .unwrap();
+    assert_eq!(layer.state("backend"), Some(State::HalfOpen));
+    assert_eq!(hello(&service).await, open());
+
+    // At the maximum wait the circuit decides from it: the backend answered, so it closes,
+    // and the call that found the slot taken goes through.
+    tokio::time::advance(secs(10)).await;
+    backend.set(Reply::Unary(Code::Ok));
+    assert_eq!(hello(&service).await, ok());
+    assert_eq!(layer.state("backend"), Some(State::Closed));
+    // The stream's own end, much later, belongs to an older generation: it changes nothing.
+    drop(stream);
+    assert_eq!(layer.state("backend"), Some(State::Closed));
+    assert_eq!(
+        recorder.take(),
+        [
+            (State::Closed, State::Open, Some(secs(5))),
+            (State::Open, State::HalfOpen, None),
+            (State::HalfOpen, State::Closed, None),
+        ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn long_stream_probes_short_of_the_successes_to_close_admit_new_probes() {
+    let backend = Backend::new(Reply::Unary(Code::Unavailable));
+    let layer = BreakerLayer::client()
+        .name("backend")
+        .consecutive_failures(1)
+        .backoff(Backoff::constant(secs(5)))
+        .half_open_max_wait(secs(10))
+        .successes_to_close(2)
+        .build();
+    let service = layer.layer(backend.clone());
+    hello(&service).await;
+    tokio::time::advance(secs(5)).await;
+    backend.set(Reply::Stream);
+    let first = tower::ServiceExt::oneshot(service.clone(), request(HELLO))
+        .await
+        .unwrap();
+    tokio::time::advance(secs(10)).await;
+    // One answering probe of two needed: a new half-open period, with a new probe slot.
+    let second = tower::ServiceExt::oneshot(service.clone(), request(HELLO))
+        .await
+        .unwrap();
+    assert_eq!(layer.state("backend"), Some(State::HalfOpen));
+    assert_eq!(hello(&service).await, open());
+    tokio::time::advance(secs(10)).await;
+    backend.set(Reply::Unary(Code::Ok));
+    assert_eq!(hello(&service).await, ok());
+    assert_eq!(layer.state("backend"), Some(State::Closed));
+    drop((first, second));
+}
+
+#[tokio::test(start_paused = true)]
 async fn an_inner_palisade_rejection_is_not_the_backends_failure() {
     // Two breakers stacked: the inner one's "circuit open" is UNAVAILABLE, a failure code,
     // but it was made here, by a Palisade layer: the outer breaker ignores it.

@@ -65,7 +65,7 @@ async fn main() -> Result<(), BoxError> {
         jwt_secret: args.jwt_secret,
         scope: args.scope,
         token_ttl: Duration::from_secs(300),
-        breaker: BreakerLayer::builder()
+        breaker: BreakerLayer::client()
             .name("greeter")
             .consecutive_failures(3)
             .backoff(Backoff::exponential(

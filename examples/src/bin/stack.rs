@@ -80,7 +80,7 @@ async fn main() -> Result<(), BoxError> {
         "  client: trace → logging → metrics → breaker (3 failures, 500 ms open) → ratelimit (wait) → jwt (attach)"
     );
 
-    let breaker = BreakerLayer::builder()
+    let breaker = BreakerLayer::client()
         .name("greeter")
         .consecutive_failures(3)
         .backoff(Backoff::constant(Duration::from_millis(500)))
