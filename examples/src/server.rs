@@ -13,7 +13,7 @@ use tower::ServiceBuilder;
 
 use crate::{
     BoxError,
-    shutdown::{self, Signals},
+    shutdown::{self, Signals, Tracker},
     telemetry::LogFormat,
 };
 
@@ -60,6 +60,10 @@ pub struct ServerArgs {
     /// Log format, to stdout.
     #[arg(long, value_enum, default_value_t = LogFormat::Json)]
     pub log_format: LogFormat,
+    /// Also log a `started call` line when each call starts (by default, a call is logged
+    /// when it ends).
+    #[arg(long)]
+    pub log_start: bool,
     /// Export spans with OTLP (gRPC) to this endpoint.
     #[arg(long)]
     pub otlp_endpoint: Option<String>,
@@ -74,7 +78,7 @@ pub struct ServerArgs {
 }
 
 /// The flags that configure a layer, which `--bare` has none of.
-const BARE_IGNORES: [&str; 10] = [
+const BARE_IGNORES: [&str; 11] = [
     "metrics_addr",
     "jwt_secret",
     "jwks_file",
@@ -85,7 +89,12 @@ const BARE_IGNORES: [&str; 10] = [
     "rate_key",
     "rate_redis",
     "otlp_endpoint",
+    "log_start",
 ];
+
+/// How long calls cut after the grace period may take to end (hyper drops them as soon as their
+/// connection closes).
+const CUT_WAIT: Duration = Duration::from_secs(5);
 
 /// A running demo server; dropping it stops the server.
 #[derive(Debug)]
@@ -96,6 +105,7 @@ pub struct RunningServer {
     pub metrics_addr: Option<SocketAddr>,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
+    tracker: Tracker,
     _metrics: Option<palisade_metrics::prometheus::MetricsServer>,
 }
 
@@ -117,8 +127,10 @@ impl RunningServer {
     }
 
     /// Serves until a signal, then drains as a pod stops: no new connections (open ones are
-    /// told to go away), calls in flight finish within `grace`, and it returns. Calls still in
-    /// flight after `grace`, or at a second signal, are cut.
+    /// told to go away), calls in flight finish within `grace`, and it returns. After `grace`,
+    /// or at a second signal, the connections still open are closed: the calls still in flight
+    /// are cut (their callers see the connection close), and it returns once they have ended,
+    /// their spans and log lines written.
     pub async fn serve_until_signal(
         mut self,
         signals: &mut Signals,
@@ -143,14 +155,39 @@ impl RunningServer {
             result = &mut task => {
                 result??;
                 tracing::info!("drained: every call finished");
+                return Ok(());
             }
             () = tokio::time::sleep(grace) => {
-                task.abort();
-                tracing::warn!("grace period over: calls still in flight are cut");
+                tracing::warn!(
+                    calls = self.tracker.calls(),
+                    "grace period over: cutting the calls still in flight"
+                );
             }
             signal = signals.recv() => {
+                tracing::warn!(
+                    signal,
+                    calls = self.tracker.calls(),
+                    "signalled again: cutting the calls still in flight"
+                );
+            }
+        }
+        self.tracker.cut();
+        // Their connections closed, hyper drops the calls: wait until they have ended, so that
+        // their spans and log lines are flushed with the rest.
+        let ended = tokio::time::timeout(CUT_WAIT, async {
+            let _ = (&mut task).await;
+            self.tracker.idle().await;
+        })
+        .await;
+        match ended {
+            Ok(()) => tracing::warn!("cut: no call is in flight any more"),
+            Err(_) => {
                 task.abort();
-                tracing::warn!(signal, "signalled again: calls still in flight are cut");
+                tracing::warn!(
+                    calls = self.tracker.calls(),
+                    wait = ?CUT_WAIT,
+                    "cut: calls still running this long after their connections closed end with the process"
+                );
             }
         }
         Ok(())
@@ -296,12 +333,15 @@ pub async fn start(args: &ServerArgs, listener: TcpListener) -> Result<RunningSe
     let routes = palisade_demo::routes(greeter()).await;
     let (tx, rx) = oneshot::channel::<()>();
     // Nagle off, as `Server::serve` sets it: streamed replies would wait for ACKs.
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let tracker = Tracker::new();
+    let incoming = tracker.incoming(TcpIncoming::from(listener).with_nodelay(Some(true)));
     let signal = async {
         let _ = rx.await;
     };
     if args.bare {
         let task = tokio::spawn(
+            // Connections tracked (to cut them), not calls: no layer here, even that one, and
+            // without layers there are no spans or log lines to wait for.
             Server::builder()
                 .add_routes(routes)
                 .serve_with_incoming_shutdown(incoming, signal),
@@ -311,6 +351,7 @@ pub async fn start(args: &ServerArgs, listener: TcpListener) -> Result<RunningSe
             metrics_addr: None,
             shutdown: Some(tx),
             task: Some(task),
+            tracker,
             _metrics: None,
         });
     }
@@ -332,11 +373,12 @@ pub async fn start(args: &ServerArgs, listener: TcpListener) -> Result<RunningSe
     let registry = MethodRegistry::from_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)?
         .with_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)?;
     let layers = ServerLayers::new()
-        .trace(TraceLayer::server())
+        .trace(TraceLayer::server().registry(registry.clone()))
         .logging(crate::telemetry::access_log(
             LoggingLayer::server()
                 .skip(Matcher::health_and_reflection())
-                .method_registry(registry.clone()),
+                .method_registry(registry.clone())
+                .log_start(args.log_start),
         ))
         .metrics(MetricsLayer::server().registry(registry.clone()).build())
         .auth(auth(args)?)
@@ -347,6 +389,7 @@ pub async fn start(args: &ServerArgs, listener: TcpListener) -> Result<RunningSe
         )?));
     let task = tokio::spawn(
         Server::builder()
+            .layer(tracker.layer())
             .layer(layers)
             .add_routes(routes)
             .serve_with_incoming_shutdown(incoming, signal),
@@ -356,6 +399,7 @@ pub async fn start(args: &ServerArgs, listener: TcpListener) -> Result<RunningSe
         metrics_addr: Some(metrics_server.local_addr()),
         shutdown: Some(tx),
         task: Some(task),
+        tracker,
         _metrics: Some(metrics_server),
     })
 }

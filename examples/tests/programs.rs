@@ -26,7 +26,7 @@ use opentelemetry_proto::tonic::{
     trace::v1::span::SpanKind,
 };
 use palisade_examples::{
-    pb::{HelloRequest, greeter_client::GreeterClient},
+    pb::{HelloReply, HelloRequest, greeter_client::GreeterClient},
     server::ServerArgs,
     shutdown,
 };
@@ -127,29 +127,51 @@ async fn two_servers_on_one_redis_share_one_quota() {
 // Stopping like a pod stops.
 
 /// `server` on SIGTERM: a call in flight finishes OK, the process exits 0, and every server
-/// span reached the OTLP receiver.
+/// span reached the OTLP receiver. The call is held in flight by the test: its request body
+/// (one message, then the stream left open) ends only once the server has said it is draining,
+/// so the server cannot answer it before the signal.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_drains_on_sigterm_and_every_span_arrives() {
     const CALLS: usize = 5;
     let receiver = Receiver::start().await;
     let endpoint = receiver.endpoint();
-    let mut server = DemoServer::start(&["--otlp-endpoint", &endpoint]).await;
+    let mut server = DemoServer::start(&["--otlp-endpoint", &endpoint, "--log-start"]).await;
     let token = token();
     let mut client = server.client().await;
     for call in 0..CALLS {
         let request = with_token(hello(&format!("call {call}"), 0), &token);
         client.say_hello(request).await.expect("an authorized call");
     }
-    // One more, still in the handler when the signal comes.
-    let mut slow = client.clone();
-    let slow_token = token.clone();
+    // One more, its request body held open by the test.
+    let (body, messages) = mpsc::channel(1);
+    body.send(hello("in flight", 0)).await.unwrap();
+    let mut grpc = tonic::client::Grpc::new(server.channel().await);
+    let held_token = token.clone();
     let in_flight = tokio::spawn(async move {
-        slow.say_hello(with_token(hello("in flight", 1_000), &slow_token))
-            .await
+        grpc.ready().await.expect("the channel is ready");
+        let request = with_token(
+            tokio_stream::wrappers::ReceiverStream::new(messages),
+            &held_token,
+        );
+        grpc.client_streaming::<_, HelloRequest, HelloReply, _>(
+            request,
+            http::uri::PathAndQuery::from_static("/palisade.demo.v1.Greeter/SayHello"),
+            tonic_prost::ProstCodec::default(),
+        )
+        .await
     });
     server.until_started("SayHello", CALLS + 1).await;
 
     server.program.signal("-TERM");
+    server
+        .program
+        .line("the server drains", |line| line.contains("draining"))
+        .await;
+    assert!(
+        !in_flight.is_finished(),
+        "the held call cannot have ended before its body"
+    );
+    drop(body);
     let reply = tokio::time::timeout(WITHIN, in_flight)
         .await
         .expect("the call in flight ends")
@@ -159,6 +181,14 @@ async fn server_drains_on_sigterm_and_every_span_arrives() {
     let status = server.program.exit().await;
     assert!(status.success(), "server exited with {status}");
     let logs = server.program.rest().await;
+    let finished = logs
+        .iter()
+        .filter(|line| finished_call(line, "SayHello").is_some())
+        .count();
+    assert_eq!(
+        finished, 1,
+        "the held call is logged after the drain began: {logs:?}"
+    );
     assert!(
         logs.iter()
             .any(|line| line.contains("palisade demo server stopped")),
@@ -174,10 +204,21 @@ async fn server_drains_on_sigterm_and_every_span_arrives() {
     );
 }
 
-/// `--grace-period` acts: a call still in flight when it is over is cut, and the server exits 0.
+/// `--grace-period` acts: a call still in flight when it is over is cut for real — its caller
+/// sees the connection close at once, not at the end of its ten minutes, the call ends (its log
+/// line and its span are flushed with the rest), and the server exits 0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_cuts_calls_still_in_flight_after_the_grace_period() {
-    let mut server = DemoServer::start(&["--grace-period", "50ms"]).await;
+    let receiver = Receiver::start().await;
+    let endpoint = receiver.endpoint();
+    let mut server = DemoServer::start(&[
+        "--grace-period",
+        "50ms",
+        "--log-start",
+        "--otlp-endpoint",
+        &endpoint,
+    ])
+    .await;
     let token = token();
     let mut client = server.client().await;
     let in_flight = tokio::spawn(async move {
@@ -187,13 +228,6 @@ async fn server_cuts_calls_still_in_flight_after_the_grace_period() {
     });
     server.until_started("SayHello", 1).await;
     server.program.signal("-TERM");
-    let status = server.program.exit().await;
-    assert!(status.success(), "server exited with {status}");
-    let logs = server.program.rest().await;
-    assert!(
-        logs.iter().any(|line| line.contains("grace period over")),
-        "{logs:?}"
-    );
     let cut = tokio::time::timeout(WITHIN, in_flight)
         .await
         .expect("the cut call ends")
@@ -202,6 +236,28 @@ async fn server_cuts_calls_still_in_flight_after_the_grace_period() {
         cut.is_err(),
         "a ten-minute call cannot have finished: {cut:?}"
     );
+    let status = server.program.exit().await;
+    assert!(status.success(), "server exited with {status}");
+    let logs = server.program.rest().await;
+    assert!(
+        logs.iter().any(|line| line.contains("grace period over")),
+        "{logs:?}"
+    );
+    let position = |what: &str| logs.iter().position(|line| line.contains(what));
+    let stopped = position("palisade demo server stopped").unwrap_or_else(|| panic!("{logs:?}"));
+    let codes: Vec<_> = logs[..stopped]
+        .iter()
+        .filter_map(|line| finished_call(line, "SayHello"))
+        .collect();
+    assert_eq!(
+        codes,
+        ["Canceled"],
+        "the cut call ended, and was logged, before the server stopped: {logs:?}"
+    );
+    let spans = receiver.spans("palisade-demo-server", SpanKind::Server, "SayHello");
+    assert_eq!(spans, 1, "the cut call's span: {:?}", receiver.all());
+    let cut_line = position("cut: no call is in flight").unwrap_or_else(|| panic!("{logs:?}"));
+    assert!(cut_line < stopped, "{logs:?}");
 }
 
 /// `client` on SIGTERM: no new call, the one in flight finishes, its spans all arrive, exit 0.
@@ -294,6 +350,7 @@ fn bare_refuses_the_flags_it_would_ignore() {
         &["--jwt-audience", "a"],
         &["--metrics-addr", "127.0.0.1:0"],
         &["--otlp-endpoint", "http://127.0.0.1:4317"],
+        &["--log-start"],
     ] {
         let mut args = vec!["--bare"];
         args.extend_from_slice(flags);
@@ -505,34 +562,32 @@ impl DemoServer {
         }
     }
 
-    async fn client(&self) -> GreeterClient<Channel> {
-        let channel = Channel::from_shared(format!("http://{}", self.addr))
+    async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.addr))
             .unwrap()
             .connect()
             .await
-            .expect("the server accepts connections");
-        GreeterClient::new(channel)
+            .expect("the server accepts connections")
     }
 
-    /// Waits until `calls` calls of `method` have reached the server (its
-    /// `grpc_server_started_total`).
-    async fn until_started(&self, method: &str, calls: usize) {
-        let label = format!("grpc_method=\"{method}\"");
-        let deadline = Instant::now() + WITHIN;
-        loop {
-            let started = metric_sum(
-                &scrape(self.metrics).await,
-                "grpc_server_started_total",
-                &label,
-            );
-            if started >= calls as f64 {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{calls} calls of {method} did not start"
-            );
-            tokio::task::yield_now().await;
+    async fn client(&self) -> GreeterClient<Channel> {
+        GreeterClient::new(self.channel().await)
+    }
+
+    /// Waits until the server has logged `calls` more `started call` lines of `method` (it
+    /// runs with `--log-start`): each is written when the call reaches the server's layers.
+    async fn until_started(&mut self, method: &str, calls: usize) {
+        for call in 1..=calls {
+            self.program
+                .line(
+                    &format!("started call {call} of {calls} of {method}"),
+                    |line| {
+                        serde_json::from_str::<serde_json::Value>(line).is_ok_and(|fields| {
+                            fields["message"] == "started call" && fields["grpc.method"] == method
+                        })
+                    },
+                )
+                .await;
         }
     }
 
@@ -581,6 +636,13 @@ async fn scrape(addr: SocketAddr) -> String {
     let mut response = String::new();
     stream.read_to_string(&mut response).await.unwrap();
     response
+}
+
+/// The `grpc.code` of a `finished call` access-log line of `method`.
+fn finished_call(line: &str, method: &str) -> Option<String> {
+    let fields: serde_json::Value = serde_json::from_str(line).ok()?;
+    (fields["message"] == "finished call" && fields["grpc.method"] == method)
+        .then(|| fields["grpc.code"].as_str().unwrap_or_default().to_owned())
 }
 
 /// The sum of a metric's samples whose line contains `label`.

@@ -62,6 +62,7 @@ async fn main() -> Result<(), BoxError> {
         rate_key: "subject".into(),
         rate_redis: None,
         log_format: LogFormat::Text,
+        log_start: false,
         otlp_endpoint: None,
         grace_period: shutdown::DEFAULT_GRACE_PERIOD,
         bare: false,
