@@ -441,8 +441,13 @@ impl Hold {
 /// `grpc-retry-pushback-ms` a non-negative integer (anything else is ignored).
 #[inline]
 fn pushback_of(headers: &HeaderMap) -> Option<Duration> {
-    // The rare header first: an ordinary response has neither.
-    let value = headers.get(&PUSHBACK)?.as_bytes();
+    // The rare header first, found by a scan rather than a hashed lookup: an ordinary response
+    // has a few headers, none of them this one.
+    let value = headers
+        .iter()
+        .find(|&(name, _)| *name == PUSHBACK)?
+        .1
+        .as_bytes();
     match headers.get("grpc-status") {
         Some(status) if status.as_bytes() != b"0" => {}
         _ => return None,

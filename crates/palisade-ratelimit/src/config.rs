@@ -355,6 +355,15 @@ impl ClientRateLimitBuilder {
     /// minute) holds the later calls of the same method, on which this layer has limits, for
     /// that long: each waits until then — within the maximum wait and its deadline — or fails
     /// at once with the layer's rejection, unsent. `false`: calls go as their own tokens allow.
+    ///
+    /// A hold's scope is the method and, when this layer's limits on it are keyed, the call's
+    /// key values: with [`Limit::per_key`](crate::Limit::per_key) on
+    /// [`Key::metadata("x-api-key")`](crate::Key::metadata), a pushback to one API key's call
+    /// holds only that key's later calls of the method — a gateway relaying many end users'
+    /// keys holds only the one whose quota ran out. With unkeyed limits it holds every call of
+    /// the method through this layer, whoever it is for; give each upstream channel its own
+    /// layer so that one server's pushback does not hold calls to another. See
+    /// [`ClientRateLimitLayer`] for the rest.
     #[must_use]
     pub fn pushback(mut self, honour: bool) -> Self {
         self.pushback = honour;
