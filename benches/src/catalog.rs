@@ -1,8 +1,8 @@
-//! What the report judges: DESIGN.md's performance budgets, mapped to bench cases, and the
+//! What the report judges: the budgets of docs/ARCHITECTURE.md, mapped to bench cases, and the
 //! peer comparisons. Case ids are criterion's full ids (`group/function`); a case's baseline
 //! is the `bare` of its group.
 
-/// One line of DESIGN.md's budget table, on one side.
+/// One line of the budget table in docs/ARCHITECTURE.md ("Performance budgets"), on one side.
 #[derive(Clone, Copy, Debug)]
 pub struct Budget {
     /// The budget table's line, e.g. `ratelimit, keyed`.
@@ -40,7 +40,7 @@ const fn budget(
 const OBSERVED: &str = "palisade-core's observed future and body — reading the trailers' \
     `grpc-status` where the RPC really ends — are a large part of it (`layers/core/observed`)";
 
-/// DESIGN.md's budgets, as the benches measure them.
+/// The budgets of docs/ARCHITECTURE.md ("Performance budgets"), as the benches measure them.
 pub const BUDGETS: &[Budget] = &[
     budget(
         "metrics",
@@ -212,7 +212,7 @@ pub const BUDGETS: &[Budget] = &[
 ];
 
 /// The end-to-end budget: the full stacks' throughput over bare tonic's, unary, 64 in flight
-/// (DESIGN.md's second round: ≥ 70 %).
+/// (docs/ARCHITECTURE.md, "Performance budgets": ≥ 70 %).
 pub const E2E_BUDGET: E2eBudget = E2eBudget {
     case: "e2e/unary_64/full",
     bare: "e2e/unary_64/bare",

@@ -260,7 +260,7 @@ fn layer_groups(side: Side) -> Vec<Group> {
     groups
 }
 
-/// The full server stack, with palisade's [`ServerLayers`] preset — DESIGN.md's order, trace →
+/// The full server stack, the [`ServerLayers`] preset in docs/ARCHITECTURE.md's order, trace →
 /// logging → metrics → jwt → ratelimit → breaker — `sampled` (trace sampled, JSON logs
 /// written) or not (trace not sampled, logging's level disabled); jwt hits its cache, one
 /// global bucket, breaker closed.
@@ -313,7 +313,7 @@ pub type ServerStack = ServerLayers<
     BreakerLayer,
 >;
 
-/// The full client stack, with palisade's [`ClientLayers`] preset — DESIGN.md's order, trace
+/// The full client stack, the [`ClientLayers`] preset in docs/ARCHITECTURE.md's order, trace
 /// (inject) → logging → metrics → breaker → ratelimit (wait) → jwt (attach) — sampled and
 /// logged or not, as [`server_stack`]; for an in-process inner service.
 pub fn client_stack(sampled: bool, port: u16) -> ClientStack {

@@ -537,7 +537,7 @@ fn write_report(results: &Results, machine: &Machine, svg_name: &str) -> String 
 
     // Budgets.
     let judged: Vec<Judged<'_>> = BUDGETS.iter().map(|b| judge(results, b)).collect();
-    let _ = writeln!(w, "## Budgets (DESIGN.md)\n");
+    let _ = writeln!(w, "## Budgets (docs/ARCHITECTURE.md)\n");
     let _ = writeln!(w, "![overhead per layer]({svg_name})\n");
     let _ = writeln!(
         w,
@@ -862,7 +862,7 @@ fn write_deployed(w: &mut String, results: &Results) {
     );
     let _ = writeln!(
         w,
-        "| the same, log level off, × bare | {} | {} (`server_stack_log_off`) | ≥ 90 % (DESIGN: 95 %) | {} |",
+        "| the same, log level off, × bare | {} | {} (`server_stack_log_off`) | ≥ 90 % (docs/ARCHITECTURE.md: 95 %) | {} |",
         pct(ratio("off")),
         pct(e2e("server_stack_log_off")),
         met(ratio("off").or(e2e("server_stack_log_off")), 0.90)
@@ -995,7 +995,7 @@ fn write_svg(results: &Results) -> String {
     );
     let _ = writeln!(
         s,
-        r##"<text x="{:.0}" y="40" fill="#555" text-anchor="middle">bar: measured overhead · black tick: DESIGN.md budget · green: met · red: missed · dashed: ≈ ns from instruction counts</text>"##,
+        r##"<text x="{:.0}" y="40" fill="#555" text-anchor="middle">bar: measured overhead · black tick: budget (docs/ARCHITECTURE.md) · green: met · red: missed · dashed: ≈ ns from instruction counts</text>"##,
         width / 2.0
     );
     for tick in [1.0, 10.0, 100.0, 1_000.0, 10_000.0] {

@@ -1,6 +1,6 @@
 //! The metrics layer against a bare service doing the same work: one unary RPC, its response
 //! body polled to the trailers, with a real Prometheus recorder installed (global, upkeep
-//! every 100 ms). Budget (DESIGN.md): ≤ 150 ns median overhead.
+//! every 100 ms). Budget (docs/ARCHITECTURE.md, "Performance budgets"): ≤ 150 ns median overhead.
 //!
 //! After criterion's runs, an interleaved measurement prints the overhead and the ratio of
 //! each layer to the bare service, in one run.

@@ -1,6 +1,6 @@
 //! The rate-limit layer against a bare service doing the same work: one unary RPC, its response
 //! body polled to the trailers, with a recorder installed (the counters count). Budgets
-//! (DESIGN.md): ≤ 100 ns median overhead with one direct bucket, ≤ 250 ns keyed.
+//! (docs/ARCHITECTURE.md): ≤ 100 ns median overhead with one direct bucket, ≤ 250 ns keyed.
 //!
 //! Cases: `direct` (one global bucket), `keyed` (one bucket per `x-api-key`, 1 000 keys in
 //! turn), `keyed_and_global` (both on each call), `unlimited_method` (the layer on a method no
