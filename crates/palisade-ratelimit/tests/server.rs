@@ -415,7 +415,10 @@ async fn building_before_any_recorder_is_installed_warns_once_per_build() {
             .build();
     });
     assert_eq!(text.matches(WARNING).count(), 1, "{text}");
-    assert!(text.contains("WARN") && text.contains(".recorder("), "{text}");
+    assert!(
+        text.contains("WARN") && text.contains(".recorder("),
+        "{text}"
+    );
     let text = warnings_during(|| {
         let _ = palisade_ratelimit::ClientRateLimitLayer::builder()
             .limit(Limit::global(per_hour(1)))
