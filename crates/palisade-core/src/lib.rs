@@ -15,6 +15,8 @@
 //! - [`Matcher`] and [`PerMethod`] select RPCs and per-method policy;
 //! - [`CodeSet`], [`Peer`], [`deadline::grpc_timeout`] and (feature `registry`)
 //!   [`MethodRegistry`];
+//! - [`Rpc`], the per-RPC record the layers of one stack share, put in by [`RecordLayer`];
+//!   [`Call`], the request view a policy gets; [`side`]'s markers put the side in a type;
 //! - (feature `metrics`) [`recorder::installed`], which every layer that registers `metrics`
 //!   handles at build asks, to warn when it is built before the recorder is installed.
 //!
@@ -55,6 +57,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod body;
+pub mod call;
 pub mod code;
 pub mod counter;
 pub mod deadline;
@@ -70,9 +73,12 @@ pub mod recorder;
 #[cfg(feature = "registry")]
 pub mod registry;
 pub mod rejection;
+pub mod rpc;
+pub mod side;
 pub mod slots;
 
 pub use body::ObservedBody;
+pub use call::Call;
 pub use code::{Code, CodeSet};
 pub use counter::MessageCounter;
 pub use future::ObservedFuture;
@@ -84,4 +90,5 @@ pub use peer::Peer;
 #[cfg(feature = "registry")]
 pub use registry::{MethodInfo, MethodRegistry};
 pub use rejection::{LocalRejection, Rejection, reject};
+pub use rpc::{RecordLayer, Rpc};
 pub use tonic::Status;

@@ -1,0 +1,164 @@
+//! [`Call`]: the view of a request a policy gets at the start of an RPC.
+//!
+//! One type for every layer, instead of a request view per crate: the side, the request's
+//! head (headers, extensions, URI — mutable, so trace can inject and jwt can strip), the
+//! per-RPC record when the stack has one, and the peer and deadline read once when asked.
+//!
+//! # Example
+//!
+//! ```
+//! use palisade_core::{call::Call, Side};
+//!
+//! let request = http::Request::post("/pkg.Greeter/SayHello")
+//!     .header("content-type", "application/grpc")
+//!     .header("grpc-timeout", "250m")
+//!     .body(())
+//!     .unwrap();
+//! let (mut parts, ()) = request.into_parts();
+//! let mut call = Call::new(Side::Server, &mut parts);
+//! assert_eq!(call.method().unwrap().full_name(), "pkg.Greeter/SayHello");
+//! assert!(call.is_grpc());
+//! assert_eq!(call.timeout(), Some(std::time::Duration::from_millis(250)));
+//! assert!(call.record().is_none());
+//! ```
+
+use std::{fmt, time::Duration};
+
+use http::request::Parts;
+
+use crate::{method::Method, observe::Side, peer::Peer, rpc::Rpc};
+
+/// The start of one RPC as a policy sees it; see the [module docs](self).
+pub struct Call<'a> {
+    side: Side,
+    parts: &'a mut Parts,
+    peer: Option<Peer>,
+    timeout: Option<Option<Duration>>,
+}
+
+impl<'a> Call<'a> {
+    /// The call whose request head is `parts`, on `side`.
+    pub fn new(side: Side, parts: &'a mut Parts) -> Self {
+        Self {
+            side,
+            parts,
+            peer: None,
+            timeout: None,
+        }
+    }
+
+    /// The side the layer runs on.
+    pub fn side(&self) -> Side {
+        self.side
+    }
+
+    /// The request's head.
+    pub fn parts(&self) -> &Parts {
+        self.parts
+    }
+
+    /// The request's head, mutably: add or remove headers, insert extensions.
+    pub fn parts_mut(&mut self) -> &mut Parts {
+        self.parts
+    }
+
+    /// The request path.
+    pub fn path(&self) -> &str {
+        self.parts.uri.path()
+    }
+
+    /// The gRPC method, if the path is `/package.Service/Method`.
+    pub fn method(&self) -> Option<Method<'_>> {
+        Method::from_uri(&self.parts.uri)
+    }
+
+    /// Whether the request says it is gRPC: its `content-type` is `application/grpc` or
+    /// `application/grpc+…` / `application/grpc;…`.
+    pub fn is_grpc(&self) -> bool {
+        self.parts
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|value| value.as_bytes().strip_prefix(b"application/grpc"))
+            .is_some_and(|rest| rest.is_empty() || rest[0] == b'+' || rest[0] == b';')
+    }
+
+    /// The per-RPC record, if a layer outside made one.
+    pub fn record(&self) -> Option<&Rpc> {
+        Rpc::from_extensions(&self.parts.extensions)
+    }
+
+    /// The per-RPC record, made for this call's side when there is none (for layers that read
+    /// the record's facts at the end, and [`RecordLayer`](crate::rpc::RecordLayer)).
+    pub fn record_or_insert(&mut self) -> &Rpc {
+        Rpc::get_or_insert(&mut self.parts.extensions, self.side)
+    }
+
+    /// The peer (remote and local address, TLS certificates), read once from tonic's
+    /// connection info.
+    pub fn peer(&mut self) -> &Peer {
+        let extensions = &self.parts.extensions;
+        self.peer
+            .get_or_insert_with(|| Peer::from_extensions(extensions))
+    }
+
+    /// The caller's `grpc-timeout`, read once.
+    pub fn timeout(&mut self) -> Option<Duration> {
+        let headers = &self.parts.headers;
+        *self
+            .timeout
+            .get_or_insert_with(|| crate::deadline::grpc_timeout(headers))
+    }
+}
+
+impl fmt::Debug for Call<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Call")
+            .field("side", &self.side)
+            .field("method", &self.parts.method)
+            .field("uri", &self.parts.uri)
+            .field("record", &self.record())
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(content_type: &str) -> Parts {
+        http::Request::post("/a.B/C")
+            .header("content-type", content_type)
+            .body(())
+            .unwrap()
+            .into_parts()
+            .0
+    }
+
+    #[test]
+    fn grpc_content_types() {
+        for (value, grpc) in [
+            ("application/grpc", true),
+            ("application/grpc+proto", true),
+            ("application/grpc;charset=utf-8", true),
+            ("application/grpc-web", false),
+            ("application/json", false),
+        ] {
+            let mut parts = parts(value);
+            assert_eq!(
+                Call::new(Side::Server, &mut parts).is_grpc(),
+                grpc,
+                "{value}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_record_is_made_once() {
+        let mut parts = parts("application/grpc");
+        let mut call = Call::new(Side::Client, &mut parts);
+        let start = call.record_or_insert().start();
+        assert_eq!(call.record().unwrap().start(), start);
+        assert_eq!(call.record().unwrap().side(), Side::Client);
+        assert!(call.peer().remote_addr.is_none());
+    }
+}
