@@ -4,7 +4,7 @@
 //! [`NonBlocking::builder`] (or [`non_blocking`]) starts the writer thread and returns a
 //! [`LogWriter`] — cheap to clone, usable as the [`access_log`](crate::LoggingLayer::access_log)
 //! of a [`LoggingLayer`](crate::LoggingLayer), as an [`io::Write`], and as a
-//! `tracing-subscriber` [`MakeWriter`] for the application's own logs — and a [`WriterGuard`].
+//! `tracing-subscriber` [`MakeWriter`](tracing_subscriber::fmt::MakeWriter) for the application's own logs — and a [`WriterGuard`].
 //! Dropping the guard is a clean stop: every line handed over before it is written and the sink
 //! flushed. Keep it alive until the program's last log line (in `main`, after the tracer
 //! provider's shutdown).
