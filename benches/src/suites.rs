@@ -76,27 +76,61 @@ fn bare(group: Group, side: Side) -> Group {
 /// The `layers` bench: each layer alone against bare, server side then client side.
 pub fn layers() -> Vec<Group> {
     let mut groups = vec![
-        bare(Group::new("layers/core"), Side::Server).case("observed", || {
-            // palisade-core's observed future and body with a no-op observer: the floor of
-            // every layer that reads the real end of the RPC (metrics, logging, trace, breaker).
-            fn ignore(outcome: Outcome, counts: Counts) {
-                std::hint::black_box((outcome, counts));
-            }
-            let mut inner = Handler::ok();
-            let service = service_fn(move |request: Request<_>| {
-                ObservedFuture::new(
-                    tower_service::Service::call(&mut inner, request),
-                    Side::Server,
-                    palisade_core::observe::on_end(ignore as fn(Outcome, Counts)),
+        bare(Group::new("layers/core"), Side::Server)
+            .case("observed", || {
+                // palisade-core's observed future and body with a no-op observer: the floor of
+                // every layer that reads the real end of the RPC (metrics, logging, trace, breaker).
+                fn ignore(outcome: Outcome, counts: Counts) {
+                    std::hint::black_box((outcome, counts));
+                }
+                let mut inner = Handler::ok();
+                let service = service_fn(move |request: Request<_>| {
+                    ObservedFuture::new(
+                        tower_service::Service::call(&mut inner, request),
+                        Side::Server,
+                        palisade_core::observe::on_end(ignore as fn(Outcome, Counts)),
+                    )
+                });
+                rpc(service, Requests::server())
+            })
+            .case("observe", || {
+                // The same floor through palisade-core's observing middleware (`Observe` with a
+                // policy that watches every RPC with a no-op observer): within noise of `observed`.
+                rpc(
+                    palisade_core::ObserveLayer::new(WatchAll).layer(Handler::ok()),
+                    Requests::server(),
                 )
-            });
-            rpc(service, Requests::server())
-        }),
+            }),
     ];
     for side in [Side::Server, Side::Client] {
         groups.extend(layer_groups(side));
     }
     groups
+}
+
+/// Watches every RPC with a no-op observer: the floor of the observing middleware.
+struct WatchAll;
+
+impl palisade_core::observe::Policy for WatchAll {
+    type Observer = palisade_core::observe::OnEnd<fn(Outcome, Counts)>;
+    type RequestObserver = ();
+    type Scope = ();
+
+    fn side(&self) -> Side {
+        Side::Server
+    }
+
+    fn start(
+        &self,
+        _: &mut palisade_core::Call<'_>,
+    ) -> Option<palisade_core::observe::Watch<Self::Observer, (), ()>> {
+        fn ignore(outcome: Outcome, counts: Counts) {
+            std::hint::black_box((outcome, counts));
+        }
+        Some(palisade_core::observe::Watch::new(
+            palisade_core::observe::on_end(ignore as fn(Outcome, Counts)),
+        ))
+    }
 }
 
 fn layer_groups(side: Side) -> Vec<Group> {

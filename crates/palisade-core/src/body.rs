@@ -20,7 +20,7 @@ use crate::{
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Role {
+pub(crate) enum Role {
     /// A response body: its trailers carry the RPC's status.
     Response(Side),
     /// A request body: it ends `Ok` at its end, `Cancelled` when dropped before.
@@ -149,32 +149,14 @@ where
         let Some(observer) = this.observer.as_mut() else {
             return Poll::Ready(frame);
         };
-        let outcome = match &frame {
-            Some(Ok(frame)) => {
-                if let Some(data) = frame.data_ref() {
-                    *this.bytes += data.remaining() as u64;
-                    for _ in 0..feed(this.counter, data) {
-                        observer.on_message();
-                    }
-                }
-                match frame.trailers_ref() {
-                    Some(trailers) => Some(match this.role {
-                        Role::Response(_) => Outcome::from_trailers(trailers),
-                        Role::Request(_) => Outcome::new(Code::Ok, Source::EndOfStream),
-                    }),
-                    None if this.inner.is_end_stream() => Some(end_of_stream(*this.role)),
-                    None => None,
-                }
-            }
-            Some(Err(error)) => {
-                let fallback = match this.role {
-                    Role::Response(side) => side.error_fallback(),
-                    Role::Request(_) => Code::Cancelled,
-                };
-                Some(Outcome::from_error(error, Source::BodyError, fallback))
-            }
-            None => Some(end_of_stream(*this.role)),
-        };
+        let outcome = classify(
+            &frame,
+            this.inner.is_end_stream(),
+            *this.role,
+            this.counter,
+            this.bytes,
+            observer,
+        );
         if let Some(outcome) = outcome {
             let counts = Counts {
                 messages: this.counter.messages(),
@@ -209,6 +191,44 @@ impl<B: std::fmt::Debug, O: Observer> std::fmt::Debug for ObservedBody<B, O> {
             .field("ended", &self.observer.is_none())
             .field("counter", &self.counter)
             .finish()
+    }
+}
+
+/// Counts a frame's messages and bytes (calling `on_message` for each message) and says how
+/// the stream ended if this frame ends it.
+pub(crate) fn classify<D: Buf, E: 'static, O: Observer>(
+    frame: &Option<Result<Frame<D>, E>>,
+    inner_ended: bool,
+    role: Role,
+    counter: &mut MessageCounter,
+    bytes: &mut u64,
+    observer: &mut O,
+) -> Option<Outcome> {
+    match frame {
+        Some(Ok(frame)) => {
+            if let Some(data) = frame.data_ref() {
+                *bytes += data.remaining() as u64;
+                for _ in 0..feed(counter, data) {
+                    observer.on_message();
+                }
+            }
+            match frame.trailers_ref() {
+                Some(trailers) => Some(match role {
+                    Role::Response(_) => Outcome::from_trailers(trailers),
+                    Role::Request(_) => Outcome::new(Code::Ok, Source::EndOfStream),
+                }),
+                None if inner_ended => Some(end_of_stream(role)),
+                None => None,
+            }
+        }
+        Some(Err(error)) => {
+            let fallback = match role {
+                Role::Response(side) => side.error_fallback(),
+                Role::Request(_) => Code::Cancelled,
+            };
+            Some(Outcome::from_error(error, Source::BodyError, fallback))
+        }
+        None => Some(end_of_stream(role)),
     }
 }
 

@@ -9,6 +9,9 @@
 //! - [`ObservedFuture`] and [`ObservedBody`] forward a response unchanged, count gRPC
 //!   messages, and tell an [`Observer`] exactly once how the RPC ended — at end of stream, not
 //!   at the response headers;
+//! - [`ObserveLayer`] / [`Observe`] ([`observe`]) are that machinery as one middleware: a
+//!   layer crate writes only its [`observe::Policy`], which decides at the start of each RPC
+//!   whether and how to watch it;
 //! - [`Rejection`] answers with a trailers-only gRPC response a client reads as a `Status`,
 //!   marked ([`LocalRejection`]) so every observer can tell it from the backend's answers
 //!   ([`Outcome::rejected_by`]);
@@ -84,7 +87,7 @@ pub use counter::MessageCounter;
 pub use future::ObservedFuture;
 pub use matcher::{Matcher, PerMethod};
 pub use method::{Method, MethodType};
-pub use observe::{Counts, Observer, Side};
+pub use observe::{Counts, Observe, ObserveLayer, Observer, Side};
 pub use outcome::Outcome;
 pub use peer::Peer;
 #[cfg(feature = "registry")]

@@ -1,0 +1,263 @@
+//! The response and request bodies of the observing middleware.
+
+use std::{
+    fmt,
+    pin::Pin,
+    task::{Context, Poll, ready},
+};
+
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+
+use super::{Counts, Observer, Policy, Scope, Side};
+use crate::{
+    body::{ObservedBody, Role, classify},
+    counter::MessageCounter,
+    future::OnUnwind,
+    outcome::Outcome,
+};
+
+pin_project! {
+    /// The response body of [`Observe`](super::Observe): every frame of `B` forwarded unchanged
+    /// (same bytes, same trailers, same `size_hint` and `is_end_stream`), each gRPC message
+    /// told to the observer, and the end of the RPC told exactly once — from the trailers'
+    /// `grpc-status` (`Unknown` when the stream ends without one), the body's error, a panic
+    /// through its poll (`Internal`), or its drop before the end (`Cancelled`; on a server
+    /// while the thread unwinds, `Internal`).
+    ///
+    /// The type does not depend on whether the RPC is watched: a passed-through or already
+    /// ended RPC's body only forwards. The policy's scope is entered around each poll of `B`
+    /// until the end, never around the observer's callbacks.
+    pub struct ResponseBody<B, P: Policy> {
+        #[pin]
+        inner: B,
+        observer: Option<P::Observer>,
+        scope: Option<P::Scope>,
+        counter: MessageCounter,
+        bytes: u64,
+        side: Side,
+    }
+
+    impl<B, P: Policy> PinnedDrop for ResponseBody<B, P> {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if let Some(observer) = this.observer.take() {
+                let counts = Counts { messages: this.counter.messages(), bytes: *this.bytes };
+                observer.on_end(Outcome::dropped(*this.side, std::thread::panicking()), counts);
+            }
+        }
+    }
+}
+
+impl<B, P: Policy> ResponseBody<B, P> {
+    /// A body that only forwards: the RPC was not watched, or already ended at the head.
+    pub fn passed(inner: B) -> Self {
+        Self {
+            inner,
+            observer: None,
+            scope: None,
+            counter: MessageCounter::default(),
+            bytes: 0,
+            side: Side::Server,
+        }
+    }
+
+    pub(crate) fn parse(
+        inner: B,
+        side: Side,
+        observer: P::Observer,
+        scope: Option<P::Scope>,
+    ) -> Self {
+        Self {
+            inner,
+            observer: Some(observer),
+            scope,
+            counter: MessageCounter::default(),
+            bytes: 0,
+            side,
+        }
+    }
+
+    /// The wrapped body.
+    pub fn get_ref(&self) -> &B {
+        &self.inner
+    }
+
+    /// Whether the end has been reported (or the RPC was never watched).
+    pub fn has_ended(&self) -> bool {
+        self.observer.is_none()
+    }
+}
+
+impl<B, P> Body for ResponseBody<B, P>
+where
+    B: Body,
+    B::Error: 'static,
+    P: Policy,
+{
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let mut this = self.project();
+        if this.observer.is_none() {
+            return this.inner.poll_frame(cx);
+        }
+        let frame = {
+            // Declared first, dropped last: a panic in the inner body leaves the scope, then
+            // ends the RPC here while it unwinds.
+            let _unwind = OnUnwind {
+                counts: Counts {
+                    messages: this.counter.messages(),
+                    bytes: *this.bytes,
+                },
+                observer: this.observer,
+            };
+            let _entered = this.scope.as_ref().map(Scope::enter);
+            ready!(this.inner.as_mut().poll_frame(cx))
+        };
+        let Some(observer) = this.observer.as_mut() else {
+            return Poll::Ready(frame);
+        };
+        let role = Role::Response(*this.side);
+        let ended = this.inner.is_end_stream();
+        if let Some(outcome) = classify(&frame, ended, role, this.counter, this.bytes, observer) {
+            let counts = Counts {
+                messages: this.counter.messages(),
+                bytes: *this.bytes,
+            };
+            if let Some(observer) = this.observer.take() {
+                observer.on_end(outcome, counts);
+            }
+            this.scope.take();
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl<B: Default, P: Policy> Default for ResponseBody<B, P> {
+    /// An ended body over `B::default()`: what a layer outside answers with when it rejects.
+    fn default() -> Self {
+        Self::passed(B::default())
+    }
+}
+
+impl<B: fmt::Debug, P: Policy> fmt::Debug for ResponseBody<B, P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseBody")
+            .field("inner", &self.inner)
+            .field("ended", &self.observer.is_none())
+            .field("counter", &self.counter)
+            .finish_non_exhaustive()
+    }
+}
+
+pin_project! {
+    /// The request body the inner service of [`Observe`](super::Observe) gets (unless the
+    /// layer maps it, see [`MapRequestBody`]): every frame forwarded unchanged, each gRPC
+    /// message told to the policy's request observer when the policy asked for one
+    /// ([`Watch::with_request`](super::Watch::with_request)), its end told once (`Ok` at the
+    /// end of stream, `Cancelled` when dropped before, `Internal` for a panic through its poll).
+    pub struct RequestBody<B, P: Policy> {
+        #[pin]
+        inner: ObservedBody<B, P::RequestObserver>,
+    }
+}
+
+impl<B, P: Policy> RequestBody<B, P> {
+    /// A request body that only forwards.
+    pub fn passed(inner: B) -> Self {
+        Self {
+            inner: ObservedBody::ended(inner, Side::Server),
+        }
+    }
+
+    /// A request body watched by `observer`.
+    pub fn observed(inner: B, side: Side, observer: P::RequestObserver) -> Self {
+        Self {
+            inner: ObservedBody::request(inner, side, observer),
+        }
+    }
+
+    /// The wrapped body.
+    pub fn get_ref(&self) -> &B {
+        self.inner.get_ref()
+    }
+
+    /// Whether the end has been reported (or the body was never watched).
+    pub fn has_ended(&self) -> bool {
+        self.inner.has_ended()
+    }
+}
+
+impl<B, P> Body for RequestBody<B, P>
+where
+    B: Body,
+    B::Error: 'static,
+    P: Policy,
+{
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        self.project().inner.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl<B: Default, P: Policy> Default for RequestBody<B, P> {
+    fn default() -> Self {
+        Self::passed(B::default())
+    }
+}
+
+impl<B: fmt::Debug, P: Policy> fmt::Debug for RequestBody<B, P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RequestBody")
+            .field("inner", &self.inner)
+            .finish()
+    }
+}
+
+/// What the inner service of [`Observe`](super::Observe) gets as its request body: the
+/// layer's `M` parameter.
+pub trait MapRequestBody<B, P: Policy> {
+    /// The body handed to the inner service.
+    type Body;
+
+    /// Turns the watched request body into the inner service's body.
+    fn map_body(body: RequestBody<B, P>) -> Self::Body;
+}
+
+/// The inner service gets the [`RequestBody`] itself, unboxed (the default).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ObservedRequest;
+
+impl<B, P: Policy> MapRequestBody<B, P> for ObservedRequest {
+    type Body = RequestBody<B, P>;
+
+    fn map_body(body: RequestBody<B, P>) -> Self::Body {
+        body
+    }
+}

@@ -1,0 +1,131 @@
+//! The response future of the observing middleware.
+
+use std::{
+    any::Any,
+    fmt,
+    future::Future,
+    pin::Pin,
+    task::{Context, Poll, ready},
+};
+
+use http::Response;
+use pin_project_lite::pin_project;
+
+use super::{Counts, Observer, Policy, ResponseBody, Scope, Side};
+use crate::{
+    future::OnUnwind,
+    outcome::{Outcome, Source},
+};
+
+pin_project! {
+    /// The response future of [`Observe`](super::Observe): the inner future, watched (or
+    /// passed through when the policy did not watch the RPC).
+    ///
+    /// A watched RPC's observer hears exactly one end:
+    ///
+    /// - a trailers-only response or an HTTP error status: when the future resolves, from the
+    ///   head (a [`Rejection`](crate::Rejection)'s mark names the layer:
+    ///   [`Outcome::rejected_by`]);
+    /// - any other response: when its [`ResponseBody`] ends;
+    /// - an `Err` from the inner service: from the error ([`Source::ServiceError`]);
+    /// - the future dropped before it resolved: `Cancelled` (or, on a server while the thread
+    ///   unwinds, `Internal`), see [`Outcome::dropped`];
+    /// - a panic unwinding through this future's poll: [`Outcome::panicked`].
+    ///
+    /// The policy's scope is entered around every poll of the inner future.
+    pub struct ResponseFuture<F, P: Policy> {
+        #[pin]
+        inner: F,
+        observer: Option<P::Observer>,
+        scope: Option<P::Scope>,
+        side: Side,
+    }
+
+    impl<F, P: Policy> PinnedDrop for ResponseFuture<F, P> {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if let Some(observer) = this.observer.take() {
+                let panicking = std::thread::panicking();
+                observer.on_end(Outcome::dropped(*this.side, panicking), Counts::default());
+            }
+        }
+    }
+}
+
+impl<F, P: Policy> ResponseFuture<F, P> {
+    pub(crate) fn passed(inner: F, side: Side) -> Self {
+        Self {
+            inner,
+            observer: None,
+            scope: None,
+            side,
+        }
+    }
+
+    pub(crate) fn watched(inner: F, side: Side, observer: P::Observer, scope: P::Scope) -> Self {
+        Self {
+            inner,
+            observer: Some(observer),
+            scope: Some(scope),
+            side,
+        }
+    }
+
+    /// Whether this RPC is watched and its end not reported yet.
+    pub fn is_watching(&self) -> bool {
+        self.observer.is_some()
+    }
+}
+
+impl<F, P, B, E> Future for ResponseFuture<F, P>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+    P: Policy,
+    E: Any,
+{
+    type Output = Result<Response<ResponseBody<B, P>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = {
+            // A panic in the inner future ends the RPC here, while it unwinds; the scope guard,
+            // declared after, is left first, so the observer hears it outside the scope.
+            let _unwind = OnUnwind {
+                observer: this.observer,
+                counts: Counts::default(),
+            };
+            let _entered = this.scope.as_ref().map(Scope::enter);
+            ready!(this.inner.poll(cx))
+        };
+        let side = *this.side;
+        let scope = this.scope.take();
+        let Some(observer) = this.observer.take() else {
+            // Passed through, or polled after completion.
+            return Poll::Ready(result.map(|response| response.map(ResponseBody::passed)));
+        };
+        Poll::Ready(match result {
+            Ok(response) => match Outcome::from_response(&response) {
+                Some(outcome) => {
+                    observer.on_end(outcome, Counts::default());
+                    Ok(response.map(ResponseBody::passed))
+                }
+                None => Ok(response.map(|body| ResponseBody::parse(body, side, observer, scope))),
+            },
+            Err(error) => {
+                let outcome =
+                    Outcome::from_error(&error, Source::ServiceError, side.error_fallback());
+                observer.on_end(outcome, Counts::default());
+                Err(error)
+            }
+        })
+    }
+}
+
+impl<F, P: Policy> fmt::Debug for ResponseFuture<F, P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture")
+            .field("side", &self.side)
+            .field("watching", &self.observer.is_some())
+            .finish_non_exhaustive()
+    }
+}
