@@ -1,14 +1,15 @@
 //! The builder of a [`MetricsLayer`].
 
-use std::{fmt, marker::PhantomData, sync::Arc};
+use std::{fmt, sync::Arc};
 
 use metrics::{Label, Recorder};
-use palisade_core::{Matcher, Method, MethodRegistry, Side, slots::Admission};
+use palisade_core::{Matcher, Method, MethodRegistry, ObserveLayer, Side, slots::Admission};
 
 use crate::{
     handles::{Family, Registrar, Table},
-    layer::{MetricsLayer, Shared},
+    layer::MetricsLayer,
     naming::{Names, Naming},
+    policy::MetricsPolicy,
 };
 
 /// How many methods first seen at run time may earn label values of their own when no method
@@ -227,15 +228,14 @@ impl MetricsBuilder {
             Admission::for_side(self.side),
         );
 
+        let policy = MetricsPolicy {
+            table,
+            side: self.side,
+            naming: self.naming,
+            count_messages: self.naming == Naming::GoGrpcPrometheus,
+        };
         MetricsLayer {
-            shared: Arc::new(Shared {
-                table,
-                side: self.side,
-                naming: self.naming,
-                skip: self.skip,
-                count_messages: self.naming == Naming::GoGrpcPrometheus,
-            }),
-            _body: PhantomData,
+            inner: ObserveLayer::with_skip(policy, self.skip),
         }
     }
 }

@@ -1,42 +1,30 @@
 //! The layer: configuration and the cached handles, shared by every service it makes.
 
-use std::{fmt, marker::PhantomData, sync::Arc};
+use std::fmt;
 
-use palisade_core::{Matcher, Side};
+use palisade_core::{ObserveLayer, Side, observe::Policy};
 use tower_layer::Layer;
 
 use crate::{
+    Metrics,
     body::{ObservedRequest, TonicBody},
     config::MetricsBuilder,
-    handles::Table,
-    naming::Naming,
-    service::Metrics,
+    policy::MetricsPolicy,
 };
 
-/// Records go-grpc-prometheus's metrics (or OpenTelemetry's, see [`Naming`]) for every RPC
-/// through the `metrics` facade, on a server or a client; see the [crate docs](crate) for an
-/// example.
+/// Records go-grpc-prometheus's metrics (or OpenTelemetry's, see [`Naming`](crate::Naming))
+/// for every RPC through the `metrics` facade, on a server or a client; see the
+/// [crate docs](crate) for an example.
 ///
 /// The layer holds the per-method handles, registered once by [`MetricsBuilder::build`];
-/// cloning it or making services from it shares them.
+/// cloning it or making services from it shares them. It is palisade-core's observing
+/// middleware ([`ObserveLayer`]) with this crate's [`MetricsPolicy`].
 ///
 /// `M` decides the request body the inner service gets: the observed body itself by default,
 /// or a `tonic::body::Body` after [`with_tonic_body`](MetricsLayer::with_tonic_body), which a
 /// `tonic::transport::Channel` needs.
 pub struct MetricsLayer<M = ObservedRequest> {
-    pub(crate) shared: Arc<Shared>,
-    pub(crate) _body: PhantomData<fn() -> M>,
-}
-
-/// What the services of one layer share.
-#[derive(Debug)]
-pub(crate) struct Shared {
-    pub(crate) table: Table,
-    pub(crate) side: Side,
-    pub(crate) naming: Naming,
-    pub(crate) skip: Option<Matcher>,
-    /// Whether the naming has message counters (otherwise request bodies are not observed).
-    pub(crate) count_messages: bool,
+    pub(crate) inner: ObserveLayer<MetricsPolicy, M>,
 }
 
 impl MetricsLayer {
@@ -61,34 +49,33 @@ impl<M> MetricsLayer<M> {
     /// `tonic::transport::Channel` requires; use it on a client whose stack ends in a channel.
     pub fn with_tonic_body(self) -> MetricsLayer<TonicBody> {
         MetricsLayer {
-            shared: self.shared,
-            _body: PhantomData,
+            inner: self.inner.map_request_body(),
         }
     }
 
     /// The side this layer records.
     pub fn side(&self) -> Side {
-        self.shared.side
+        self.inner.policy().side()
     }
 }
 
 impl<M> Clone for MetricsLayer<M> {
     fn clone(&self) -> Self {
         Self {
-            shared: self.shared.clone(),
-            _body: PhantomData,
+            inner: self.inner.clone(),
         }
     }
 }
 
 impl<M> fmt::Debug for MetricsLayer<M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let policy = self.inner.policy();
         f.debug_struct("MetricsLayer")
-            .field("side", &self.shared.side)
-            .field("naming", &self.shared.naming)
-            .field("known_methods", &self.shared.table.known_len())
-            .field("max_dynamic_methods", &self.shared.table.max_dynamic())
-            .field("skip", &self.shared.skip)
+            .field("side", &policy.side)
+            .field("naming", &policy.naming)
+            .field("known_methods", &policy.table.known_len())
+            .field("max_dynamic_methods", &policy.table.max_dynamic())
+            .field("skip", &self.inner.skip())
             .finish()
     }
 }
@@ -97,6 +84,6 @@ impl<S, M> Layer<S> for MetricsLayer<M> {
     type Service = Metrics<S, M>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Metrics::new(inner, self.clone())
+        self.inner.layer(inner)
     }
 }

@@ -105,18 +105,31 @@
 
 pub mod body;
 mod config;
-pub mod future;
 mod handles;
 mod layer;
 mod naming;
+mod policy;
 #[cfg(feature = "prometheus")]
 #[cfg_attr(docsrs, doc(cfg(feature = "prometheus")))]
 pub mod prometheus;
-mod service;
 
 pub use body::{RequestBody, ResponseBody};
 pub use config::{DEFAULT_MAX_DYNAMIC_METHODS, MetricsBuilder};
 pub use layer::MetricsLayer;
 pub use naming::Naming;
 pub use palisade_core::{Matcher, MethodRegistry, MethodType, Side};
-pub use service::Metrics;
+pub use policy::MetricsPolicy;
+
+/// Records metrics for every RPC through the inner service; made by [`MetricsLayer`].
+///
+/// palisade-core's observing service ([`Observe`](palisade_core::Observe)) with this crate's
+/// [`MetricsPolicy`]: `get_ref`, `get_mut` and `into_inner` reach the inner service.
+pub type Metrics<S, M = body::ObservedRequest> = palisade_core::Observe<S, MetricsPolicy, M>;
+
+pub mod future {
+    //! The response future.
+
+    /// The response future of [`Metrics`](crate::Metrics): the inner future, observed until
+    /// the end of the response stream (or passed through for a skipped RPC).
+    pub type ResponseFuture<F> = palisade_core::observe::ResponseFuture<F, crate::MetricsPolicy>;
+}
