@@ -323,11 +323,13 @@ impl Sketch {
     /// Counts one sighting of the path hashed to `hash`; true once its count reaches the
     /// threshold.
     fn sighting(&self, hash: u64) -> bool {
-        // Four indices from one hash (Kirsch and Mitzenmacher).
-        let low = hash as u32 as usize;
-        let high = (hash >> 32) as usize | 1;
+        // Four indices from independent bits of one hash: 16 bits a row. (Deriving them as
+        // `low + row * high` modulo the width would make all four depend on only 20 bits, so
+        // about one random path in a million would share every counter of a real method and
+        // ride on its count.)
+        const _: () = assert!(WIDTH.is_power_of_two() && WIDTH <= 1 << 16 && DEPTH * 16 <= 64);
         let indices: [usize; DEPTH] =
-            std::array::from_fn(|row| row * WIDTH + (low.wrapping_add(row * high) % WIDTH));
+            std::array::from_fn(|row| row * WIDTH + ((hash >> (row * 16)) as usize & (WIDTH - 1)));
         let min = indices
             .iter()
             .map(|&i| self.counters[i].load(Ordering::Relaxed))
