@@ -35,7 +35,7 @@
 //!     propagation::{BaggagePropagator, TraceContextPropagator},
 //!     trace::{InMemorySpanExporter, SdkTracerProvider},
 //! };
-//! use palisade_core::Matcher;
+//! use palisade_core::{Matcher, MethodRegistry};
 //! use palisade_demo::{pb::{greeter_client::GreeterClient, HelloRequest}, Greeter};
 //! use palisade_trace::TraceLayer;
 //!
@@ -47,10 +47,14 @@
 //!     Box::new(BaggagePropagator::new()),
 //! ]);
 //!
-//! // Server: `tonic::transport::Server::builder().layer(server_layer)`.
+//! // Server: `tonic::transport::Server::builder().layer(server_layer)`. The method registry
+//! // names spans after the service's own methods, and no caller-chosen path ever names one.
+//! let registry = MethodRegistry::from_encoded_file_descriptor_set(palisade_demo::FILE_DESCRIPTOR_SET)
+//!     .unwrap();
 //! let server_layer = TraceLayer::server()
 //!     .tracer_provider(&provider)
 //!     .propagator(w3c())
+//!     .registry(registry)
 //!     .skip(Matcher::health_and_reflection());
 //! let greeter = Greeter::new().with_trace_id(palisade_trace::current_trace_id);
 //! let server = palisade_demo::spawn_with(greeter, server_layer).await;
