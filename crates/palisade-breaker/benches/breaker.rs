@@ -53,6 +53,7 @@ struct Observed<S>(S);
 impl<S, B> Service<Request<()>> for Observed<S>
 where
     S: Service<Request<()>, Response = Response<B>>,
+    B: http_body::Body,
     S::Error: 'static,
 {
     type Response = Response<ObservedBody<B, NoOp>>;

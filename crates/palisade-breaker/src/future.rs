@@ -70,7 +70,7 @@ impl<F, H, B, E> Future for ResponseFuture<F, H>
 where
     F: Future<Output = Result<Response<B>, E>>,
     H: OnStateChange,
-    B: Default,
+    B: Default + http_body::Body,
     E: Any,
 {
     type Output = Result<Response<ObservedBody<B, Permit<H>>>, E>;

@@ -64,7 +64,7 @@ impl<S, H, ReqBody, ResBody> Service<Request<ReqBody>> for Breaker<S, H>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
     S::Error: Any,
-    ResBody: Default,
+    ResBody: Default + http_body::Body,
     H: OnStateChange,
 {
     type Response = Response<ResponseBody<ResBody, H>>;

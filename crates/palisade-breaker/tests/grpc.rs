@@ -464,6 +464,7 @@ struct EndsService<S>(S, Ends);
 impl<S, B, R> Service<Request<B>> for EndsService<S>
 where
     S: Service<Request<B>, Response = Response<R>>,
+    R: http_body::Body,
     S::Error: 'static,
 {
     type Response = Response<palisade_core::ObservedBody<R, Ends>>;

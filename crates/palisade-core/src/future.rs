@@ -13,6 +13,7 @@ use pin_project_lite::pin_project;
 
 use crate::{
     body::ObservedBody,
+    code::Code,
     observe::{Counts, Observer, Side},
     outcome::{Outcome, Source},
 };
@@ -21,6 +22,9 @@ pin_project! {
     /// Wraps a service's response future so that its [`Observer`] hears exactly one end:
     ///
     /// - a trailers-only response or an HTTP error status: at once, from the headers;
+    /// - a response with no `grpc-status` whose body is already at its end
+    ///   ([`is_end_stream`](http_body::Body::is_end_stream)): `Unknown`, from
+    ///   [`Source::MissingStatus`], at once (hyper ends such a stream without polling the body);
     /// - any other response: when its [`ObservedBody`] ends;
     /// - an `Err` from the inner service: at once, from the error (a [`tonic::Status`] inside it
     ///   gives the code, anything else [`Side::error_fallback`]);
@@ -84,6 +88,7 @@ impl<F, O: Observer> ObservedFuture<F, O> {
 impl<F, O, B, E> Future for ObservedFuture<F, O>
 where
     F: Future<Output = Result<Response<B>, E>>,
+    B: http_body::Body,
     O: Observer,
     E: Any,
 {
@@ -107,6 +112,13 @@ where
         };
         Poll::Ready(match result {
             Ok(response) => match Outcome::from_response(&response) {
+                // No status at the head and nothing after it: hyper ends such a stream
+                // without polling the body, so its end is told here, not at a drop.
+                None if response.body().is_end_stream() => {
+                    let outcome = Outcome::new(Code::Unknown, Source::MissingStatus);
+                    observer.on_end(outcome, Counts::default());
+                    Ok(response.map(|body| ObservedBody::ended(body, side)))
+                }
                 Some(outcome) => {
                     observer.on_end(outcome, Counts::default());
                     Ok(response.map(|body| ObservedBody::ended(body, side)))

@@ -162,6 +162,7 @@ fn layer(side: Side, response: Recorder, request: Recorder) -> ObserveLayer<Test
 fn observe<F, B, E>(inner: F, side: Side, recorder: Recorder) -> ResponseFuture<InScope<F>, Test>
 where
     F: Future<Output = Result<Response<B>, E>>,
+    B: Body,
     E: 'static,
 {
     layer(side, recorder, Recorder::default())
@@ -204,10 +205,16 @@ where
     B::Error: 'static,
 {
     let recorder = Recorder::default();
+    // A body at its end already (no frames, no trailers) ends at the head: `MissingStatus`.
+    let empty = body.is_end_stream();
     let response = observe(respond(body), Side::Server, recorder.clone())
         .await
         .unwrap();
-    assert!(recorder.ends().is_empty(), "not over at the headers");
+    assert_eq!(
+        recorder.ends().is_empty(),
+        !empty,
+        "over at the headers only when empty"
+    );
     let collected = collect(response.into_body()).await;
     (recorder, collected)
 }
@@ -821,5 +828,53 @@ async fn watched_request_bodies_count_messages_through_the_middleware() {
     assert_eq!(
         (outcome.source(), counts.messages),
         (Source::EndOfStream, 2)
+    );
+}
+
+/// A service that panics in its synchronous `call`, as a tonic interceptor or a `service_fn`
+/// closure may.
+struct PanicsInCall;
+
+impl<B> Service<Request<B>> for PanicsInCall {
+    type Response = Response<GrpcBody>;
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<Response<GrpcBody>, Infallible>>;
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+    fn call(&mut self, _: Request<B>) -> Self::Future {
+        panic!("interceptor bug")
+    }
+}
+
+#[test]
+fn a_service_panicking_in_call_is_internal_once() {
+    let recorder = Recorder::default();
+    let mut service =
+        layer(Side::Server, recorder.clone(), Recorder::default()).layer(PanicsInCall);
+    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        drop(service.call(Request::new(String::new())))
+    }));
+    assert!(caught.is_err(), "the panic goes on to the caller");
+    let (outcome, _) = recorder.single();
+    assert_eq!(
+        (outcome.code(), outcome.source()),
+        (Code::Internal, Source::Panicked)
+    );
+}
+
+#[tokio::test]
+async fn an_empty_200_without_grpc_status_is_missing_status_not_cancelled() {
+    let recorder = Recorder::default();
+    let body = http_body_util::Empty::<Bytes>::new();
+    assert!(body.is_end_stream(), "hyper will not poll it");
+    let response = observe(respond(body), Side::Server, recorder.clone())
+        .await
+        .unwrap();
+    drop(response);
+    let (outcome, _) = recorder.single();
+    assert_eq!(
+        (outcome.code(), outcome.source()),
+        (Code::Unknown, Source::MissingStatus)
     );
 }

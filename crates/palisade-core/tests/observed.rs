@@ -52,10 +52,16 @@ where
     B::Error: 'static,
 {
     let recorder = Recorder::default();
+    // A body at its end already (no frames, no trailers) ends at the head: `MissingStatus`.
+    let empty = body.is_end_stream();
     let response = ObservedFuture::new(respond(body), Side::Server, recorder.clone())
         .await
         .unwrap();
-    assert!(recorder.ends().is_empty(), "not over at the headers");
+    assert_eq!(
+        recorder.ends().is_empty(),
+        !empty,
+        "over at the headers only when empty"
+    );
     let collected = collect(response.into_body()).await;
     (recorder, collected)
 }
@@ -561,6 +567,7 @@ struct ObserveService<S>(S, Recorder);
 impl<S, B, RB> tower_service::Service<http::Request<B>> for ObserveService<S>
 where
     S: tower_service::Service<http::Request<B>, Response = Response<RB>>,
+    RB: Body,
     S::Error: 'static,
 {
     type Response = Response<ObservedBody<RB, Recorder>>;
@@ -595,4 +602,20 @@ async fn a_tonic_handler_that_panics_is_internal_on_the_server() {
         (Code::Internal, Source::Panicked)
     );
     server.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_empty_200_without_grpc_status_is_missing_status_not_cancelled() {
+    let recorder = Recorder::default();
+    let body = http_body_util::Empty::<Bytes>::new();
+    assert!(body.is_end_stream(), "hyper will not poll it");
+    let response = ObservedFuture::new(respond(body), Side::Server, recorder.clone())
+        .await
+        .unwrap();
+    drop(response);
+    let (outcome, _) = recorder.single();
+    assert_eq!(
+        (outcome.code(), outcome.source()),
+        (Code::Unknown, Source::MissingStatus)
+    );
 }

@@ -46,6 +46,7 @@ impl<S, T> TraceService<S, T> {
 impl<S, T, ReqBody, ResBody> Service<Request<ReqBody>> for TraceService<S, T>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ResBody: http_body::Body,
     S::Error: Any,
     T: Tracer,
     T::Span: Send + Sync + 'static,

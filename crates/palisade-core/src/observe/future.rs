@@ -13,6 +13,7 @@ use pin_project_lite::pin_project;
 
 use super::{Counts, Observer, Policy, ResponseBody, Scope, Side};
 use crate::{
+    code::Code,
     future::OnUnwind,
     outcome::{Outcome, Source},
 };
@@ -26,6 +27,9 @@ pin_project! {
     /// - a trailers-only response or an HTTP error status: when the future resolves, from the
     ///   head (a [`Rejection`](crate::Rejection)'s mark names the layer:
     ///   [`Outcome::rejected_by`]);
+    /// - a response with no `grpc-status` whose body is already at its end
+    ///   ([`is_end_stream`](http_body::Body::is_end_stream)): `Unknown`, from
+    ///   [`Source::MissingStatus`], at once (hyper ends such a stream without polling the body);
     /// - any other response: when its [`ResponseBody`] ends;
     /// - an `Err` from the inner service: from the error ([`Source::ServiceError`]);
     /// - the future dropped before it resolved: `Cancelled` (or, on a server while the thread
@@ -62,10 +66,15 @@ impl<F, P: Policy> ResponseFuture<F, P> {
         }
     }
 
-    pub(crate) fn watched(inner: F, side: Side, observer: P::Observer, scope: P::Scope) -> Self {
+    pub(crate) fn watched(
+        inner: F,
+        side: Side,
+        observer: Option<P::Observer>,
+        scope: P::Scope,
+    ) -> Self {
         Self {
             inner,
-            observer: Some(observer),
+            observer,
             scope: Some(scope),
             side,
         }
@@ -80,6 +89,7 @@ impl<F, P: Policy> ResponseFuture<F, P> {
 impl<F, P, B, E> Future for ResponseFuture<F, P>
 where
     F: Future<Output = Result<Response<B>, E>>,
+    B: http_body::Body,
     P: Policy,
     E: Any,
 {
@@ -105,6 +115,13 @@ where
         };
         Poll::Ready(match result {
             Ok(response) => match Outcome::from_response(&response) {
+                // No status at the head and nothing after it: hyper ends such a stream
+                // without polling the body, so its end is told here, not at a drop.
+                None if response.body().is_end_stream() => {
+                    let outcome = Outcome::new(Code::Unknown, Source::MissingStatus);
+                    observer.on_end(outcome, Counts::default());
+                    Ok(response.map(ResponseBody::passed))
+                }
                 Some(outcome) => {
                     observer.on_end(outcome, Counts::default());
                     Ok(response.map(ResponseBody::passed))

@@ -13,10 +13,10 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use super::{
-    MapRequestBody, ObservedRequest, Policy, RequestBody, ResponseBody, ResponseFuture, Scope,
-    Watch,
+    Counts, MapRequestBody, ObservedRequest, Policy, RequestBody, ResponseBody, ResponseFuture,
+    Scope, Watch,
 };
-use crate::{call::Call, matcher::Matcher, method::Method};
+use crate::{call::Call, future::OnUnwind, matcher::Matcher, method::Method};
 
 /// Makes [`Observe`] services watching RPCs with the policy `P`; see the
 /// [module docs](super) for an example.
@@ -153,6 +153,7 @@ where
     P: Policy,
     M: MapRequestBody<ReqBody, P>,
     S: Service<Request<M::Body>, Response = Response<ResBody>>,
+    ResBody: http_body::Body,
     S::Error: Any,
 {
     type Response = Response<ResponseBody<ResBody, P>>;
@@ -195,7 +196,15 @@ where
                     None => RequestBody::passed(body),
                 };
                 let request = Request::from_parts(parts, M::map_body(body));
+                let mut observer = Some(observer);
                 let future = {
+                    // Declared first, dropped last: a panic in the inner service's own `call`
+                    // (an interceptor, a `service_fn` closure) leaves the scope, then ends the
+                    // RPC here while it unwinds.
+                    let _unwind = OnUnwind {
+                        observer: &mut observer,
+                        counts: Counts::default(),
+                    };
                     let _entered = scope.enter();
                     self.inner.call(request)
                 };
