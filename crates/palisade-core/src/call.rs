@@ -82,13 +82,15 @@ impl<'a> Call<'a> {
             .is_some_and(|rest| rest.is_empty() || rest[0] == b'+' || rest[0] == b';')
     }
 
-    /// The per-RPC record, if a layer outside made one.
+    /// The per-RPC record, if a layer outside on this call's side made one: a record of the
+    /// other side (a proxy forwarding its incoming extensions) is not this call's.
     pub fn record(&self) -> Option<&Rpc> {
-        Rpc::from_extensions(&self.parts.extensions)
+        Rpc::from_extensions(&self.parts.extensions).filter(|rpc| rpc.side() == self.side)
     }
 
-    /// The per-RPC record, made for this call's side when there is none (for layers that read
-    /// the record's facts at the end, and [`RecordLayer`](crate::rpc::RecordLayer)).
+    /// The per-RPC record, made for this call's side when there is none or the one there is
+    /// of the other side (for layers that read the record's facts at the end, and
+    /// [`RecordLayer`](crate::rpc::RecordLayer)).
     pub fn record_or_insert(&mut self) -> &Rpc {
         Rpc::get_or_insert(&mut self.parts.extensions, self.side)
     }
@@ -160,5 +162,25 @@ mod tests {
         assert_eq!(call.record().unwrap().start(), start);
         assert_eq!(call.record().unwrap().side(), Side::Client);
         assert!(call.peer().remote_addr.is_none());
+    }
+
+    #[test]
+    fn a_record_of_the_other_side_is_not_used() {
+        let mut parts = parts("application/grpc");
+        let server = Rpc::new(Side::Server);
+        parts.extensions.insert(server.clone());
+        let mut call = Call::new(Side::Client, &mut parts);
+        assert!(
+            call.record().is_none(),
+            "the server's record is not the client's"
+        );
+        let client = call.record_or_insert().clone();
+        assert_eq!(client.side(), Side::Client);
+        assert!(client.set_subject("alice".into()));
+        assert_eq!(
+            server.subject(),
+            None,
+            "nothing is written into the server's record"
+        );
     }
 }

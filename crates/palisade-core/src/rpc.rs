@@ -86,12 +86,16 @@ impl Rpc {
         extensions.get::<Rpc>()
     }
 
-    /// The record in these extensions, made (and inserted) for `side` when there is none.
+    /// The record in these extensions, made (and inserted) for `side` when there is none or
+    /// the one there is of the other side — a proxy that forwards its incoming extensions into
+    /// its outgoing call carries the server's record into the client stack, whose layers must
+    /// not take the server's facts as theirs nor write into it. One lookup.
     pub fn get_or_insert(extensions: &mut Extensions, side: Side) -> &Rpc {
-        if extensions.get::<Rpc>().is_none() {
-            extensions.insert(Rpc::new(side));
+        let rpc = extensions.get_or_insert_with(|| Rpc::new(side));
+        if rpc.side() != side {
+            *rpc = Rpc::new(side);
         }
-        extensions.get::<Rpc>().expect("inserted above")
+        rpc
     }
 
     /// The side the record was made on.
@@ -149,8 +153,9 @@ impl fmt::Debug for RpcRecord {
     }
 }
 
-/// Puts a [`Rpc`] into every request's extensions that has none, so the layers inside share
-/// one record; see the [module docs](self). The presets put it outermost.
+/// Puts a [`Rpc`] into every request's extensions that has none of its side (one of the other
+/// side is replaced), so the layers inside share one record; see the [module docs](self). The
+/// presets put it outermost.
 pub struct RecordLayer<K = Server> {
     _side: PhantomData<fn() -> K>,
 }
@@ -273,16 +278,25 @@ mod tests {
     }
 
     #[test]
-    fn get_or_insert_keeps_the_record_it_finds() {
+    fn get_or_insert_keeps_a_record_of_its_side_and_replaces_the_other_sides() {
         let mut extensions = Extensions::new();
         let start = Rpc::get_or_insert(&mut extensions, Side::Server).start();
-        let again = Rpc::get_or_insert(&mut extensions, Side::Client);
+        let again = Rpc::get_or_insert(&mut extensions, Side::Server);
         assert_eq!(again.start(), start);
-        assert_eq!(again.side(), Side::Server);
+        assert!(again.set_subject("alice".into()));
+        // A proxy forwarding its incoming extensions into its outgoing call: the client
+        // stack gets a record of its own, not the server's.
+        let client = Rpc::get_or_insert(&mut extensions, Side::Client);
+        assert_eq!(client.side(), Side::Client);
+        assert_eq!(client.subject(), None);
+        assert_eq!(
+            Rpc::from_extensions(&extensions).unwrap().side(),
+            Side::Client
+        );
     }
 
     #[test]
-    fn record_layer_adds_one_record_and_keeps_an_outer_one() {
+    fn record_layer_adds_one_record_and_keeps_an_outer_one_of_its_side() {
         use std::convert::Infallible;
         let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
         let sink = seen.clone();
@@ -299,8 +313,18 @@ mod tests {
         let outer = Rpc::new(Side::Server);
         request.extensions_mut().insert(outer.clone());
         drop(service.call(request));
+        let mut request = Request::new(());
+        let outer_client = Rpc::new(Side::Client);
+        request.extensions_mut().insert(outer_client.clone());
+        drop(service.call(request));
         let seen = seen.lock().unwrap();
         assert_eq!(seen[0].unwrap().0, Side::Client);
-        assert_eq!(seen[1], Some((Side::Server, outer.start())));
+        let replaced = seen[1].unwrap();
+        assert_eq!(
+            replaced.0,
+            Side::Client,
+            "the other side's record is replaced"
+        );
+        assert_eq!(seen[2], Some((Side::Client, outer_client.start())));
     }
 }
