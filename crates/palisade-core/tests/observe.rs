@@ -878,3 +878,69 @@ async fn an_empty_200_without_grpc_status_is_missing_status_not_cancelled() {
         (Code::Unknown, Source::MissingStatus)
     );
 }
+
+/// A pending response future and body that records, when dropped, whether the scope was
+/// entered.
+struct NotesDrop(Arc<Mutex<Option<bool>>>);
+
+impl Drop for NotesDrop {
+    fn drop(&mut self) {
+        *self.0.lock().unwrap() = Some(IN_SCOPE.get());
+    }
+}
+
+impl Future for NotesDrop {
+    type Output = Result<Response<GrpcBody>, Infallible>;
+    fn poll(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Self::Output> {
+        Poll::Pending
+    }
+}
+
+impl Body for NotesDrop {
+    type Data = Bytes;
+    type Error = Infallible;
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        Poll::Pending
+    }
+}
+
+#[tokio::test]
+async fn the_inner_future_and_body_drop_in_the_scope() {
+    let recorder = Recorder::default();
+    let dropped = Arc::new(Mutex::new(None));
+    let mut future = Box::pin(observe(
+        NotesDrop(dropped.clone()),
+        Side::Server,
+        recorder.clone(),
+    ));
+    assert!(future.as_mut().now_or_never().is_none(), "pending");
+    drop(future);
+    assert_eq!(
+        *dropped.lock().unwrap(),
+        Some(true),
+        "the future drops in the scope"
+    );
+    assert_eq!(recorder.single().0.code(), Code::Cancelled);
+
+    let recorder = Recorder::default();
+    let dropped = Arc::new(Mutex::new(None));
+    let response = observe(
+        respond(NotesDrop(dropped.clone())),
+        Side::Server,
+        recorder.clone(),
+    )
+    .await
+    .unwrap();
+    assert!(recorder.ends().is_empty());
+    drop(response);
+    assert_eq!(
+        *dropped.lock().unwrap(),
+        Some(true),
+        "the body drops in the scope"
+    );
+    assert_eq!(recorder.single().0.code(), Code::Cancelled);
+    assert!(!IN_SCOPE.get(), "left after the drop");
+}

@@ -27,10 +27,12 @@ pin_project! {
     ///
     /// The type does not depend on whether the RPC is watched: a passed-through or already
     /// ended RPC's body only forwards. The policy's scope is entered around each poll of `B`
-    /// until the end, never around the observer's callbacks.
+    /// until the end, and around the drop of `B` when this body is dropped before the end
+    /// (after the observer heard it), never around the observer's callbacks.
     pub struct ResponseBody<B, P: Policy> {
+        // `None` only while this body is dropped.
         #[pin]
-        inner: B,
+        inner: Option<B>,
         observer: Option<P::Observer>,
         scope: Option<P::Scope>,
         counter: MessageCounter,
@@ -40,10 +42,14 @@ pin_project! {
 
     impl<B, P: Policy> PinnedDrop for ResponseBody<B, P> {
         fn drop(this: Pin<&mut Self>) {
-            let this = this.project();
+            let mut this = this.project();
             if let Some(observer) = this.observer.take() {
                 let counts = Counts { messages: this.counter.messages(), bytes: *this.bytes };
                 observer.on_end(Outcome::dropped(*this.side, std::thread::panicking()), counts);
+            }
+            if let Some(scope) = this.scope.as_ref() {
+                let _entered = scope.enter();
+                this.inner.set(None);
             }
         }
     }
@@ -53,7 +59,7 @@ impl<B, P: Policy> ResponseBody<B, P> {
     /// A body that only forwards: the RPC was not watched, or already ended at the head.
     pub fn passed(inner: B) -> Self {
         Self {
-            inner,
+            inner: Some(inner),
             observer: None,
             scope: None,
             counter: MessageCounter::default(),
@@ -69,7 +75,7 @@ impl<B, P: Policy> ResponseBody<B, P> {
         scope: Option<P::Scope>,
     ) -> Self {
         Self {
-            inner,
+            inner: Some(inner),
             observer: Some(observer),
             scope,
             counter: MessageCounter::default(),
@@ -80,7 +86,9 @@ impl<B, P: Policy> ResponseBody<B, P> {
 
     /// The wrapped body.
     pub fn get_ref(&self) -> &B {
-        &self.inner
+        self.inner
+            .as_ref()
+            .expect("the inner body is only taken in the drop")
     }
 
     /// Whether the end has been reported (or the RPC was never watched).
@@ -102,9 +110,12 @@ where
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        let mut this = self.project();
+        let this = self.project();
+        let Some(mut inner) = this.inner.as_pin_mut() else {
+            unreachable!("the inner body is only taken in the drop")
+        };
         if this.observer.is_none() {
-            return this.inner.poll_frame(cx);
+            return inner.poll_frame(cx);
         }
         let frame = {
             // Declared first, dropped last: a panic in the inner body leaves the scope, then
@@ -117,13 +128,13 @@ where
                 observer: this.observer,
             };
             let _entered = this.scope.as_ref().map(Scope::enter);
-            ready!(this.inner.as_mut().poll_frame(cx))
+            ready!(inner.as_mut().poll_frame(cx))
         };
         let Some(observer) = this.observer.as_mut() else {
             return Poll::Ready(frame);
         };
         let role = Role::Response(*this.side);
-        let ended = this.inner.is_end_stream();
+        let ended = inner.is_end_stream();
         if let Some(outcome) = classify(&frame, ended, role, this.counter, this.bytes, observer) {
             let counts = Counts {
                 messages: this.counter.messages(),
@@ -138,11 +149,13 @@ where
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.inner.as_ref().is_none_or(B::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), B::size_hint)
     }
 }
 

@@ -36,10 +36,13 @@ pin_project! {
     ///   unwinds, `Internal`), see [`Outcome::dropped`];
     /// - a panic unwinding through this future's poll: [`Outcome::panicked`].
     ///
-    /// The policy's scope is entered around every poll of the inner future.
+    /// The policy's scope is entered around every poll of the inner future, and around its
+    /// drop when this future is dropped before it resolved (after the observer heard the end,
+    /// outside the scope), as `tracing::Instrumented` does.
     pub struct ResponseFuture<F, P: Policy> {
+        // `None` only while this future is dropped.
         #[pin]
-        inner: F,
+        inner: Option<F>,
         observer: Option<P::Observer>,
         scope: Option<P::Scope>,
         side: Side,
@@ -47,10 +50,14 @@ pin_project! {
 
     impl<F, P: Policy> PinnedDrop for ResponseFuture<F, P> {
         fn drop(this: Pin<&mut Self>) {
-            let this = this.project();
+            let mut this = this.project();
             if let Some(observer) = this.observer.take() {
                 let panicking = std::thread::panicking();
                 observer.on_end(Outcome::dropped(*this.side, panicking), Counts::default());
+            }
+            if let Some(scope) = this.scope.as_ref() {
+                let _entered = scope.enter();
+                this.inner.set(None);
             }
         }
     }
@@ -59,7 +66,7 @@ pin_project! {
 impl<F, P: Policy> ResponseFuture<F, P> {
     pub(crate) fn passed(inner: F, side: Side) -> Self {
         Self {
-            inner,
+            inner: Some(inner),
             observer: None,
             scope: None,
             side,
@@ -73,7 +80,7 @@ impl<F, P: Policy> ResponseFuture<F, P> {
         scope: P::Scope,
     ) -> Self {
         Self {
-            inner,
+            inner: Some(inner),
             observer,
             scope: Some(scope),
             side,
@@ -105,7 +112,10 @@ where
                 counts: Counts::default(),
             };
             let _entered = this.scope.as_ref().map(Scope::enter);
-            ready!(this.inner.poll(cx))
+            let Some(inner) = this.inner.as_pin_mut() else {
+                unreachable!("the inner future is only taken in the drop")
+            };
+            ready!(inner.poll(cx))
         };
         let side = *this.side;
         let scope = this.scope.take();

@@ -247,8 +247,10 @@ impl<O, R, S> Watch<O, R, S> {
 /// span, an OpenTelemetry context).
 ///
 /// Entered around the inner service's `call`, each poll of the inner future and each poll of
-/// the inner response body until its end of stream — never around the observer's own
-/// callbacks, so what the observer writes at the end is written beside the scope, not in it.
+/// the inner response body until its end of stream, and around the drop of the inner future
+/// or body when the RPC is dropped before its end (so what a cancelled handler logs as it
+/// drops is in the scope) — never around the observer's own callbacks, so what the observer
+/// writes at the end is written beside the scope, not in it.
 pub trait Scope {
     /// Held while the scope is current; dropping it leaves the scope.
     type Guard<'a>
