@@ -26,7 +26,7 @@ use std::{fmt, time::Duration};
 
 use http::request::Parts;
 
-use crate::{method::Method, observe::Side, peer::Peer, rpc::Rpc};
+use crate::{method::Method, peer::Peer, rpc::Rpc, side::Side};
 
 /// The start of one RPC as a policy sees it; see the [module docs](self).
 pub struct Call<'a> {

@@ -18,8 +18,6 @@
 
 use std::fmt::Debug;
 
-pub use crate::observe::Side;
-
 mod sealed {
     pub trait Sealed {}
     impl Sealed for super::Server {}
@@ -46,4 +44,32 @@ impl OnSide for Server {
 
 impl OnSide for Client {
     const SIDE: Side = Side::Client;
+}
+
+/// Which side of an RPC a layer runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Side {
+    /// Around a server's service: it answers RPCs.
+    Server,
+    /// Around a client's channel: it makes RPCs.
+    Client,
+}
+
+impl Side {
+    /// `"server"` or `"client"`, as go-grpc-middleware writes `grpc.component`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Side::Server => "server",
+            Side::Client => "client",
+        }
+    }
+
+    /// The code an error without a gRPC status gets on this side: `Unknown` on a server,
+    /// `Unavailable` on a client (where such errors are transport failures).
+    pub const fn error_fallback(self) -> crate::Code {
+        match self {
+            Side::Server => crate::Code::Unknown,
+            Side::Client => crate::Code::Unavailable,
+        }
+    }
 }

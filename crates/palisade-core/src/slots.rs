@@ -12,9 +12,9 @@
 //! up the slots before the real methods arrive. Until then, and for every path once the slots
 //! are all taken, the caller records the path under its `unknown` values.
 //!
-//! That is [`Admission::Frequency`], for servers, whose paths are chosen by callers. On a
-//! client the paths are the program's own, so [`Admission::FirstSight`] gives a method its slot
-//! the first time it is seen ([`Admission::for_side`] picks by [`Side`]).
+//! That is [`AdmissionRule::Frequency`], for servers, whose paths are chosen by callers. On a
+//! client the paths are the program's own, so [`AdmissionRule::FirstSight`] gives a method its slot
+//! the first time it is seen ([`AdmissionRule::for_side`] picks by [`Side`]).
 //!
 //! Without a registry, a server's layers therefore count a method's first few calls (until it
 //! has earned its slot) under `unknown`, and show an `unknown` series beside the method's own:
@@ -60,7 +60,7 @@ use crate::{Method, Side};
 
 /// How a path without a slot earns one.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Admission {
+pub enum AdmissionRule {
     /// By being seen [`ADMISSION_THRESHOLD`] times while counts decay: for paths chosen by
     /// callers (a server's).
     #[default]
@@ -69,13 +69,13 @@ pub enum Admission {
     FirstSight,
 }
 
-impl Admission {
-    /// [`Admission::Frequency`] on [`Side::Server`], [`Admission::FirstSight`] on
+impl AdmissionRule {
+    /// [`AdmissionRule::Frequency`] on [`Side::Server`], [`AdmissionRule::FirstSight`] on
     /// [`Side::Client`].
     pub const fn for_side(side: Side) -> Self {
         match side {
-            Side::Server => Admission::Frequency,
-            Side::Client => Admission::FirstSight,
+            Side::Server => AdmissionRule::Frequency,
+            Side::Client => AdmissionRule::FirstSight,
         }
     }
 }
@@ -144,13 +144,13 @@ impl<V> Slots<V> {
 }
 
 impl<V, S: BuildHasher> Slots<V, S> {
-    /// How paths earn the dynamic slots: [`Admission::Frequency`] unless set.
-    pub fn admission(mut self, admission: Admission) -> Self {
+    /// How paths earn the dynamic slots: [`AdmissionRule::Frequency`] unless set.
+    pub fn admission(mut self, admission: AdmissionRule) -> Self {
         self.sketch = match admission {
-            Admission::Frequency => self
+            AdmissionRule::Frequency => self
                 .sketch
                 .or_else(|| (self.max_dynamic > 0).then(Sketch::new)),
-            Admission::FirstSight => None,
+            AdmissionRule::FirstSight => None,
         };
         self
     }
@@ -206,7 +206,7 @@ impl<V, S: BuildHasher> Slots<V, S> {
     }
 
     /// Counts a sighting of `path`, which has no slot yet, and gives it one — with the value
-    /// `make` returns — once it has earned it (at once with [`Admission::FirstSight`]) and
+    /// `make` returns — once it has earned it (at once with [`AdmissionRule::FirstSight`]) and
     /// while there is room. `None` when the path
     /// keeps no slot: not a gRPC method, longer than [`MAX_PATH_LEN`], seen too rarely so far,
     /// or the dynamic slots all taken.
@@ -441,7 +441,7 @@ mod tests {
 
     #[test]
     fn first_sight_admission_gives_a_slot_at_once_up_to_the_cap() {
-        let slots: Slots<()> = Slots::new([], 2).admission(Admission::for_side(Side::Client));
+        let slots: Slots<()> = Slots::new([], 2).admission(AdmissionRule::for_side(Side::Client));
         assert!(slots.admit("/pkg.Orders/List", |_| ()).is_some());
         assert!(slots.get("/pkg.Orders/List").is_some());
         assert!(slots.admit("/pkg.Orders/Get", |_| ()).is_some());
@@ -449,10 +449,10 @@ mod tests {
         assert!(slots.admit("not a method", |_| ()).is_none());
         assert_eq!(slots.dynamic_len(), 2);
         // A server's table keeps frequency admission.
-        let slots: Slots<()> = Slots::new([], 2).admission(Admission::for_side(Side::Server));
+        let slots: Slots<()> = Slots::new([], 2).admission(AdmissionRule::for_side(Side::Server));
         assert!(slots.admit("/pkg.Orders/List", |_| ()).is_none());
         // No room, either way: nothing.
-        let slots: Slots<()> = Slots::new([], 0).admission(Admission::FirstSight);
+        let slots: Slots<()> = Slots::new([], 0).admission(AdmissionRule::FirstSight);
         assert!(slots.admit("/pkg.Orders/List", |_| ()).is_none());
     }
 

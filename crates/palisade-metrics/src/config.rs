@@ -3,7 +3,7 @@
 use std::{fmt, sync::Arc};
 
 use metrics::{Label, Recorder};
-use palisade_core::{Matcher, Method, MethodRegistry, ObserveLayer, Side, slots::Admission};
+use palisade_core::{Matcher, Method, MethodRegistry, ObserveLayer, Side, slots::AdmissionRule};
 
 use crate::{
     handles::{Family, Registrar, Table},
@@ -225,7 +225,7 @@ impl MetricsBuilder {
             family.clone(),
             known,
             max_dynamic,
-            Admission::for_side(self.side),
+            AdmissionRule::for_side(self.side),
         );
 
         let policy = MetricsPolicy {

@@ -10,7 +10,7 @@ use std::{
 use metrics::{Counter, Histogram, Key, Label, Level, Metadata, Recorder, Unit};
 use palisade_core::{
     Code, MethodType,
-    slots::{Admission, Slots},
+    slots::{AdmissionRule, Slots},
 };
 
 use crate::naming::{Metric, Names, Naming, code_label, method_labels};
@@ -217,7 +217,7 @@ impl Table {
         family: Arc<Family>,
         known: impl IntoIterator<Item = (&'a str, &'a str, Option<MethodType>)>,
         max_dynamic: usize,
-        admission: Admission,
+        admission: AdmissionRule,
     ) -> Self {
         let mut seen = HashSet::new();
         let known: Vec<(String, Arc<MethodMetrics>)> = known

@@ -10,7 +10,7 @@ use std::{
 use metrics::{Counter, Key, Label, Level, Metadata, Recorder, SharedString};
 use palisade_core::{
     Method, MethodRegistry, MethodType, Side,
-    slots::{Admission, SlotId, Slots},
+    slots::{AdmissionRule, SlotId, Slots},
 };
 
 /// `palisade_ratelimit_allowed_total`: calls let through.
@@ -228,7 +228,7 @@ impl MethodTable {
         Self {
             // A client's paths are its own: they get a slot at first sight.
             slots: Slots::with_hasher(entries, max_dynamic, Default::default())
-                .admission(Admission::for_side(side)),
+                .admission(AdmissionRule::for_side(side)),
             registrar,
             side,
             unknown,

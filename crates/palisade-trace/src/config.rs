@@ -19,7 +19,7 @@ use opentelemetry::{
 use opentelemetry_http::{HeaderExtractor, HeaderInjector};
 use palisade_core::{
     Matcher, MethodRegistry, Side,
-    slots::{Admission, Slots},
+    slots::{AdmissionRule, Slots},
 };
 
 /// Metadata that is never recorded, whatever the allowlist says.
@@ -348,7 +348,7 @@ impl Config {
             server: None,
             registry: None,
             names: Arc::new(
-                Slots::new([], crate::MAX_SPAN_NAMES).admission(Admission::for_side(side)),
+                Slots::new([], crate::MAX_SPAN_NAMES).admission(AdmissionRule::for_side(side)),
             ),
         }
     }

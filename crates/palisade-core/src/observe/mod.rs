@@ -82,34 +82,7 @@ pub use layer::{Observe, ObserveLayer};
 
 use crate::call::Call;
 use crate::outcome::Outcome;
-
-/// Which side of an RPC a layer runs on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Side {
-    /// Around a server's service: it answers RPCs.
-    Server,
-    /// Around a client's channel: it makes RPCs.
-    Client,
-}
-
-impl Side {
-    /// `"server"` or `"client"`, as go-grpc-middleware writes `grpc.component`.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Side::Server => "server",
-            Side::Client => "client",
-        }
-    }
-
-    /// The code an error without a gRPC status gets on this side: `Unknown` on a server,
-    /// `Unavailable` on a client (where such errors are transport failures).
-    pub const fn error_fallback(self) -> crate::Code {
-        match self {
-            Side::Server => crate::Code::Unknown,
-            Side::Client => crate::Code::Unavailable,
-        }
-    }
-}
+pub use crate::side::Side;
 
 /// Counts of what passed through one observed body.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
