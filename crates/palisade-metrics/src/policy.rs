@@ -45,10 +45,10 @@ impl Policy for MetricsPolicy {
         let request = self
             .count_messages
             .then(|| RequestObserver::new(method.request_messages.clone()));
-        Some(Watch {
-            observer: ResponseObserver::new(method, start),
-            request,
-            scope: (),
+        let watch = Watch::new(ResponseObserver::new(method, start));
+        Some(match request {
+            Some(request) => watch.with_request(request),
+            None => watch,
         })
     }
 }

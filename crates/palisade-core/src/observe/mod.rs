@@ -174,16 +174,19 @@ pub trait Policy {
     ) -> Option<Watch<Self::Observer, Self::RequestObserver, Self::Scope>>;
 }
 
-/// How one RPC is watched: what [`Policy::start`] returns.
+/// How one RPC is watched: what [`Policy::start`] returns, built with [`Watch::new`],
+/// [`with_request`](Watch::with_request) and [`with_scope`](Watch::with_scope) (the fields are
+/// private, so later steps can add what they need without breaking policies).
 #[derive(Debug)]
+#[non_exhaustive]
 pub struct Watch<O, R, S> {
     /// Watches the response (messages, the end of the RPC).
-    pub observer: O,
+    pub(crate) observer: O,
     /// `Some`: the request body is watched by this observer too.
-    pub request: Option<R>,
+    pub(crate) request: Option<R>,
     /// Entered around the inner `call`, every poll of the inner future and of the inner
     /// response body until its end.
-    pub scope: S,
+    pub(crate) scope: S,
 }
 
 impl<O, R> Watch<O, R, ()> {
