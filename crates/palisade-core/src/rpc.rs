@@ -2,9 +2,11 @@
 //! of one stack write what they learned about a call and read what the others wrote.
 //!
 //! A [`Rpc`] is created once per RPC per stack — by [`RecordLayer`], or by a layer that reads
-//! the record's facts when it finds none — and every other layer only uses one it finds, so a
-//! layer used alone allocates nothing for it. Each fact is written once: the first writer wins,
-//! a later write is ignored (and reported by its `false` return), and no write ever blocks.
+//! the record's facts when it watches an RPC and finds none — and every other layer only uses
+//! one it finds, so a layer used alone allocates nothing for it. Each fact is written once: the
+//! first writer wins, a later write is ignored (and reported by its `false` return); a write
+//! waits only while a concurrent write of the same fact completes (a [`OnceLock`]), never on a
+//! lock held across other work.
 //!
 //! The handler reads it too: `Rpc::of(&request)` (in a tonic handler,
 //! `request.extensions().get::<Rpc>()`).

@@ -176,10 +176,12 @@ where
             None
         } else {
             let mut call = Call::new(side, &mut parts);
-            if P::READS_FACTS {
+            let watch = shared.policy.start(&mut call);
+            // Only a watched RPC pays for the record.
+            if P::READS_FACTS && watch.is_some() {
                 call.record_or_insert();
             }
-            shared.policy.start(&mut call)
+            watch
         };
         match watch {
             None => {

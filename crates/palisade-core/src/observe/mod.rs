@@ -159,8 +159,10 @@ pub trait Policy {
     type Scope: Scope;
 
     /// Whether this policy reads the per-RPC record's facts at the end: then the middleware
-    /// puts a [`Rpc`](crate::Rpc) into the request when it has none, before
-    /// [`start`](Self::start). Other layers only use a record they find.
+    /// puts a [`Rpc`](crate::Rpc) of its side into the request when it has none, after
+    /// [`start`](Self::start) and only when `start` watched the RPC (a `start` that needs the
+    /// record itself calls [`Call::record_or_insert`]). Other layers only use a record they
+    /// find.
     const READS_FACTS: bool = false;
 
     /// The side this policy watches.
