@@ -63,7 +63,8 @@ pub struct RpcRecord {
 }
 
 impl Rpc {
-    /// A new record for an RPC on `side` starting now: the stack's one clock reading.
+    /// A new record for an RPC on `side` starting now (for logging and trace: a layer that
+    /// measures durations keeps its own clock).
     pub fn new(side: Side) -> Self {
         Self::starting_at(side, Instant::now())
     }
