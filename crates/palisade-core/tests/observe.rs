@@ -44,6 +44,13 @@ impl Recorder {
 }
 
 impl Observer for Recorder {
+    fn on_message(&mut self) {
+        assert!(
+            !IN_SCOPE.get(),
+            "the response observer is never called inside the scope"
+        );
+    }
+
     fn on_end(self, outcome: Outcome, counts: Counts) {
         assert!(
             !IN_SCOPE.get(),
@@ -53,8 +60,9 @@ impl Observer for Recorder {
     }
 }
 
-/// A request body's observer: a [`Recorder`] that may hear its end inside the scope (a
-/// handler drops its request while its call runs).
+/// A request body's observer: a [`Recorder`] that may hear its messages and end inside the
+/// scope (a server's handler polls and drops its request inside its own future, which runs in
+/// the scope): the scope's guarantee covers the response observer only.
 struct Requests(Recorder);
 
 impl Observer for Requests {

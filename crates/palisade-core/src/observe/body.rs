@@ -28,7 +28,8 @@ pin_project! {
     /// The type does not depend on whether the RPC is watched: a passed-through or already
     /// ended RPC's body only forwards. The policy's scope is entered around each poll of `B`
     /// until the end, and around the drop of `B` when this body is dropped before the end
-    /// (after the observer heard it), never around the observer's callbacks.
+    /// (after the observer heard it), never around the observer's callbacks (the request
+    /// observer has no such guarantee: see [`Scope`]).
     pub struct ResponseBody<B, P: Policy> {
         // `None` only while this body is dropped.
         #[pin]

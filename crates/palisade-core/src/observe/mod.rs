@@ -227,8 +227,10 @@ impl<O, R, S> Watch<O, R, S> {
 /// Entered around the inner service's `call`, each poll of the inner future and each poll of
 /// the inner response body until its end of stream, and around the drop of the inner future
 /// or body when the RPC is dropped before its end (so what a cancelled handler logs as it
-/// drops is in the scope) — never around the observer's own callbacks, so what the observer
-/// writes at the end is written beside the scope, not in it.
+/// drops is in the scope) — never around the response observer's own callbacks, so what it
+/// writes at the end is written beside the scope, not in it. The request observer is called
+/// wherever the request body is polled: on a server, tonic polls it inside the handler's
+/// future, so inside the scope.
 pub trait Scope {
     /// Held while the scope is current; dropping it leaves the scope.
     type Guard<'a>
