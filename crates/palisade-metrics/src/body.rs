@@ -2,7 +2,10 @@
 //! makes them, and what the inner service gets as its request body.
 
 use bytes::Bytes;
-use palisade_core::observe::{self, RequestBody as CoreRequestBody};
+use palisade_core::{
+    Side,
+    observe::{self, RequestBody as CoreRequestBody},
+};
 
 use crate::policy::MetricsPolicy;
 pub use crate::policy::{RequestObserver, ResponseObserver};
@@ -30,7 +33,11 @@ where
 {
     type Body = tonic::body::Body;
 
-    fn map_body(body: CoreRequestBody<B, MetricsPolicy>) -> Self::Body {
+    fn map_body(body: B, side: Side, observer: Option<RequestObserver>) -> Self::Body {
+        let body = match observer {
+            Some(observer) => CoreRequestBody::<B, MetricsPolicy>::observed(body, side, observer),
+            None => CoreRequestBody::passed(body),
+        };
         tonic::body::Body::new(body)
     }
 }

@@ -7,11 +7,12 @@ use opentelemetry::{
     propagation::TextMapPropagator,
     trace::{Tracer, TracerProvider},
 };
-use palisade_core::{Matcher, MethodRegistry, Side};
+use palisade_core::{Matcher, MethodRegistry, ObserveLayer, Side, observe::Policy};
 use tower_layer::Layer;
 
 use crate::{
     config::{Capture, Config, Propagation, ServerAddress, TracerSlot, scope},
+    policy::TracePolicy,
     service::TraceService,
 };
 
@@ -214,10 +215,29 @@ impl<T> fmt::Debug for TraceLayer<T> {
     }
 }
 
-impl<S, T> Layer<S> for TraceLayer<T> {
+impl<T> TraceLayer<T> {
+    /// palisade-core's observing layer with this configuration's [`TracePolicy`].
+    fn observe_layer(
+        &self,
+    ) -> ObserveLayer<TracePolicy<T>, palisade_core::observe::UnchangedRequest>
+    where
+        TracePolicy<T>: Policy,
+    {
+        let policy = TracePolicy {
+            config: Arc::clone(&self.config),
+            tracer: Arc::clone(&self.tracer),
+        };
+        ObserveLayer::with_skip(policy, self.config.skip.clone()).map_request_body()
+    }
+}
+
+impl<S, T> Layer<S> for TraceLayer<T>
+where
+    TracePolicy<T>: Policy,
+{
     type Service = TraceService<S, T>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        TraceService::new(inner, self.clone())
+        self.observe_layer().layer(inner)
     }
 }

@@ -155,14 +155,16 @@ mod body;
 mod config;
 mod future;
 mod layer;
+mod policy;
 mod service;
 mod span;
 
 pub use body::ResponseBody;
 pub use future::ResponseFuture;
 pub use layer::TraceLayer;
+pub use policy::{Attached, TracePolicy};
 pub use service::TraceService;
-pub use span::attribute;
+pub use span::{SpanEnd, attribute};
 
 /// Without a [registry](TraceLayer::registry), at most this many methods name spans after themselves;
 /// every other path's span is named `grpc`, with `rpc.service` and `rpc.method` `_OTHER`.

@@ -5,7 +5,7 @@ use std::{
     net::{IpAddr, SocketAddr},
 };
 
-use http::{Request, Uri};
+use http::{Uri, request::Parts};
 use opentelemetry::{
     Context, KeyValue,
     baggage::{Baggage, BaggageExt},
@@ -57,24 +57,18 @@ pub(crate) struct Started {
     pub(crate) recording: bool,
 }
 
-/// Starts the span of the RPC `request`; `None` when the configuration skips it.
+/// Starts the span of the RPC whose request head is `request` (the layer's skip matcher has
+/// already passed it).
 ///
 /// Only the name and the kind are given when the span starts; the attributes are built only
 /// for spans that record, so an unsampled RPC costs no attribute at all.
-pub(crate) fn start<T, B>(config: &Config, tracer: &T, request: &Request<B>) -> Option<Started>
+pub(crate) fn start<T>(config: &Config, tracer: &T, request: &Parts) -> Started
 where
     T: Tracer,
     T::Span: Send + Sync + 'static,
 {
-    let method = Method::from_request(request);
+    let method = Method::from_uri(&request.uri);
     let method = method.as_ref();
-    if config
-        .skip
-        .as_ref()
-        .is_some_and(|skip| skip.matches(method))
-    {
-        return None;
-    }
     // With a registry, only its methods name spans: a path a caller made up is `_OTHER`.
     // Without one, the paths that earned a slot do (bounded, by frequency on a server).
     let named = method.filter(|method| match &config.registry {
@@ -92,7 +86,7 @@ where
     let parent = match config.side {
         Side::Server => {
             builder.span_kind = Some(SpanKind::Server);
-            let incoming = config.propagation.extract(request.headers());
+            let incoming = config.propagation.extract(&request.headers);
             if config
                 .public
                 .as_ref()
@@ -114,10 +108,10 @@ where
     if !span.is_recording() {
         // Children need only the ids and flags: no boxed span, no attributes.
         let span_context = span.span_context().clone();
-        return Some(Started {
+        return Started {
             cx: parent.with_remote_span_context(span_context),
             recording: false,
-        });
+        };
     }
     set_attributes(
         &mut span,
@@ -125,10 +119,10 @@ where
         method.map(|m| (m, named.is_some())),
         request,
     );
-    Some(Started {
+    Started {
         cx: parent.with_span(span),
         recording: true,
-    })
+    }
 }
 
 /// For a public endpoint: a context without the incoming span (so the new span is a root),
@@ -149,11 +143,11 @@ fn public_root(incoming: &Context) -> (Context, Option<Link>) {
     (root, link)
 }
 
-fn set_attributes<S: Span, B>(
+fn set_attributes<S: Span>(
     span: &mut S,
     config: &Config,
     method: Option<(&Method<'_>, bool)>,
-    request: &Request<B>,
+    request: &Parts,
 ) {
     span.set_attribute(KeyValue::new(RPC_SYSTEM, "grpc"));
     match method {
@@ -169,8 +163,8 @@ fn set_attributes<S: Span, B>(
     }
     match config.side {
         Side::Server => {
-            let peer = Peer::from_request(request);
-            match uri_host(request.uri()) {
+            let peer = Peer::from_extensions(&request.extensions);
+            match uri_host(&request.uri) {
                 Some((host, port)) => set_server(span, host.to_owned(), port),
                 None => {
                     if let Some(local) = peer.local_addr {
@@ -182,7 +176,7 @@ fn set_attributes<S: Span, B>(
                 set_peer(span, remote);
             }
         }
-        Side::Client => match (&config.server, uri_host(request.uri())) {
+        Side::Client => match (&config.server, uri_host(&request.uri)) {
             (Some(server), _) => {
                 span.set_attribute(KeyValue::new(SERVER_ADDRESS, server.host.clone()));
                 span.set_attribute(KeyValue::new(SERVER_PORT, i64::from(server.port)));
@@ -192,7 +186,7 @@ fn set_attributes<S: Span, B>(
         },
     }
     for capture in config.metadata.iter() {
-        if let Some(attribute) = capture.attribute(request.headers()) {
+        if let Some(attribute) = capture.attribute(&request.headers) {
             span.set_attribute(attribute);
         }
     }
@@ -254,7 +248,8 @@ pub(crate) fn is_error(side: Side, code: palisade_core::Code) -> bool {
 
 /// Ends the span at the end of the RPC, with its code and status: the [`Observer`] of the
 /// observed response. Holds the context only for spans that record.
-pub(crate) struct SpanEnd {
+#[derive(Debug)]
+pub struct SpanEnd {
     cx: Option<Context>,
     side: Side,
 }

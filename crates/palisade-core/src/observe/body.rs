@@ -260,8 +260,9 @@ pub trait MapRequestBody<B, P: Policy> {
     /// The body handed to the inner service.
     type Body;
 
-    /// Turns the watched request body into the inner service's body.
-    fn map_body(body: RequestBody<B, P>) -> Self::Body;
+    /// Makes the inner service's body from the request's own, watched by `observer` when the
+    /// policy asked for one ([`Watch::with_request`](super::Watch::with_request)).
+    fn map_body(body: B, side: Side, observer: Option<P::RequestObserver>) -> Self::Body;
 }
 
 /// The inner service gets the [`RequestBody`] itself, unboxed (the default).
@@ -271,7 +272,24 @@ pub struct ObservedRequest;
 impl<B, P: Policy> MapRequestBody<B, P> for ObservedRequest {
     type Body = RequestBody<B, P>;
 
-    fn map_body(body: RequestBody<B, P>) -> Self::Body {
+    fn map_body(body: B, side: Side, observer: Option<P::RequestObserver>) -> Self::Body {
+        match observer {
+            Some(observer) => RequestBody::observed(body, side, observer),
+            None => RequestBody::passed(body),
+        }
+    }
+}
+
+/// The inner service gets the request's own body, unchanged, so a layer fits any service
+/// (a `tonic::transport::Channel` among them); for policies that never watch request bodies
+/// (their request observer is `()`).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct UnchangedRequest;
+
+impl<B, P: Policy<RequestObserver = ()>> MapRequestBody<B, P> for UnchangedRequest {
+    type Body = B;
+
+    fn map_body(body: B, _: Side, _: Option<()>) -> B {
         body
     }
 }

@@ -13,8 +13,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use super::{
-    Counts, MapRequestBody, ObservedRequest, Policy, RequestBody, ResponseBody, ResponseFuture,
-    Scope, Watch,
+    Counts, MapRequestBody, ObservedRequest, Policy, ResponseBody, ResponseFuture, Scope, Watch,
 };
 use crate::{call::Call, future::OnUnwind, matcher::Matcher, method::Method};
 
@@ -23,7 +22,7 @@ use crate::{call::Call, future::OnUnwind, matcher::Matcher, method::Method};
 ///
 /// The layer holds the policy and the skip matcher in one `Arc`: cloning the layer or making
 /// services from it shares them. `M` says what the inner service gets as its request body:
-/// the [`RequestBody`] itself by default ([`ObservedRequest`]).
+/// the [`RequestBody`](super::RequestBody) itself by default ([`ObservedRequest`]).
 pub struct ObserveLayer<P, M = ObservedRequest> {
     shared: Arc<Shared<P>>,
     _map: PhantomData<fn() -> M>,
@@ -185,7 +184,7 @@ where
         };
         match watch {
             None => {
-                let request = Request::from_parts(parts, M::map_body(RequestBody::passed(body)));
+                let request = Request::from_parts(parts, M::map_body(body, side, None));
                 ResponseFuture::passed(self.inner.call(request), side)
             }
             Some(Watch {
@@ -193,11 +192,7 @@ where
                 request,
                 scope,
             }) => {
-                let body = match request {
-                    Some(observer) => RequestBody::observed(body, side, observer),
-                    None => RequestBody::passed(body),
-                };
-                let request = Request::from_parts(parts, M::map_body(body));
+                let request = Request::from_parts(parts, M::map_body(body, side, request));
                 let mut observer = Some(observer);
                 let future = {
                     // Declared first, dropped last: a panic in the inner service's own `call`

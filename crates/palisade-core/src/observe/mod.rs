@@ -76,7 +76,7 @@ mod body;
 mod future;
 mod layer;
 
-pub use body::{MapRequestBody, ObservedRequest, RequestBody, ResponseBody};
+pub use body::{MapRequestBody, ObservedRequest, RequestBody, ResponseBody, UnchangedRequest};
 pub use future::ResponseFuture;
 pub use layer::{Observe, ObserveLayer};
 
