@@ -346,51 +346,7 @@ async fn a_servers_quota_answers_do_not_open_the_clients_breaker() {
     assert_eq!(breaker.state("greeter"), Some(State::Closed));
 }
 
-/// A codec that sends and receives raw bytes: what an attacker (or a broken client) sends.
-#[derive(Clone, Copy, Debug, Default)]
-struct Raw;
-
-impl tonic::codec::Codec for Raw {
-    type Encode = bytes::Bytes;
-    type Decode = bytes::Bytes;
-    type Encoder = Raw;
-    type Decoder = Raw;
-
-    fn encoder(&mut self) -> Raw {
-        Raw
-    }
-
-    fn decoder(&mut self) -> Raw {
-        Raw
-    }
-}
-
-impl tonic::codec::Encoder for Raw {
-    type Item = bytes::Bytes;
-    type Error = tonic::Status;
-
-    fn encode(
-        &mut self,
-        item: bytes::Bytes,
-        dst: &mut tonic::codec::EncodeBuf<'_>,
-    ) -> Result<(), tonic::Status> {
-        bytes::BufMut::put(dst, item);
-        Ok(())
-    }
-}
-
-impl tonic::codec::Decoder for Raw {
-    type Item = bytes::Bytes;
-    type Error = tonic::Status;
-
-    fn decode(
-        &mut self,
-        src: &mut tonic::codec::DecodeBuf<'_>,
-    ) -> Result<Option<bytes::Bytes>, tonic::Status> {
-        let len = bytes::Buf::remaining(src);
-        Ok(Some(bytes::Buf::copy_to_bytes(src, len)))
-    }
-}
+use palisade_demo::raw::Raw;
 
 /// One unary call of `path` carrying `body` as its message, unchecked.
 async fn raw_call(

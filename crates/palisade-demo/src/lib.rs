@@ -21,8 +21,10 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod capture;
 pub mod frames;
 mod greeter;
+pub mod raw;
 mod server;
 
 pub use greeter::Greeter;

@@ -361,35 +361,7 @@ async fn custom_buckets_for_the_handling_time() {
     ));
 }
 
-/// What `tracing` events say on this thread while `f` runs.
-fn warnings_during<T>(f: impl FnOnce() -> T) -> (T, String) {
-    #[derive(Clone, Default)]
-    struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
-    impl std::io::Write for Captured {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .with_max_level(tracing::Level::WARN)
-        .finish();
-    // With one dispatcher registered, tracing computes a new callsite's interest from the
-    // default of whichever thread hits it first — another test's, which has none — and caches
-    // "never" for good, so a warning would go unseen and "no warning" would pass vacuously.
-    // With two alive, it asks each of them, this one included.
-    let _second = tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default());
-    let value = tracing::subscriber::with_default(subscriber, f);
-    let text = String::from_utf8_lossy(&captured.0.lock().unwrap()).into_owned();
-    (value, text)
-}
+use palisade_demo::capture::warnings_during;
 
 #[test]
 fn a_layer_built_before_any_recorder_is_installed_says_so_once() {

@@ -545,30 +545,7 @@ mod tests {
 
     /// What `tracing` events say on this thread while `f` runs.
     fn warnings_during(f: impl FnOnce()) -> String {
-        #[derive(Clone, Default)]
-        struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
-        impl std::io::Write for Captured {
-            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-                self.0.lock().unwrap().extend_from_slice(buf);
-                Ok(buf.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
-        let captured = Captured::default();
-        let writer = captured.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_writer(move || writer.clone())
-            .with_ansi(false)
-            .with_max_level(tracing::Level::WARN)
-            .finish();
-        // With one dispatcher registered, tracing computes a new callsite's interest from the
-        // default of whichever thread hits it first — another test's, which has none — and
-        // caches "never" for good. With two alive, it asks each of them, this one included.
-        let _second = tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default());
-        tracing::subscriber::with_default(subscriber, f);
-        String::from_utf8_lossy(&captured.0.lock().unwrap()).into_owned()
+        palisade_demo::capture::warnings_during(f).1
     }
 
     const WARNING: &str = "found none in its first calls";

@@ -384,29 +384,7 @@ async fn refunds_reach_every_limit_past_the_64th() {
 #[tokio::test]
 async fn building_before_any_recorder_is_installed_warns_once_per_build() {
     fn warnings_during(f: impl FnOnce()) -> String {
-        #[derive(Clone, Default)]
-        struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
-        impl std::io::Write for Captured {
-            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-                self.0.lock().unwrap().extend_from_slice(buf);
-                Ok(buf.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
-        let captured = Captured::default();
-        let writer = captured.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_writer(move || writer.clone())
-            .with_ansi(false)
-            .with_max_level(tracing::Level::WARN)
-            .finish();
-        // Two dispatchers alive: tracing asks each for a new callsite's interest instead of
-        // caching the answer of whichever test's thread reached it first.
-        let _second = tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default());
-        tracing::subscriber::with_default(subscriber, f);
-        String::from_utf8_lossy(&captured.0.lock().unwrap()).into_owned()
+        palisade_demo::capture::warnings_during(f).1
     }
     const WARNING: &str = "no `metrics` recorder";
     let text = warnings_during(|| {

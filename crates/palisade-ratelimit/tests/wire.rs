@@ -281,51 +281,7 @@ async fn per_subject_limits_read_what_an_earlier_layer_put_in_the_extensions() {
     );
 }
 
-/// Bytes as they are, for a bidi method that has no generated client.
-#[derive(Clone, Copy, Debug, Default)]
-struct Raw;
-
-impl tonic::codec::Codec for Raw {
-    type Encode = bytes::Bytes;
-    type Decode = bytes::Bytes;
-    type Encoder = Raw;
-    type Decoder = Raw;
-
-    fn encoder(&mut self) -> Raw {
-        Raw
-    }
-
-    fn decoder(&mut self) -> Raw {
-        Raw
-    }
-}
-
-impl tonic::codec::Encoder for Raw {
-    type Item = bytes::Bytes;
-    type Error = tonic::Status;
-
-    fn encode(
-        &mut self,
-        item: bytes::Bytes,
-        dst: &mut tonic::codec::EncodeBuf<'_>,
-    ) -> Result<(), tonic::Status> {
-        bytes::BufMut::put(dst, item);
-        Ok(())
-    }
-}
-
-impl tonic::codec::Decoder for Raw {
-    type Item = bytes::Bytes;
-    type Error = tonic::Status;
-
-    fn decode(
-        &mut self,
-        src: &mut tonic::codec::DecodeBuf<'_>,
-    ) -> Result<Option<bytes::Bytes>, tonic::Status> {
-        let len = bytes::Buf::remaining(src);
-        Ok(Some(bytes::Buf::copy_to_bytes(src, len)))
-    }
-}
+use palisade_demo::raw::Raw;
 
 /// A bidi handler, `/test.Chat/Talk`: answers one message at once (the response has started),
 /// reads its request stream to the end or to its error, then fails with rich details
