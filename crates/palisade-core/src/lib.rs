@@ -59,6 +59,7 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod admit;
 pub mod body;
 pub mod call;
 pub mod code;

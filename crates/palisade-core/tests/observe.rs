@@ -3,6 +3,9 @@
 //! `ObservedFuture` / `ObservedBody` (tests/observed.rs), ported onto the middleware, plus what
 //! only the middleware does (skipping, passing through, the scope, the record, request bodies).
 
+#[path = "observe/admit.rs"]
+mod admit;
+
 use std::{
     cell::Cell,
     convert::Infallible,
