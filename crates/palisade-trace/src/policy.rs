@@ -49,7 +49,10 @@ where
                 .propagation
                 .inject(&started.cx, &mut call.parts_mut().headers);
         }
-        let observer = SpanEnd::new(&started, config.side);
+        // The record is read at the end for its facts (`enduser.id`, `palisade.rejected_by`);
+        // only a recording span keeps it.
+        let record = started.recording.then(|| call.record_or_insert().clone());
+        let observer = SpanEnd::new(&started, config.side, record);
         Some(Watch::new(observer).with_scope(Attached(started.cx)))
     }
 }

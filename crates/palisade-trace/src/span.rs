@@ -11,7 +11,7 @@ use opentelemetry::{
     baggage::{Baggage, BaggageExt},
     trace::{Link, Span, SpanBuilder, SpanKind, Status, TraceContextExt, Tracer},
 };
-use palisade_core::{CodeSet, Counts, Method, Observer, Outcome, Peer, Side};
+use palisade_core::{CodeSet, Counts, Method, Observer, Outcome, Peer, Rpc, Side};
 
 use crate::config::Config;
 
@@ -38,6 +38,12 @@ pub mod attribute {
     /// The prefix of allow-listed request metadata, `rpc.grpc.request.metadata.<key>`, a
     /// string array of the key's values.
     pub const RPC_GRPC_REQUEST_METADATA: &str = "rpc.grpc.request.metadata.";
+    /// `enduser.id`: the caller's subject as an inner layer verified it (jwt writes it into
+    /// the per-RPC record); server spans only, set at the end of the RPC.
+    pub const ENDUSER_ID: &str = "enduser.id";
+    /// `palisade.rejected_by`: the Palisade layer that answered the call itself (`jwt`,
+    /// `ratelimit`, `breaker`, …), when one did.
+    pub const PALISADE_REJECTED_BY: &str = "palisade.rejected_by";
 }
 
 use attribute::*;
@@ -247,17 +253,20 @@ pub(crate) fn is_error(side: Side, code: palisade_core::Code) -> bool {
 }
 
 /// Ends the span at the end of the RPC, with its code and status: the [`Observer`] of the
-/// observed response. Holds the context only for spans that record.
+/// observed response. Holds the context, and the per-RPC record whose facts it reads at the
+/// end, only for spans that record.
 #[derive(Debug)]
 pub struct SpanEnd {
     cx: Option<Context>,
+    record: Option<Rpc>,
     side: Side,
 }
 
 impl SpanEnd {
-    pub(crate) fn new(started: &Started, side: Side) -> Self {
+    pub(crate) fn new(started: &Started, side: Side, record: Option<Rpc>) -> Self {
         Self {
             cx: started.recording.then(|| started.cx.clone()),
+            record: record.filter(|_| started.recording),
             side,
         }
     }
@@ -269,6 +278,18 @@ impl Observer for SpanEnd {
         let span = cx.span();
         let code = outcome.code();
         span.set_attribute(KeyValue::new(RPC_GRPC_STATUS_CODE, code as i64));
+        let record = self.record.as_ref();
+        if self.side == Side::Server
+            && let Some(subject) = record.and_then(Rpc::subject)
+        {
+            span.set_attribute(KeyValue::new(ENDUSER_ID, subject.to_owned()));
+        }
+        if let Some(layer) = outcome
+            .rejected_by()
+            .or_else(|| record.and_then(Rpc::rejected_by))
+        {
+            span.set_attribute(KeyValue::new(PALISADE_REJECTED_BY, layer));
+        }
         if is_error(self.side, code) {
             let description = outcome.message().map(Cow::into_owned).unwrap_or_default();
             span.set_status(Status::error(description));

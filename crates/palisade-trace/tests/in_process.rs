@@ -347,3 +347,53 @@ async fn current_ids_read_the_current_context() {
     assert_eq!(current_trace_id(), trace.to_string());
     assert_eq!(current_span_id(), id.to_string());
 }
+
+#[tokio::test]
+async fn the_server_span_carries_the_facts_inner_layers_wrote_into_the_record() {
+    use palisade_core::{Rejection, Rpc};
+
+    // An inner layer (jwt, as a handler here) writes the verified subject.
+    let telemetry = Telemetry::new();
+    let handler = tower::service_fn(|request: Request<()>| async move {
+        let rpc = Rpc::of(&request).expect("trace made the record: it reads facts");
+        assert!(rpc.set_subject("alice".into()));
+        Ok::<_, std::convert::Infallible>(Response::new(http_body_util::Full::new(
+            Bytes::from_static(b""),
+        )))
+    });
+    let service = telemetry.server_layer().layer(handler);
+    let response = service
+        .oneshot(request(&format!("/{SAY_HELLO}")))
+        .await
+        .unwrap();
+    response.into_body().collect().await.unwrap();
+    let spans = telemetry.spans();
+    let span = only(&spans, SpanKind::Server);
+    assert_eq!(
+        attr(span, attribute::ENDUSER_ID),
+        Some(&Value::from("alice"))
+    );
+    assert_eq!(attr(span, attribute::PALISADE_REJECTED_BY), None);
+
+    // An inner layer answers itself: its mark names it.
+    let telemetry = Telemetry::new();
+    let handler = tower::service_fn(|_: Request<()>| async {
+        Ok::<_, std::convert::Infallible>(
+            Rejection::new(Code::ResourceExhausted, "over quota")
+                .by("ratelimit")
+                .into_response::<http_body_util::Full<Bytes>>(),
+        )
+    });
+    let service = telemetry.server_layer().layer(handler);
+    service
+        .oneshot(request(&format!("/{SAY_HELLO}")))
+        .await
+        .unwrap();
+    let spans = telemetry.spans();
+    let span = only(&spans, SpanKind::Server);
+    assert_eq!(attr(span, attribute::ENDUSER_ID), None);
+    assert_eq!(
+        attr(span, attribute::PALISADE_REJECTED_BY),
+        Some(&Value::from("ratelimit"))
+    );
+}
