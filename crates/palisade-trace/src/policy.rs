@@ -35,8 +35,6 @@ where
     type RequestObserver = ();
     type Scope = Attached;
 
-    const READS_FACTS: bool = true;
-
     fn side(&self) -> Side {
         self.config.side
     }
@@ -49,8 +47,9 @@ where
                 .propagation
                 .inject(&started.cx, &mut call.parts_mut().headers);
         }
-        // The record is read at the end for its facts (`enduser.id`, `palisade.rejected_by`);
-        // only a recording span keeps it.
+        // The record is read at the end for its facts (`enduser.id`, `palisade.rejected_by`),
+        // by a recording span only: an unsampled RPC makes none (so not `READS_FACTS`, which
+        // would make one for every watched RPC).
         let record = started.recording.then(|| call.record_or_insert().clone());
         let observer = SpanEnd::new(&started, config.side, record);
         Some(Watch::new(observer).with_scope(Attached(started.cx)))

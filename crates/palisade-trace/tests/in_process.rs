@@ -355,7 +355,7 @@ async fn the_server_span_carries_the_facts_inner_layers_wrote_into_the_record() 
     // An inner layer (jwt, as a handler here) writes the verified subject.
     let telemetry = Telemetry::new();
     let handler = tower::service_fn(|request: Request<()>| async move {
-        let rpc = Rpc::of(&request).expect("trace made the record: it reads facts");
+        let rpc = Rpc::of(&request).expect("a recording span made the record");
         assert!(rpc.set_subject("alice".into()));
         Ok::<_, std::convert::Infallible>(Response::new(http_body_util::Full::new(
             Bytes::from_static(b""),
@@ -396,4 +396,25 @@ async fn the_server_span_carries_the_facts_inner_layers_wrote_into_the_record() 
         attr(span, attribute::PALISADE_REJECTED_BY),
         Some(&Value::from("ratelimit"))
     );
+}
+
+#[tokio::test]
+async fn an_unsampled_rpc_makes_no_record() {
+    let telemetry = Telemetry::with_sampler(opentelemetry_sdk::trace::Sampler::AlwaysOff);
+    let handler = tower::service_fn(|request: Request<()>| async move {
+        assert!(
+            palisade_core::Rpc::of(&request).is_none(),
+            "nothing reads it"
+        );
+        Ok::<_, std::convert::Infallible>(Response::new(http_body_util::Full::new(
+            Bytes::from_static(b""),
+        )))
+    });
+    let service = telemetry.server_layer().layer(handler);
+    let response = service
+        .oneshot(request(&format!("/{SAY_HELLO}")))
+        .await
+        .unwrap();
+    response.into_body().collect().await.unwrap();
+    assert!(telemetry.spans().is_empty());
 }
