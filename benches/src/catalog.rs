@@ -209,6 +209,24 @@ pub const BUDGETS: &[Budget] = &[
          the same stack without them",
         None,
     ),
+    budget(
+        "full server stack, logging as deployed (access-log line, JsonFields span)",
+        "server",
+        "stack/server/deployed",
+        2500.0,
+        "as `stack/server/full`, logging as the `server` program does: the hand-written access \
+         line through the non-blocking writer and the RPC span's fields by `JsonFields` (issue \
+         #16's ≤ 2.5 µs)",
+        None,
+    ),
+    budget(
+        "full client stack, logging as deployed",
+        "client",
+        "stack/client/deployed",
+        1500.0,
+        "as `stack/client/full`, logging as the `client` program does (issue #16's ≤ 1.5 µs)",
+        None,
+    ),
 ];
 
 /// The end-to-end budget: the full stacks' throughput over bare tonic's, unary, 64 in flight

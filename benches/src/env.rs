@@ -171,6 +171,22 @@ pub fn access_log_to_sink() -> palisade_logging::writer::LogWriter {
         .clone()
 }
 
+/// The subscriber the `server` and `client` programs install with `--log-format json`
+/// (flattened JSON events, the RPC span's fields by `palisade_logging::JsonFields`), writing
+/// through the shared non-blocking writer to `io::sink`: with
+/// `LoggingLayer::access_log(access_log_to_sink())`, the logging a deployed server pays.
+pub fn deployed_logging(filter: &str) -> Dispatch {
+    Dispatch::new(
+        tracing_subscriber::fmt()
+            .with_env_filter(EnvFilter::new(filter))
+            .with_writer(access_log_to_sink())
+            .json()
+            .flatten_event(true)
+            .fmt_fields(palisade_logging::JsonFields::new())
+            .finish(),
+    )
+}
+
 /// JSON to a sink at `info`: every call's event is written.
 pub fn logging_on() -> Dispatch {
     json_to_sink("info")

@@ -440,6 +440,13 @@ pub fn stack() -> Vec<Group> {
                     Requests::server().not_sampled(),
                     logging_off(),
                 )
+            })
+            .case("deployed", || {
+                rpc_with(
+                    server_stack_to(true, Some(env::access_log_to_sink())).layer(Handler::ok()),
+                    Requests::server(),
+                    env::deployed_logging("info"),
+                )
             }),
         bare(Group::new("stack/client"), Side::Client)
             .case("full", || {
@@ -454,6 +461,17 @@ pub fn stack() -> Vec<Group> {
                     client_stack(false, 50051).layer(Handler::ok()),
                     Requests::client(),
                     logging_off(),
+                )
+            })
+            .case("deployed", || {
+                let metrics = MetricsLayer::client()
+                    .registry(env::get().registry.clone())
+                    .build();
+                rpc_with(
+                    client_stack_with(true, 50051, metrics, Some(env::access_log_to_sink()))
+                        .layer(Handler::ok()),
+                    Requests::client(),
+                    env::deployed_logging("info"),
                 )
             }),
     ]
