@@ -25,14 +25,15 @@ use std::{
     fmt,
     sync::{
         Arc, Mutex, MutexGuard, PoisonError,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicU8, AtomicU64, Ordering},
     },
     time::Duration,
 };
 
 use failsafe::FailurePolicy;
+use http::HeaderMap;
 use metrics::{Counter, Gauge};
-use palisade_core::{Counts, Observer, Outcome, Side};
+use palisade_core::{Counts, Observer, Outcome, Side, admit::OnHead};
 use tokio::time::Instant;
 
 use crate::{
@@ -441,18 +442,25 @@ pub struct Permit<H> {
     circuit: Arc<Circuit<H>>,
     ticket: Ticket,
     timing: Timing,
-    /// For a probe: set once its response started and the circuit counted it as answering.
-    answered: Option<Arc<AtomicBool>>,
+    /// For a probe: where it is, shared with its [`ProbeWatch`].
+    probe: Option<Arc<AtomicU8>>,
 }
+
+/// A probe in flight, its response not started.
+const PROBE_PENDING: u8 = 0;
+/// A probe whose response started, counted by its circuit as answering.
+const PROBE_ANSWERED: u8 = 1;
+/// A probe whose outcome is in.
+const PROBE_ENDED: u8 = 2;
 
 impl<H> Permit<H> {
     pub(crate) fn new(circuit: Arc<Circuit<H>>, ticket: Ticket, timing: Timing) -> Self {
-        let answered = ticket.probe.then(|| Arc::new(AtomicBool::new(false)));
+        let probe = ticket.probe.then(|| Arc::new(AtomicU8::new(PROBE_PENDING)));
         Permit {
             circuit,
             ticket,
             timing,
-            answered,
+            probe,
         }
     }
 
@@ -471,14 +479,8 @@ impl<H> Permit<H> {
         Some(ProbeWatch {
             circuit: self.circuit.clone(),
             ticket: self.ticket,
-            answered: self.answered.clone()?,
+            probe: self.probe.clone()?,
         })
-    }
-
-    fn answered(&self) -> bool {
-        self.answered
-            .as_ref()
-            .is_some_and(|answered| answered.load(Ordering::Acquire))
     }
 }
 
@@ -489,7 +491,11 @@ impl<H: OnStateChange> Observer for Permit<H> {
             .settings()
             .rules
             .verdict(&outcome, counts, self.timing);
-        self.circuit.complete(self.ticket, verdict, self.answered());
+        let answered = self
+            .probe
+            .as_ref()
+            .is_some_and(|probe| probe.swap(PROBE_ENDED, Ordering::AcqRel) == PROBE_ANSWERED);
+        self.circuit.complete(self.ticket, verdict, answered);
         // Dropping `self` gives the probe slot back, after the outcome is in.
     }
 }
@@ -511,19 +517,36 @@ impl<H> fmt::Debug for Permit<H> {
     }
 }
 
-/// Held by a probe's response future: tells the circuit when the probe's response starts.
-pub(crate) struct ProbeWatch<H> {
+/// The watch on a half-open probe's response head: when the response starts and goes on
+/// (headers, not trailers-only), its circuit counts the probe as answering, so that at
+/// [`Builder::half_open_max_wait`](crate::Builder::half_open_max_wait) a healthy long-lived
+/// stream counts as a success rather than a hung call. palisade-core's admission middleware
+/// holds it for the [`Breaker`](crate::Breaker) ([`OnHead`]); it has no use of its own.
+pub struct ProbeWatch<H> {
     circuit: Arc<Circuit<H>>,
     ticket: Ticket,
-    answered: Arc<AtomicBool>,
+    probe: Arc<AtomicU8>,
 }
 
-impl<H: OnStateChange> ProbeWatch<H> {
-    /// The probe's response headers came, and the RPC goes on (not trailers-only).
-    pub(crate) fn answered(self) {
-        if self.circuit.probe_answered(self.ticket) {
-            self.answered.store(true, Ordering::Release);
+impl<H: OnStateChange> OnHead for ProbeWatch<H> {
+    fn on_head(self, _: &mut HeaderMap, streaming: bool) {
+        // Not when the RPC ended at its head: a trailers-only answer, or (which `streaming`
+        // does not tell) an empty body without a status, whose outcome is in already. The
+        // head comes before the body can be polled, so nothing ends it meanwhile.
+        if streaming
+            && self.probe.load(Ordering::Acquire) == PROBE_PENDING
+            && self.circuit.probe_answered(self.ticket)
+        {
+            self.probe.store(PROBE_ANSWERED, Ordering::Release);
         }
+    }
+}
+
+impl<H> fmt::Debug for ProbeWatch<H> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProbeWatch")
+            .field("breaker", &self.circuit.name())
+            .finish_non_exhaustive()
     }
 }
 

@@ -450,14 +450,14 @@ impl<H> Builder<H> {
             },
             hook: self.hook,
         };
-        BreakerLayer::from_registry(Registry::new(
+        let registry = Registry::new(
             shared,
             self.name,
             self.key,
-            self.skip,
             self.registry,
             self.max_breakers,
-        ))
+        );
+        BreakerLayer::new_with(registry, self.skip)
     }
 }
 

@@ -1,11 +1,12 @@
 //! [`BreakerLayer`]: applies circuit breaking to a service.
 
-use std::{fmt, sync::Arc};
+use std::fmt;
 
-use palisade_core::Side;
+use palisade_core::{Matcher, Side, admit::AdmitLayer};
 use tower_layer::Layer;
 
 use crate::{
+    admission::BreakerAdmission,
     config::Builder,
     hook::{OnStateChange, State},
     registry::Registry,
@@ -19,8 +20,11 @@ use crate::{
 /// The layer holds its circuits in an `Arc`: every service it makes, and every clone of it,
 /// shares them (a server's connections, a client's clones of its channel). Build another
 /// layer for independent circuits. See the [crate docs](crate) for an example.
+///
+/// It is palisade-core's [`AdmitLayer`] with the breaker's [`BreakerAdmission`], which also
+/// does the skipping ([`Builder::skip`]).
 pub struct BreakerLayer<H = ()> {
-    registry: Arc<Registry<H>>,
+    inner: AdmitLayer<BreakerAdmission<H>>,
 }
 
 impl BreakerLayer<()> {
@@ -68,28 +72,30 @@ impl Default for BreakerLayer<()> {
     }
 }
 
-impl<H> BreakerLayer<H> {
-    pub(crate) fn from_registry(registry: Registry<H>) -> Self {
+impl<H: OnStateChange> BreakerLayer<H> {
+    pub(crate) fn new_with(registry: Registry<H>, skip: Option<Matcher>) -> Self {
         BreakerLayer {
-            registry: Arc::new(registry),
+            inner: AdmitLayer::with_skip(BreakerAdmission::new(registry), skip),
         }
     }
+}
 
+impl<H> BreakerLayer<H> {
     /// The state of the circuit named `breaker` (the layer's name, or a key), if it exists.
     pub fn state(&self, breaker: &str) -> Option<State> {
-        self.registry.state(breaker)
+        self.inner.admission().state(breaker)
     }
 
     /// Every circuit made so far and its state, sorted by name.
     pub fn states(&self) -> Vec<(String, State)> {
-        self.registry.states()
+        self.inner.admission().states()
     }
 }
 
 impl<H> Clone for BreakerLayer<H> {
     fn clone(&self) -> Self {
         BreakerLayer {
-            registry: self.registry.clone(),
+            inner: self.inner.clone(),
         }
     }
 }
@@ -97,7 +103,8 @@ impl<H> Clone for BreakerLayer<H> {
 impl<H> fmt::Debug for BreakerLayer<H> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("BreakerLayer")
-            .field("registry", &self.registry)
+            .field("registry", self.inner.admission())
+            .field("skip", &self.inner.skip())
             .finish()
     }
 }
@@ -106,6 +113,6 @@ impl<S, H: OnStateChange> Layer<S> for BreakerLayer<H> {
     type Service = Breaker<S, H>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Breaker::new(inner, self.registry.clone())
+        self.inner.layer(inner)
     }
 }

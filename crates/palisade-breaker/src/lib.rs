@@ -117,22 +117,22 @@
 //! [`Outcome::rejected_by`]: palisade_core::Outcome::rejected_by
 #![forbid(unsafe_code)]
 
+mod admission;
 mod circuit;
 mod classify;
 mod config;
-mod future;
 mod hook;
 mod layer;
 pub mod policy;
 mod registry;
 mod service;
 
-pub use circuit::Permit;
+pub use admission::{BreakerAdmission, CIRCUIT_OPEN};
+pub use circuit::{Permit, ProbeWatch};
 pub use classify::{DEFAULT_FAILURE_CODES, DEFAULT_MIN_DEADLINE_FAILURE, Verdict};
 pub use config::{Builder, DEFAULT_HALF_OPEN_MAX_WAIT};
-pub use future::{CIRCUIT_OPEN, ResponseFuture};
 pub use hook::{OnStateChange, State, Transition};
 pub use layer::BreakerLayer;
 pub use policy::{Backoff, Policy};
 pub use registry::{OVERFLOW_BREAKER, RequestHead};
-pub use service::{Breaker, ResponseBody};
+pub use service::{Breaker, ResponseBody, ResponseFuture};

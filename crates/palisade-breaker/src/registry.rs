@@ -8,11 +8,16 @@ use std::{
     sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError},
 };
 
-use http::{Extensions, HeaderMap, Request, Uri, header::HOST};
-use palisade_core::{Matcher, Method, MethodRegistry, deadline::grpc_timeout, slots::Slots};
+use http::{Extensions, HeaderMap, Request, Uri, header::HOST, request::Parts};
+use palisade_core::{
+    Call, Code, Method, MethodRegistry, Rejection,
+    admit::{Admitted, Decision},
+    slots::Slots,
+};
 use tokio::time::Instant;
 
 use crate::{
+    admission::{BreakerAdmission, CIRCUIT_OPEN},
     circuit::{Circuit, Permit, Shared},
     classify::Timing,
     hook::{OnStateChange, State},
@@ -35,11 +40,19 @@ pub struct RequestHead<'a> {
 impl<'a> RequestHead<'a> {
     /// The head of a request.
     pub fn new<B>(request: &'a Request<B>) -> Self {
+        Self::of(request.uri(), request.headers(), request.extensions())
+    }
+
+    pub(crate) fn from_parts(parts: &'a Parts) -> Self {
+        Self::of(&parts.uri, &parts.headers, &parts.extensions)
+    }
+
+    fn of(uri: &'a Uri, headers: &'a HeaderMap, extensions: &'a Extensions) -> Self {
         RequestHead {
-            uri: request.uri(),
-            headers: request.headers(),
-            extensions: request.extensions(),
-            method: Method::from_request(request),
+            uri,
+            headers,
+            extensions,
+            method: Method::from_uri(uri),
         }
     }
 
@@ -97,21 +110,10 @@ impl fmt::Debug for KeyBy {
     }
 }
 
-/// What the layer does with one call.
-pub(crate) enum Admission<H> {
-    /// The skip matcher selected it: straight through, not counted.
-    Skip,
-    /// The circuit is open, or its probes are all taken.
-    Rejected,
-    /// Admitted; the permit goes with the call to its end.
-    Permitted(Permit<H>),
-}
-
 /// The circuits of a layer, shared by every service the layer makes.
 pub(crate) struct Registry<H> {
     shared: Arc<Shared<H>>,
     key: KeyBy,
-    skip: Option<Matcher>,
     methods: Option<MethodRegistry>,
     max: usize,
     single: Option<Arc<Circuit<H>>>,
@@ -128,7 +130,6 @@ impl<H> Registry<H> {
         shared: Shared<H>,
         name: Arc<str>,
         key: KeyBy,
-        skip: Option<Matcher>,
         methods: Option<MethodRegistry>,
         max: usize,
     ) -> Self {
@@ -159,7 +160,6 @@ impl<H> Registry<H> {
         Registry {
             shared,
             key,
-            skip,
             methods,
             max,
             single,
@@ -241,57 +241,49 @@ impl<H> Registry<H> {
 }
 
 impl<H: OnStateChange> Registry<H> {
-    /// Decides what happens to a call.
-    pub(crate) fn admit<B>(&self, request: &Request<B>) -> Admission<H> {
+    /// Decides what happens to a call: passed uncounted (a method the service does not
+    /// have), admitted with the permit of its circuit, or rejected while that circuit is open
+    /// or its probes are all taken.
+    pub(crate) fn admit(&self, call: &mut Call<'_>) -> Decision<BreakerAdmission<H>> {
         // Parse the path once, and only when something reads it.
-        let method =
-            if self.skip.is_some() || self.methods.is_some() || matches!(self.key, KeyBy::Method) {
-                Method::from_request(request)
-            } else {
-                None
-            };
-        if let Some(skip) = &self.skip
-            && skip.matches(method.as_ref())
-        {
-            return Admission::Skip;
-        }
+        let parts = call.parts();
+        let method = if self.methods.is_some() || matches!(self.key, KeyBy::Method) {
+            Method::from_uri(&parts.uri)
+        } else {
+            None
+        };
         // A method the service does not have: the inner service answers it, uncounted.
         if let Some(methods) = &self.methods
             && method.and_then(|m| methods.get(&m)).is_none()
         {
-            return Admission::Skip;
+            return Decision::Pass;
         }
-        match &self.key {
+        let circuit = match &self.key {
             KeyBy::Single => match &self.single {
-                Some(circuit) => self.admit_in(circuit, request),
-                None => self.admit_in(self.overflow(), request),
+                Some(circuit) => circuit,
+                None => self.overflow(),
             },
             KeyBy::Method => match method {
-                Some(method) => {
-                    self.admit_in(self.keyed(method.path(), Some(method.full_name())), request)
-                }
-                None => self.admit_in(self.overflow(), request),
+                Some(method) => self.keyed(method.path(), Some(method.full_name())),
+                None => self.overflow(),
             },
-            KeyBy::Authority => match authority(request.uri(), request.headers()) {
-                Some(authority) => self.admit_in(self.keyed(authority, None), request),
-                None => self.admit_in(self.overflow(), request),
+            KeyBy::Authority => match authority(&parts.uri, &parts.headers) {
+                Some(authority) => self.keyed(authority, None),
+                None => self.overflow(),
             },
-            KeyBy::Custom(key) => {
-                let head = RequestHead::new(request);
-                match key(&head) {
-                    Some(key) => self.admit_in(self.keyed(&key, None), request),
-                    None => self.admit_in(self.overflow(), request),
-                }
-            }
-        }
-    }
-
-    fn admit_in<B>(&self, circuit: &Arc<Circuit<H>>, request: &Request<B>) -> Admission<H> {
-        match circuit.try_acquire() {
-            Some(ticket) => {
-                Admission::Permitted(Permit::new(circuit.clone(), ticket, self.timing(request)))
-            }
-            None => Admission::Rejected,
+            KeyBy::Custom(key) => match key(&RequestHead::from_parts(parts)) {
+                Some(key) => self.keyed(&key, None),
+                None => self.overflow(),
+            },
+        };
+        let Some(ticket) = circuit.try_acquire() else {
+            return Decision::Reject(Rejection::new(Code::Unavailable, CIRCUIT_OPEN));
+        };
+        let permit = Permit::new(circuit.clone(), ticket, self.timing(call));
+        match permit.watch() {
+            // A probe: its circuit hears when its response starts.
+            Some(probe) => Decision::Admit(Admitted::new().observe(permit).on_head(probe)),
+            None => Decision::observe(permit),
         }
     }
 
@@ -299,8 +291,8 @@ impl<H: OnStateChange> Registry<H> {
     /// caller's `grpc-timeout` (on a client, a call dropped after it passed is a local
     /// timeout, not a cancellation; on a server, whether the call ran long enough for its
     /// deadline passing to be the server's failure rather than the caller's short deadline).
-    fn timing<B>(&self, request: &Request<B>) -> Timing {
-        let timeout = grpc_timeout(request.headers());
+    fn timing(&self, call: &mut Call<'_>) -> Timing {
+        let timeout = call.timeout();
         if timeout.is_none() && self.shared.settings.rules.slow_call.is_none() {
             return Timing::default();
         }
@@ -317,7 +309,6 @@ impl<H> fmt::Debug for Registry<H> {
         f.debug_struct("Registry")
             .field("settings", &self.shared.settings)
             .field("key", &self.key)
-            .field("skip", &self.skip)
             .field("methods", &self.methods.as_ref().map(MethodRegistry::len))
             .field("max", &self.max)
             .field("states", &self.states())

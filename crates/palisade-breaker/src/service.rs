@@ -1,26 +1,9 @@
-//! [`Breaker`]: the service that admits, rejects and watches calls.
+//! [`Breaker`], its response future and body: palisade-core's admission middleware with the
+//! breaker's [`BreakerAdmission`].
 
-use std::{
-    any::Any,
-    fmt,
-    sync::Arc,
-    task::{Context, Poll},
-};
+use palisade_core::admit;
 
-use http::{Request, Response};
-use palisade_core::{ObservedBody, ObservedFuture};
-use tower_service::Service;
-
-use crate::{
-    circuit::Permit,
-    future::ResponseFuture,
-    hook::{OnStateChange, State},
-    registry::{Admission, Registry},
-};
-
-/// The response body of a [`Breaker`]: the inner body, watched to its end so the call's real
-/// outcome reaches its circuit.
-pub type ResponseBody<B, H = ()> = ObservedBody<B, Permit<H>>;
+use crate::admission::BreakerAdmission;
 
 /// Circuit breaking around a gRPC service or client; made by
 /// [`BreakerLayer`](crate::BreakerLayer).
@@ -29,83 +12,19 @@ pub type ResponseBody<B, H = ()> = ObservedBody<B, Permit<H>>;
 /// stream — feeds the circuit. On an open circuit, or a half-open one whose probes are all in
 /// flight, the call is answered at once with a trailers-only `UNAVAILABLE` ("circuit open")
 /// without reaching the inner service. The inner service's error type is kept.
-pub struct Breaker<S, H = ()> {
-    inner: S,
-    registry: Arc<Registry<H>>,
-}
+///
+/// It is palisade-core's [`Admit`](admit::Admit) with the breaker's [`BreakerAdmission`],
+/// so the inner service must be `Clone` (tonic's routes and `Channel` are). The state of a
+/// circuit is read from the layer ([`BreakerLayer::state`](crate::BreakerLayer::state)), or
+/// from the service: `breaker.admission().state(name)`.
+pub type Breaker<S, H = ()> = admit::Admit<S, BreakerAdmission<H>>;
 
-impl<S, H> Breaker<S, H> {
-    pub(crate) fn new(inner: S, registry: Arc<Registry<H>>) -> Self {
-        Breaker { inner, registry }
-    }
+/// The response future of a [`Breaker`] around `S` called with `Request<ReqBody>`: the inner
+/// call watched to its end, or an immediate rejection
+/// ([`is_rejected`](admit::ResponseFuture::is_rejected)).
+pub type ResponseFuture<S, ReqBody, H = ()> =
+    admit::ResponseFuture<S, BreakerAdmission<H>, ReqBody>;
 
-    /// The inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The inner service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// The inner service.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
-
-    /// The state of the circuit named `breaker`, if it exists.
-    pub fn state(&self, breaker: &str) -> Option<State> {
-        self.registry.state(breaker)
-    }
-}
-
-impl<S, H, ReqBody, ResBody> Service<Request<ReqBody>> for Breaker<S, H>
-where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
-    S::Error: Any,
-    ResBody: Default + http_body::Body,
-    H: OnStateChange,
-{
-    type Response = Response<ResponseBody<ResBody, H>>;
-    type Error = S::Error;
-    type Future = ResponseFuture<S::Future, H>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        let side = self.registry.side();
-        match self.registry.admit(&request) {
-            Admission::Permitted(permit) => {
-                // If `call` panics, the permit is dropped with it and gives back its slot.
-                let probe = permit.watch();
-                ResponseFuture::observed(
-                    ObservedFuture::new(self.inner.call(request), side, permit),
-                    probe,
-                )
-            }
-            Admission::Rejected => ResponseFuture::rejected(),
-            Admission::Skip => ResponseFuture::bypass(self.inner.call(request), side),
-        }
-    }
-}
-
-impl<S: Clone, H> Clone for Breaker<S, H> {
-    fn clone(&self) -> Self {
-        Breaker {
-            inner: self.inner.clone(),
-            registry: self.registry.clone(),
-        }
-    }
-}
-
-impl<S: fmt::Debug, H> fmt::Debug for Breaker<S, H> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Breaker")
-            .field("inner", &self.inner)
-            .field("registry", &self.registry)
-            .finish()
-    }
-}
+/// The response body of a [`Breaker`]: the inner body, watched to its end so the call's real
+/// outcome reaches its circuit.
+pub type ResponseBody<B, H = ()> = admit::ResponseBody<B, BreakerAdmission<H>>;

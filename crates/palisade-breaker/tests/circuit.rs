@@ -281,6 +281,46 @@ async fn long_stream_probes_short_of_the_successes_to_close_admit_new_probes() {
     drop((first, second));
 }
 
+/// A probe answered by an empty `200` without a status ended at its head: its outcome is in,
+/// and it must not also count as a probe still answering when the maximum wait is up.
+#[tokio::test(start_paused = true)]
+async fn a_probe_that_ended_at_its_head_is_not_also_answering() {
+    let backend = Backend::new(Reply::Unary(Code::Unavailable));
+    let layer = BreakerLayer::client()
+        .name("backend")
+        .consecutive_failures(1)
+        .backoff(Backoff::constant(secs(5)))
+        .half_open_max_wait(secs(10))
+        .successes_to_close(2)
+        // The empty answer's `Unknown` (a missing status) counts as a success here.
+        .classify(|outcome: &palisade_core::Outcome| match outcome.code() {
+            Code::Unavailable => palisade_breaker::Verdict::Failure,
+            _ => palisade_breaker::Verdict::Success,
+        })
+        .build();
+    let service = layer.layer(backend.clone());
+    hello(&service).await;
+    tokio::time::advance(secs(5)).await;
+    backend.set(Reply::Empty);
+    let empty = tower::ServiceExt::oneshot(service.clone(), request(HELLO))
+        .await
+        .unwrap();
+    assert!(empty.headers().get("grpc-status").is_none());
+    assert!(http_body::Body::is_end_stream(empty.body()));
+    // One success of two: still half-open, and the next probe hangs.
+    assert_eq!(layer.state("backend"), Some(State::HalfOpen));
+    backend.set(Reply::Hang);
+    let mut hung = std::pin::pin!(tower::ServiceExt::oneshot(service.clone(), request(HELLO)));
+    assert!(futures_util::FutureExt::now_or_never(hung.as_mut()).is_none());
+    assert_eq!(backend.calls(), 3);
+    // At the maximum wait no probe is answering (the empty one ended): open again, and the
+    // call that found the slot taken does not reach the (now healthy) backend.
+    tokio::time::advance(secs(10)).await;
+    backend.set(Reply::Unary(Code::Ok));
+    assert_eq!(hello(&service).await, open());
+    assert_eq!(layer.state("backend"), Some(State::Open));
+}
+
 #[tokio::test(start_paused = true)]
 async fn an_inner_palisade_rejection_is_not_the_backends_failure() {
     // Two breakers stacked: the inner one's "circuit open" is UNAVAILABLE, a failure code,

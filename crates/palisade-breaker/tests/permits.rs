@@ -241,6 +241,29 @@ async fn inner_service_panicking_in_call() {
     let panicked = catch_unwind(AssertUnwindSafe(|| panicking.call(request(HELLO))));
     assert!(panicked.is_err());
     assert_eq!(backend.calls(), 2);
+    // The panic is the service failing the probe (palisade-core's admission middleware
+    // reports a panic in the inner `call` as it does one in a poll): the circuit reopens.
+    assert_eq!(layer.state("backend"), Some(State::Open));
+    still_serves(&layer, &backend, &service).await;
+
+    // Where the panic's `INTERNAL` is ignored, the probe still gives its slot back: the
+    // circuit stays half-open, and the next call is a probe that closes it.
+    let layer = BreakerLayer::builder()
+        .name("backend")
+        .consecutive_failures(1)
+        .backoff(palisade_breaker::Backoff::constant(BACKOFF))
+        .classify(|outcome: &Outcome| match outcome.code() {
+            Code::Internal => Verdict::Ignore,
+            Code::Unavailable => Verdict::Failure,
+            _ => Verdict::Success,
+        })
+        .build();
+    let backend = Backend::default();
+    let service = layer.layer(backend.clone());
+    half_open(&layer, &backend, &service).await;
+    let mut panicking = layer.layer(Panics(backend.clone()));
+    let panicked = catch_unwind(AssertUnwindSafe(|| panicking.call(request(HELLO))));
+    assert!(panicked.is_err());
     assert_eq!(layer.state("backend"), Some(State::HalfOpen));
     still_serves(&layer, &backend, &service).await;
 }

@@ -42,6 +42,8 @@ pub enum Reply {
     Delayed(u64),
     /// A unary answer with this code after this many milliseconds (tokio time).
     Late(u64, Code),
+    /// A `200` with no `grpc-status` and a body already at its end.
+    Empty,
 }
 
 #[derive(Clone, Default)]
@@ -110,6 +112,7 @@ impl<B> Service<Request<B>> for Backend {
                     tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
                     Ok(grpc_response(TestBody::unary(code)))
                 }
+                Reply::Empty => Ok(grpc_response(TestBody::default())),
             }
         })
     }
