@@ -5,21 +5,23 @@
 use std::{
     fmt,
     future::Future,
+    pin::Pin,
     sync::{
         Arc, Mutex, RwLock,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
-    task::{Context, Poll},
+    task::{Context, Poll, ready},
     time::{Duration, SystemTime},
 };
 
-use http::{HeaderName, HeaderValue, Request, Response, header::AUTHORIZATION};
-use palisade_core::{Code, Rejection};
-use tokio::{sync::watch, time::Instant};
+use futures_util::future::{FutureExt, Shared};
+use http::{HeaderName, HeaderValue, header::AUTHORIZATION};
+use palisade_core::{
+    Call, Code, Rejection, Side,
+    admit::{self, Admission, Admit, AdmitLayer, Decision},
+};
+use tokio::{sync::oneshot, time::Instant};
 use tower_layer::Layer;
-use tower_service::Service;
-
-use crate::future::ResponseFuture;
 
 /// A boxed error, as token sources return.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -240,12 +242,30 @@ impl Current {
 /// What a fetch ends with, as told to the calls that waited for it.
 type Outcome = Result<HeaderValue, Arc<str>>;
 
+/// A fetch in flight, as the calls waiting for it hold it: every clone resolves to its
+/// outcome, or to an error if the fetch was dropped before it ended (its sender with it).
+/// Named (a oneshot receiver, shared), so a waiting call's future holds it unboxed.
+type Fetch = Shared<oneshot::Receiver<Outcome>>;
+
+/// A fetch run by the call that started it, where there is no runtime to spawn it on: the
+/// source's future is not nameable (`TokenSource::token` returns `impl Future`), so it is
+/// boxed, on this path only.
+type InlineFetch = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// What a call gets at once: a token, an error, or a fetch to wait for.
+enum Begin<T> {
+    Token(HeaderValue),
+    /// Backing off, no valid token: the last error is the source's.
+    Failed,
+    Wait(TokenWait<T>),
+}
+
 /// The state of refreshing, behind one lock. [`Cache::idle`] mirrors what a call holding a
 /// valid token needs of it ([`Cache::valid_while_idle`]), so that such calls never take it.
 #[derive(Default)]
 struct Refresh {
     /// The fetch in flight, if any: its outcome arrives here.
-    in_flight: Option<watch::Receiver<Option<Outcome>>>,
+    in_flight: Option<Fetch>,
     /// Failed fetches in a row.
     failures: u32,
     /// After a failure: no fetch before this.
@@ -319,62 +339,69 @@ impl<T: TokenSource> Cache<T> {
     /// A usable token: the current one while it is valid (starting a refresh in the background
     /// when one is due), else the outcome of the fetch in flight, or of a new one — unless the
     /// source failed less than the backoff ago.
+    #[cfg(test)]
     async fn get(self: &Arc<Self>) -> Result<HeaderValue, Arc<str>> {
-        let now = Instant::now();
+        match self.begin(Instant::now()) {
+            Begin::Token(value) => Ok(value),
+            Begin::Failed => Err(self
+                .lock_refresh()
+                .last_error
+                .clone()
+                .unwrap_or_else(|| "backing off".into())),
+            Begin::Wait(wait) => wait.await,
+        }
+    }
+
+    /// What a call gets at once: the current token while it is valid (starting a refresh in
+    /// the background when one is due), else the fetch in flight, or a new one, to wait for —
+    /// unless the source failed less than the backoff ago (then the current token while it
+    /// lasts, else a failure).
+    #[inline]
+    fn begin(self: &Arc<Self>, now: Instant) -> Begin<T> {
         if let Some(value) = self.fresh(now) {
-            return Ok(value);
+            return Begin::Token(value);
         }
         if let Some(value) = self.valid_while_idle(now) {
-            return Ok(value);
+            return Begin::Token(value);
         }
-        let (mut outcome, inline) = {
-            let mut refresh = self.lock_refresh();
-            let valid = self.valid(now);
-            let (outcome, inline) = match &refresh.in_flight {
-                Some(outcome) => (outcome.clone(), None),
-                None if refresh.retry_at.is_some_and(|at| now < at) => {
-                    // Backing off: the current token while it lasts, else the last error.
-                    return valid.ok_or_else(|| {
-                        refresh
-                            .last_error
-                            .clone()
-                            .unwrap_or_else(|| "backing off".into())
-                    });
-                }
-                None => self.start(&mut refresh),
-            };
-            if inline.is_none()
-                && let Some(value) = valid
-            {
-                return Ok(value);
+        self.begin_locked(now)
+    }
+
+    #[cold]
+    fn begin_locked(self: &Arc<Self>, now: Instant) -> Begin<T> {
+        let mut refresh = self.lock_refresh();
+        let valid = self.valid(now);
+        let (fetch, inline) = match &refresh.in_flight {
+            Some(fetch) => (fetch.clone(), None),
+            None if refresh.retry_at.is_some_and(|at| now < at) => {
+                // Backing off: the current token while it lasts, else the last error.
+                return valid.map_or(Begin::Failed, Begin::Token);
             }
-            (outcome, inline)
+            None => self.start(&mut refresh),
         };
-        if let Some(fetch) = inline {
-            // No runtime to spawn on: this call fetches, and keeps the current token if the
-            // fetch fails.
-            fetch.await;
-            if let Some(value) = self.valid(Instant::now()) {
-                return Ok(value);
-            }
+        if inline.is_none()
+            && let Some(value) = valid
+        {
+            return Begin::Token(value);
         }
-        match outcome.wait_for(Option::is_some).await {
-            Ok(outcome) => outcome.clone().unwrap_or_else(|| Err(unfinished())),
-            // The fetch was dropped before it ended (its runtime shutting down, or the call
-            // fetching inline went away); the next call starts another.
-            Err(_) => Err(unfinished()),
-        }
+        Begin::Wait(TokenWait {
+            inline: inline.map(|fetch| {
+                // No runtime to spawn on: this call fetches, and keeps the current token if
+                // the fetch fails.
+                let fetch: InlineFetch = Box::pin(fetch);
+                (fetch, self.clone())
+            }),
+            fetch,
+        })
     }
 
     /// Starts a fetch, spawned on the runtime, or returned to be awaited where there is none.
     fn start(
         self: &Arc<Self>,
         refresh: &mut Refresh,
-    ) -> (
-        watch::Receiver<Option<Outcome>>,
-        Option<impl Future<Output = ()> + Send + 'static>,
-    ) {
-        let (tx, rx) = watch::channel(None);
+    ) -> (Fetch, Option<impl Future<Output = ()> + Send + 'static>) {
+        let (tx, rx) = oneshot::channel();
+        let rx = rx.shared();
         refresh.in_flight = Some(rx.clone());
         self.fetching.store(true, Ordering::Release);
         self.refreshes.fetch_add(1, Ordering::Relaxed);
@@ -389,15 +416,15 @@ impl<T: TokenSource> Cache<T> {
     }
 
     /// Asks the source, and records the outcome.
-    async fn fetch(self: Arc<Self>, tx: watch::Sender<Option<Outcome>>) {
+    async fn fetch(self: Arc<Self>, tx: oneshot::Sender<Outcome>) {
         /// Ends the fetch however it ends: a source that panics counts as failed, a fetch
         /// dropped unfinished lets the next call start another.
-        struct InFlight<'a, T: TokenSource>(&'a Cache<T>, Option<watch::Sender<Option<Outcome>>>);
+        struct InFlight<'a, T: TokenSource>(&'a Cache<T>, Option<oneshot::Sender<Outcome>>);
         impl<T: TokenSource> Drop for InFlight<'_, T> {
             fn drop(&mut self) {
                 if let Some(tx) = self.1.take() {
                     if std::thread::panicking() {
-                        self.0.finish(Err("the token source panicked".into()), &tx);
+                        self.0.finish(Err("the token source panicked".into()), tx);
                     } else {
                         let mut refresh = self.0.lock_refresh();
                         refresh.in_flight = None;
@@ -423,7 +450,7 @@ impl<T: TokenSource> Cache<T> {
                 }
             });
         if let Some(tx) = in_flight.1.take() {
-            self.finish(result, &tx);
+            self.finish(result, tx);
         }
     }
 
@@ -431,7 +458,7 @@ impl<T: TokenSource> Cache<T> {
     fn finish(
         &self,
         result: Result<(HeaderValue, Option<Duration>), Arc<str>>,
-        tx: &watch::Sender<Option<Outcome>>,
+        tx: oneshot::Sender<Outcome>,
     ) {
         let now = Instant::now();
         let mut refresh = self.lock_refresh();
@@ -458,7 +485,8 @@ impl<T: TokenSource> Cache<T> {
         };
         refresh.in_flight = None;
         self.fetching.store(false, Ordering::Release);
-        tx.send_replace(Some(outcome));
+        // No receiver left (every waiting call went away) is fine.
+        let _ = tx.send(outcome);
     }
 
     fn lock_refresh(&self) -> std::sync::MutexGuard<'_, Refresh> {
@@ -552,21 +580,25 @@ impl<T: TokenSource> AttachTokenBuilder<T> {
 
     /// The layer.
     pub fn build(self) -> AttachTokenLayer<T> {
+        let cache = Arc::new(Cache {
+            source: self.source,
+            scheme: self.scheme,
+            refresh_before: self.refresh_before,
+            current: RwLock::new(None),
+            refresh: Mutex::new(Refresh::default()),
+            fetching: AtomicBool::new(false),
+            retry_at: AtomicU64::new(0),
+            epoch: Instant::now(),
+            refreshes: AtomicU64::new(0),
+            #[cfg(test)]
+            locks: AtomicU64::new(0),
+        });
         AttachTokenLayer {
-            cache: Arc::new(Cache {
-                source: self.source,
-                scheme: self.scheme,
-                refresh_before: self.refresh_before,
-                current: RwLock::new(None),
-                refresh: Mutex::new(Refresh::default()),
-                fetching: AtomicBool::new(false),
-                retry_at: AtomicU64::new(0),
-                epoch: Instant::now(),
-                refreshes: AtomicU64::new(0),
-                #[cfg(test)]
-                locks: AtomicU64::new(0),
+            inner: AdmitLayer::new(Attach {
+                cache,
+                header: self.header,
+                unavailable: Rejection::new(Code::Unauthenticated, "token unavailable").by("jwt"),
             }),
-            header: self.header,
         }
     }
 }
@@ -595,8 +627,7 @@ impl<T: TokenSource> AttachTokenBuilder<T> {
 /// # let _ = (fixed, minted);
 /// ```
 pub struct AttachTokenLayer<T = StaticToken> {
-    cache: Arc<Cache<T>>,
-    header: HeaderName,
+    inner: AdmitLayer<Attach<T>>,
 }
 
 impl AttachTokenLayer<StaticToken> {
@@ -605,6 +636,7 @@ impl AttachTokenLayer<StaticToken> {
         let value = header_value(Some("Bearer"), token.as_ref())?;
         let layer = AttachTokenLayer::builder(StaticToken(())).build();
         *layer
+            .attach()
             .cache
             .current
             .write()
@@ -630,25 +662,31 @@ impl<T: TokenSource> AttachTokenLayer<T> {
 
     /// How many times the token source was asked.
     pub fn refreshes(&self) -> u64 {
-        self.cache.refreshes.load(Ordering::Relaxed)
+        self.attach().cache.refreshes.load(Ordering::Relaxed)
+    }
+}
+
+impl<T> AttachTokenLayer<T> {
+    fn attach(&self) -> &Attach<T> {
+        self.inner.admission()
     }
 }
 
 impl<T> Clone for AttachTokenLayer<T> {
     fn clone(&self) -> Self {
         AttachTokenLayer {
-            cache: self.cache.clone(),
-            header: self.header.clone(),
+            inner: self.inner.clone(),
         }
     }
 }
 
 impl<T> fmt::Debug for AttachTokenLayer<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let attach = self.attach();
         f.debug_struct("AttachTokenLayer")
-            .field("header", &self.header)
-            .field("scheme", &self.cache.scheme)
-            .field("refresh_before", &self.cache.refresh_before)
+            .field("header", &attach.header)
+            .field("scheme", &attach.cache.scheme)
+            .field("refresh_before", &attach.cache.refresh_before)
             .finish_non_exhaustive()
     }
 }
@@ -657,86 +695,121 @@ impl<S, T> Layer<S> for AttachTokenLayer<T> {
     type Service = AttachToken<S, T>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        AttachToken {
-            inner,
-            cache: self.cache.clone(),
-            header: self.header.clone(),
-        }
+        Admit::new(inner, self.inner.clone())
     }
 }
 
-/// The service [`AttachTokenLayer`] wraps around a client channel.
-pub struct AttachToken<S, T> {
-    inner: S,
+/// The service [`AttachTokenLayer`] wraps around a client channel: palisade-core's [`Admit`]
+/// asking [`Attach`] about every call. The channel must be `Clone` (tonic's `Channel` is): a
+/// call waiting for a token takes the ready channel with it.
+pub type AttachToken<S, T = StaticToken> = Admit<S, Attach<T>>;
+
+/// The response future of [`AttachToken`] over a channel `S` taking `Request<B>`.
+pub type ResponseFuture<S, B, T = StaticToken> = admit::ResponseFuture<S, Attach<T>, B>;
+
+/// The response body of [`AttachToken`]: the channel's body `B`, forwarded unchanged;
+/// `B::default()` when no token could be had.
+pub type ResponseBody<B, T = StaticToken> = admit::ResponseBody<B, Attach<T>>;
+
+/// The client layer's [`Admission`]: attaches the current token (through [`Call::parts_mut`])
+/// and passes the call on; with no valid token, waits for the fetch in flight or a new one
+/// ([`TokenWait`]); answers `UNAUTHENTICATED` ("token unavailable") when none can be had.
+pub struct Attach<T = StaticToken> {
     cache: Arc<Cache<T>>,
     header: HeaderName,
+    unavailable: Rejection,
 }
 
-impl<S: Clone, T> Clone for AttachToken<S, T> {
-    fn clone(&self) -> Self {
-        AttachToken {
-            inner: self.inner.clone(),
-            cache: self.cache.clone(),
-            header: self.header.clone(),
-        }
-    }
-}
-
-impl<S: fmt::Debug, T> fmt::Debug for AttachToken<S, T> {
+impl<T> fmt::Debug for Attach<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AttachToken")
-            .field("inner", &self.inner)
+        f.debug_struct("Attach")
             .field("header", &self.header)
+            .field("scheme", &self.cache.scheme)
             .finish_non_exhaustive()
     }
 }
 
-impl<S, T, ReqBody, ResBody> Service<Request<ReqBody>> for AttachToken<S, T>
-where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    ReqBody: Send + 'static,
-    ResBody: Default + Send + 'static,
-    T: TokenSource,
-{
-    type Response = Response<ResBody>;
-    type Error = S::Error;
-    type Future = ResponseFuture<S::Future>;
+impl<T: TokenSource> Admission for Attach<T> {
+    const NAME: &'static str = "jwt";
+    type Observer = ();
+    type Head = ();
+    type Wait = TokenWait<T>;
 
-    #[inline]
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
+    fn side(&self) -> Side {
+        Side::Client
     }
 
-    fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
-        if let Some(value) = self.cache.fresh(Instant::now()) {
-            request.headers_mut().insert(self.header.clone(), value);
-            return ResponseFuture::inner(self.inner.call(request));
+    #[inline]
+    fn admit(&self, call: &mut Call<'_>) -> Decision<Self> {
+        match self.cache.begin(Instant::now()) {
+            Begin::Token(value) => self.attached(value, call),
+            Begin::Failed => Decision::Reject(self.unavailable.clone()),
+            Begin::Wait(wait) => Decision::Wait(wait),
         }
-        if let Some(value) = self.cache.valid_while_idle(Instant::now()) {
-            request.headers_mut().insert(self.header.clone(), value);
-            return ResponseFuture::inner(self.inner.call(request));
+    }
+
+    fn resume(&self, outcome: Outcome, call: &mut Call<'_>) -> Decision<Self> {
+        match outcome {
+            Ok(value) => self.attached(value, call),
+            Err(_) => Decision::Reject(self.unavailable.clone()),
         }
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        let cache = self.cache.clone();
-        let header = self.header.clone();
-        ResponseFuture::boxed(Box::pin(async move {
-            match cache.get().await {
-                Ok(value) => {
-                    request.headers_mut().insert(header, value);
-                    inner.call(request).await
-                }
-                Err(_) => Ok(Rejection::new(Code::Unauthenticated, "token unavailable")
-                    .by("jwt")
-                    .into_response()),
+    }
+}
+
+impl<T> Attach<T> {
+    #[inline]
+    fn attached(&self, value: HeaderValue, call: &mut Call<'_>) -> Decision<Self>
+    where
+        T: TokenSource,
+    {
+        call.parts_mut().headers.insert(self.header.clone(), value);
+        Decision::Pass
+    }
+}
+
+/// What a call with no valid token waits for: the fetch in flight, or the one it started —
+/// fetched in the call itself, boxed, where there is no tokio runtime to spawn it on. Resolves
+/// to the token, or to why there is none.
+pub struct TokenWait<T> {
+    /// The fetch this call runs itself, and the cache to read the token from after it.
+    inline: Option<(InlineFetch, Arc<Cache<T>>)>,
+    fetch: Fetch,
+}
+
+impl<T> fmt::Debug for TokenWait<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenWait")
+            .field("inline", &self.inline.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T: TokenSource> Future for TokenWait<T> {
+    type Output = Outcome;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
+        let this = &mut *self;
+        if let Some((fetch, cache)) = &mut this.inline {
+            ready!(fetch.as_mut().poll(cx));
+            // The current token, if the fetch failed but it is still valid.
+            let valid = cache.valid(Instant::now());
+            this.inline = None;
+            if let Some(value) = valid {
+                return Poll::Ready(Ok(value));
             }
-        }))
+        }
+        Pin::new(&mut this.fetch).poll(cx).map(|outcome| {
+            // An error: the fetch was dropped before it ended (its runtime shutting down, or
+            // the call fetching inline went away); the next call starts another.
+            outcome.unwrap_or_else(|_| Err(unfinished()))
+        })
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use http::{Request, Response};
+
     use super::*;
 
     #[test]
@@ -802,7 +875,7 @@ mod tests {
             }
         }))
         .build();
-        let cache = layer.cache.clone();
+        let cache = layer.attach().cache.clone();
         assert_eq!(cache.get().await.unwrap(), "Bearer t");
         tokio::time::advance(Duration::from_secs(31)).await;
         // Due for refresh: this call starts it and goes on with the valid token.
@@ -811,8 +884,8 @@ mod tests {
         // While the fetch is in flight, and after it failed, during the backoff.
         for mut fetch in [None, fetch] {
             if let Some(fetch) = &mut fetch {
-                let outcome = fetch.wait_for(Option::is_some).await.unwrap().clone();
-                assert!(outcome.unwrap().is_err(), "the refresh fails");
+                let outcome = fetch.await.unwrap();
+                assert!(outcome.is_err(), "the refresh fails");
             }
             let locks = cache.locks.load(Ordering::SeqCst);
             let service = layer.layer(service_fn(|request: Request<()>| async move {
@@ -825,7 +898,7 @@ mod tests {
             for _ in 0..500 {
                 assert_eq!(cache.get().await.unwrap(), "Bearer t");
                 let sent = service.clone().oneshot(Request::new(())).await.unwrap();
-                assert_eq!(sent.into_body(), "Bearer t");
+                assert_eq!(sent.into_body().get_ref(), "Bearer t");
             }
             assert_eq!(
                 cache.locks.load(Ordering::SeqCst),
@@ -845,11 +918,8 @@ mod tests {
         assert!(cache.locks.load(Ordering::SeqCst) > locks);
         assert_eq!(asked.load(Ordering::SeqCst), 2, "the refresh is spawned");
         let fetch = cache.lock_refresh().in_flight.clone();
-        fetch
-            .expect("a new refresh")
-            .wait_for(Option::is_some)
-            .await
-            .unwrap();
+        let outcome = fetch.expect("a new refresh").await.unwrap();
+        assert!(outcome.is_err(), "the source is still down");
         assert_eq!(asked.load(Ordering::SeqCst), 3);
     }
 }

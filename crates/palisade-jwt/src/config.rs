@@ -1,12 +1,13 @@
 //! The server layer's builder and the state it shares across clones.
 
-use std::{fmt, path::Path, sync::Arc, time::Duration};
+use std::{fmt, path::Path, time::Duration};
 
 use http::{HeaderMap, HeaderName, header::AUTHORIZATION};
 use jsonwebtoken::Algorithm;
 use palisade_core::{Matcher, Method, PerMethod};
 
 use crate::{
+    admission::JwtAdmission,
     claims::{Claims, Required, StandardClaims},
     clock::Clock,
     key::{AlgSet, Key, KeyError},
@@ -502,7 +503,7 @@ impl<C: Claims> JwtAuthBuilder<C> {
         for (matcher, policy) in self.rules {
             policies = policies.rule(matcher, policy);
         }
-        Ok(JwtAuthLayer::from_shared(Arc::new(Shared {
+        Ok(JwtAuthLayer::from_admission(JwtAdmission(Shared {
             verifier,
             policies: policies.default_value(self.default_policy),
             has_rules,
@@ -555,13 +556,10 @@ pub(crate) enum Decision<C> {
     Allow(C),
     /// Answer with this rejection.
     Reject(Reason),
-    /// Wait for remote keys, then verify this token again.
+    /// Wait for remote keys, then decide again ([`Shared::decide_after_fetch`]) on the same
+    /// request head: the token is still in it, the method names the same policy.
     #[cfg(feature = "remote")]
-    Wait {
-        done: tokio::sync::watch::Receiver<u64>,
-        token: Box<str>,
-        policy: Policy<C>,
-    },
+    Wait(tokio::sync::futures::OwnedNotified),
 }
 
 impl<C: Claims> Shared<C> {
@@ -573,8 +571,43 @@ impl<C: Claims> Shared<C> {
             .expect("the policies always have a default")
     }
 
+    /// The policy for a request: the method is parsed only when there are rules.
+    #[inline]
+    pub(crate) fn policy_for(&self, uri: &http::Uri) -> &Policy<C> {
+        if self.has_rules {
+            self.policy(Method::from_uri(uri).as_ref())
+        } else {
+            self.policy(None)
+        }
+    }
+
     /// Decides about a request to a method with this policy.
+    #[inline]
     pub(crate) fn decide(&self, headers: &HeaderMap, policy: &Policy<C>) -> Decision<C> {
+        self.decide_with(headers, policy, true)
+    }
+
+    /// Decides again about a request once the remote keys it waited for were fetched: no
+    /// second wait (still no key is `unknown_key`; still no keys at all, `keys_unavailable`).
+    #[cfg(feature = "remote")]
+    pub(crate) fn decide_after_fetch(
+        &self,
+        headers: &HeaderMap,
+        policy: &Policy<C>,
+    ) -> Decision<C> {
+        match self.decide_with(headers, policy, false) {
+            Decision::Wait(_) => Decision::Reject(Reason::KeysUnavailable),
+            decision => decision,
+        }
+    }
+
+    #[inline]
+    fn decide_with(
+        &self,
+        headers: &HeaderMap,
+        policy: &Policy<C>,
+        may_refetch: bool,
+    ) -> Decision<C> {
         if policy.mode == Mode::Public {
             return Decision::Pass;
         }
@@ -584,27 +617,11 @@ impl<C: Claims> Shared<C> {
             Err(reason) => return Decision::Reject(reason),
         };
         let now = self.verifier.now();
-        match self.verifier.verify(token, now, true) {
+        match self.verifier.verify(token, now, may_refetch) {
             Verdict::Valid(verified) => authorize(policy, &verified),
             Verdict::Invalid(reason) => Decision::Reject(reason),
             #[cfg(feature = "remote")]
-            Verdict::Wait(done) => Decision::Wait {
-                done,
-                // Only a UTF-8 token gets as far as waiting for keys.
-                token: String::from_utf8_lossy(token).into(),
-                policy: policy.clone(),
-            },
-        }
-    }
-
-    /// Decides again once remote keys were fetched.
-    #[cfg(feature = "remote")]
-    pub(crate) fn decide_after_fetch(&self, token: &str, policy: &Policy<C>) -> Decision<C> {
-        let now = self.verifier.now();
-        match self.verifier.verify(token.as_bytes(), now, false) {
-            Verdict::Valid(verified) => authorize(policy, &verified),
-            Verdict::Invalid(reason) => Decision::Reject(reason),
-            Verdict::Wait(_) => Decision::Reject(Reason::KeysUnavailable),
+            Verdict::Wait(done) => Decision::Wait(done),
         }
     }
 

@@ -1,12 +1,14 @@
 //! The server layer.
 
-use std::{fmt, sync::Arc};
+use std::fmt;
 
+use palisade_core::admit::{Admit, AdmitLayer};
 use tower_layer::Layer;
 
 use crate::{
+    admission::JwtAdmission,
     claims::{Claims, StandardClaims},
-    config::{JwtAuthBuilder, Shared},
+    config::JwtAuthBuilder,
     service::JwtAuth,
 };
 
@@ -15,9 +17,9 @@ use crate::{
 /// [crate docs](crate) for an example and [`JwtAuthBuilder`] for the settings.
 ///
 /// The layer holds its configuration, keys and verified-token cache behind an `Arc`: clones
-/// share them.
+/// share them. It is palisade-core's [`AdmitLayer`] over [`JwtAdmission`].
 pub struct JwtAuthLayer<C = StandardClaims> {
-    shared: Arc<Shared<C>>,
+    inner: AdmitLayer<JwtAdmission<C>>,
 }
 
 impl JwtAuthLayer<StandardClaims> {
@@ -29,36 +31,47 @@ impl JwtAuthLayer<StandardClaims> {
 }
 
 impl<C: Claims> JwtAuthLayer<C> {
-    pub(crate) fn from_shared(shared: Arc<Shared<C>>) -> Self {
-        JwtAuthLayer { shared }
+    pub(crate) fn from_admission(admission: JwtAdmission<C>) -> Self {
+        JwtAuthLayer {
+            inner: AdmitLayer::new(admission),
+        }
     }
 
     /// How many verified tokens are cached now.
     pub fn cached_tokens(&self) -> u64 {
-        self.shared.verifier.cached_tokens()
+        self.admission().0.verifier.cached_tokens()
     }
 
     /// How many fetches of remote keys were started (`0` without a remote source).
     pub fn jwks_fetches(&self) -> u64 {
         #[cfg(feature = "remote")]
-        if let Some(remote) = &self.shared.verifier.remote {
+        if let Some(remote) = &self.admission().0.verifier.remote {
             return remote.fetches();
         }
         0
     }
 }
 
+impl<C> JwtAuthLayer<C> {
+    /// The admission the layer's services ask about every RPC.
+    pub(crate) fn admission(&self) -> &JwtAdmission<C> {
+        self.inner.admission()
+    }
+}
+
 impl<C> Clone for JwtAuthLayer<C> {
     fn clone(&self) -> Self {
         JwtAuthLayer {
-            shared: self.shared.clone(),
+            inner: self.inner.clone(),
         }
     }
 }
 
 impl<C> fmt::Debug for JwtAuthLayer<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("JwtAuthLayer").field(&self.shared).finish()
+        f.debug_tuple("JwtAuthLayer")
+            .field(self.inner.admission())
+            .finish()
     }
 }
 
@@ -66,6 +79,6 @@ impl<S, C> Layer<S> for JwtAuthLayer<C> {
     type Service = JwtAuth<S, C>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        JwtAuth::new(inner, self.shared.clone())
+        Admit::new(inner, self.inner.clone())
     }
 }

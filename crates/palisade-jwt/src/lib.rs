@@ -46,7 +46,7 @@
 //!     .body(String::new())
 //!     .unwrap();
 //! let response = service.clone().oneshot(request).await.unwrap();
-//! assert_eq!(response.into_body(), "hello demo-client");
+//! assert_eq!(response.into_body().get_ref(), "hello demo-client");
 //!
 //! // Streaming needs the `greeter.stream` scope: PERMISSION_DENIED (7) without it.
 //! let request = Request::post("/palisade.demo.v1.Greeter/SayHelloStream")
@@ -131,6 +131,7 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod admission;
 mod claims;
 pub mod client;
 mod clock;
@@ -147,10 +148,13 @@ mod remote;
 mod service;
 mod verify;
 
+pub use admission::JwtAdmission;
+#[cfg(feature = "remote")]
+pub use admission::KeysFetched;
 pub use claims::{Claims, StandardClaims};
 pub use clock::Clock;
 pub use config::{ConfigError, DEFAULT_MAX_TOKEN_BYTES, JwtAuthBuilder};
-pub use future::ResponseFuture;
+pub use future::{ResponseBody, ResponseFuture};
 pub use jsonwebtoken::{self, Algorithm};
 pub use key::{Key, KeyError};
 pub use layer::JwtAuthLayer;

@@ -11,7 +11,11 @@ use std::{
 
 use bytes::Bytes;
 use http::Uri;
-use tokio::{sync::watch, task::AbortHandle, time::Instant};
+use tokio::{
+    sync::{Notify, futures::OwnedNotified},
+    task::AbortHandle,
+    time::Instant,
+};
 
 use crate::{
     config::RemoteOptions,
@@ -160,8 +164,9 @@ pub(crate) struct Remote {
     /// The last good keys (empty until the first successful fetch).
     keys: RwLock<Arc<KeySet>>,
     state: Mutex<State>,
-    /// Bumped when a fetch ends, successful or not.
-    done: watch::Sender<u64>,
+    /// Told when a fetch ends, successful or not: every call waiting for it
+    /// ([`OwnedNotified`], made while the fetch is in flight) wakes.
+    done: Arc<Notify>,
     started: AtomicBool,
     fetches: AtomicU64,
 }
@@ -194,7 +199,7 @@ impl Remote {
             options,
             keys: RwLock::new(Arc::new(KeySet::default())),
             state: Mutex::new(State::default()),
-            done: watch::Sender::new(0),
+            done: Arc::new(Notify::new()),
             started: AtomicBool::new(false),
             fetches: AtomicU64::new(0),
         })
@@ -228,16 +233,18 @@ impl Remote {
     }
 
     /// Asks for a fetch because a token names a key we do not have: joins the fetch in flight,
-    /// or starts one unless one started less than the cool-down ago. `Some` is told when the
-    /// fetch ends.
-    pub(crate) fn refetch(self: &Arc<Self>) -> Option<watch::Receiver<u64>> {
+    /// or starts one unless one started less than the cool-down ago. `Some` resolves when the
+    /// fetch ends (a named future, so that a call waits for it unboxed).
+    pub(crate) fn refetch(self: &Arc<Self>) -> Option<OwnedNotified> {
         self.start_fetch(false)
     }
 
-    fn start_fetch(self: &Arc<Self>, scheduled: bool) -> Option<watch::Receiver<u64>> {
+    fn start_fetch(self: &Arc<Self>, scheduled: bool) -> Option<OwnedNotified> {
         let mut state = self.lock_state();
+        // Made under the lock while the fetch is in flight, so before the fetch ends: a
+        // `Notified` hears every `notify_waiters` after it was made, polled yet or not.
         if state.in_flight {
-            return Some(self.done.subscribe());
+            return Some(self.done.clone().notified_owned());
         }
         let now = Instant::now();
         if !scheduled
@@ -250,7 +257,7 @@ impl Remote {
         let runtime = tokio::runtime::Handle::try_current().ok()?;
         state.in_flight = true;
         state.last_attempt = Some(now);
-        let done = self.done.subscribe();
+        let done = self.done.clone().notified_owned();
         drop(state);
         self.fetches.fetch_add(1, Ordering::Relaxed);
         runtime.spawn(self.clone().fetch_task());
@@ -263,7 +270,7 @@ impl Remote {
         impl Drop for InFlight<'_> {
             fn drop(&mut self) {
                 self.0.lock_state().in_flight = false;
-                self.0.done.send_modify(|n| *n += 1);
+                self.0.done.notify_waiters();
             }
         }
         let _in_flight = InFlight(&self);
@@ -345,8 +352,8 @@ async fn refresh_loop(remote: Weak<Remote>) {
             let Some(remote) = remote.upgrade() else {
                 return;
             };
-            if let Some(mut done) = remote.start_fetch(true) {
-                let _ = done.changed().await;
+            if let Some(done) = remote.start_fetch(true) {
+                done.await;
             }
             if remote.lock_state().last_ok {
                 remote.options.refresh_interval

@@ -30,9 +30,9 @@ pub(crate) struct Verified<C> {
 pub(crate) enum Verdict<C> {
     Valid(Arc<Verified<C>>),
     Invalid(Reason),
-    /// Remote keys are being fetched: verify again when this receiver changes.
+    /// Remote keys are being fetched: verify again when this resolves.
     #[cfg(feature = "remote")]
-    Wait(tokio::sync::watch::Receiver<u64>),
+    Wait(tokio::sync::futures::OwnedNotified),
 }
 
 /// The verified-token cache: bounded, keyed by the token. Entries are checked against `exp`

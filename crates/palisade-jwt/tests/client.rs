@@ -233,7 +233,7 @@ fn counted(
 }
 
 /// The `grpc-message` of a local rejection, or `""`.
-fn rejection(response: &Response<String>) -> &str {
+fn rejection<B>(response: &Response<B>) -> &str {
     response
         .headers()
         .get("grpc-message")
@@ -468,4 +468,38 @@ async fn many_calls_during_a_backoff_carry_the_valid_token_until_it_expires() {
         assert_eq!(rejection(response), "token unavailable");
     }
     assert_eq!(seen.lock().unwrap().len(), 20_001);
+}
+
+/// Outside a tokio runtime there is nothing to spawn the fetch on: the call that needs a token
+/// fetches it itself, and a failing source is answered `UNAUTHENTICATED` at once.
+#[test]
+fn without_a_runtime_the_call_fetches_the_token_itself() {
+    use futures_util::FutureExt;
+    let asked = Arc::new(AtomicUsize::new(0));
+    let counter = asked.clone();
+    let layer = AttachTokenLayer::builder(token_fn(move || {
+        let n = counter.fetch_add(1, Ordering::SeqCst);
+        async move {
+            match n {
+                0 => Ok(Token::new("inline")),
+                _ => Err("not asked again".into()),
+            }
+        }
+    }))
+    .build();
+    let seen = Seen::default();
+    let service = layer.layer(recording(seen.clone()));
+    for _ in 0..2 {
+        let response = service.clone().oneshot(request()).now_or_never();
+        assert!(response.expect("no wait outside a runtime").is_ok());
+    }
+    assert_eq!(*seen.lock().unwrap(), ["Bearer inline", "Bearer inline"]);
+    assert_eq!(asked.load(Ordering::SeqCst), 1, "the token is kept");
+
+    let layer = AttachTokenLayer::builder(token_fn(|| async { Err("down".into()) })).build();
+    let service = layer.layer(recording(seen.clone()));
+    let response = service.oneshot(request()).now_or_never().unwrap().unwrap();
+    assert_eq!(response.headers()["grpc-status"], "16");
+    assert_eq!(rejection(&response), "token unavailable");
+    assert_eq!(seen.lock().unwrap().len(), 2, "the channel is not called");
 }

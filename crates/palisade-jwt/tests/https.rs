@@ -80,7 +80,10 @@ async fn an_https_jwks_url_works() {
         .oneshot(with_token(&token))
         .await
         .unwrap();
-    assert_eq!((code(&response), response.body().as_str()), (0, "alice"));
+    assert_eq!(
+        (code(&response), response.body().get_ref().as_str()),
+        (0, "alice")
+    );
     assert_eq!(layer.jwks_fetches(), 1);
 
     // The default client does not trust the self-signed certificate: no keys, the last good

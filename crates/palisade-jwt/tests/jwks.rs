@@ -45,7 +45,7 @@ async fn call(layer: &JwtAuthLayer, token: &str) -> (u16, String) {
         usize::from(code == 0),
         "the inner service is called only when valid"
     );
-    (code, response.into_body())
+    (code, response.into_body().get_ref().clone())
 }
 
 #[tokio::test]
@@ -89,6 +89,41 @@ async fn rotation_is_picked_up_on_an_unknown_kid() {
     // A cached token of "a" stays valid until it expires (as Envoy's cache); a new one is not.
     assert_eq!(call(&layer, &rs256(RSA, "a", "alice")).await.0, 0);
     assert_eq!(call(&layer, &rs256(RSA, "a", "alice2")).await.0, 16);
+}
+
+/// A call whose token names a key not fetched yet waits in its own future (the ready inner
+/// service with it), then goes on as any other: its claims inserted, the token header removed
+/// when it is not forwarded.
+#[tokio::test]
+async fn a_call_that_waited_for_the_keys_is_passed_on_as_any_other() {
+    let endpoint = Endpoint::start(jwks_of(RSA, "a")).await;
+    let layer = JwtAuthLayer::builder()
+        .jwks_url(endpoint.url())
+        .jwks_refetch_cooldown(Duration::ZERO)
+        .forward_token(false)
+        .build()
+        .unwrap();
+    assert_eq!(call(&layer, &rs256(RSA, "a", "alice")).await.0, 0);
+    endpoint.set_jwks(jwks_of(RSA2, "b"));
+
+    let mut service = layer.layer(tower::service_fn(
+        |request: http::Request<String>| async move {
+            let subject = request
+                .extensions()
+                .get::<palisade_jwt::StandardClaims>()
+                .and_then(|claims| claims.subject().map(str::to_owned));
+            let token = request.headers().get("authorization").cloned();
+            Ok::<_, std::convert::Infallible>(http::Response::new(format!("{subject:?} {token:?}")))
+        },
+    ));
+    let future = tower::Service::call(
+        service.ready().await.unwrap(),
+        with_token(&rs256(RSA2, "b", "bob")),
+    );
+    assert!(future.is_waiting(), "an unknown kid waits for the refetch");
+    let response = future.await.unwrap();
+    assert_eq!(response.body().get_ref(), r#"Some("bob") None"#);
+    assert_eq!(endpoint.jwks_hits(), 2);
 }
 
 #[tokio::test]

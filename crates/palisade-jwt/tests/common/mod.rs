@@ -148,7 +148,7 @@ impl tower::Service<Request<String>> for Inner {
 }
 
 /// The gRPC code of a response (its `grpc-status` header).
-pub fn code(response: &Response<String>) -> u16 {
+pub fn code<B>(response: &Response<B>) -> u16 {
     response.headers()["grpc-status"]
         .to_str()
         .unwrap()
@@ -157,7 +157,7 @@ pub fn code(response: &Response<String>) -> u16 {
 }
 
 /// The `grpc-message` of a response.
-pub fn message(response: &Response<String>) -> String {
+pub fn message<B>(response: &Response<B>) -> String {
     response
         .headers()
         .get("grpc-message")
