@@ -53,9 +53,10 @@ pin_project! {
         Rejected {
             rejection: Option<Rejection>,
         },
+        // Boxed: a wait is the rare path for most admissions (jwt's key fetch), and inline
+        // it would make every call's future carry a request head, a service and the wait.
         Waiting {
-            #[pin]
-            waiting: Waiting<S, A, B>,
+            waiting: Pin<Box<Waiting<S, A, B>>>,
         },
     }
 }
@@ -114,12 +115,12 @@ where
     ) -> Self {
         Self {
             state: State::Waiting {
-                waiting: Waiting {
+                waiting: Box::pin(Waiting {
                     shared,
                     wait,
                     request: Some(request.into_parts()),
                     service,
-                },
+                }),
             },
         }
     }
@@ -206,8 +207,11 @@ where
                 StateProj::Called { future, head } => {
                     let mut result = ready!(future.poll(cx));
                     if let (Some(head), Ok(response)) = (head.take(), result.as_mut()) {
+                        // An empty 200 without `grpc-status` ended at its head too (the
+                        // observer heard `MissingStatus` there).
                         let streaming = response.status() == StatusCode::OK
-                            && !response.headers().contains_key(GRPC_STATUS);
+                            && !response.headers().contains_key(GRPC_STATUS)
+                            && !response.body().get_ref().is_end_stream();
                         head.on_head(response.headers_mut(), streaming);
                     }
                     return Poll::Ready(result);
@@ -216,7 +220,7 @@ where
                     let rejection = rejection.take().expect("polled after completion");
                     return Poll::Ready(Ok(rejection.into_response()));
                 }
-                StateProj::Waiting { waiting } => ready!(waiting.poll_decide(cx)),
+                StateProj::Waiting { waiting } => ready!(waiting.as_mut().poll_decide(cx)),
             };
             self.as_mut().project().state.set(next);
         }

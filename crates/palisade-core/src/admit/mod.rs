@@ -205,7 +205,8 @@ impl<A: Admission> std::fmt::Debug for Admitted<A> {
 pub trait OnHead {
     /// `headers` are the response's headers (writable: the rate limiter adds its own);
     /// `streaming` is whether the response goes on past its head — `false` for a
-    /// trailers-only answer or an HTTP error status.
+    /// trailers-only answer, an HTTP error status or a body already at its end (an RPC that
+    /// ended at its head, as its observer heard).
     fn on_head(self, headers: &mut HeaderMap, streaming: bool);
 }
 

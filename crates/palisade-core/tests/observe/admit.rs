@@ -138,6 +138,9 @@ impl<B> Service<Request<B>> for Handler {
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
         self.served_by.lock().unwrap().push(self.id);
+        if request.uri().path().ends_with("/Empty") {
+            return std::future::ready(Ok(Response::new(GrpcBody::default())));
+        }
         let body = if request.uri().path().ends_with("/Fails") {
             let mut response = Response::new(GrpcBody::default());
             let headers = frames::trailers(Code::NotFound, Some("no such thing"));
@@ -249,6 +252,13 @@ async fn an_admitted_rpc_is_watched_to_its_end_and_its_head_hooked() {
     assert_eq!(response.headers()["grpc-status"], "5");
     assert_eq!(ends.ends().len(), 2);
     assert_eq!(ends.ends()[1].0.code(), Code::NotFound);
+
+    // An empty 200 without a status ended at its head as well: not streaming either.
+    let response = service.call(request("/pkg.Svc/Empty")).await.unwrap();
+    assert_eq!(*heads.lock().unwrap(), [true, false, false]);
+    assert!(response.headers().get("grpc-status").is_none());
+    assert_eq!(ends.ends().len(), 3);
+    assert_eq!(ends.ends()[2].0.source(), Source::MissingStatus);
 }
 
 #[tokio::test]
