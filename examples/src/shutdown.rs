@@ -328,12 +328,10 @@ pub struct Track<S> {
 impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for Track<S>
 where
     S: Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
-    S::Future: Send + 'static,
-    ResBody: Send + 'static,
 {
     type Response = http::Response<TrackedBody<ResBody>>;
     type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, S::Error>> + Send>>;
+    type Future = TrackedFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
@@ -341,26 +339,49 @@ where
 
     fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
         let call = InFlight::new(&self.tracker);
-        let future = self.inner.call(request);
-        Box::pin(async move {
-            // Dropped in reverse order: the inner future (its span, its log line) first.
-            let call = call;
-            let future = future;
-            let response = future.await?;
-            Ok(response.map(|body| TrackedBody {
-                inner: Box::pin(body),
-                _call: call,
-            }))
-        })
+        TrackedFuture {
+            inner: self.inner.call(request),
+            call: Some(call),
+        }
     }
 }
 
-/// A response body of [`Tracker::layer`]: its call is in flight until it is dropped.
-#[derive(Debug)]
-pub struct TrackedBody<B> {
-    inner: Pin<Box<B>>,
-    // After `inner`: dropped after it.
-    _call: InFlight,
+pin_project_lite::pin_project! {
+    /// The response future of [`Tracker::layer`]: its call is in flight until the response
+    /// body (or, if it never resolves, this future) is dropped.
+    #[derive(Debug)]
+    pub struct TrackedFuture<F> {
+        // Declared first, dropped first: the inner future (its span, its log line) before
+        // the call stops counting.
+        #[pin]
+        inner: F,
+        call: Option<InFlight>,
+    }
+}
+
+impl<F, B, E> Future for TrackedFuture<F>
+where
+    F: Future<Output = Result<http::Response<B>, E>>,
+{
+    type Output = Result<http::Response<TrackedBody<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let response = std::task::ready!(this.inner.poll(cx))?;
+        let call = this.call.take();
+        Poll::Ready(Ok(response.map(|inner| TrackedBody { inner, _call: call })))
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body of [`Tracker::layer`]: its call is in flight until it is dropped.
+    #[derive(Debug)]
+    pub struct TrackedBody<B> {
+        #[pin]
+        inner: B,
+        // After `inner`: dropped after it.
+        _call: Option<InFlight>,
+    }
 }
 
 impl<B: Body> Body for TrackedBody<B> {
@@ -368,10 +389,10 @@ impl<B: Body> Body for TrackedBody<B> {
     type Error = B::Error;
 
     fn poll_frame(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
-        self.inner.as_mut().poll_frame(cx)
+        self.project().inner.poll_frame(cx)
     }
 
     fn is_end_stream(&self) -> bool {

@@ -6,7 +6,7 @@ use opentelemetry_otlp::{SpanExporter, WithExportConfig};
 use opentelemetry_sdk::{
     Resource,
     propagation::{BaggagePropagator, TraceContextPropagator},
-    trace::SdkTracerProvider,
+    trace::{Sampler, SdkTracerProvider},
 };
 use palisade_logging::{
     LoggingLayer,
@@ -75,7 +75,8 @@ pub fn access_log<K>(layer: LoggingLayer<K>) -> LoggingLayer<K> {
 }
 
 /// Installs an SDK tracer provider (exporting with OTLP over gRPC only when an endpoint is
-/// given) and the W3C trace-context and baggage propagators, as the globals. Call it inside
+/// given; without one, spans are not sampled unless `OTEL_TRACES_SAMPLER` says otherwise:
+/// their ids still propagate) and the W3C trace-context and baggage propagators, as the globals. Call it inside
 /// the tokio runtime, and `shutdown()` the provider before exiting so spans are flushed.
 pub fn install_tracer(
     service: &'static str,
@@ -89,6 +90,11 @@ pub fn install_tracer(
             .with_endpoint(endpoint)
             .build()?;
         builder = builder.with_batch_exporter(exporter);
+    } else if std::env::var_os("OTEL_TRACES_SAMPLER").is_none() {
+        // Nothing would ever export a span: keep the trace ids (they propagate, and the
+        // handler and the log lines show them) but record nothing. An explicit
+        // `OTEL_TRACES_SAMPLER` still decides.
+        builder = builder.with_sampler(Sampler::AlwaysOff);
     }
     let provider = builder.build();
     global::set_tracer_provider(provider.clone());
