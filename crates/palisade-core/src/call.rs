@@ -34,6 +34,9 @@ pub struct Call<'a> {
     parts: &'a mut Parts,
     peer: Option<Peer>,
     timeout: Option<Option<Duration>>,
+    /// Whether [`record_or_insert`](Self::record_or_insert) put this side's record in place
+    /// (cleared by [`parts_mut`](Self::parts_mut)), so the middleware need not look again.
+    recorded: bool,
 }
 
 impl<'a> Call<'a> {
@@ -44,6 +47,7 @@ impl<'a> Call<'a> {
             parts,
             peer: None,
             timeout: None,
+            recorded: false,
         }
     }
 
@@ -59,6 +63,7 @@ impl<'a> Call<'a> {
 
     /// The request's head, mutably: add or remove headers, insert extensions.
     pub fn parts_mut(&mut self) -> &mut Parts {
+        self.recorded = false;
         self.parts
     }
 
@@ -92,7 +97,16 @@ impl<'a> Call<'a> {
     /// of the other side (for layers that read the record's facts at the end, and
     /// [`RecordLayer`](crate::rpc::RecordLayer)).
     pub fn record_or_insert(&mut self) -> &Rpc {
+        self.recorded = true;
         Rpc::get_or_insert(&mut self.parts.extensions, self.side)
+    }
+
+    /// Puts this side's record in place, unless [`record_or_insert`](Self::record_or_insert)
+    /// already did (a policy's `start` that read the record's start): one lookup, not two.
+    pub(crate) fn ensure_record(&mut self) {
+        if !self.recorded {
+            self.record_or_insert();
+        }
     }
 
     /// The peer (remote and local address, TLS certificates), read once from tonic's
@@ -162,6 +176,21 @@ mod tests {
         assert_eq!(call.record().unwrap().start(), start);
         assert_eq!(call.record().unwrap().side(), Side::Client);
         assert!(call.peer().remote_addr.is_none());
+    }
+
+    #[test]
+    fn ensure_record_keeps_the_record_made_and_makes_a_removed_one_again() {
+        let mut parts = parts("application/grpc");
+        let mut call = Call::new(Side::Server, &mut parts);
+        call.ensure_record();
+        let start = call.record().unwrap().start();
+        call.ensure_record();
+        assert_eq!(call.record().unwrap().start(), start, "not replaced");
+
+        // A policy that took the record out through `parts_mut` gets a new one.
+        call.parts_mut().extensions.remove::<Rpc>();
+        call.ensure_record();
+        assert!(call.record().is_some());
     }
 
     #[test]

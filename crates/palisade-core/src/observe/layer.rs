@@ -178,7 +178,8 @@ where
             let watch = shared.policy.start(&mut call);
             // Only a watched RPC pays for the record.
             if P::READS_FACTS && watch.is_some() {
-                call.record_or_insert();
+                // No second lookup when `start` made or read the record itself.
+                call.ensure_record();
             }
             watch
         };

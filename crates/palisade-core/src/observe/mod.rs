@@ -161,8 +161,8 @@ pub trait Policy {
     /// Whether this policy reads the per-RPC record's facts at the end: then the middleware
     /// puts a [`Rpc`](crate::Rpc) of its side into the request when it has none, after
     /// [`start`](Self::start) and only when `start` watched the RPC (a `start` that needs the
-    /// record itself calls [`Call::record_or_insert`]). Other layers only use a record they
-    /// find.
+    /// record itself calls [`Call::record_or_insert`], and the middleware does not look it up
+    /// again). Other layers only use a record they find.
     const READS_FACTS: bool = false;
 
     /// The side this policy watches.
