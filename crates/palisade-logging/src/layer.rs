@@ -3,11 +3,15 @@
 use std::{fmt, marker::PhantomData, sync::Arc};
 
 use http::HeaderName;
-use palisade_core::{Code, Matcher, MethodRegistry, Side};
+use palisade_core::{Code, Matcher, MethodRegistry, ObserveLayer, Side, observe::Policy};
 use tower_layer::Layer;
 use tracing::Level;
 
-use crate::{config::Config, service::Logging};
+use crate::{
+    config::Config,
+    policy::{LoggedRequest, LoggingPolicy},
+    service::Logging,
+};
 
 /// Marks a [`LoggingLayer`] and [`Logging`] around a server's service (see
 /// [`LoggingLayer::server`]).
@@ -33,8 +37,8 @@ impl LoggingLayer<ServerSide> {
     /// Logging around a server's service, with go-grpc-middleware's server levels
     /// ([`default_server_level`](crate::default_server_level)).
     ///
-    /// Its inner service receives request bodies wrapped in an
-    /// [`ObservedBody`](palisade_core::ObservedBody), which counts request messages
+    /// Its inner service receives request bodies wrapped in a
+    /// [`RequestBody`](crate::RequestBody), which counts request messages
     /// (tonic's router and `Server::builder().layer(..)` accept any body).
     pub fn server() -> Self {
         Self::with_config(Config::new(Side::Server))
@@ -62,10 +66,6 @@ impl<K> LoggingLayer<K> {
 
     fn config_mut(&mut self) -> &mut Config {
         Arc::make_mut(&mut self.config)
-    }
-
-    pub(crate) fn config(&self) -> &Arc<Config> {
-        &self.config
     }
 
     /// Replaces the level of the finish event for each code (evaluated once here, for the 17
@@ -212,10 +212,24 @@ impl<K> fmt::Debug for LoggingLayer<K> {
     }
 }
 
-impl<S, K> Layer<S> for LoggingLayer<K> {
+impl<K> LoggingLayer<K>
+where
+    LoggingPolicy<K>: Policy,
+{
+    /// palisade-core's observing layer with this configuration's [`LoggingPolicy`].
+    fn observe_layer(&self) -> ObserveLayer<LoggingPolicy<K>, LoggedRequest> {
+        let policy = LoggingPolicy::new(Arc::clone(&self.config));
+        ObserveLayer::with_skip(policy, self.config.skip.clone()).map_request_body()
+    }
+}
+
+impl<S, K> Layer<S> for LoggingLayer<K>
+where
+    LoggingPolicy<K>: Policy,
+{
     type Service = Logging<S, K>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Logging::new(inner, self.clone())
+        self.observe_layer().layer(inner)
     }
 }

@@ -109,16 +109,18 @@ mod future;
 mod layer;
 mod level;
 mod line;
+mod policy;
 mod rpc;
 mod service;
 pub mod writer;
 
-pub use body::ResponseBody;
+pub use body::{RequestBody, ResponseBody};
 pub use fields::JsonFields;
 pub use future::ResponseFuture;
 pub use layer::{ClientSide, LoggingLayer, ServerSide};
 pub use level::{default_client_level, default_server_level};
-pub use rpc::RequestMessages;
+pub use policy::{InSpan, LoggedRequest, LoggingPolicy};
+pub use rpc::{Finish, RequestMessages};
 pub use service::Logging;
 
 /// The `tracing` target of this crate's spans and events, for filters such as

@@ -12,12 +12,9 @@ use std::{
 };
 
 use http::{
-    HeaderMap, HeaderName, HeaderValue, Request, header::CONTENT_TYPE, uri::Authority,
-    uri::PathAndQuery,
+    HeaderMap, HeaderName, HeaderValue, header::CONTENT_TYPE, uri::Authority, uri::PathAndQuery,
 };
-use palisade_core::{
-    Counts, Method, MethodType, Observer, Outcome, Peer, Side, code::go_name, deadline,
-};
+use palisade_core::{Call, Counts, MethodType, Observer, Outcome, Peer, Side, code::go_name};
 use tracing::{Span, field::debug};
 
 use crate::{
@@ -26,13 +23,20 @@ use crate::{
     line::{Json, with_line},
 };
 
-/// Everything the events need, read once when the RPC starts; shared by the response's
-/// observer ([`Finish`]) and the request body's ([`RequestMessages`]) in one allocation.
-pub(crate) struct Rpc {
+/// The observer of one logged RPC: writes the finish event when the RPC ends. It points to
+/// what the events need, read once when the RPC starts, in one allocation shared with the
+/// request body's observer on a server ([`RequestMessages`]) — a pointer in the response
+/// future and body, not the 250 bytes themselves, which every RPC (logged or not) and every
+/// layer outside would move.
+pub struct Finish(Arc<Logged>);
+
+/// What the events of one RPC need, read once when it starts.
+struct Logged {
     config: Arc<Config>,
     /// The span that was current when the call started: the events are written under it, as
     /// siblings of the RPC's own span (whose fields they repeat).
     parent: Span,
+    /// The per-RPC record's start (the record is made here when the stack has none).
     start: Instant,
     path: PathAndQuery,
     service_len: usize,
@@ -41,82 +45,94 @@ pub(crate) struct Rpc {
     deadline: Option<SystemTime>,
     trace: Option<TraceIds>,
     metadata: Option<Box<[(HeaderName, HeaderValue)]>>,
-    /// Server side: request messages, counted by the request body's observer.
+    /// Server side: request messages, counted by the request body's observer
+    /// ([`RequestMessages`]), which may run on another task.
     request_messages: Option<AtomicU64>,
 }
 
-impl Rpc {
-    /// Starts logging a request: its record and its span. `None` when it is not logged:
-    /// nothing can be enabled, it is not gRPC, or the skip matcher selects it.
-    pub(crate) fn begin<B>(
-        config: &Arc<Config>,
-        request: &Request<B>,
-    ) -> Option<(Arc<Self>, Span)> {
-        if !config.active() || !is_grpc(request.headers()) {
+impl Finish {
+    /// Starts logging a call: its observer and its span. `None` when it is not logged:
+    /// nothing can be enabled, or it is not gRPC (the skip matcher is the middleware's).
+    pub(crate) fn begin(config: &Arc<Config>, call: &mut Call<'_>) -> Option<(Self, Span)> {
+        if !config.active() || !is_grpc(&call.parts().headers) {
             return None;
         }
-        let method = Method::from_request(request)?;
-        if config
-            .skip
-            .as_ref()
-            .is_some_and(|skip| skip.matches(Some(&method)))
-        {
-            return None;
-        }
-        let start = Instant::now();
-        let path = request.uri().path_and_query()?.clone();
+        let (service_len, method_type) = {
+            let method = call.method()?;
+            let method_type = config
+                .registry
+                .as_ref()
+                .and_then(|registry| registry.get(&method))
+                .map(|info| info.method_type);
+            (method.service().len(), method_type)
+        };
+        let path = call.parts().uri.path_and_query()?.clone();
+        // The record's clock read is the start (made here when no layer outside made one).
+        let start = call.record_or_insert().start();
         let side = config.side;
         let parent = Span::current();
         let trace = TraceIds::current();
-        // The ids only when a trace is active: everything the handler logs inside the span
-        // carries them, under any subscriber that shows its spans' fields.
-        let span = span_at!(
-            config.span_level,
-            parent: &parent,
-            "grpc",
-            grpc.service = method.service(),
-            grpc.method = method.method(),
-            trace_id = trace.as_ref().map(TraceIds::trace_id),
-            span_id = trace.as_ref().map(TraceIds::span_id),
-        );
         let peer = match side {
-            Side::Server => Peer::remote_addr_of(request.extensions()).map(PeerAddress::Socket),
-            Side::Client => request
-                .uri()
+            Side::Server => Peer::remote_addr_of(&call.parts().extensions).map(PeerAddress::Socket),
+            Side::Client => call
+                .parts()
+                .uri
                 .authority()
                 .cloned()
                 .map(PeerAddress::Authority),
         };
-        let rpc = Self {
-            method_type: config
-                .registry
-                .as_ref()
-                .and_then(|registry| registry.get(&method))
-                .map(|info| info.method_type),
+        let logged = Logged {
+            method_type,
             peer,
-            deadline: deadline::grpc_timeout(request.headers())
+            deadline: call
+                .timeout()
                 .and_then(|timeout| SystemTime::now().checked_add(timeout)),
             trace,
-            metadata: config.collect_metadata(request.headers()),
-            service_len: method.service().len(),
+            metadata: config.collect_metadata(&call.parts().headers),
+            service_len,
             path,
             start,
             parent,
             config: Arc::clone(config),
             request_messages: (side == Side::Server).then(|| AtomicU64::new(0)),
         };
-        if rpc.config.log_start {
-            rpc.start_event();
+        // The ids only when a trace is active: everything the handler logs inside the span
+        // carries them, under any subscriber that shows its spans' fields.
+        let span = span_at!(
+            config.span_level,
+            parent: &logged.parent,
+            "grpc",
+            grpc.service = logged.service(),
+            grpc.method = logged.method(),
+            trace_id = logged.trace.as_ref().map(TraceIds::trace_id),
+            span_id = logged.trace.as_ref().map(TraceIds::span_id),
+        );
+        if config.log_start {
+            logged.start_event();
         }
-        Some((Arc::new(rpc), span))
+        Some((Finish(Arc::new(logged)), span))
     }
 
+    /// The observer of this RPC's request body (server side), counting its messages.
+    pub(crate) fn request_messages(&self) -> RequestMessages {
+        RequestMessages(Arc::clone(&self.0))
+    }
+}
+
+impl Logged {
     fn service(&self) -> &str {
         &self.path.path()[1..=self.service_len]
     }
 
     fn method(&self) -> &str {
         &self.path.path()[self.service_len + 2..]
+    }
+
+    /// Server side: the request messages counted so far.
+    fn request_messages(&self) -> Option<u64> {
+        self.request_messages
+            .as_ref()
+            .map(|count| count.load(Ordering::Relaxed))
     }
 
     fn start_event(&self) {
@@ -169,10 +185,7 @@ impl Rpc {
             grpc.request.deadline = self
                 .deadline
                 .map(|d| tracing::field::display(humantime::format_rfc3339_millis(d))),
-            grpc.request.messages = self
-                .request_messages
-                .as_ref()
-                .map(|count| count.load(Ordering::Relaxed)),
+            grpc.request.messages = self.request_messages(),
             grpc.response.messages = counts.messages,
             grpc.request.metadata = self.metadata_field(),
             trace_id = self.trace.as_ref().map(TraceIds::trace_id),
@@ -233,8 +246,8 @@ impl Rpc {
                 json.time_millis("grpc.request.deadline", deadline);
             }
             if let Some((_, counts)) = end {
-                if let Some(count) = &self.request_messages {
-                    json.u64("grpc.request.messages", count.load(Ordering::Relaxed));
+                if let Some(count) = self.request_messages() {
+                    json.u64("grpc.request.messages", count);
                 }
                 json.u64("grpc.response.messages", counts.messages);
             }
@@ -261,9 +274,6 @@ impl Rpc {
     }
 }
 
-/// Writes the finish event when the RPC ends.
-pub(crate) struct Finish(pub(crate) Arc<Rpc>);
-
 impl Observer for Finish {
     fn on_end(self, outcome: Outcome, counts: Counts) {
         if outcome.is_ok() && !self.0.config.sample_ok() {
@@ -273,9 +283,15 @@ impl Observer for Finish {
     }
 }
 
-impl fmt::Debug for Rpc {
+impl fmt::Debug for Finish {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Rpc")
+        self.0.fmt(f)
+    }
+}
+
+impl fmt::Debug for Logged {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Finish")
             .field("side", &self.config.side)
             .field("service", &self.service())
             .field("method", &self.method())
@@ -284,11 +300,11 @@ impl fmt::Debug for Rpc {
     }
 }
 
-/// Counts the messages of a request body for its RPC's finish event (the observer of the
-/// [`ObservedBody`](palisade_core::ObservedBody) a server-side [`Logging`](crate::Logging)
-/// hands its inner service).
+/// Counts the messages of a request body for its RPC's finish event: the request observer of
+/// a server-side [`Logging`](crate::Logging), in the [`RequestBody`](crate::RequestBody) it
+/// hands its inner service.
 #[derive(Debug)]
-pub struct RequestMessages(pub(crate) Arc<Rpc>);
+pub struct RequestMessages(Arc<Logged>);
 
 impl Observer for RequestMessages {
     fn on_message(&mut self) {

@@ -23,7 +23,7 @@ use tracing_subscriber::{filter::LevelFilter, prelude::*};
 const SAY_HELLO: &str = palisade_demo::SAY_HELLO;
 
 /// What a server layer's inner service receives.
-type ServerBody = palisade_core::ObservedBody<GrpcBody, palisade_logging::RequestMessages>;
+type ServerBody = palisade_logging::RequestBody<GrpcBody>;
 
 fn grpc_request(path: &str) -> Request<GrpcBody> {
     Request::post(path)
@@ -327,4 +327,112 @@ async fn json_lines_are_flat_and_written_beside_the_span() {
     assert_eq!(fields["grpc.service"], "palisade.demo.v1.Greeter");
     assert!(fields["grpc.time_ms"].is_f64());
     assert_eq!(fields["grpc.response.messages"], 1);
+}
+
+/// A unary handler that reports the per-RPC record it sees.
+fn recording_handler(
+    seen: std::sync::mpsc::Sender<Option<(palisade_core::Side, std::time::Instant)>>,
+) -> impl Service<Request<ServerBody>, Response = Response<GrpcBody>, Error = Infallible> {
+    service_fn(move |request: Request<ServerBody>| {
+        let record = palisade_core::Rpc::of(&request).map(|rpc| (rpc.side(), rpc.start()));
+        seen.send(record).unwrap();
+        let body = GrpcBody::new(
+            [palisade_demo::frames::message(b"hi")],
+            Some(palisade_demo::frames::trailers(Code::Ok, None)),
+        );
+        async move { Ok::<_, Infallible>(Response::new(body)) }
+    })
+}
+
+#[tokio::test]
+async fn a_logged_call_carries_a_record_and_is_timed_from_its_start() {
+    let (capture, _guard) = Capture::install();
+    let (tx, seen) = std::sync::mpsc::channel();
+    let mut service = LoggingLayer::server().layer(recording_handler(tx));
+
+    // Without a record from outside, the layer makes one for the handler and the layers inside.
+    call(&mut service, grpc_request(SAY_HELLO)).await;
+    let (side, _) = seen.recv().unwrap().expect("logging made the record");
+    assert_eq!(side, palisade_core::Side::Server);
+
+    // A record made outside (RecordLayer, another layer) is used, not replaced: the call is
+    // timed from its start.
+    let start = std::time::Instant::now()
+        .checked_sub(std::time::Duration::from_secs(2))
+        .unwrap();
+    let mut request = grpc_request(SAY_HELLO);
+    request
+        .extensions_mut()
+        .insert(palisade_core::Rpc::starting_at(
+            palisade_core::Side::Server,
+            start,
+        ));
+    call(&mut service, request).await;
+    assert_eq!(
+        seen.recv().unwrap(),
+        Some((palisade_core::Side::Server, start))
+    );
+    let events = capture.logged();
+    assert_eq!(events.len(), 2, "{events:#?}");
+    let time_ms = events[1].field("grpc.time_ms").and_then(|t| t.as_f64());
+    assert!(time_ms.is_some_and(|t| t >= 2000.0), "{events:#?}");
+    assert!(
+        events[0]
+            .field("grpc.time_ms")
+            .and_then(|t| t.as_f64())
+            .is_some_and(|t| t < 2000.0),
+        "{events:#?}"
+    );
+}
+
+#[tokio::test]
+async fn a_call_that_is_not_logged_gets_no_record() {
+    let (capture, _guard) = Capture::install();
+    let (tx, seen) = std::sync::mpsc::channel();
+    let mut service = LoggingLayer::server()
+        .skip(palisade_core::Matcher::method(SAY_HELLO))
+        .layer(recording_handler(tx));
+
+    // Skipped: passed through, and paying for no record.
+    call(&mut service, grpc_request(SAY_HELLO)).await;
+    assert_eq!(seen.recv().unwrap(), None);
+    // Not gRPC: the same.
+    let request = Request::post(palisade_demo::SAY_HELLO_STREAM)
+        .body(GrpcBody::default())
+        .unwrap();
+    call(&mut service, request).await;
+    assert_eq!(seen.recv().unwrap(), None);
+    assert!(capture.events().is_empty(), "{:#?}", capture.events());
+
+    // A logged one next to them does.
+    call(&mut service, grpc_request(palisade_demo::SAY_HELLO_STREAM)).await;
+    assert!(seen.recv().unwrap().is_some());
+    assert_eq!(capture.logged().len(), 1);
+}
+
+#[tokio::test]
+async fn request_messages_the_handler_reads_are_counted() {
+    let (capture, _guard) = Capture::install();
+    let reading = service_fn(|request: Request<ServerBody>| async move {
+        let read = request.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(read.len(), 3 * 7);
+        let body = GrpcBody::new(
+            [palisade_demo::frames::message(b"hi")],
+            Some(palisade_demo::frames::trailers(Code::Ok, None)),
+        );
+        Ok::<_, Infallible>(Response::new(body))
+    });
+    let mut service = LoggingLayer::server().layer(reading);
+    let request = Request::post(SAY_HELLO)
+        .header("content-type", "application/grpc")
+        .body(GrpcBody::new(
+            (0..3).map(|_| palisade_demo::frames::message(b"hi")),
+            None,
+        ))
+        .unwrap();
+    call(&mut service, request).await;
+    let events = capture.logged();
+    assert_eq!(events.len(), 1, "{events:#?}");
+    assert_eq!(events[0].field("grpc.request.messages"), Some(&json!(3)));
+    assert_eq!(events[0].field("grpc.response.messages"), Some(&json!(1)));
 }
