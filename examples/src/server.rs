@@ -5,11 +5,12 @@ use std::{net::SocketAddr, num::NonZeroU32, path::PathBuf, time::Duration};
 
 use clap::Args;
 use palisade::prelude::*;
+use palisade_core::admit;
 use palisade_demo::{FILE_DESCRIPTOR_SET, Greeter};
-use palisade_ratelimit::{KeyValue, backend::Redis};
+use palisade_ratelimit::{KeyValue, RateLimitAdmission, backend::Redis};
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use tonic::transport::{Server, server::TcpIncoming};
-use tower::ServiceBuilder;
+use tower::util::{Either, MapResponseLayer};
 
 use crate::{
     BoxError,
@@ -253,6 +254,24 @@ fn check_rate_flags(args: &ServerArgs) -> Result<(), BoxError> {
     }
 }
 
+/// The routes' responses as the rate limit returns them: the body in the layer's type.
+type Unlimited = fn(
+    http::Response<tonic::body::Body>,
+) -> http::Response<admit::ResponseBody<tonic::body::Body, RateLimitAdmission>>;
+
+/// The rate limit in the stack, or (`--rate 0`) the routes as they are, their responses'
+/// bodies in the layer's type, so that the stack has one type either way.
+fn rate_limit_in_stack(
+    layer: Option<RateLimitLayer>,
+) -> Either<RateLimitLayer, MapResponseLayer<Unlimited>> {
+    match layer {
+        Some(layer) => Either::Left(layer),
+        None => Either::Right(MapResponseLayer::new(|response: http::Response<_>| {
+            response.map(admit::ResponseBody::passed)
+        })),
+    }
+}
+
 /// [`rate_limit`], with the backend `--rate-redis` made already.
 fn rate_limit_on(
     args: &ServerArgs,
@@ -382,7 +401,7 @@ pub async fn start(args: &ServerArgs, listener: TcpListener) -> Result<RunningSe
         ))
         .metrics(MetricsLayer::server().registry(registry.clone()).build())
         .auth(auth(args)?)
-        .ratelimit(ServiceBuilder::new().option_layer(rate_limit_on(
+        .ratelimit(rate_limit_in_stack(rate_limit_on(
             args,
             &registry,
             redis.clone(),

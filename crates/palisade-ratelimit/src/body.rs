@@ -12,23 +12,33 @@
 //! left for the response side: if the response has not started yet, the layer answers with
 //! the trailers-only rejection instead of what the handler returns; if it has (a bidi
 //! stream), its trailers' `grpc-status` and `grpc-message` are replaced. Either way the client
-//! sees the rejection's code, whatever the handler did with the error.
+//! sees the rejection's code, whatever the handler did with the error. A cut also names the
+//! layer in the per-RPC record's [`rejected_by`](palisade_core::Rpc::rejected_by), when the
+//! server has one.
+//!
+//! In [`Metered`](crate::Metered) mode the layer's service is palisade-core's
+//! [`Admit`](palisade_core::admit::Admit) around a [`MeteredService`]: the admission decides
+//! the call (its first token), the metered service wraps the bodies of the calls it let
+//! through.
 
 use std::{
     fmt,
+    future::Future,
     pin::Pin,
     sync::{Arc, OnceLock},
     task::{Context, Poll, ready},
 };
 
 use bytes::Buf;
-use http::HeaderMap;
+use http::{HeaderMap, Request, Response};
 use http_body::{Body, Frame, SizeHint};
-use palisade_core::{MessageCounter, Rejection, Status};
+use palisade_core::{MessageCounter, Rejection, Rpc, Side, Status, admit::Admission};
 use pin_project_lite::pin_project;
 use tonic::metadata::MetadataMap;
+use tower_service::Service;
 
 use crate::{
+    admission::RateLimitAdmission,
     backend::{Acquire, Decision, DecisionFuture, Origin},
     series::Counters,
     shared::{Charge, Positions, Shared},
@@ -44,6 +54,128 @@ pub(crate) struct Cut(OnceLock<Rejection>);
 impl Cut {
     pub(crate) fn get(&self) -> Option<&Rejection> {
         self.0.get()
+    }
+}
+
+/// What the admission leaves in a metered call's extensions for the [`MeteredService`]: the
+/// call's per-message charges and where a cut leaves its rejection. Taken out before the
+/// inner service sees the request.
+#[derive(Clone)]
+pub(crate) struct Metering {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) counters: Counters,
+    pub(crate) charges: Box<[Charge]>,
+    pub(crate) cut: Arc<Cut>,
+}
+
+/// The inner half of the server layer in [`Metered`](crate::Metered) mode, between
+/// palisade-core's [`Admit`](palisade_core::admit::Admit) and your service: hands it a
+/// [`RequestBody`] — metered when the admission let through a call with per-message limits —
+/// and returns a [`ResponseBody`], which ends a cut stream with the rejection (see the
+/// [module docs](self)). Made by [`RateLimitLayer`](crate::RateLimitLayer) built with
+/// [`build_metered`](crate::RateLimitBuilder::build_metered).
+#[derive(Clone, Debug)]
+pub struct MeteredService<S> {
+    inner: S,
+}
+
+impl<S> MeteredService<S> {
+    pub(crate) fn new(inner: S) -> Self {
+        Self { inner }
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// The inner service, unwrapped.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, B, ResB> Service<Request<B>> for MeteredService<S>
+where
+    S: Service<Request<RequestBody<B>>, Response = Response<ResB>>,
+    B: Body,
+    ResB: Default,
+{
+    type Response = Response<ResponseBody<ResB>>;
+    type Error = S::Error;
+    type Future = MeteredFuture<S::Future>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<B>) -> Self::Future {
+        let Some(metering) = request.extensions_mut().remove::<Metering>() else {
+            return MeteredFuture {
+                inner: self.inner.call(request.map(RequestBody::new)),
+                cut: None,
+            };
+        };
+        let Metering {
+            shared,
+            counters,
+            charges,
+            cut,
+        } = metering;
+        let record = Rpc::from_extensions(request.extensions())
+            .filter(|record| record.side() == Side::Server)
+            .cloned();
+        let meter = Meter::new(shared, counters, charges, cut.clone(), record);
+        MeteredFuture {
+            inner: self
+                .inner
+                .call(request.map(|body| RequestBody::metered(body, meter))),
+            cut: Some(cut),
+        }
+    }
+}
+
+pin_project! {
+    /// The response future of a [`MeteredService`]: the inner response with a
+    /// [`ResponseBody`], or the trailers-only rejection when the request stream was cut
+    /// before the response started.
+    pub struct MeteredFuture<F> {
+        #[pin]
+        inner: F,
+        cut: Option<Arc<Cut>>,
+    }
+}
+
+impl<F, ResB, E> Future for MeteredFuture<F>
+where
+    F: Future<Output = Result<Response<ResB>, E>>,
+    ResB: Default,
+{
+    type Output = Result<Response<ResponseBody<ResB>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let response = ready!(this.inner.poll(cx))?;
+        let cut = this.cut.take();
+        if let Some(rejection) = cut.as_deref().and_then(Cut::get) {
+            // The request stream was cut before the response started.
+            return Poll::Ready(Ok(rejection.to_response()));
+        }
+        Poll::Ready(Ok(response.map(|body| ResponseBody::new(body, cut))))
+    }
+}
+
+impl<F> fmt::Debug for MeteredFuture<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MeteredFuture")
+            .field("metered", &self.cut.is_some())
+            .finish_non_exhaustive()
     }
 }
 
@@ -98,6 +230,8 @@ pub(crate) struct Meter<D> {
     /// The frame that completed unpaid messages, held until they are paid.
     held: Option<Frame<D>>,
     cut: Arc<Cut>,
+    /// The server's per-RPC record, which a cut names the layer in.
+    record: Option<Rpc>,
     ended: bool,
     shadow_counted: bool,
 }
@@ -108,6 +242,7 @@ impl<D> Meter<D> {
         counters: Counters,
         charges: Box<[Charge]>,
         cut: Arc<Cut>,
+        record: Option<Rpc>,
     ) -> Self {
         Self {
             shared,
@@ -121,6 +256,7 @@ impl<D> Meter<D> {
             pending: None,
             held: None,
             cut,
+            record,
             ended: false,
             shadow_counted: false,
         }
@@ -202,6 +338,9 @@ impl<D> Meter<D> {
             MetadataMap::from_headers(rejection.metadata().clone()),
         );
         let _ = self.cut.0.set(rejection);
+        if let Some(record) = &self.record {
+            record.set_rejected_by(RateLimitAdmission::NAME);
+        }
         Box::new(status)
     }
 }

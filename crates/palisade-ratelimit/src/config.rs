@@ -1,6 +1,6 @@
 //! The builders of the server and client layers.
 
-use std::{borrow::Cow, fmt, marker::PhantomData, sync::Arc, time::Duration};
+use std::{borrow::Cow, fmt, sync::Arc, time::Duration};
 
 use metrics::Recorder;
 use palisade_core::{Code, Matcher, MethodRegistry, Rejection, Side};
@@ -288,12 +288,12 @@ impl RateLimitBuilder {
             self.common.limits.iter().all(|limit| !limit.per_message),
             "per-message limits need RateLimitBuilder::build_metered()"
         );
-        RateLimitLayer {
-            shared: self
-                .common
-                .build(Side::Server, self.headers, Duration::ZERO, false),
-            _mode: PhantomData,
-        }
+        RateLimitLayer::from_shared(self.common.build(
+            Side::Server,
+            self.headers,
+            Duration::ZERO,
+            false,
+        ))
     }
 
     /// Makes a layer in [`Metered`] mode: request and response bodies wrapped, so that
@@ -301,12 +301,12 @@ impl RateLimitBuilder {
     /// stream that runs out with the rejection. Calls without per-message limits cost a little
     /// more than with [`build`](Self::build) (the bodies' wrapping), nothing else.
     pub fn build_metered(self) -> RateLimitLayer<Metered> {
-        RateLimitLayer {
-            shared: self
-                .common
-                .build(Side::Server, self.headers, Duration::ZERO, false),
-            _mode: PhantomData,
-        }
+        RateLimitLayer::from_shared(self.common.build(
+            Side::Server,
+            self.headers,
+            Duration::ZERO,
+            false,
+        ))
     }
 }
 

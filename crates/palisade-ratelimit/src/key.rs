@@ -303,6 +303,15 @@ impl<'a> RequestInfo<'a> {
         }
     }
 
+    /// The view of a request's head.
+    pub(crate) fn from_parts(parts: &'a http::request::Parts) -> Self {
+        Self {
+            uri: &parts.uri,
+            headers: &parts.headers,
+            extensions: &parts.extensions,
+        }
+    }
+
     /// The gRPC method, when the path is one (parsed on each call: keep it if you need it
     /// twice).
     pub fn method(&self) -> Option<Method<'a>> {

@@ -2,9 +2,11 @@
 
 use std::{fmt, marker::PhantomData, sync::Arc};
 
+use palisade_core::admit::{Admit, AdmitLayer};
 use tower_layer::Layer;
 
 use crate::{
+    admission::RateLimitAdmission,
     config::RateLimitBuilder,
     limit::Limit,
     mode::{Mode, Plain},
@@ -22,16 +24,31 @@ use crate::{
 /// `M` is the [`Mode`]: [`Plain`] (bodies untouched) unless built with
 /// [`build_metered`](RateLimitBuilder::build_metered) for per-message limits.
 pub struct RateLimitLayer<M = Plain> {
-    pub(crate) shared: Arc<Shared>,
-    pub(crate) _mode: PhantomData<fn() -> M>,
+    admit: AdmitLayer<RateLimitAdmission>,
+    _mode: PhantomData<fn() -> M>,
 }
 
 impl<M> Clone for RateLimitLayer<M> {
     fn clone(&self) -> Self {
         Self {
-            shared: self.shared.clone(),
+            admit: self.admit.clone(),
             _mode: PhantomData,
         }
+    }
+}
+
+impl<M> RateLimitLayer<M> {
+    /// The layer of an admission over `shared`. The exemption is the admission's own (its
+    /// method table caches it), so the admit layer skips nothing.
+    pub(crate) fn from_shared(shared: Arc<Shared>) -> Self {
+        Self {
+            admit: AdmitLayer::new(RateLimitAdmission { shared }),
+            _mode: PhantomData,
+        }
+    }
+
+    fn shared(&self) -> &Shared {
+        &self.admit.admission().shared
     }
 }
 
@@ -49,13 +66,14 @@ impl RateLimitLayer {
 
 impl<M> fmt::Debug for RateLimitLayer<M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let shared = self.shared();
         f.debug_struct("RateLimitLayer")
-            .field("limits", &self.shared.limits)
-            .field("exempt", &self.shared.exempt)
-            .field("code", &self.shared.template.code())
-            .field("headers", &self.shared.headers)
-            .field("shadow", &self.shared.shadow)
-            .field("known_methods", &self.shared.table.known_len())
+            .field("limits", &shared.limits)
+            .field("exempt", &shared.exempt)
+            .field("code", &shared.template.code())
+            .field("headers", &shared.headers)
+            .field("shadow", &shared.shadow)
+            .field("known_methods", &shared.table.known_len())
             .field("mode", &std::any::type_name::<M>())
             .finish()
     }
@@ -65,6 +83,6 @@ impl<S, M: Mode> Layer<S> for RateLimitLayer<M> {
     type Service = RateLimit<S, M>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        RateLimit::new(inner, self.clone())
+        Admit::new(M::inner(inner), self.admit.clone())
     }
 }

@@ -7,7 +7,7 @@
 //!   you choose), a short message, `grpc-retry-pushback-ms` with the milliseconds until a token
 //!   is free, and optionally `x-ratelimit-limit`, `-remaining` and `-reset`. Health and
 //!   reflection are exempt by default. [Shadow mode](RateLimitBuilder::shadow) decides and
-//!   counts without rejecting. The layer passes bodies untouched; built with
+//!   counts without rejecting. The layer passes bodies' frames untouched; built with
 //!   [`build_metered`](RateLimitBuilder::build_metered), its [per-message
 //!   limits](Limit::per_message) charge client streams one token per received message and end
 //!   a stream that runs out with the rejection.
@@ -22,6 +22,13 @@
 //!   instance, decided by an atomic script on the server's clock, never stalling a call (a
 //!   timeout of a few milliseconds, then a local share of the quota, or rejection, until Redis
 //!   answers again). Any shared store plugs in behind the same layers.
+//!
+//! The server layer's service is palisade-core's [`Admit`](palisade_core::admit::Admit) with
+//! this crate's [admission](admission): a backend's later decision is a wait inline in the
+//! call's future, and a rejection is marked `ratelimit` in the per-RPC record's `rejected_by`,
+//! when there is one. Its response body is
+//! [`admit::ResponseBody`](palisade_core::admit::ResponseBody), which forwards the inner body's
+//! frames.
 //!
 //! Combined limits are all-or-nothing: a call takes a token from every limit that applies, in
 //! the order they were added, or from none (a limit that refuses it gets the earlier ones'
@@ -90,6 +97,7 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod admission;
 pub mod backend;
 pub mod body;
 mod client;
@@ -105,6 +113,7 @@ mod series;
 mod service;
 mod shared;
 
+pub use admission::RateLimitAdmission;
 pub use body::{RequestBody, ResponseBody};
 pub use client::{ClientRateLimit, ClientRateLimitLayer, ClientResponseFuture};
 pub use clock::TokioClock;

@@ -260,14 +260,6 @@ impl MethodTable {
         }
     }
 
-    /// The lookup an [`EntryRef`] stands for.
-    pub(crate) fn lookup_ref(&self, entry: &EntryRef) -> Lookup<'_> {
-        match entry {
-            EntryRef::Cached(slot) => Lookup::Cached(*slot, self.get(*slot)),
-            EntryRef::Uncached(entry) => Lookup::Uncached(entry.clone()),
-        }
-    }
-
     /// A path not in the table: given a slot once it has earned one and while there is room,
     /// else an entry made for this call.
     #[cold]

@@ -403,6 +403,7 @@ impl Shared {
 }
 
 /// One per-message limit of a stream: its limiter and owned bucket key.
+#[derive(Clone)]
 pub(crate) struct Charge {
     limiter: Arc<dyn Limiter>,
     method: Option<Box<str>>,

@@ -37,7 +37,7 @@ use palisade_ratelimit::{
 };
 use redis_server::RedisServer;
 use tonic::transport::Channel;
-use tower::{Layer, ServiceBuilder};
+use tower::Layer;
 
 const ONE: NonZeroU32 = NonZeroU32::MIN;
 
@@ -608,11 +608,9 @@ async fn rate_redis_as_the_server_example_wires_it() {
     let warm = backends[0].limiter(&LimiterSpec::new(quota(1, 1), false, "warm/0"));
     assert!(decide(&*warm, &BucketKey::default()).await.is_allowed());
     let one =
-        spawn(ServiceBuilder::new().option_layer(layer(1, 2, "global", Some(backends[0].clone()))))
-            .await;
+        spawn(layer(1, 2, "global", Some(backends[0].clone())).expect("--rate 1 is on")).await;
     let two =
-        spawn(ServiceBuilder::new().option_layer(layer(1, 2, "global", Some(backends[1].clone()))))
-            .await;
+        spawn(layer(1, 2, "global", Some(backends[1].clone())).expect("--rate 1 is on")).await;
     let mut clients = [one.client().await, two.client().await];
     let mut passed = 0;
     for i in 0..4 {

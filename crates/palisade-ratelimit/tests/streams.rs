@@ -16,9 +16,11 @@ use common::{Counters, Gated, HELLO, call, per_hour, quota, recorder};
 use http::{Request, Response};
 use http_body::Body;
 use http_body_util::BodyExt;
-use palisade_core::{Code, MessageCounter};
+use palisade_core::{Code, MessageCounter, Rpc, Side};
 use palisade_demo::frames::{GrpcBody, message};
-use palisade_ratelimit::{ALLOWED_TOTAL, Limit, REJECTED_TOTAL, RateLimitLayer, body::BoxError};
+use palisade_ratelimit::{
+    ALLOWED_TOTAL, Limit, REJECTED_TOTAL, RateLimitHeaders, RateLimitLayer, body::BoxError,
+};
 use tower::{Layer, Service};
 
 /// What a client-streaming handler saw: messages, then how the stream ended.
@@ -119,6 +121,34 @@ async fn a_stream_gets_one_message_per_token_and_is_cut_with_the_rejection() {
     // The bucket is empty: the next stream is refused at the door.
     let response = call(&mut service, stream(messages(1))).await;
     assert_eq!(response.headers()["grpc-status"], "8");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cut_stream_and_a_refused_call_name_the_layer_in_the_record() {
+    let layer = RateLimitLayer::builder()
+        .limit(Limit::global(quota(1, 2)).per_message())
+        .headers(RateLimitHeaders::Always)
+        .build_metered();
+    let mut service = layer.layer(Drain::default());
+    let recorded = |request: &mut Request<GrpcBody>| {
+        Rpc::get_or_insert(request.extensions_mut(), Side::Server).clone()
+    };
+    // The call's token pays the first message, the bucket's last token the second; the
+    // third finds none, before the handler answers.
+    let mut request = stream(messages(3));
+    let record = recorded(&mut request);
+    let response = call(&mut service, request).await;
+    assert_eq!(response.headers()["grpc-status"], "8");
+    // The cut's rejection as it is: its bucket's numbers, not those of the call's admission.
+    assert_eq!(response.headers()["x-ratelimit-remaining"], "0");
+    assert_eq!(record.rejected_by(), Some("ratelimit"));
+
+    // Refused at the door.
+    let mut request = stream(messages(1));
+    let record = recorded(&mut request);
+    let response = call(&mut service, request).await;
+    assert_eq!(response.headers()["grpc-status"], "8");
+    assert_eq!(record.rejected_by(), Some("ratelimit"));
 }
 
 #[tokio::test(start_paused = true)]

@@ -6,13 +6,15 @@ use std::{num::NonZeroU32, time::Duration};
 
 use common::{Counters, recorder};
 use palisade_core::Code;
+use palisade_core::admit;
 use palisade_demo::{pb::HelloRequest, spawn};
 use palisade_metrics::MetricsLayer;
+use palisade_ratelimit::RateLimitAdmission;
 use palisade_ratelimit::{
     ClientRateLimitLayer, Key, Limit, Quota, REJECTED_TOTAL, RateLimitHeaders, RateLimitLayer,
 };
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
-use tower::ServiceBuilder;
+use tower::{ServiceBuilder, util::Either, util::MapResponseLayer};
 
 /// `n` calls a minute, bursts of `n`: no token comes back during a test.
 fn per_minute(n: u32) -> Quota {
@@ -213,18 +215,32 @@ async fn rate_flags_as_the_server_example_wires_them() {
         };
         Some(RateLimitLayer::new(limit))
     }
+    /// The layer in the stack, or (`--rate 0`) the service as it is, its responses' bodies in
+    /// the layer's type (`admit::ResponseBody::passed`), so that the stack has one type.
+    fn in_stack(layer: Option<RateLimitLayer>) -> Either<RateLimitLayer, MapResponseLayer<Passed>> {
+        match layer {
+            Some(layer) => Either::Left(layer),
+            None => Either::Right(MapResponseLayer::new(|response: http::Response<_>| {
+                response.map(admit::ResponseBody::passed)
+            })),
+        }
+    }
+    type Passed = fn(
+        http::Response<tonic::body::Body>,
+    )
+        -> http::Response<admit::ResponseBody<tonic::body::Body, RateLimitAdmission>>;
     #[derive(Clone)]
     struct Subject(String);
 
     assert!(layer(0, 1, "global").is_none(), "--rate 0 is off");
-    // Off, in the stack: `option_layer` (the layer keeps request and response types).
-    let server = spawn(ServiceBuilder::new().option_layer(layer(0, 1, "global"))).await;
+    // Off, in the stack.
+    let server = spawn(in_stack(layer(0, 1, "global"))).await;
     let mut client = server.client().await;
     for _ in 0..5 {
         client.say_hello(hello()).await.unwrap();
     }
     for key in ["global", "peer", "subject", "metadata:x-api-key"] {
-        let server = spawn(ServiceBuilder::new().option_layer(layer(1, 2, key))).await;
+        let server = spawn(in_stack(layer(1, 2, key))).await;
         let mut client = server.client().await;
         client.say_hello(hello()).await.unwrap();
         client.say_hello(hello()).await.unwrap();
