@@ -41,7 +41,12 @@ impl<C: Claims> JwtAdmission<C> {
         let shared = &self.0;
         match decision {
             config::Decision::Pass => Decision::Pass,
-            config::Decision::Allow(claims) => {
+            config::Decision::Allow(claims, subject) => {
+                // The verified subject, for the layers outside (logging's `enduser.id`, the
+                // server span's): into a record one of them made, never a new one.
+                if let (Some(subject), Some(record)) = (subject, call.record()) {
+                    record.set_subject(subject);
+                }
                 let parts = call.parts_mut();
                 if !shared.forward_token {
                     parts.headers.remove(&shared.header);

@@ -1,6 +1,6 @@
 //! The server layer's builder and the state it shares across clones.
 
-use std::{fmt, path::Path, time::Duration};
+use std::{fmt, path::Path, sync::Arc, time::Duration};
 
 use http::{HeaderMap, HeaderName, header::AUTHORIZATION};
 use jsonwebtoken::Algorithm;
@@ -552,8 +552,8 @@ impl<C> fmt::Debug for Shared<C> {
 pub(crate) enum Decision<C> {
     /// Pass it on as it is (public method, or optional token absent).
     Pass,
-    /// Pass it on with these claims.
-    Allow(C),
+    /// Pass it on with these claims (and the token's subject, for the per-RPC record).
+    Allow(C, Option<Arc<str>>),
     /// Answer with this rejection.
     Reject(Reason),
     /// Wait for remote keys, then decide again ([`Shared::decide_after_fetch`]) on the same
@@ -673,7 +673,7 @@ impl<C: Claims> Shared<C> {
 #[inline]
 fn authorize<C: Claims>(policy: &Policy<C>, verified: &crate::verify::Verified<C>) -> Decision<C> {
     match policy.authorize(&verified.scope, &verified.claims) {
-        Ok(()) => Decision::Allow(verified.claims.clone()),
+        Ok(()) => Decision::Allow(verified.claims.clone(), verified.subject.clone()),
         Err(reason) => Decision::Reject(reason),
     }
 }

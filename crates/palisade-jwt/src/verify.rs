@@ -21,6 +21,9 @@ pub(crate) struct Verified<C> {
     pub(crate) exp: Option<u64>,
     /// The `scope` claim: space-separated scopes (an array's items joined with spaces).
     pub(crate) scope: Box<str>,
+    /// The `sub` claim, shared with the per-RPC record of every call this token makes (one
+    /// reference count per call, no allocation).
+    pub(crate) subject: Option<Arc<str>>,
     /// Until when (seconds since the epoch) the cache may answer for it without checking it
     /// again: `exp` plus leeway, at most the cache's time to live after it was verified.
     cached_until: u64,
@@ -337,6 +340,7 @@ impl<C: Claims> Verifier<C> {
             claims,
             exp: registered.exp,
             scope,
+            subject: registered.sub.as_deref().map(Arc::from),
             cached_until,
         })
     }

@@ -86,3 +86,37 @@ async fn another_header_with_or_without_a_scheme() {
     );
     assert_eq!(call(&custom, with_token(&token)).await.0, 16);
 }
+
+#[tokio::test]
+async fn the_verified_subject_and_a_rejection_reach_the_record_a_layer_outside_made() {
+    use palisade_core::{Rpc, Side};
+
+    let layer = JwtAuthLayer::builder().secret(SECRET).build().unwrap();
+    // A record made outside (logging, trace, RecordLayer): jwt writes the subject into it,
+    // on the first call and on the cached second one alike.
+    let token = hs256(&claims("alice"));
+    for _ in 0..2 {
+        let mut request = with_token(&token);
+        let record = Rpc::get_or_insert(request.extensions_mut(), Side::Server).clone();
+        assert_eq!(call(&layer, request).await.0, 0);
+        assert_eq!(record.subject(), Some("alice"));
+        assert_eq!(record.rejected_by(), None);
+    }
+
+    // A rejected call: the record names the layer, and holds no subject.
+    let mut request = with_token("not.a.token");
+    let record = Rpc::get_or_insert(request.extensions_mut(), Side::Server).clone();
+    assert_eq!(call(&layer, request).await.0, 16);
+    assert_eq!(record.rejected_by(), Some("jwt"));
+    assert_eq!(record.subject(), None);
+
+    // No record outside: jwt makes none.
+    let seen = Arc::new(Mutex::new(None));
+    let seen2 = seen.clone();
+    let service = layer.layer(service_fn(move |request: Request<String>| {
+        *seen2.lock().unwrap() = Some(Rpc::of(&request).is_some());
+        async { Ok::<_, Infallible>(Response::new(String::new())) }
+    }));
+    service.oneshot(with_token(&token)).await.unwrap();
+    assert_eq!(*seen.lock().unwrap(), Some(false));
+}
