@@ -1,9 +1,10 @@
-//! The server layer's admission: what [`RateLimit`](crate::RateLimit) decides at the start
-//! of each call, run by palisade-core's [`Admit`](palisade_core::admit::Admit) — one token per
-//! limit, a rejection, or a wait for a backend that answers later.
+//! The layers' admissions: what [`RateLimit`](crate::RateLimit) and
+//! [`ClientRateLimit`](crate::ClientRateLimit) decide at the start of each call, run by
+//! palisade-core's [`Admit`](palisade_core::admit::Admit) — one token per limit, a rejection,
+//! or a wait for a backend that answers later (on the client, for the tokens themselves).
 //!
-//! The types here name the admission's wait and head hook; a program names them only to spell
-//! out a service's type in full.
+//! The types here name the admissions' waits and head hooks; a program names them only to
+//! spell out a service's type in full.
 
 use std::{
     fmt,
@@ -26,6 +27,8 @@ use crate::{
     series::{EntryRef, MethodEntry},
     shared::{Shared, Step, Tally, write_headers},
 };
+
+pub use crate::client::{ClientRateLimitAdmission, ClientWait, ClientWaited, Hold};
 
 /// The server layer's admission: draws one token from each limit that applies to a call —
 /// a trailers-only rejection when one has none, a wait when a backend answers later — and,

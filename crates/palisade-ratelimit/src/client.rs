@@ -1,5 +1,7 @@
 //! The client layer: a call waits for its tokens — never past its deadline or the maximum
-//! wait — and otherwise fails at once, unsent.
+//! wait — and otherwise fails at once, unsent. Its service is palisade-core's [`Admit`] with
+//! the [`ClientRateLimitAdmission`]; the wait for tokens, a server's pushback or a backend's
+//! decision is its [`ClientWait`].
 
 use std::{
     collections::HashMap,
@@ -12,15 +14,17 @@ use std::{
     time::Duration,
 };
 
-use http::{HeaderMap, HeaderValue, Request, Response};
-use palisade_core::{Rejection, deadline::grpc_timeout};
+use http::{HeaderMap, HeaderValue};
+use palisade_core::{
+    Call, Rejection, Side,
+    admit::{self, Admission, Admit, AdmitLayer, Admitted, Decision, OnHead},
+};
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep, sleep_until};
 use tower_layer::Layer;
-use tower_service::Service;
 
 use crate::{
-    backend::{Decision, DecisionFuture},
+    backend::{self, DecisionFuture},
     config::ClientRateLimitBuilder,
     key::{KeyValue, RequestInfo},
     series::{EntryRef, Lookup, MethodEntry},
@@ -79,7 +83,7 @@ use crate::{
 /// ```
 #[derive(Clone)]
 pub struct ClientRateLimitLayer {
-    pub(crate) shared: Arc<Shared>,
+    admit: AdmitLayer<ClientRateLimitAdmission>,
 }
 
 impl ClientRateLimitLayer {
@@ -92,14 +96,21 @@ impl ClientRateLimitLayer {
     pub fn new(limit: crate::Limit) -> Self {
         Self::builder().limit(limit).build()
     }
+
+    pub(crate) fn from_shared(shared: Arc<Shared>) -> Self {
+        Self {
+            admit: AdmitLayer::new(ClientRateLimitAdmission { shared }),
+        }
+    }
 }
 
 impl fmt::Debug for ClientRateLimitLayer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let shared = &self.admit.admission().shared;
         f.debug_struct("ClientRateLimitLayer")
-            .field("limits", &self.shared.limits)
-            .field("max_wait", &self.shared.max_wait)
-            .field("shadow", &self.shared.shadow)
+            .field("limits", &shared.limits)
+            .field("max_wait", &shared.max_wait)
+            .field("shadow", &shared.shadow)
             .finish_non_exhaustive()
     }
 }
@@ -108,52 +119,36 @@ impl<S> Layer<S> for ClientRateLimitLayer {
     type Service = ClientRateLimit<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        ClientRateLimit::new(inner, self.clone())
+        Admit::new(inner, self.admit.clone())
     }
 }
 
-/// The client service; made by [`ClientRateLimitLayer`].
+/// The client service; made by [`ClientRateLimitLayer`]: palisade-core's [`Admit`] with the
+/// [`ClientRateLimitAdmission`].
 ///
-/// The inner service must be `Clone` (a `tonic::transport::Channel` is): a waiting call keeps
-/// the ready service until its tokens are there.
-pub struct ClientRateLimit<S> {
-    inner: S,
+/// The inner service must be `Clone` (a `tonic::transport::Channel` is): a waiting call takes
+/// the ready service with it and leaves a clone.
+pub type ClientRateLimit<S> = Admit<S, ClientRateLimitAdmission>;
+
+/// The response future of [`ClientRateLimit`]: palisade-core's [`admit::ResponseFuture`] —
+/// the inner call, a trailers-only rejection, or the wait for tokens before the call (never
+/// boxed).
+pub type ClientResponseFuture<S, B> = admit::ResponseFuture<S, ClientRateLimitAdmission, B>;
+
+/// The client layer's admission: a call over its quota, or held by a server's pushback,
+/// waits ([`ClientWait`]) within its deadline and the layer's maximum wait, or is rejected
+/// at once, unsent; a call sent is watched for its response's pushback ([`Hold`]). Made by
+/// [`ClientRateLimitLayer`].
+#[derive(Clone)]
+pub struct ClientRateLimitAdmission {
     shared: Arc<Shared>,
 }
 
-impl<S> ClientRateLimit<S> {
-    /// Wraps `inner` with the layer's limits.
-    pub fn new(inner: S, layer: ClientRateLimitLayer) -> Self {
-        Self {
-            inner,
-            shared: layer.shared,
-        }
-    }
-
-    /// The inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The inner service, unwrapped.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
-}
-
-impl<S: Clone> Clone for ClientRateLimit<S> {
-    fn clone(&self) -> Self {
-        Self {
-            inner: self.inner.clone(),
-            shared: self.shared.clone(),
-        }
-    }
-}
-
-impl<S: fmt::Debug> fmt::Debug for ClientRateLimit<S> {
+impl fmt::Debug for ClientRateLimitAdmission {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ClientRateLimit")
-            .field("inner", &self.inner)
+        f.debug_struct("ClientRateLimitAdmission")
+            .field("limits", &self.shared.limits)
+            .field("max_wait", &self.shared.max_wait)
             .finish_non_exhaustive()
     }
 }
@@ -193,29 +188,26 @@ impl Budget {
     }
 }
 
-impl<S, ReqB, ResB> Service<Request<ReqB>> for ClientRateLimit<S>
-where
-    S: Service<Request<ReqB>, Response = Response<ResB>> + Clone,
-    ResB: Default,
-{
-    type Response = Response<ResB>;
-    type Error = S::Error;
-    type Future = ClientResponseFuture<S, ReqB>;
+impl Admission for ClientRateLimitAdmission {
+    const NAME: &'static str = "ratelimit";
+    type Observer = ();
+    type Head = Hold;
+    type Wait = ClientWait;
 
-    #[inline]
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
+    fn side(&self) -> Side {
+        Side::Client
     }
 
-    fn call(&mut self, request: Request<ReqB>) -> Self::Future {
-        let Self { inner, shared } = self;
-        let lookup = shared.table.lookup(&**shared, request.uri().path());
+    #[inline]
+    fn admit(&self, call: &mut Call<'_>) -> Decision<Self> {
+        let shared = &*self.shared;
+        let lookup = shared.table.lookup(shared, call.parts().uri.path());
         let entry = lookup.entry();
         if entry.plan.is_empty() {
-            return ClientResponseFuture::called(inner.call(request), None);
+            return Decision::Pass;
         }
         let mut tally = Tally::default();
-        let scope = Scope::of(shared, &lookup, &RequestInfo::new(&request));
+        let scope = Scope::of(shared, &lookup, &RequestInfo::from_parts(call.parts()));
         // Nothing held: one load.
         let held = entry.held.load(Ordering::Relaxed);
         if held != 0
@@ -225,72 +217,261 @@ where
                 tally.shadow_denied = true;
             } else {
                 let now = Instant::now();
-                let budget = Budget::new(now, grpc_timeout(request.headers()), shared.max_wait);
+                let budget = Budget::new(now, call.timeout(), shared.max_wait);
                 if !budget.allows(until) {
                     entry.counters.rejected.increment(1);
-                    return ClientResponseFuture::rejected(pushed_back(shared, now, until));
+                    return Decision::Reject(pushed_back(shared, now, until));
                 }
-                let clone = inner.clone();
-                let service = std::mem::replace(inner, clone);
-                return ClientResponseFuture::waiting(Box::new(Waiter {
-                    shared: shared.clone(),
+                let progress = Progress {
                     entry: lookup.to_ref(),
                     pos: 0,
                     tally,
-                    wait: Wait::Pushback(Box::pin(sleep_until(until))),
                     budget,
                     started: now,
-                    request: Some(request),
-                    service,
                     scope,
-                }));
+                };
+                return Decision::Wait(ClientWait::new(Kind::pushback(until), progress));
             }
         }
-        let (pos, wait) = match shared.run(entry, &RequestInfo::new(&request), 0, &mut tally) {
-            Step::Done => {
-                shared.count_passed(entry, &tally);
-                let hold = scope.map(|scope| Hold {
-                    shared: shared.clone(),
-                    scope,
-                });
-                return ClientResponseFuture::called(inner.call(request), hold);
-            }
-            Step::NoKey => {
-                shared.refund(entry, &RequestInfo::new(&request), &mut tally);
-                entry.counters.rejected.increment(1);
-                return ClientResponseFuture::rejected(shared.rejection(None));
-            }
-            Step::Denied { pos, decision } => (pos, Wait::Sleep(decision)),
-            Step::Pending { pos, future } => (pos, Wait::Decision(future)),
-        };
+        let step = shared.run(entry, &RequestInfo::from_parts(call.parts()), 0, &mut tally);
+        if let Step::Done = step {
+            shared.count_passed(entry, &tally);
+            return self.send(scope);
+        }
         let now = Instant::now();
-        let budget = Budget::new(now, grpc_timeout(request.headers()), shared.max_wait);
-        let wait = match wait {
-            Wait::Sleep(decision) => {
-                let ready_at = now.checked_add(decision.retry_after());
-                let Some(ready_at) = ready_at.filter(|&at| budget.allows(at)) else {
-                    shared.refund(entry, &RequestInfo::new(&request), &mut tally);
-                    entry.counters.rejected.increment(1);
-                    return ClientResponseFuture::rejected(shared.rejection(Some(&decision)));
-                };
-                Wait::Until(Box::pin(sleep_until(ready_at)))
-            }
-            other => other,
-        };
-        let clone = inner.clone();
-        let service = std::mem::replace(inner, clone);
-        ClientResponseFuture::waiting(Box::new(Waiter {
-            shared: shared.clone(),
+        let progress = Progress {
             entry: lookup.to_ref(),
-            pos,
+            pos: 0,
             tally,
-            wait,
-            budget,
+            budget: Budget::new(now, call.timeout(), shared.max_wait),
             started: now,
-            request: Some(request),
-            service,
             scope,
-        }))
+        };
+        self.next(step, progress, call)
+    }
+
+    fn resume(&self, waited: ClientWaited, call: &mut Call<'_>) -> Decision<Self> {
+        let ClientWaited {
+            waited,
+            mut progress,
+        } = waited;
+        let shared = &*self.shared;
+        let entry = shared.table.resolve(&progress.entry);
+        let info = RequestInfo::from_parts(call.parts());
+        let step = match waited {
+            Waited::Pushback => {
+                // A later pushback may hold the scope longer.
+                let held = entry.held.load(Ordering::Relaxed);
+                if held != 0
+                    && let Some(until) = shared.held_until(entry, progress.scope.as_ref(), held)
+                {
+                    if !progress.budget.allows(until) {
+                        entry.counters.rejected.increment(1);
+                        return Decision::Reject(pushed_back(shared, Instant::now(), until));
+                    }
+                    return Decision::Wait(ClientWait::new(Kind::pushback(until), progress));
+                }
+                shared.run(entry, &info, 0, &mut progress.tally)
+            }
+            Waited::Until => shared.run(entry, &info, progress.pos, &mut progress.tally),
+            Waited::Decision(decision) => {
+                match shared.apply(progress.pos, decision, &mut progress.tally) {
+                    Some(step) => step,
+                    None => shared.run(entry, &info, progress.pos + 1, &mut progress.tally),
+                }
+            }
+        };
+        self.next(step, progress, call)
+    }
+
+    /// A call dropped while it waits (its caller gone) gives back the tokens the limits before
+    /// the one it waits on gave it.
+    fn abandon(&self, wait: Pin<&mut ClientWait>, call: &mut Call<'_>) {
+        let Some(progress) = wait.project().progress.take() else {
+            return;
+        };
+        if progress.tally.has_taken() {
+            self.refund(progress, call);
+        }
+    }
+}
+
+impl ClientRateLimitAdmission {
+    /// The decision once the checks of a call that is waiting, or is to wait, stopped at
+    /// `step`.
+    fn next(&self, step: Step, mut progress: Progress, call: &mut Call<'_>) -> Decision<Self> {
+        match step {
+            Step::Done => {
+                let entry = self.shared.table.resolve(&progress.entry);
+                self.shared.count_passed(entry, &progress.tally);
+                if let Some(timeout) = progress.budget.timeout {
+                    // The call waited: its deadline stays where the caller put it.
+                    let left = timeout.saturating_sub(progress.started.elapsed());
+                    call.parts_mut()
+                        .headers
+                        .insert("grpc-timeout", timeout_header(left));
+                }
+                self.send(progress.scope)
+            }
+            Step::NoKey => self.reject(progress, None, call),
+            Step::Denied { pos, decision } => {
+                let ready_at = Instant::now().checked_add(decision.retry_after());
+                match ready_at.filter(|&at| progress.budget.allows(at)) {
+                    Some(ready_at) => {
+                        progress.pos = pos;
+                        Decision::Wait(ClientWait::new(Kind::until(ready_at), progress))
+                    }
+                    None => self.reject(progress, Some(&decision), call),
+                }
+            }
+            Step::Pending { pos, future } => {
+                progress.pos = pos;
+                Decision::Wait(ClientWait::new(Kind::Decision { future }, progress))
+            }
+        }
+    }
+
+    /// A call let through: watched for its response's pushback when its scope can be held.
+    #[inline]
+    fn send(&self, scope: Option<Scope>) -> Decision<Self> {
+        match scope {
+            Some(scope) => Decision::Admit(Admitted::new().on_head(Hold {
+                shared: self.shared.clone(),
+                scope,
+            })),
+            None => Decision::Pass,
+        }
+    }
+
+    /// A refused call: the tokens the limits before gave back, counted, rejected.
+    #[cold]
+    fn reject(
+        &self,
+        progress: Progress,
+        decision: Option<&backend::Decision>,
+        call: &Call<'_>,
+    ) -> Decision<Self> {
+        let entry = self.shared.table.resolve(&progress.entry);
+        entry.counters.rejected.increment(1);
+        self.refund(progress, call);
+        Decision::Reject(self.shared.rejection(decision))
+    }
+
+    #[cold]
+    fn refund(&self, mut progress: Progress, call: &Call<'_>) {
+        let entry = self.shared.table.resolve(&progress.entry);
+        self.shared.refund(
+            entry,
+            &RequestInfo::from_parts(call.parts()),
+            &mut progress.tally,
+        );
+    }
+}
+
+/// Where the checks of a waiting client call stand.
+#[derive(Debug)]
+struct Progress {
+    entry: EntryRef,
+    /// The limit the call waits on.
+    pos: usize,
+    tally: Tally,
+    budget: Budget,
+    started: Instant,
+    scope: Option<Scope>,
+}
+
+pin_project! {
+    /// The wait of a client call: until a server's pushback is over, until its tokens are
+    /// there, or for a backend's decision — inline in the call's future, not boxed.
+    pub struct ClientWait {
+        #[pin]
+        kind: Kind,
+        // `None` once the wait is over.
+        progress: Option<Progress>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind {
+        /// Until a server's pushback is over; then the limits are asked from the first.
+        Pushback { #[pin] sleep: Sleep },
+        /// Until the tokens are there; then the limit at `pos` is asked again.
+        Until { #[pin] sleep: Sleep },
+        /// For the backend's decision on the limit at `pos`.
+        Decision { future: DecisionFuture },
+    }
+}
+
+impl Kind {
+    fn pushback(until: Instant) -> Self {
+        Kind::Pushback {
+            sleep: sleep_until(until),
+        }
+    }
+
+    fn until(ready_at: Instant) -> Self {
+        Kind::Until {
+            sleep: sleep_until(ready_at),
+        }
+    }
+}
+
+impl ClientWait {
+    fn new(kind: Kind, progress: Progress) -> Self {
+        Self {
+            kind,
+            progress: Some(progress),
+        }
+    }
+}
+
+/// What a [`ClientWait`] waited for, for [`resume`](Admission::resume).
+#[derive(Debug)]
+pub struct ClientWaited {
+    waited: Waited,
+    progress: Progress,
+}
+
+#[derive(Debug)]
+enum Waited {
+    Pushback,
+    Until,
+    Decision(backend::Decision),
+}
+
+impl Future for ClientWait {
+    type Output = ClientWaited;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<ClientWaited> {
+        let this = self.project();
+        let waited = match this.kind.project() {
+            KindProj::Pushback { sleep } => {
+                ready!(sleep.poll(cx));
+                Waited::Pushback
+            }
+            KindProj::Until { sleep } => {
+                ready!(sleep.poll(cx));
+                Waited::Until
+            }
+            KindProj::Decision { future } => Waited::Decision(ready!(future.as_mut().poll(cx))),
+        };
+        let progress = this.progress.take().expect("polled after completion");
+        Poll::Ready(ClientWaited { waited, progress })
+    }
+}
+
+impl fmt::Debug for ClientWait {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match &self.kind {
+            Kind::Pushback { .. } => "Pushback",
+            Kind::Until { .. } => "Until",
+            Kind::Decision { .. } => "Decision",
+        };
+        f.debug_struct("ClientWait")
+            .field("kind", &kind)
+            .field("progress", &self.progress)
+            .finish()
     }
 }
 
@@ -419,21 +600,29 @@ impl Scope {
     }
 }
 
-/// What a sent call needs to take in its response's pushback.
-struct Hold {
+/// What a sent call needs to take in its response's pushback: told of the response head, a
+/// trailers-only error with a valid `grpc-retry-pushback-ms` holds the call's scope.
+pub struct Hold {
     shared: Arc<Shared>,
     scope: Scope,
 }
 
-impl Hold {
-    /// Takes in a response: a trailers-only error with a valid pushback holds the scope.
-    fn observe(&self, headers: &HeaderMap) {
+impl OnHead for Hold {
+    fn on_head(self, headers: &mut HeaderMap, _streaming: bool) {
         if let Some(pushback) = pushback_of(headers)
             && let Some(pushbacks) = &self.shared.pushback
         {
             let slot = EntryRef::Cached(self.scope.slot);
             pushbacks.record(self.shared.table.resolve(&slot), &self.scope, pushback);
         }
+    }
+}
+
+impl fmt::Debug for Hold {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Hold")
+            .field("scope", &self.scope)
+            .finish_non_exhaustive()
     }
 }
 
@@ -465,144 +654,7 @@ fn pushback_of(headers: &HeaderMap) -> Option<Duration> {
 /// The rejection of a call held by a pushback past what it may wait.
 fn pushed_back(shared: &Shared, now: Instant, until: Instant) -> Rejection {
     let left = until.saturating_duration_since(now);
-    shared.rejection(Some(&Decision::denied(0, left, left)))
-}
-
-enum Wait {
-    /// A denial not yet turned into a sleep.
-    Sleep(Decision),
-    /// Until a server's pushback is over; then the limits are asked from the first.
-    Pushback(Pin<Box<Sleep>>),
-    /// Until the tokens are there; then the limit at `pos` is asked again.
-    Until(Pin<Box<Sleep>>),
-    /// For the backend's decision on the limit at `pos`.
-    Decision(DecisionFuture),
-}
-
-/// A call waiting for its tokens.
-struct Waiter<S, B> {
-    shared: Arc<Shared>,
-    entry: EntryRef,
-    pos: usize,
-    tally: Tally,
-    wait: Wait,
-    budget: Budget,
-    started: Instant,
-    request: Option<Request<B>>,
-    service: S,
-    scope: Option<Scope>,
-}
-
-impl<S, B> Waiter<S, B>
-where
-    S: Service<Request<B>>,
-{
-    fn poll_wait(&mut self, cx: &mut Context<'_>) -> Poll<State<S, B>> {
-        loop {
-            let request = self.request.as_ref().expect("polled after completion");
-            let entry = self.shared.table.resolve(&self.entry);
-            let step = match &mut self.wait {
-                Wait::Pushback(sleep) => {
-                    ready!(sleep.as_mut().poll(cx));
-                    // A later pushback may hold the scope longer.
-                    let held = entry.held.load(Ordering::Relaxed);
-                    if held != 0
-                        && let Some(until) =
-                            self.shared.held_until(entry, self.scope.as_ref(), held)
-                    {
-                        if !self.budget.allows(until) {
-                            entry.counters.rejected.increment(1);
-                            self.request = None;
-                            return Poll::Ready(State::Rejected {
-                                rejection: Some(pushed_back(&self.shared, Instant::now(), until)),
-                            });
-                        }
-                        self.wait = Wait::Pushback(Box::pin(sleep_until(until)));
-                        continue;
-                    }
-                    self.shared
-                        .run(entry, &RequestInfo::new(request), 0, &mut self.tally)
-                }
-                Wait::Until(sleep) => {
-                    ready!(sleep.as_mut().poll(cx));
-                    self.shared
-                        .run(entry, &RequestInfo::new(request), self.pos, &mut self.tally)
-                }
-                Wait::Decision(future) => {
-                    let decision = ready!(future.as_mut().poll(cx));
-                    match self.shared.apply(self.pos, decision, &mut self.tally) {
-                        Some(step) => step,
-                        None => self.shared.run(
-                            entry,
-                            &RequestInfo::new(request),
-                            self.pos + 1,
-                            &mut self.tally,
-                        ),
-                    }
-                }
-                Wait::Sleep(_) => unreachable!("sleeps are set up before waiting"),
-            };
-            match step {
-                Step::Done => {
-                    self.shared.count_passed(entry, &self.tally);
-                    let mut request = self.request.take().expect("polled after completion");
-                    if let Some(timeout) = self.budget.timeout {
-                        let left = timeout.saturating_sub(self.started.elapsed());
-                        request
-                            .headers_mut()
-                            .insert("grpc-timeout", timeout_header(left));
-                    }
-                    return Poll::Ready(State::Called {
-                        future: self.service.call(request),
-                        hold: self.scope.take().map(|scope| Hold {
-                            shared: self.shared.clone(),
-                            scope,
-                        }),
-                    });
-                }
-                Step::NoKey => return Poll::Ready(self.reject(None)),
-                Step::Denied { pos, decision } => {
-                    let ready_at = Instant::now().checked_add(decision.retry_after());
-                    let Some(ready_at) = ready_at.filter(|&at| self.budget.allows(at)) else {
-                        return Poll::Ready(self.reject(Some(&decision)));
-                    };
-                    self.pos = pos;
-                    self.wait = Wait::Until(Box::pin(sleep_until(ready_at)));
-                }
-                Step::Pending { pos, future } => {
-                    self.pos = pos;
-                    self.wait = Wait::Decision(future);
-                }
-            }
-        }
-    }
-
-    fn reject(&mut self, decision: Option<&Decision>) -> State<S, B> {
-        let entry = self.shared.table.resolve(&self.entry);
-        if let Some(request) = self.request.take() {
-            self.shared
-                .refund(entry, &RequestInfo::new(&request), &mut self.tally);
-        }
-        entry.counters.rejected.increment(1);
-        State::Rejected {
-            rejection: Some(self.shared.rejection(decision)),
-        }
-    }
-}
-
-impl<S, B> Drop for Waiter<S, B> {
-    /// A call dropped while it waits (its caller gone) gives back the tokens the limits before
-    /// the one it waits on gave it.
-    fn drop(&mut self) {
-        if !self.tally.has_taken() {
-            return;
-        }
-        if let Some(request) = self.request.take() {
-            let entry = self.shared.table.resolve(&self.entry);
-            self.shared
-                .refund(entry, &RequestInfo::new(&request), &mut self.tally);
-        }
-    }
+    shared.rejection(Some(&backend::Decision::denied(0, left, left)))
 }
 
 /// `grpc-timeout` for a duration, in the finest unit that fits its 8 digits, rounded down (a
@@ -623,99 +675,6 @@ fn timeout_header(left: Duration) -> HeaderValue {
         .find(|&(count, _)| count < 100_000_000)
         .unwrap_or((99_999_999, 'H'));
     HeaderValue::try_from(format!("{count}{unit}")).expect("digits and a unit letter")
-}
-
-pin_project! {
-    /// The response future of [`ClientRateLimit`]: the inner call, a trailers-only rejection,
-    /// or the wait for tokens before the call.
-    pub struct ClientResponseFuture<S, B>
-    where
-        S: Service<Request<B>>,
-    {
-        #[pin]
-        state: State<S, B>,
-    }
-}
-
-pin_project! {
-    #[project = StateProj]
-    enum State<S, B>
-    where
-        S: Service<Request<B>>,
-    {
-        Called { #[pin] future: S::Future, hold: Option<Hold> },
-        Rejected { rejection: Option<Rejection> },
-        Waiting { waiter: Box<Waiter<S, B>> },
-    }
-}
-
-impl<S, B> ClientResponseFuture<S, B>
-where
-    S: Service<Request<B>>,
-{
-    fn called(future: S::Future, hold: Option<Hold>) -> Self {
-        Self {
-            state: State::Called { future, hold },
-        }
-    }
-
-    fn rejected(rejection: Rejection) -> Self {
-        Self {
-            state: State::Rejected {
-                rejection: Some(rejection),
-            },
-        }
-    }
-
-    fn waiting(waiter: Box<Waiter<S, B>>) -> Self {
-        Self {
-            state: State::Waiting { waiter },
-        }
-    }
-}
-
-impl<S, B, ResB> Future for ClientResponseFuture<S, B>
-where
-    S: Service<Request<B>, Response = Response<ResB>>,
-    ResB: Default,
-{
-    type Output = Result<Response<ResB>, S::Error>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        loop {
-            let next = match self.as_mut().project().state.project() {
-                StateProj::Called { future, hold } => {
-                    let result = ready!(future.poll(cx));
-                    if let (Some(hold), Ok(response)) = (hold.take(), &result) {
-                        hold.observe(response.headers());
-                    }
-                    return Poll::Ready(result);
-                }
-                StateProj::Rejected { rejection } => {
-                    let rejection = rejection.take().expect("polled after completion");
-                    return Poll::Ready(Ok(rejection.into_response()));
-                }
-                StateProj::Waiting { waiter } => ready!(waiter.poll_wait(cx)),
-            };
-            self.as_mut().project().state.set(next);
-        }
-    }
-}
-
-impl<S, B> fmt::Debug for ClientResponseFuture<S, B>
-where
-    S: Service<Request<B>>,
-{
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let state = match &self.state {
-            State::Called { .. } => "Called",
-            State::Rejected { .. } => "Rejected",
-            State::Waiting { .. } => "Waiting",
-        };
-        f.debug_struct("ClientResponseFuture")
-            .field("state", &state)
-            .finish_non_exhaustive()
-    }
 }
 
 #[cfg(test)]
@@ -759,7 +718,7 @@ mod tests {
             let parsed = {
                 let mut headers = http::HeaderMap::new();
                 headers.insert("grpc-timeout", timeout_header(d));
-                grpc_timeout(&headers).unwrap()
+                palisade_core::deadline::grpc_timeout(&headers).unwrap()
             };
             assert!(
                 parsed <= d && d - parsed < d / 1000 + Duration::from_nanos(1),

@@ -372,13 +372,11 @@ impl ClientRateLimitBuilder {
 
     /// Makes the layer.
     pub fn build(self) -> ClientRateLimitLayer {
-        ClientRateLimitLayer {
-            shared: self.common.build(
-                Side::Client,
-                RateLimitHeaders::Off,
-                self.max_wait,
-                self.pushback,
-            ),
-        }
+        ClientRateLimitLayer::from_shared(self.common.build(
+            Side::Client,
+            RateLimitHeaders::Off,
+            self.max_wait,
+            self.pushback,
+        ))
     }
 }

@@ -23,10 +23,10 @@
 //!   timeout of a few milliseconds, then a local share of the quota, or rejection, until Redis
 //!   answers again). Any shared store plugs in behind the same layers.
 //!
-//! The server layer's service is palisade-core's [`Admit`](palisade_core::admit::Admit) with
-//! this crate's [admission](admission): a backend's later decision is a wait inline in the
-//! call's future, and a rejection is marked `ratelimit` in the per-RPC record's `rejected_by`,
-//! when there is one. Its response body is
+//! Both layers' services are palisade-core's [`Admit`](palisade_core::admit::Admit) with this
+//! crate's [admissions](admission): a backend's later decision, or a client's wait for its
+//! tokens, is a wait inline in the call's future, and a rejection is marked `ratelimit` in the
+//! per-RPC record's `rejected_by`, when there is one. Their response bodies are
 //! [`admit::ResponseBody`](palisade_core::admit::ResponseBody), which forwards the inner body's
 //! frames.
 //!
@@ -113,7 +113,7 @@ mod series;
 mod service;
 mod shared;
 
-pub use admission::RateLimitAdmission;
+pub use admission::{ClientRateLimitAdmission, RateLimitAdmission};
 pub use body::{RequestBody, ResponseBody};
 pub use client::{ClientRateLimit, ClientRateLimitLayer, ClientResponseFuture};
 pub use clock::TokioClock;

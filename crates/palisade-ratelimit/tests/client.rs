@@ -12,7 +12,7 @@ use std::{
 
 use common::{Counting, Gated, HELLO, per_hour, quota, rejected, request};
 use http::HeaderValue;
-use palisade_core::deadline::grpc_timeout;
+use palisade_core::{Rpc, Side, deadline::grpc_timeout};
 use palisade_demo::pb::{HelloRequest, greeter_client::GreeterClient};
 use palisade_ratelimit::{ClientRateLimitLayer, Limit};
 use tokio::time::{Instant, advance};
@@ -104,6 +104,25 @@ async fn a_wait_past_the_maximum_fails_at_once() {
     assert!(rejected(
         &service.clone().oneshot(request(HELLO, None)).await.unwrap()
     ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refused_call_names_the_layer_in_the_clients_record_only() {
+    let counting = Counting::new();
+    let service = ClientRateLimitLayer::new(Limit::global(quota(10, 1))).layer(counting.clone());
+    service.clone().oneshot(request(HELLO, None)).await.unwrap();
+    let recorded = |side| {
+        let mut request = with_timeout("50m");
+        let record = Rpc::get_or_insert(request.extensions_mut(), side).clone();
+        (request, record)
+    };
+    let (request, record) = recorded(Side::Client);
+    assert!(rejected(&service.clone().oneshot(request).await.unwrap()));
+    assert_eq!(record.rejected_by(), Some("ratelimit"));
+    // A server's record (a proxy forwarding its extensions) is not this call's.
+    let (request, record) = recorded(Side::Server);
+    assert!(rejected(&service.clone().oneshot(request).await.unwrap()));
+    assert_eq!(record.rejected_by(), None);
 }
 
 #[tokio::test(start_paused = true)]
