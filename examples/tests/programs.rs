@@ -189,6 +189,18 @@ async fn server_drains_on_sigterm_and_every_span_arrives() {
         finished, 1,
         "the held call is logged after the drain began: {logs:?}"
     );
+    // Its access-log line names the caller jwt verified (the token's `sub`), never the token.
+    let held = logs
+        .iter()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .find(|fields| fields["message"] == "finished call" && fields["grpc.method"] == "SayHello")
+        .unwrap_or_else(|| panic!("{logs:?}"));
+    assert_eq!(held["enduser.id"], "programs-test", "{held}");
+    assert!(held.get("palisade.rejected_by").is_none(), "{held}");
+    assert!(
+        !logs.iter().any(|line| line.contains(&token)),
+        "a token in the log: {logs:?}"
+    );
     assert!(
         logs.iter()
             .any(|line| line.contains("palisade demo server stopped")),

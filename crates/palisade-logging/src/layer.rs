@@ -144,8 +144,8 @@ impl<K> LoggingLayer<K> {
         self
     }
 
-    /// Bounds `grpc.message` and each logged metadata value to this many bytes (cut on a
-    /// character boundary, `…` appended); default 512.
+    /// Bounds `grpc.message`, `enduser.id` and each logged metadata value to this many bytes
+    /// (cut on a character boundary, `…` appended); default 512.
     #[must_use]
     pub fn max_message_len(mut self, bytes: usize) -> Self {
         self.config_mut().max_message_len = bytes;

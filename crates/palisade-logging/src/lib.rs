@@ -80,6 +80,8 @@
 //! | `grpc.response.messages` | response messages sent (server) or received (client) |
 //! | `grpc.request.metadata` | allow-listed request metadata, with [`LoggingLayer::allow_metadata`] |
 //! | `trace_id`, `span_id` | the active OpenTelemetry span when the call started (feature `opentelemetry`) |
+//! | `enduser.id` | the caller's subject as a layer inside verified it (jwt writes it into the per-RPC [`Rpc`](palisade_core::Rpc) record), at most [`max_message_len`](LoggingLayer::max_message_len) bytes |
+//! | `palisade.rejected_by` | the Palisade layer that answered the call itself (`jwt`, `ratelimit`, `breaker`, …): the record's, else the response's [`LocalRejection`](palisade_core::rejection::LocalRejection) mark |
 //!
 //! The span is named `grpc` and carries `grpc.service` and `grpc.method`.
 //! The level of each event follows the code ([`default_server_level`],

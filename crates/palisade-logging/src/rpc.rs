@@ -8,13 +8,13 @@ use std::{
         Arc,
         atomic::{AtomicU64, Ordering},
     },
-    time::{Instant, SystemTime},
+    time::SystemTime,
 };
 
 use http::{
     HeaderMap, HeaderName, HeaderValue, header::CONTENT_TYPE, uri::Authority, uri::PathAndQuery,
 };
-use palisade_core::{Call, Counts, MethodType, Observer, Outcome, Peer, Side, code::go_name};
+use palisade_core::{Call, Counts, MethodType, Observer, Outcome, Peer, Rpc, Side, code::go_name};
 use tracing::{Span, field::debug};
 
 use crate::{
@@ -36,8 +36,10 @@ struct Logged {
     /// The span that was current when the call started: the events are written under it, as
     /// siblings of the RPC's own span (whose fields they repeat).
     parent: Span,
-    /// The per-RPC record's start (the record is made here when the stack has none).
-    start: Instant,
+    /// The per-RPC record (made here when the stack has none): its start times the call, and
+    /// the facts the layers inside write into it (jwt's verified subject, the layer that
+    /// rejected the call) are read when the events are written.
+    record: Rpc,
     path: PathAndQuery,
     service_len: usize,
     method_type: Option<MethodType>,
@@ -68,7 +70,7 @@ impl Finish {
         };
         let path = call.parts().uri.path_and_query()?.clone();
         // The record's clock read is the start (made here when no layer outside made one).
-        let start = call.record_or_insert().start();
+        let record = call.record_or_insert().clone();
         let side = config.side;
         let parent = Span::current();
         let trace = TraceIds::current();
@@ -91,7 +93,7 @@ impl Finish {
             metadata: config.collect_metadata(&call.parts().headers),
             service_len,
             path,
-            start,
+            record,
             parent,
             config: Arc::clone(config),
             request_messages: (side == Side::Server).then(|| AtomicU64::new(0)),
@@ -152,6 +154,8 @@ impl Logged {
                 .deadline
                 .map(|d| tracing::field::display(humantime::format_rfc3339_millis(d))),
             grpc.request.metadata = self.metadata_field(),
+            enduser.id = self.subject().as_deref(),
+            palisade.rejected_by = self.record.rejected_by(),
             trace_id = self.trace.as_ref().map(TraceIds::trace_id),
             span_id = self.trace.as_ref().map(TraceIds::span_id),
             "started call"
@@ -164,7 +168,7 @@ impl Logged {
         if self.config.access_log.is_some() {
             return self.write_line(level, Some((outcome, counts)));
         }
-        let elapsed = self.start.elapsed();
+        let elapsed = self.record.start().elapsed();
         let message = match code {
             palisade_core::Code::Ok => None,
             _ => outcome
@@ -188,6 +192,8 @@ impl Logged {
             grpc.request.messages = self.request_messages(),
             grpc.response.messages = counts.messages,
             grpc.request.metadata = self.metadata_field(),
+            enduser.id = self.subject().as_deref(),
+            palisade.rejected_by = self.rejected_by(Some(outcome)),
             trace_id = self.trace.as_ref().map(TraceIds::trace_id),
             span_id = self.trace.as_ref().map(TraceIds::span_id),
             "finished call"
@@ -204,7 +210,7 @@ impl Logged {
         if !level_enabled(level) {
             return;
         }
-        let micros = self.start.elapsed().as_micros() as u64;
+        let micros = self.record.start().elapsed().as_micros() as u64;
         with_line(|buf| {
             let mut json = Json::open(buf, SystemTime::now());
             json.plain("level", level.as_str());
@@ -254,6 +260,12 @@ impl Logged {
             if let Some(metadata) = self.metadata_field() {
                 json.str("grpc.request.metadata", &format!("{metadata:?}"));
             }
+            if let Some(subject) = self.subject() {
+                json.str("enduser.id", &subject);
+            }
+            if let Some(layer) = self.rejected_by(end.map(|(outcome, _)| outcome)) {
+                json.str("palisade.rejected_by", layer);
+            }
             if let Some(trace) = &self.trace {
                 json.plain("trace_id", trace.trace_id());
                 json.plain("span_id", trace.span_id());
@@ -262,6 +274,23 @@ impl Logged {
             json.close();
             writer.write_line(buf);
         });
+    }
+
+    /// `enduser.id`: the verified subject an inner layer wrote into the record (it is the
+    /// caller's, so it is bounded as `grpc.message` is, and escaped where it is written).
+    fn subject(&self) -> Option<Cow<'_, str>> {
+        self.record
+            .subject()
+            .map(|subject| truncate(Cow::Borrowed(subject), self.config.max_message_len))
+    }
+
+    /// `palisade.rejected_by`: the layer the record says answered the call, else the one the
+    /// response's mark names (a rejection made by a layer that writes no record, or a
+    /// handler's `Rejection::by`).
+    fn rejected_by(&self, outcome: Option<&Outcome>) -> Option<&'static str> {
+        self.record
+            .rejected_by()
+            .or_else(|| outcome.and_then(Outcome::rejected_by))
     }
 
     fn metadata_field(&self) -> Option<tracing::field::DebugValue<LoggedMetadata<'_>>> {
@@ -295,7 +324,7 @@ impl fmt::Debug for Logged {
             .field("side", &self.config.side)
             .field("service", &self.service())
             .field("method", &self.method())
-            .field("start", &self.start)
+            .field("record", &self.record)
             .finish_non_exhaustive()
     }
 }

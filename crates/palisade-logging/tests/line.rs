@@ -165,7 +165,7 @@ async fn server_lines() {
             "\n",
             r#"{"timestamp":_,"level":"INFO","message":"started call","grpc.component":"server","grpc.service":"pkg.v2.Other","grpc.method":"Do_It","peer.address":"[::1]:50051","grpc.request.deadline":_,"grpc.request.metadata":"{\"x-request-id\": \"req-\\\"42\\\"\"}","target":"palisade_logging"}"#,
             "\n",
-            r#"{"timestamp":_,"level":"ERROR","message":"finished call","grpc.component":"server","grpc.service":"pkg.v2.Other","grpc.method":"Do_It","grpc.code":"Internal","grpc.message":"bad \"thing\"\n\\ happened","grpc.time_ms":_,"peer.address":"[::1]:50051","grpc.request.deadline":_,"grpc.request.messages":0,"grpc.response.messages":0,"grpc.request.metadata":"{\"x-request-id\": \"req-\\\"42\\\"\"}","target":"palisade_logging"}"#,
+            r#"{"timestamp":_,"level":"ERROR","message":"finished call","grpc.component":"server","grpc.service":"pkg.v2.Other","grpc.method":"Do_It","grpc.code":"Internal","grpc.message":"bad \"thing\"\n\\ happened","grpc.time_ms":_,"peer.address":"[::1]:50051","grpc.request.deadline":_,"grpc.request.messages":0,"grpc.response.messages":0,"grpc.request.metadata":"{\"x-request-id\": \"req-\\\"42\\\"\"}","palisade.rejected_by":"palisade","target":"palisade_logging"}"#,
             "\n",
         )
     );

@@ -231,10 +231,13 @@ async fn trailers_only_rejection_from_an_inner_layer() {
             "grpc.service",
             "grpc.time_ms",
             "message",
+            "palisade.rejected_by",
             "peer.address",
         ]
     );
     assert_eq!(event.str("grpc.code"), "PermissionDenied");
+    // An unnamed `Rejection` is marked as Palisade's.
+    assert_eq!(event.str("palisade.rejected_by"), "palisade");
     assert_eq!(event.str("grpc.message"), "nope");
     assert_eq!(event.str("grpc.method"), "SayHello");
     // The rejecting layer never read the request.
