@@ -2,9 +2,13 @@
 //! response body polled to its trailers. Budgets (docs/ARCHITECTURE.md): sampled (no-op exporter)
 //! ≤ 1 µs, not sampled ≤ 150 ns.
 //!
+//! The layers propagate with palisade's `W3cPropagator` (trace context and baggage, by hand).
+//!
 //! Cases, server side (every request carries a W3C `traceparent`, the bare one too):
 //! - `sampled`: the caller sampled the trace; spans go to a no-op exporter through the SDK's
 //!   simple processor;
+//! - `sampled_sdk_propagators`: the same, with the SDK's `TraceContextPropagator` and
+//!   `BaggagePropagator` composed;
 //! - `not_sampled_by_parent`: the caller did not sample it (flags `00`), parent-based sampler;
 //! - `not_sampled_always_off`: the provider samples nothing;
 //! - `observed_only`: palisade-core's `ObservedFuture` with a no-op observer, the floor every
@@ -35,7 +39,7 @@ use opentelemetry_sdk::{
 };
 use palisade_core::{ObservedBody, ObservedFuture, Side};
 use palisade_demo::frames::{GrpcBody, UnaryService, unary_service};
-use palisade_trace::{TraceLayer, TraceService};
+use palisade_trace::{TraceLayer, TraceService, W3cPropagator};
 use tonic::Code;
 use tower::{Layer, Service};
 
@@ -57,7 +61,7 @@ fn provider(sampler: Sampler) -> SdkTracerProvider {
         .build()
 }
 
-fn w3c() -> TextMapCompositePropagator {
+fn sdk_propagators() -> TextMapCompositePropagator {
     TextMapCompositePropagator::new(vec![
         Box::new(TraceContextPropagator::new()),
         Box::new(BaggagePropagator::new()),
@@ -135,6 +139,7 @@ struct Cases {
     bare: UnaryService,
     observed: ObservedOnly,
     sampled: Traced,
+    sampled_sdk: Traced,
     parent_off: Traced,
     always_off: Traced,
     client_sampled: Traced,
@@ -149,13 +154,13 @@ fn cases() -> Cases {
     let server = |p: &SdkTracerProvider| {
         TraceLayer::server()
             .tracer_provider(p)
-            .propagator(w3c())
+            .propagator(W3cPropagator::new())
             .layer(unary_service(Code::Ok))
     };
     let client = |p: &SdkTracerProvider| {
         TraceLayer::client()
             .tracer_provider(p)
-            .propagator(w3c())
+            .propagator(W3cPropagator::new())
             .server_address("127.0.0.1", 50051)
             .layer(unary_service(Code::Ok))
     };
@@ -163,6 +168,10 @@ fn cases() -> Cases {
         bare: unary_service(Code::Ok),
         observed: ObservedOnly(unary_service(Code::Ok)),
         sampled: server(&on),
+        sampled_sdk: TraceLayer::server()
+            .tracer_provider(&on)
+            .propagator(sdk_propagators())
+            .layer(unary_service(Code::Ok)),
         parent_off: server(&on),
         always_off: server(&off),
         client_sampled: client(&on),
@@ -183,6 +192,9 @@ fn server(c: &mut Criterion) {
     });
     group.bench_function("sampled", |b| {
         b.iter(|| call(&mut cases.sampled, request(Some(SAMPLED))))
+    });
+    group.bench_function("sampled_sdk_propagators", |b| {
+        b.iter(|| call(&mut cases.sampled_sdk, request(Some(SAMPLED))))
     });
     group.bench_function("not_sampled_by_parent", |b| {
         b.iter(|| call(&mut cases.parent_off, request(Some(NOT_SAMPLED))))
@@ -211,7 +223,7 @@ fn interleaved() {
     let mut cases = cases();
     const BATCH: u32 = 20_000;
     const ROUNDS: usize = 31;
-    let mut times: [Vec<f64>; 8] = Default::default();
+    let mut times: [Vec<f64>; 9] = Default::default();
     fn batch<S, B>(service: &mut S, traceparent: Option<&'static str>) -> f64
     where
         S: Service<Request<()>, Response = Response<B>>,
@@ -231,6 +243,7 @@ fn interleaved() {
         times[5].push(batch(&mut cases.bare, None));
         times[6].push(batch(&mut cases.client_sampled, None));
         times[7].push(batch(&mut cases.client_off, None));
+        times[8].push(batch(&mut cases.sampled_sdk, Some(SAMPLED)));
     }
     let median = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);
@@ -245,6 +258,7 @@ fn interleaved() {
         ("server bare", 0, 0),
         ("server observed_only", 1, 0),
         ("server sampled", 2, 0),
+        ("server sampled, SDK propagators", 8, 0),
         ("server not_sampled_by_parent", 3, 0),
         ("server not_sampled_always_off", 4, 0),
         ("client bare", 5, 5),
@@ -254,10 +268,10 @@ fn interleaved() {
     for (name, i, bare) in rows {
         let (t, b) = (medians[i], medians[bare]);
         if i == bare {
-            println!("  {name:<30} {t:>8.1} ns");
+            println!("  {name:<32} {t:>8.1} ns");
         } else {
             println!(
-                "  {name:<30} {t:>8.1} ns   overhead {:>7.1} ns   ratio {:.2}",
+                "  {name:<32} {t:>8.1} ns   overhead {:>7.1} ns   ratio {:.2}",
                 t - b,
                 t / b
             );

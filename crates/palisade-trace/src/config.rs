@@ -2,6 +2,7 @@
 //! context crosses the wire, what is skipped, what metadata is recorded.
 
 use std::{
+    any::Any,
     fmt,
     sync::{
         Arc, OnceLock,
@@ -17,9 +18,15 @@ use opentelemetry::{
     propagation::{Extractor, Injector, TextMapPropagator},
 };
 use opentelemetry_http::{HeaderExtractor, HeaderInjector};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
 use palisade_core::{
     Matcher, MethodRegistry, Side,
     slots::{AdmissionRule, Slots},
+};
+
+use crate::w3c::{
+    BAGGAGE, BAGGAGE_NAME, TRACEPARENT, TRACEPARENT_NAME, TRACESTATE, TRACESTATE_NAME,
+    W3cPropagator, is_traceparent,
 };
 
 /// Metadata that is never recorded, whatever the allowlist says.
@@ -79,7 +86,11 @@ pub(crate) enum Propagation {
     /// `opentelemetry::global`'s text map propagator, read on every RPC; `checked` once the
     /// first RPC has looked whether it is the no-op default (shared by the layer's clones).
     Global { checked: Arc<AtomicBool> },
-    /// One given to the layer.
+    /// W3C trace context (and baggage), read from and written to the metadata by hand: a
+    /// [`W3cPropagator`] given to the layer, or the SDK's `TraceContextPropagator`, which reads
+    /// and writes exactly the same through [`MetadataExtractor`] and [`MetadataInjector`].
+    W3c(W3cPropagator),
+    /// Any other one given to the layer.
     Custom(Arc<dyn TextMapPropagator + Send + Sync>),
 }
 
@@ -90,30 +101,48 @@ impl Propagation {
         }
     }
 
+    /// The propagation of a propagator given to the layer: by hand when it is one whose
+    /// behaviour is known exactly (its type says so), else the propagator itself.
+    pub(crate) fn given<P>(propagator: P) -> Self
+    where
+        P: TextMapPropagator + Send + Sync + 'static,
+    {
+        let any: &dyn Any = &propagator;
+        if let Some(w3c) = any.downcast_ref::<W3cPropagator>() {
+            Propagation::W3c(*w3c)
+        } else if any.is::<TraceContextPropagator>() {
+            Propagation::W3c(W3cPropagator::new().without_baggage())
+        } else {
+            Propagation::Custom(Arc::new(propagator))
+        }
+    }
+
     /// The incoming context: the current one, with what the propagator reads from `headers`.
     pub(crate) fn extract(&self, headers: &HeaderMap) -> Context {
         let base = Context::current();
-        let extractor = MetadataExtractor(HeaderExtractor(headers));
         match self {
+            Propagation::W3c(w3c) => w3c.extract_headers(&base, headers),
             Propagation::Global { checked } => global::get_text_map_propagator(|p| {
                 check_global(checked, p);
-                p.extract_with_context(&base, &extractor)
+                p.extract_with_context(&base, &MetadataExtractor::new(headers))
             }),
-            Propagation::Custom(p) => p.extract_with_context(&base, &extractor),
+            Propagation::Custom(p) => {
+                p.extract_with_context(&base, &MetadataExtractor::new(headers))
+            }
         }
     }
 
     /// Writes `cx` into outgoing `headers`.
     pub(crate) fn inject(&self, cx: &Context, headers: &mut HeaderMap) {
-        let mut injector = MetadataInjector(headers);
         match self {
+            Propagation::W3c(w3c) => w3c.inject_headers(cx, headers),
             Propagation::Global { checked } => {
                 global::get_text_map_propagator(|p| {
                     check_global(checked, p);
-                    p.inject_context(cx, &mut injector);
+                    p.inject_context(cx, &mut MetadataInjector::new(headers));
                 });
             }
-            Propagation::Custom(p) => p.inject_context(cx, &mut injector),
+            Propagation::Custom(p) => p.inject_context(cx, &mut MetadataInjector::new(headers)),
         }
     }
 }
@@ -144,6 +173,7 @@ impl fmt::Debug for Propagation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Propagation::Global { .. } => f.write_str("Global"),
+            Propagation::W3c(w3c) => w3c.fmt(f),
             Propagation::Custom(p) => f
                 .debug_tuple("Custom")
                 .field(&p.fields().collect::<Vec<_>>())
@@ -160,22 +190,21 @@ impl fmt::Debug for Propagation {
 /// - a `traceparent` that is not exactly W3C's syntax reads as absent. The SDK's parser is
 ///   lenient about field lengths (it reads `00-…-…-0`, a truncated header, as an unsampled
 ///   parent, which would silently stop the trace), so the syntax is checked here first.
-struct MetadataExtractor<'a>(HeaderExtractor<'a>);
+pub(crate) struct MetadataExtractor<'a>(HeaderExtractor<'a>);
 
-const TRACEPARENT: &str = "traceparent";
-
-/// The W3C fields, parsed once: a lookup by `&str` parses the name on every call.
-static TRACEPARENT_NAME: HeaderName = HeaderName::from_static(TRACEPARENT);
-static TRACESTATE_NAME: HeaderName = HeaderName::from_static("tracestate");
-static BAGGAGE_NAME: HeaderName = HeaderName::from_static("baggage");
+impl<'a> MetadataExtractor<'a> {
+    pub(crate) fn new(headers: &'a HeaderMap) -> Self {
+        Self(HeaderExtractor(headers))
+    }
+}
 
 impl Extractor for MetadataExtractor<'_> {
     fn get(&self, key: &str) -> Option<&str> {
         let headers = self.0.0;
         let all = match key {
             TRACEPARENT => headers.get_all(&TRACEPARENT_NAME),
-            "tracestate" => headers.get_all(&TRACESTATE_NAME),
-            "baggage" => headers.get_all(&BAGGAGE_NAME),
+            TRACESTATE => headers.get_all(&TRACESTATE_NAME),
+            BAGGAGE => headers.get_all(&BAGGAGE_NAME),
             other => headers.get_all(other),
         };
         let mut values = all.into_iter();
@@ -207,14 +236,20 @@ impl Extractor for MetadataExtractor<'_> {
 
 /// `opentelemetry-http`'s [`HeaderInjector`], with the W3C fields' names parsed once and the
 /// propagator's `String` moved into the header value rather than copied.
-struct MetadataInjector<'a>(&'a mut HeaderMap);
+pub(crate) struct MetadataInjector<'a>(&'a mut HeaderMap);
+
+impl<'a> MetadataInjector<'a> {
+    pub(crate) fn new(headers: &'a mut HeaderMap) -> Self {
+        Self(headers)
+    }
+}
 
 impl Injector for MetadataInjector<'_> {
     fn set(&mut self, key: &str, value: String) {
         let name = match key {
             TRACEPARENT => &TRACEPARENT_NAME,
-            "tracestate" => &TRACESTATE_NAME,
-            "baggage" => &BAGGAGE_NAME,
+            TRACESTATE => &TRACESTATE_NAME,
+            BAGGAGE => &BAGGAGE_NAME,
             other => return HeaderInjector(self.0).set(other, value),
         };
         if let Ok(value) = HeaderValue::from_maybe_shared(Bytes::from(value)) {
@@ -225,43 +260,6 @@ impl Injector for MetadataInjector<'_> {
     fn reserve(&mut self, additional: usize) {
         HeaderInjector(self.0).reserve(additional);
     }
-}
-
-/// Whether `value` has the syntax of a W3C `traceparent`: `version-traceid-parentid-flags` in
-/// lowercase hex of 2, 32, 16 and 2 digits, version `ff` forbidden; version `00` exactly that,
-/// a higher version possibly followed by `-` and more fields. (All-zero ids are syntactically
-/// fine; the propagator rejects them.)
-fn is_traceparent(value: &[u8]) -> bool {
-    const LOWER_HEX: [bool; 256] = {
-        let mut table = [false; 256];
-        let mut i = 0;
-        while i < 256 {
-            table[i] = matches!(i as u8, b'0'..=b'9' | b'a'..=b'f');
-            i += 1;
-        }
-        table
-    };
-    fn hex(digits: &[u8]) -> bool {
-        digits.iter().all(|&d| LOWER_HEX[usize::from(d)])
-    }
-    if value.len() < 55 {
-        return false;
-    }
-    let version = &value[..2];
-    let fields = hex(version)
-        && version != b"ff"
-        && value[2] == b'-'
-        && hex(&value[3..35])
-        && value[35] == b'-'
-        && hex(&value[36..52])
-        && value[52] == b'-'
-        && hex(&value[53..55]);
-    let end = if version == b"00" {
-        value.len() == 55
-    } else {
-        value.len() == 55 || value[55] == b'-'
-    };
-    fields && end
 }
 
 /// One allow-listed metadata key and the span attribute it is recorded as.
@@ -350,32 +348,6 @@ impl Config {
             names: Arc::new(
                 Slots::new([], crate::MAX_SPAN_NAMES).admission(AdmissionRule::for_side(side)),
             ),
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::is_traceparent;
-
-    #[test]
-    fn traceparent_syntax() {
-        let valid = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-        assert!(is_traceparent(valid.as_bytes()));
-        assert!(is_traceparent(
-            format!("cc{}-what-ever", &valid[2..]).as_bytes()
-        ));
-        assert!(is_traceparent(format!("cc{}", &valid[2..]).as_bytes()));
-        for bad in [
-            &valid[..54],
-            &format!("{valid}-x"),
-            &format!("cc{}x", &valid[2..]),
-            &format!("ff{}", &valid[2..]),
-            &valid.to_uppercase(),
-            &valid.replace('-', "_"),
-            "",
-        ] {
-            assert!(!is_traceparent(bad.as_bytes()), "{bad}");
         }
     }
 }

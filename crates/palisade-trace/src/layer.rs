@@ -89,13 +89,17 @@ impl<T> TraceLayer<T> {
     }
 
     /// Reads and writes the context with this propagator instead of the global one — for
-    /// example a `TextMapCompositePropagator` of W3C trace context and baggage.
+    /// example [`W3cPropagator`](crate::W3cPropagator), W3C trace context and baggage.
+    ///
+    /// A [`W3cPropagator`](crate::W3cPropagator), or the SDK's `TraceContextPropagator`, is
+    /// read from and written to the metadata directly, by hand; any other propagator (a
+    /// `TextMapCompositePropagator` among them, whatever it holds) through its own calls.
     #[must_use]
     pub fn propagator<P>(mut self, propagator: P) -> Self
     where
         P: TextMapPropagator + Send + Sync + 'static,
     {
-        Arc::make_mut(&mut self.config).propagation = Propagation::Custom(Arc::new(propagator));
+        Arc::make_mut(&mut self.config).propagation = Propagation::given(propagator);
         self
     }
 

@@ -27,25 +27,19 @@
 //! # Example
 //!
 //! A traced server and a traced client, exporting to an in-memory exporter, with W3C trace
-//! context and baggage:
+//! context and baggage ([`W3cPropagator`]: what a `TextMapCompositePropagator` of the SDK's
+//! `TraceContextPropagator` and `BaggagePropagator` propagates, read and written by hand —
+//! any other propagator works too, through the SDK):
 //!
 //! ```
-//! use opentelemetry::propagation::TextMapCompositePropagator;
-//! use opentelemetry_sdk::{
-//!     propagation::{BaggagePropagator, TraceContextPropagator},
-//!     trace::{InMemorySpanExporter, SdkTracerProvider},
-//! };
+//! use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
 //! use palisade_core::{Matcher, MethodRegistry};
 //! use palisade_demo::{pb::{greeter_client::GreeterClient, HelloRequest}, Greeter};
-//! use palisade_trace::TraceLayer;
+//! use palisade_trace::{TraceLayer, W3cPropagator};
 //!
 //! # #[tokio::main] async fn main() {
 //! let exporter = InMemorySpanExporter::default();
 //! let provider = SdkTracerProvider::builder().with_simple_exporter(exporter.clone()).build();
-//! let w3c = || TextMapCompositePropagator::new(vec![
-//!     Box::new(TraceContextPropagator::new()),
-//!     Box::new(BaggagePropagator::new()),
-//! ]);
 //!
 //! // Server: `tonic::transport::Server::builder().layer(server_layer)`. The method registry
 //! // names spans after the service's own methods, and no caller-chosen path ever names one.
@@ -53,7 +47,7 @@
 //!     .unwrap();
 //! let server_layer = TraceLayer::server()
 //!     .tracer_provider(&provider)
-//!     .propagator(w3c())
+//!     .propagator(W3cPropagator::new())
 //!     .registry(registry)
 //!     .skip(Matcher::health_and_reflection());
 //! let greeter = Greeter::new().with_trace_id(palisade_trace::current_trace_id);
@@ -62,7 +56,7 @@
 //! // Client: any tonic client over the layered channel.
 //! let client_layer = TraceLayer::client()
 //!     .tracer_provider(&provider)
-//!     .propagator(w3c())
+//!     .propagator(W3cPropagator::new())
 //!     .server_address("127.0.0.1", server.addr.port());
 //! let channel = tower::ServiceBuilder::new().layer(client_layer).service(server.channel().await);
 //! let reply = GreeterClient::new(channel)
@@ -82,17 +76,16 @@
 //!
 //! A real service installs an SDK provider once, as the global one, with W3C trace context
 //! and baggage; the layers built with [`TraceLayer::server`] and [`TraceLayer::client`] then
-//! use it. With `opentelemetry-otlp` (features `grpc-tonic` and `trace`), exporting over gRPC
-//! only when an endpoint is given:
+//! use it. (A layer reads the global propagator through the generic `TextMapPropagator`
+//! calls; given [`W3cPropagator`] itself, with [`TraceLayer::propagator`], it reads and writes
+//! the metadata directly, the cheapest way.) With `opentelemetry-otlp` (features `grpc-tonic`
+//! and `trace`), exporting over gRPC only when an endpoint is given:
 //!
 //! ```no_run
-//! use opentelemetry::{global, propagation::TextMapCompositePropagator};
+//! use opentelemetry::global;
 //! use opentelemetry_otlp::{SpanExporter, WithExportConfig};
-//! use opentelemetry_sdk::{
-//!     Resource,
-//!     propagation::{BaggagePropagator, TraceContextPropagator},
-//!     trace::SdkTracerProvider,
-//! };
+//! use opentelemetry_sdk::{Resource, trace::SdkTracerProvider};
+//! use palisade_trace::W3cPropagator;
 //!
 //! /// Call inside the Tokio runtime (the OTLP exporter's tonic channel lives there); call
 //! /// `shutdown()` on the provider before exiting, to flush the last batch.
@@ -111,10 +104,8 @@
 //!     }
 //!     let provider = builder.build();
 //!     global::set_tracer_provider(provider.clone());
-//!     global::set_text_map_propagator(TextMapCompositePropagator::new(vec![
-//!         Box::new(TraceContextPropagator::new()),
-//!         Box::new(BaggagePropagator::new()),
-//!     ]));
+//!     // W3C trace context and baggage, as the SDK's two propagators composed.
+//!     global::set_text_map_propagator(W3cPropagator::new());
 //!     Ok(provider)
 //! }
 //!
@@ -158,6 +149,7 @@ mod layer;
 mod policy;
 mod service;
 mod span;
+mod w3c;
 
 pub use body::ResponseBody;
 pub use future::ResponseFuture;
@@ -165,6 +157,7 @@ pub use layer::TraceLayer;
 pub use policy::{Attached, TracePolicy};
 pub use service::TraceService;
 pub use span::{SpanEnd, attribute};
+pub use w3c::W3cPropagator;
 
 /// Without a [registry](TraceLayer::registry), at most this many methods name spans after themselves;
 /// every other path's span is named `grpc`, with `rpc.service` and `rpc.method` `_OTHER`.

@@ -6,7 +6,7 @@ mod support;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use opentelemetry::trace::{SpanId, SpanKind, TraceId};
 use palisade_demo::{Greeter, pb::HelloRequest};
-use palisade_trace::current_trace_id;
+use palisade_trace::{W3cPropagator, current_trace_id};
 use support::*;
 use tonic::{Request, metadata::MetadataMap};
 
@@ -17,12 +17,27 @@ fn valid() -> String {
     format!("00-{TRACE}-{SPAN}-01")
 }
 
-/// Calls SayHello with exactly these headers (no trace layer on the client); returns the
-/// server span and the trace id the handler saw.
-async fn call_with(headers: &[(&str, &[u8])]) -> (opentelemetry_sdk::trace::SpanData, String) {
+/// Calls SayHello with exactly these headers (no trace layer on the client), once through a
+/// server layer given the SDK's propagators and once through one given palisade's
+/// [`W3cPropagator`] (read by hand); returns each server span and the trace id its handler
+/// saw.
+async fn call_with(headers: &[(&str, &[u8])]) -> [(opentelemetry_sdk::trace::SpanData, String); 2] {
+    let sdk = call_through(headers, false).await;
+    let by_hand = call_through(headers, true).await;
+    [sdk, by_hand]
+}
+
+async fn call_through(
+    headers: &[(&str, &[u8])],
+    by_hand: bool,
+) -> (opentelemetry_sdk::trace::SpanData, String) {
     let telemetry = Telemetry::new();
     let greeter = Greeter::new().with_trace_id(current_trace_id);
-    let server = palisade_demo::spawn_with(greeter, telemetry.server_layer()).await;
+    let mut layer = telemetry.server_layer();
+    if by_hand {
+        layer = layer.propagator(W3cPropagator::new());
+    }
+    let server = palisade_demo::spawn_with(greeter, layer).await;
     let mut client = server.client().await;
 
     let mut map = HeaderMap::new();
@@ -45,34 +60,38 @@ async fn call_with(headers: &[(&str, &[u8])]) -> (opentelemetry_sdk::trace::Span
 }
 
 async fn assert_fresh_root(case: &str, headers: &[(&str, &[u8])]) {
-    let (span, in_handler) = call_with(headers).await;
-    assert_eq!(span.parent_span_id, SpanId::INVALID, "{case}: not a root");
-    assert!(span.span_context.is_valid(), "{case}");
-    assert!(
-        span.span_context.is_sampled(),
-        "{case}: a new root is sampled"
-    );
-    assert_ne!(
-        trace_id(&span),
-        TraceId::from_hex(TRACE).unwrap(),
-        "{case}: kept the trace"
-    );
-    assert_eq!(
-        in_handler,
-        trace_id(&span).to_string(),
-        "{case}: the handler's trace"
-    );
-    assert!(
-        span.span_context.trace_state().header().is_empty(),
-        "{case}"
-    );
+    for (span, in_handler) in call_with(headers).await {
+        assert_eq!(span.parent_span_id, SpanId::INVALID, "{case}: not a root");
+        assert!(span.span_context.is_valid(), "{case}");
+        assert!(
+            span.span_context.is_sampled(),
+            "{case}: a new root is sampled"
+        );
+        assert_ne!(
+            trace_id(&span),
+            TraceId::from_hex(TRACE).unwrap(),
+            "{case}: kept the trace"
+        );
+        assert_eq!(
+            in_handler,
+            trace_id(&span).to_string(),
+            "{case}: the handler's trace"
+        );
+        assert!(
+            span.span_context.trace_state().header().is_empty(),
+            "{case}"
+        );
+    }
 }
 
 #[tokio::test]
 async fn the_valid_header_is_followed() {
-    let (span, _) = call_with(&[("traceparent", valid().as_bytes())]).await;
-    assert_eq!(trace_id(&span), TraceId::from_hex(TRACE).unwrap());
-    assert_eq!(span.parent_span_id, SpanId::from_hex(SPAN).unwrap());
+    for (span, in_handler) in call_with(&[("traceparent", valid().as_bytes())]).await {
+        assert_eq!(trace_id(&span), TraceId::from_hex(TRACE).unwrap());
+        assert_eq!(span.parent_span_id, SpanId::from_hex(SPAN).unwrap());
+        assert!(span.parent_span_is_remote);
+        assert_eq!(in_handler, TRACE);
+    }
 }
 
 #[tokio::test]
@@ -181,21 +200,25 @@ async fn an_oversized_tracestate_is_dropped() {
     }
     // With a valid traceparent the trace continues, as W3C requires, but an invalid trace
     // state is dropped and a long valid one is cut to its 32 list members.
-    let (span, _) = call_with(&[
+    let dropped = call_with(&[
         ("traceparent", valid().as_bytes()),
         ("tracestate", long_value.as_bytes()),
     ])
     .await;
-    assert_eq!(trace_id(&span), TraceId::from_hex(TRACE).unwrap());
-    assert!(span.span_context.trace_state().header().is_empty());
-    let (span, _) = call_with(&[
+    for (span, _) in dropped {
+        assert_eq!(trace_id(&span), TraceId::from_hex(TRACE).unwrap());
+        assert!(span.span_context.trace_state().header().is_empty());
+    }
+    let cut = call_with(&[
         ("traceparent", valid().as_bytes()),
         ("tracestate", many_members.as_bytes()),
     ])
     .await;
-    assert_eq!(trace_id(&span), TraceId::from_hex(TRACE).unwrap());
-    let kept = span.span_context.trace_state().header();
-    assert_eq!(kept.split(',').count(), 32, "{kept}");
+    for (span, _) in cut {
+        assert_eq!(trace_id(&span), TraceId::from_hex(TRACE).unwrap());
+        let kept = span.span_context.trace_state().header();
+        assert_eq!(kept.split(',').count(), 32, "{kept}");
+    }
 }
 
 /// Random method paths, as a scan or an attacker sends them, over a real server: with the

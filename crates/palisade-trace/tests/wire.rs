@@ -489,3 +489,45 @@ async fn a_public_endpoint_starts_a_root_linked_to_the_caller() {
         "baggage is kept"
     );
 }
+
+/// Palisade's `W3cPropagator` on both ends (written and read by hand): the server span is the
+/// client span's child and the client's baggage reaches the handler, as with the SDK's
+/// propagators.
+#[tokio::test]
+async fn the_by_hand_w3c_propagator_carries_trace_and_baggage() {
+    use opentelemetry::{KeyValue, baggage::BaggageExt};
+    use palisade_trace::W3cPropagator;
+
+    fn trace_and_tenant() -> String {
+        opentelemetry::Context::map_current(|cx| {
+            let tenant = cx
+                .baggage()
+                .get("tenant")
+                .map(|v| v.to_string())
+                .unwrap_or_default();
+            format!("{} {tenant}", cx.span().span_context().trace_id())
+        })
+    }
+    let telemetry = Telemetry::new();
+    let server_layer = telemetry.server_layer().propagator(W3cPropagator::new());
+    let greeter = Greeter::new().with_trace_id(trace_and_tenant);
+    let server = palisade_demo::spawn_with(greeter, server_layer).await;
+    let client_layer = telemetry
+        .client_layer(server.addr)
+        .propagator(W3cPropagator::new());
+    let mut client = traced_client(client_layer, server.channel().await);
+
+    let cx = opentelemetry::Context::new().with_baggage([KeyValue::new("tenant", "blue")]);
+    let reply = {
+        let _attached = cx.attach();
+        client.say_hello(hello("Ada")).await.unwrap().into_inner()
+    };
+
+    let spans = telemetry.spans();
+    let client_span = only(&spans, SpanKind::Client);
+    let server_span = only(&spans, SpanKind::Server);
+    assert_eq!(trace_id(server_span), trace_id(client_span));
+    assert_eq!(server_span.parent_span_id, span_id(client_span));
+    assert!(server_span.parent_span_is_remote);
+    assert_eq!(reply.trace_id, format!("{} blue", trace_id(server_span)));
+}
