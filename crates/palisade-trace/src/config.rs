@@ -3,6 +3,7 @@
 
 use std::{
     any::Any,
+    collections::HashMap,
     fmt,
     sync::{
         Arc, OnceLock,
@@ -20,10 +21,11 @@ use opentelemetry::{
 use opentelemetry_http::{HeaderExtractor, HeaderInjector};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use palisade_core::{
-    Matcher, MethodRegistry, Side,
+    Matcher, Method, MethodRegistry, Side,
     slots::{AdmissionRule, Slots},
 };
 
+use crate::names::MethodNames;
 use crate::w3c::{
     BAGGAGE, BAGGAGE_NAME, TRACEPARENT, TRACEPARENT_NAME, TRACESTATE, TRACESTATE_NAME,
     W3cPropagator, is_traceparent,
@@ -314,8 +316,40 @@ impl fmt::Debug for Capture {
 /// The host and port a client layer's calls go to, for `server.address` / `server.port`.
 #[derive(Clone, Debug)]
 pub(crate) struct ServerAddress {
+    /// Reference-counted: each span's copy is a count, not a string.
     pub(crate) host: StringValue,
     pub(crate) port: u16,
+}
+
+/// The method registry, with each method's [names](MethodNames), found by a hash of the
+/// method's name cheaper than the registry's own (its keys are fixed: a lookup of a path a
+/// caller made up costs the same as any other).
+#[derive(Clone, Debug)]
+pub(crate) struct Registry {
+    pub(crate) methods: MethodRegistry,
+    names: Arc<HashMap<Box<str>, Option<MethodNames>, foldhash::fast::RandomState>>,
+}
+
+impl Registry {
+    pub(crate) fn new(methods: MethodRegistry) -> Self {
+        let names = methods
+            .iter()
+            .filter_map(|info| {
+                let path = format!("/{}/{}", info.service, info.method);
+                let method = Method::parse(&path)?;
+                Some((method.full_name().into(), MethodNames::of(&method)))
+            })
+            .collect();
+        Self {
+            methods,
+            names: Arc::new(names),
+        }
+    }
+
+    /// `None` for a method the registry does not have; else its names, when kept.
+    pub(crate) fn get(&self, method: &Method<'_>) -> Option<Option<MethodNames>> {
+        self.names.get(method.full_name()).copied()
+    }
 }
 
 /// A layer's configuration, shared by every service it makes.
@@ -328,11 +362,16 @@ pub(crate) struct Config {
     pub(crate) metadata: Arc<[Capture]>,
     pub(crate) server: Option<ServerAddress>,
     /// The methods that name spans; `None`: the paths that earn a name in `names`.
-    pub(crate) registry: Option<MethodRegistry>,
-    /// Without a registry, the paths that name spans: palisade-core's slots, earned by
-    /// frequency on a server (a flood of random paths names no span), at first sight on a
-    /// client, at most [`MAX_SPAN_NAMES`](crate::MAX_SPAN_NAMES) of them.
-    pub(crate) names: Arc<Slots<()>>,
+    pub(crate) registry: Option<Registry>,
+    /// Without a registry, the paths that name spans (with their names, when kept):
+    /// palisade-core's slots, earned by frequency on a server (a flood of random paths names
+    /// no span), at first sight on a client, at most [`MAX_SPAN_NAMES`](crate::MAX_SPAN_NAMES)
+    /// of them.
+    pub(crate) names: Arc<Slots<Option<MethodNames>, foldhash::fast::RandomState>>,
+    /// Whether the layer's last span without an unsampled parent recorded: then the next
+    /// one is given room for its attributes at the start (shared by the layer's clones; a
+    /// guess for an allocation's size, never a decision).
+    pub(crate) recorded: Arc<AtomicBool>,
 }
 
 impl Config {
@@ -346,8 +385,14 @@ impl Config {
             server: None,
             registry: None,
             names: Arc::new(
-                Slots::new([], crate::MAX_SPAN_NAMES).admission(AdmissionRule::for_side(side)),
+                Slots::with_hasher(
+                    [],
+                    crate::MAX_SPAN_NAMES,
+                    foldhash::fast::RandomState::default(),
+                )
+                .admission(AdmissionRule::for_side(side)),
             ),
+            recorded: Arc::new(AtomicBool::new(true)),
         }
     }
 }

@@ -11,7 +11,7 @@ use palisade_core::{Matcher, MethodRegistry, ObserveLayer, Side, observe::Policy
 use tower_layer::Layer;
 
 use crate::{
-    config::{Capture, Config, Propagation, ServerAddress, TracerSlot, scope},
+    config::{Capture, Config, Propagation, Registry, ServerAddress, TracerSlot, scope},
     policy::TracePolicy,
     service::TraceService,
 };
@@ -150,7 +150,7 @@ impl<T> TraceLayer<T> {
     /// ```
     #[must_use]
     pub fn registry(mut self, registry: MethodRegistry) -> Self {
-        Arc::make_mut(&mut self.config).registry = Some(registry);
+        Arc::make_mut(&mut self.config).registry = Some(Registry::new(registry));
         self
     }
 
@@ -179,8 +179,9 @@ impl<T> TraceLayer<T> {
     /// `Channel` do not (the channel adds it inside), so set it for tonic clients.
     #[must_use]
     pub fn server_address(mut self, host: impl Into<String>, port: u16) -> Self {
+        let host: Arc<str> = host.into().into();
         Arc::make_mut(&mut self.config).server = Some(ServerAddress {
-            host: host.into().into(),
+            host: host.into(),
             port,
         });
         self
@@ -213,7 +214,7 @@ impl<T> fmt::Debug for TraceLayer<T> {
             .field("server_address", &self.config.server)
             .field(
                 "registry",
-                &self.config.registry.as_ref().map(MethodRegistry::len),
+                &self.config.registry.as_ref().map(|r| r.methods.len()),
             )
             .finish()
     }

@@ -146,6 +146,7 @@ mod body;
 mod config;
 mod future;
 mod layer;
+mod names;
 mod policy;
 mod service;
 mod span;

@@ -3,17 +3,18 @@
 use std::{
     borrow::Cow,
     net::{IpAddr, SocketAddr},
+    sync::atomic::Ordering,
 };
 
 use http::{Uri, request::Parts};
 use opentelemetry::{
-    Context, KeyValue,
+    Context, KeyValue, StringValue,
     baggage::{Baggage, BaggageExt},
     trace::{Link, Span, SpanBuilder, SpanKind, Status, TraceContextExt, Tracer},
 };
 use palisade_core::{CodeSet, Counts, Method, Observer, Outcome, Peer, Rpc, Side};
 
-use crate::config::Config;
+use crate::{config::Config, names::MethodNames};
 
 /// The attribute names the spans carry, from OpenTelemetry's RPC and network conventions.
 pub mod attribute {
@@ -63,6 +64,12 @@ pub(crate) struct Started {
     pub(crate) recording: bool,
 }
 
+/// The attributes a span may carry besides the allow-listed metadata: `rpc.system`,
+/// `rpc.service`, `rpc.method`, `server.address`, `server.port`, `network.peer.address`,
+/// `network.peer.port` at the start; `rpc.grpc.status_code`, `enduser.id`,
+/// `palisade.rejected_by` at the end.
+const MAX_ATTRIBUTES: usize = 10;
+
 /// Starts the span of the RPC whose request head is `request` (the layer's skip matcher has
 /// already passed it).
 ///
@@ -77,15 +84,22 @@ where
     let method = method.as_ref();
     // With a registry, only its methods name spans: a path a caller made up is `_OTHER`.
     // Without one, the paths that earned a slot do (bounded, by frequency on a server).
-    let named = method.filter(|method| match &config.registry {
-        Some(registry) => registry.get(method).is_some(),
-        None => {
-            let names = &config.names;
-            names.get(method.path()).is_some() || names.admit(method.path(), |_| ()).is_some()
-        }
+    let named = method.and_then(|method| {
+        let names = match &config.registry {
+            Some(registry) => registry.get(method)?,
+            None => {
+                let slots = &config.names;
+                let path = method.path();
+                let (_, names) = slots
+                    .get(path)
+                    .or_else(|| slots.admit(path, MethodNames::of))?;
+                *names
+            }
+        };
+        Some(Named { method, names })
     });
     let name = match named {
-        Some(method) => Cow::Owned(method.full_name().to_owned()),
+        Some(named) => named.full_name(),
         None => Cow::Borrowed(NOT_A_METHOD),
     };
     let mut builder = SpanBuilder::from_name(name);
@@ -110,8 +124,25 @@ where
             Context::current()
         }
     };
+    // Room for every attribute, so the span's list never grows, when the span will likely
+    // record: its parent sampled (or it has none), and the last such span of the layer
+    // recorded (a sampler may drop roots, a no-op tracer records nothing). The sampler sees
+    // the same empty list either way.
+    let hopeful = {
+        let span = parent.span();
+        let parent = span.span_context();
+        !parent.is_valid() || parent.is_sampled()
+    };
+    let recorded = config.recorded.load(Ordering::Relaxed);
+    if hopeful && recorded {
+        builder.attributes = Some(Vec::with_capacity(MAX_ATTRIBUTES + config.metadata.len()));
+    }
     let mut span = tracer.build_with_context(builder, &parent);
-    if !span.is_recording() {
+    let recording = span.is_recording();
+    if hopeful && recording != recorded {
+        config.recorded.store(recording, Ordering::Relaxed);
+    }
+    if !recording {
         // Children need only the ids and flags: no boxed span, no attributes.
         let span_context = span.span_context().clone();
         return Started {
@@ -119,15 +150,40 @@ where
             recording: false,
         };
     }
-    set_attributes(
-        &mut span,
-        config,
-        method.map(|m| (m, named.is_some())),
-        request,
-    );
+    set_attributes(&mut span, config, method.map(|_| named), request);
     Started {
         cx: parent.with_span(span),
         recording: true,
+    }
+}
+
+/// A method that names its span, with its names when they are kept.
+#[derive(Clone, Copy)]
+struct Named<'a> {
+    method: &'a Method<'a>,
+    names: Option<MethodNames>,
+}
+
+impl Named<'_> {
+    fn full_name(self) -> Cow<'static, str> {
+        match self.names {
+            Some(names) => Cow::Borrowed(names.full()),
+            None => Cow::Owned(self.method.full_name().to_owned()),
+        }
+    }
+
+    fn service(self) -> StringValue {
+        match self.names {
+            Some(names) => names.service().into(),
+            None => self.method.service().to_owned().into(),
+        }
+    }
+
+    fn method(self) -> StringValue {
+        match self.names {
+            Some(names) => names.method().into(),
+            None => self.method.method().to_owned().into(),
+        }
     }
 }
 
@@ -149,19 +205,21 @@ fn public_root(incoming: &Context) -> (Context, Option<Link>) {
     (root, link)
 }
 
+/// The attributes of a recording span at its start. `method`: `None` for a path that is not
+/// a gRPC method, `Some(None)` for a method that names no span (`_OTHER`).
 fn set_attributes<S: Span>(
     span: &mut S,
     config: &Config,
-    method: Option<(&Method<'_>, bool)>,
+    method: Option<Option<Named<'_>>>,
     request: &Parts,
 ) {
     span.set_attribute(KeyValue::new(RPC_SYSTEM, "grpc"));
     match method {
-        Some((method, true)) => {
-            span.set_attribute(KeyValue::new(RPC_SERVICE, method.service().to_owned()));
-            span.set_attribute(KeyValue::new(RPC_METHOD, method.method().to_owned()));
+        Some(Some(named)) => {
+            span.set_attribute(KeyValue::new(RPC_SERVICE, named.service()));
+            span.set_attribute(KeyValue::new(RPC_METHOD, named.method()));
         }
-        Some((_, false)) => {
+        Some(None) => {
             span.set_attribute(KeyValue::new(RPC_SERVICE, OTHER));
             span.set_attribute(KeyValue::new(RPC_METHOD, OTHER));
         }
@@ -171,10 +229,10 @@ fn set_attributes<S: Span>(
         Side::Server => {
             let peer = Peer::from_extensions(&request.extensions);
             match uri_host(&request.uri) {
-                Some((host, port)) => set_server(span, host.to_owned(), port),
+                Some((host, port)) => set_server(span, strings::host(host), port),
                 None => {
                     if let Some(local) = peer.local_addr {
-                        set_server(span, ip_string(local.ip()), Some(local.port()));
+                        set_server(span, strings::local_ip(local.ip()), Some(local.port()));
                     }
                 }
             }
@@ -187,7 +245,7 @@ fn set_attributes<S: Span>(
                 span.set_attribute(KeyValue::new(SERVER_ADDRESS, server.host.clone()));
                 span.set_attribute(KeyValue::new(SERVER_PORT, i64::from(server.port)));
             }
-            (None, Some((host, port))) => set_server(span, host.to_owned(), port),
+            (None, Some((host, port))) => set_server(span, strings::host(host), port),
             (None, None) => {}
         },
     }
@@ -207,7 +265,7 @@ fn uri_host(uri: &Uri) -> Option<(&str, Option<u16>)> {
     Some((host, uri.port_u16()))
 }
 
-fn set_server<S: Span>(span: &mut S, host: String, port: Option<u16>) {
+fn set_server<S: Span>(span: &mut S, host: StringValue, port: Option<u16>) {
     span.set_attribute(KeyValue::new(SERVER_ADDRESS, host));
     if let Some(port) = port {
         span.set_attribute(KeyValue::new(SERVER_PORT, i64::from(port)));
@@ -215,31 +273,104 @@ fn set_server<S: Span>(span: &mut S, host: String, port: Option<u16>) {
 }
 
 fn set_peer<S: Span>(span: &mut S, peer: SocketAddr) {
-    span.set_attribute(KeyValue::new(NETWORK_PEER_ADDRESS, ip_string(peer.ip())));
+    span.set_attribute(KeyValue::new(
+        NETWORK_PEER_ADDRESS,
+        strings::peer_ip(peer.ip()),
+    ));
     span.set_attribute(KeyValue::new(NETWORK_PEER_PORT, i64::from(peer.port())));
 }
 
-/// An IP address as `Display` writes it; IPv4 (every call on most servers) by hand, into a
-/// string of the right capacity, without the formatting machinery.
-fn ip_string(ip: IpAddr) -> String {
+/// The address strings of spans, reference-counted, each thread keeping the last one of each
+/// kind it made: a server's local address and host are nearly always the last call's, and a
+/// connection's calls share their peer, so most spans take a count rather than a string.
+mod strings {
+    use std::{cell::RefCell, net::IpAddr, sync::Arc};
+
+    use opentelemetry::StringValue;
+
+    /// The last string made for a key, on this thread.
+    struct Last<K> {
+        key: K,
+        value: Arc<str>,
+    }
+
+    thread_local! {
+        static HOST: RefCell<Option<Arc<str>>> = const { RefCell::new(None) };
+        static LOCAL: RefCell<Option<Last<IpAddr>>> = const { RefCell::new(None) };
+        static PEER: RefCell<Option<Last<IpAddr>>> = const { RefCell::new(None) };
+    }
+
+    /// A host name or address, as written.
+    pub(super) fn host(host: &str) -> StringValue {
+        HOST.with(|last| {
+            let mut last = last.borrow_mut();
+            match &*last {
+                Some(value) if **value == *host => value.clone(),
+                _ => last.insert(Arc::from(host)).clone(),
+            }
+        })
+        .into()
+    }
+
+    /// The server's own IP address, as `Display` writes it.
+    pub(super) fn local_ip(ip: IpAddr) -> StringValue {
+        ip_of(&LOCAL, ip)
+    }
+
+    /// The peer's IP address, as `Display` writes it.
+    pub(super) fn peer_ip(ip: IpAddr) -> StringValue {
+        ip_of(&PEER, ip)
+    }
+
+    fn ip_of(
+        cache: &'static std::thread::LocalKey<RefCell<Option<Last<IpAddr>>>>,
+        ip: IpAddr,
+    ) -> StringValue {
+        cache
+            .with(|last| {
+                let mut last = last.borrow_mut();
+                match &*last {
+                    Some(Last { key, value }) if *key == ip => value.clone(),
+                    _ => {
+                        let value = super::ip_str(ip, |text| Arc::<str>::from(text));
+                        *last = Some(Last {
+                            key: ip,
+                            value: value.clone(),
+                        });
+                        value
+                    }
+                }
+            })
+            .into()
+    }
+}
+
+/// An IP address as `Display` writes it, handed to `with`; IPv4 (every call on most servers)
+/// by hand, on the stack, without the formatting machinery.
+fn ip_str<R>(ip: IpAddr, with: impl FnOnce(&str) -> R) -> R {
     match ip {
         IpAddr::V4(v4) => {
-            let mut text = String::with_capacity(15);
+            let mut text = [0u8; 15];
+            let mut len = 0;
             for (i, octet) in v4.octets().into_iter().enumerate() {
                 if i > 0 {
-                    text.push('.');
+                    text[len] = b'.';
+                    len += 1;
                 }
                 if octet >= 100 {
-                    text.push(char::from(b'0' + octet / 100));
+                    text[len] = b'0' + octet / 100;
+                    len += 1;
                 }
                 if octet >= 10 {
-                    text.push(char::from(b'0' + octet / 10 % 10));
+                    text[len] = b'0' + octet / 10 % 10;
+                    len += 1;
                 }
-                text.push(char::from(b'0' + octet % 10));
+                text[len] = b'0' + octet % 10;
+                len += 1;
             }
-            text
+            with(std::str::from_utf8(&text[..len]).expect("digits and dots"))
         }
-        IpAddr::V6(v6) => v6.to_string(),
+        IpAddr::V6(v6) => with(&v6.to_string()),
     }
 }
 
@@ -315,7 +446,9 @@ mod tests {
             "::ffff:192.0.2.1",
         ] {
             let ip: IpAddr = ip.parse().unwrap();
-            assert_eq!(ip_string(ip), ip.to_string());
+            assert_eq!(ip_str(ip, str::to_owned), ip.to_string());
+            assert_eq!(strings::peer_ip(ip).as_str(), ip.to_string());
+            assert_eq!(strings::local_ip(ip).as_str(), ip.to_string());
         }
     }
 }
