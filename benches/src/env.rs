@@ -139,7 +139,13 @@ fn provider(sampler: Sampler) -> SdkTracerProvider {
 }
 
 /// W3C trace context and baggage, the propagator palisade-trace's docs install.
-pub fn w3c() -> TextMapCompositePropagator {
+pub fn w3c() -> palisade_trace::W3cPropagator {
+    palisade_trace::W3cPropagator::new()
+}
+
+/// The OpenTelemetry SDK's W3C trace-context and baggage propagators, composed: what a peer
+/// that reads the global propagator gets.
+pub fn w3c_sdk() -> TextMapCompositePropagator {
     TextMapCompositePropagator::new(vec![
         Box::new(TraceContextPropagator::new()),
         Box::new(BaggagePropagator::new()),

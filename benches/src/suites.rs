@@ -569,7 +569,7 @@ fn peers_trace() -> Group {
     };
     let peer = || {
         // tonic-tracing-opentelemetry reads the global propagator.
-        opentelemetry::global::set_text_map_propagator(env::w3c());
+        opentelemetry::global::set_text_map_propagator(env::w3c_sdk());
         tonic_tracing_opentelemetry::middleware::server::OtelGrpcLayer::default()
             .layer(Handler::ok())
     };

@@ -55,8 +55,10 @@ pub fn layers(target: &Endpoint, options: &ClientOptions) -> DemoClientLayers {
         .expect("the demo's descriptor set decodes");
     let uri = target.uri();
     let trace = match (uri.host(), uri.port_u16()) {
-        (Some(host), Some(port)) => TraceLayer::client().server_address(host, port),
-        _ => TraceLayer::client(),
+        (Some(host), Some(port)) => TraceLayer::client()
+            .propagator(palisade_trace::W3cPropagator::new())
+            .server_address(host, port),
+        _ => TraceLayer::client().propagator(palisade_trace::W3cPropagator::new()),
     };
     ClientLayers::new()
         .trace(trace)

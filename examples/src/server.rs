@@ -392,7 +392,11 @@ pub async fn start(args: &ServerArgs, listener: TcpListener) -> Result<RunningSe
     let registry = MethodRegistry::from_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)?
         .with_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)?;
     let layers = ServerLayers::new()
-        .trace(TraceLayer::server().registry(registry.clone()))
+        .trace(
+            TraceLayer::server()
+                .propagator(palisade_trace::W3cPropagator::new())
+                .registry(registry.clone()),
+        )
         .logging(crate::telemetry::access_log(
             LoggingLayer::server()
                 .skip(Matcher::health_and_reflection())
