@@ -14,6 +14,7 @@ use tracing::Level;
 
 use crate::{
     level::{default_client_level, default_server_level, level_enabled},
+    methods::{Known, Methods},
     writer::LogWriter,
 };
 
@@ -46,7 +47,8 @@ pub(crate) struct Config {
     /// `allowed` minus `ALWAYS_SECRET` and `secrets`.
     metadata: Arc<[HeaderName]>,
     pub(crate) max_message_len: usize,
-    pub(crate) registry: Option<Arc<MethodRegistry>>,
+    /// The registry's methods, found by path, each with its line's fields rendered.
+    methods: Option<Arc<Methods>>,
     /// Where the access-log lines go, written by this crate; `None`: as `tracing` events.
     pub(crate) access_log: Option<LogWriter>,
 }
@@ -66,7 +68,7 @@ impl Config {
             secrets: Vec::new(),
             metadata: Arc::new([]),
             max_message_len: DEFAULT_MAX_MESSAGE_LEN,
-            registry: None,
+            methods: None,
             access_log: None,
         };
         match side {
@@ -124,6 +126,24 @@ impl Config {
         self.metadata = effective.into();
     }
 
+    pub(crate) fn set_registry(&mut self, registry: &MethodRegistry) {
+        self.methods = Some(Arc::new(Methods::new(registry, self.side)));
+    }
+
+    /// The index of the known method at a request path.
+    pub(crate) fn known_method(&self, path: &str) -> Option<u32> {
+        self.methods.as_deref()?.get(path)
+    }
+
+    /// The known method of an index [`known_method`](Self::known_method) returned.
+    pub(crate) fn known(&self, index: u32) -> &Known {
+        let methods = self
+            .methods
+            .as_deref()
+            .expect("a method index comes from the table");
+        &methods[index]
+    }
+
     /// Whether anything this layer writes can be enabled right now: the span, or the finish
     /// event at its most severe level (the start event's level is never more severe).
     pub(crate) fn active(&self) -> bool {
@@ -160,7 +180,7 @@ impl fmt::Debug for Config {
             .field("metadata", &self.metadata)
             .field("secret_metadata", &self.secrets)
             .field("max_message_len", &self.max_message_len)
-            .field("registry", &self.registry.as_ref().map(|r| r.len()))
+            .field("registry", &self.methods.as_ref().map(|m| m.len()))
             .field("access_log", &self.access_log)
             .finish()
     }

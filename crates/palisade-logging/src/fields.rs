@@ -2,13 +2,18 @@
 //! straight into the span's string: no `serde_json::Value` per field, no map, no UTF-8
 //! re-validation of each piece written.
 
-use std::fmt::{self, Write as _};
+use std::{
+    cell::RefCell,
+    fmt::{self, Write as _},
+};
 
 use tracing::field::{Field, Visit};
 use tracing_subscriber::{
     field::RecordFields,
     fmt::{FormatFields, FormattedFields, format::Writer},
 };
+
+use crate::line::needs_escaping;
 
 /// Formats span fields as a JSON object, for `tracing_subscriber::fmt().json()`: a drop-in for
 /// its `JsonFields` that writes each field as it is recorded.
@@ -40,21 +45,40 @@ impl JsonFields {
     }
 }
 
+thread_local! {
+    /// Each thread's scratch object: a span's fields are written here, then handed to the
+    /// span's string in one write (which sizes it once, instead of growing it from empty).
+    static OBJECT: RefCell<String> = RefCell::new(String::with_capacity(256));
+}
+
 impl<'writer> FormatFields<'writer> for JsonFields {
     fn format_fields<R: RecordFields>(
         &self,
         mut writer: Writer<'writer>,
         fields: R,
     ) -> fmt::Result {
-        writer.write_char('{')?;
-        let mut visitor = Visitor {
-            out: &mut writer,
-            first: true,
-            result: Ok(()),
-        };
-        fields.record(&mut visitor);
-        visitor.result?;
-        writer.write_char('}')
+        let mut fields = Some(fields);
+        let mut result = Ok(());
+        let _ = OBJECT.try_with(|cell| {
+            // In use: a field's `Debug` formats a span of its own; that one gets a fresh string.
+            if let Ok(mut object) = cell.try_borrow_mut()
+                && let Some(fields) = fields.take()
+            {
+                object.clear();
+                result = write_object(&mut object, fields).and_then(|()| writer.write_str(&object));
+                if object.capacity() > 64 * 1024 {
+                    *object = String::with_capacity(256);
+                }
+            }
+        });
+        match fields {
+            Some(fields) => {
+                let mut object = String::new();
+                write_object(&mut object, fields)?;
+                writer.write_str(&object)
+            }
+            None => result,
+        }
     }
 
     fn add_fields(
@@ -75,9 +99,8 @@ impl<'writer> FormatFields<'writer> for JsonFields {
                 true
             }
         };
-        let mut writer = current.as_writer();
         let mut visitor = Visitor {
-            out: &mut writer,
+            out: &mut current.fields,
             first,
             result: Ok(()),
         };
@@ -88,48 +111,72 @@ impl<'writer> FormatFields<'writer> for JsonFields {
     }
 }
 
-struct Visitor<'a, 'w> {
-    out: &'a mut Writer<'w>,
+/// `{…}`: the fields as a JSON object.
+fn write_object<R: RecordFields>(out: &mut String, fields: R) -> fmt::Result {
+    out.push('{');
+    let mut visitor = Visitor {
+        out,
+        first: true,
+        result: Ok(()),
+    };
+    fields.record(&mut visitor);
+    visitor.result?;
+    out.push('}');
+    Ok(())
+}
+
+struct Visitor<'a> {
+    out: &'a mut String,
     first: bool,
     result: fmt::Result,
 }
 
-impl Visitor<'_, '_> {
-    fn key(&mut self, name: &str) -> fmt::Result {
+impl Visitor<'_> {
+    /// `,"name":` (no comma before the first).
+    fn key(&mut self, name: &str, value_len: usize) {
+        // One reservation for the key and a value of this size, quotes and punctuation.
+        self.out.reserve(name.len() + value_len + 6);
         if !std::mem::take(&mut self.first) {
-            self.out.write_char(',')?;
+            self.out.push(',');
         }
-        string(self.out, name)?;
-        self.out.write_char(':')
+        push_string(self.out, name);
+        self.out.push(':');
     }
 
-    fn field(&mut self, name: &str, value: impl FnOnce(&mut Writer<'_>) -> fmt::Result) {
+    fn field(&mut self, name: &str, value: impl FnOnce(&mut String) -> fmt::Result) {
         if self.result.is_ok() {
-            self.result = self.key(name).and_then(|()| value(self.out));
+            self.key(name, 0);
+            self.result = value(self.out);
         }
     }
 }
 
-impl Visit for Visitor<'_, '_> {
+impl Visit for Visitor<'_> {
     fn record_str(&mut self, field: &Field, value: &str) {
-        self.field(field.name(), |out| string(out, value));
+        if self.result.is_ok() {
+            self.key(field.name(), value.len());
+            push_string(self.out, value);
+        }
     }
 
     fn record_bool(&mut self, field: &Field, value: bool) {
         self.field(field.name(), |out| {
-            out.write_str(if value { "true" } else { "false" })
+            out.push_str(if value { "true" } else { "false" });
+            Ok(())
         });
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
         self.field(field.name(), |out| {
-            out.write_str(itoa::Buffer::new().format(value))
+            out.push_str(itoa::Buffer::new().format(value));
+            Ok(())
         });
     }
 
     fn record_u64(&mut self, field: &Field, value: u64) {
         self.field(field.name(), |out| {
-            out.write_str(itoa::Buffer::new().format(value))
+            out.push_str(itoa::Buffer::new().format(value));
+            Ok(())
         });
     }
 
@@ -141,16 +188,18 @@ impl Visit for Visitor<'_, '_> {
             if value.is_finite() {
                 write!(out, "{value:?}")
             } else {
-                out.write_str("null")
+                out.push_str("null");
+                Ok(())
             }
         });
     }
 
     fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
         self.field(field.name(), |out| {
-            out.write_char('"')?;
+            out.push('"');
             write!(Escaped(out), "{value}")?;
-            out.write_char('"')
+            out.push('"');
+            Ok(())
         });
     }
 
@@ -163,25 +212,29 @@ impl Visit for Visitor<'_, '_> {
         }
         let name = name.strip_prefix("r#").unwrap_or(name);
         self.field(name, |out| {
-            out.write_char('"')?;
+            out.push('"');
             write!(Escaped(out), "{value:?}")?;
-            out.write_char('"')
+            out.push('"');
+            Ok(())
         });
     }
 }
 
 /// A JSON string: quoted, with `"`, `\` and control characters escaped (as `serde_json`).
-fn string<W: fmt::Write + ?Sized>(out: &mut W, value: &str) -> fmt::Result {
-    out.write_char('"')?;
-    escape(out, value)?;
-    out.write_char('"')
+fn push_string(out: &mut String, value: &str) {
+    out.push('"');
+    push_escaped(out, value);
+    out.push('"');
 }
 
-fn escape<W: fmt::Write + ?Sized>(out: &mut W, value: &str) -> fmt::Result {
+fn push_escaped(out: &mut String, value: &str) {
+    if !needs_escaping(value.as_bytes()) {
+        out.push_str(value);
+        return;
+    }
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let bytes = value.as_bytes();
     let mut start = 0;
-    for (i, &byte) in bytes.iter().enumerate() {
+    for (i, &byte) in value.as_bytes().iter().enumerate() {
         let escaped = match byte {
             b'"' => "\\\"",
             b'\\' => "\\\\",
@@ -191,28 +244,29 @@ fn escape<W: fmt::Write + ?Sized>(out: &mut W, value: &str) -> fmt::Result {
             0x08 => "\\b",
             0x0c => "\\f",
             0..=0x1f => {
-                out.write_str(&value[start..i])?;
-                out.write_str("\\u00")?;
-                out.write_char(char::from(HEX[usize::from(byte >> 4)]))?;
-                out.write_char(char::from(HEX[usize::from(byte & 0xf)]))?;
+                out.push_str(&value[start..i]);
+                out.push_str("\\u00");
+                out.push(char::from(HEX[usize::from(byte >> 4)]));
+                out.push(char::from(HEX[usize::from(byte & 0xf)]));
                 start = i + 1;
                 continue;
             }
             _ => continue,
         };
-        out.write_str(&value[start..i])?;
-        out.write_str(escaped)?;
+        out.push_str(&value[start..i]);
+        out.push_str(escaped);
         start = i + 1;
     }
-    out.write_str(&value[start..])
+    out.push_str(&value[start..]);
 }
 
 /// Escapes what is written through it.
-struct Escaped<'a, W: ?Sized>(&'a mut W);
+struct Escaped<'a>(&'a mut String);
 
-impl<W: fmt::Write + ?Sized> fmt::Write for Escaped<'_, W> {
+impl fmt::Write for Escaped<'_> {
     fn write_str(&mut self, s: &str) -> fmt::Result {
-        escape(self.0, s)
+        push_escaped(self.0, s);
+        Ok(())
     }
 }
 
@@ -319,6 +373,42 @@ mod tests {
         assert_eq!(ours["span"]["name"], "empty");
     }
 
+    /// A field whose `Debug` opens a span of its own: the inner span is formatted while the
+    /// outer one's scratch string is in use, into a string of its own.
+    struct OpensASpan;
+
+    impl fmt::Debug for OpensASpan {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            let inner = tracing::info_span!("nested", quote = "a\"b");
+            let _inner = inner.enter();
+            f.write_str("outer \"debug\"")
+        }
+    }
+
+    #[test]
+    fn a_span_formatted_while_another_is_gives_both_their_fields() {
+        let buffer = Buffer::default();
+        let dispatch = tracing::Dispatch::new(
+            tracing_subscriber::fmt()
+                .json()
+                .flatten_event(true)
+                .with_span_list(true)
+                .fmt_fields(JsonFields::new())
+                .with_writer(buffer.clone())
+                .finish(),
+        );
+        tracing::dispatcher::with_default(&dispatch, || {
+            let outer = tracing::info_span!("outer", first = "x", odd = ?OpensASpan, last = 2u64);
+            let _outer = outer.enter();
+            tracing::info!("inside");
+        });
+        let text = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+        let line: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+        assert_eq!(line["span"]["first"], "x", "{line}");
+        assert_eq!(line["span"]["odd"], "outer \"debug\"", "{line}");
+        assert_eq!(line["span"]["last"], 2, "{line}");
+    }
+
     #[test]
     fn strings_are_escaped_as_serde_json_does() {
         for value in [
@@ -329,7 +419,7 @@ mod tests {
             "héllo ☃",
         ] {
             let mut out = String::new();
-            string(&mut out, value).unwrap();
+            push_string(&mut out, value);
             assert_eq!(out, serde_json::to_string(value).unwrap());
         }
     }

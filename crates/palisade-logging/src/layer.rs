@@ -180,7 +180,7 @@ impl<K> LoggingLayer<K> {
     /// the methods the registry knows.
     #[must_use]
     pub fn method_registry(mut self, registry: MethodRegistry) -> Self {
-        self.config_mut().registry = Some(Arc::new(registry));
+        self.config_mut().set_registry(&registry);
         self
     }
 }

@@ -111,6 +111,7 @@ mod future;
 mod layer;
 mod level;
 mod line;
+mod methods;
 mod policy;
 mod rpc;
 mod service;
