@@ -59,7 +59,12 @@ impl Config {
             side,
             levels: [Level::INFO; 17],
             most_severe: Level::INFO,
-            span_level: Level::INFO,
+            // A client's span follows its OK level: nothing it writes for a successful call,
+            // and nothing under it, shows at `info` (a server's handler logs under its span).
+            span_level: match side {
+                Side::Server => Level::INFO,
+                Side::Client => Level::DEBUG,
+            },
             log_start: false,
             skip: None,
             sample_ok: 1,

@@ -89,7 +89,19 @@ impl<K> LoggingLayer<K> {
         self
     }
 
-    /// The level of the span opened for each RPC (default `INFO`).
+    /// The level of the span opened for each RPC: by default `INFO` on a server (so the
+    /// handler's events nest under it) and `DEBUG` on a client, the level of its `OK` event (a
+    /// client's span holds only what its channel logs, and at `info` a successful client call
+    /// writes nothing: its span would cost a call's formatting for nobody).
+    ///
+    /// ```
+    /// use palisade_logging::LoggingLayer;
+    /// use tracing::Level;
+    ///
+    /// // The client's span at INFO: what its channel logs at `info` nests under it.
+    /// let layer = LoggingLayer::client().span_level(Level::INFO);
+    /// # drop(layer);
+    /// ```
     #[must_use]
     pub fn span_level(mut self, level: Level) -> Self {
         self.config_mut().span_level = level;

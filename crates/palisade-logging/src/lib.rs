@@ -83,7 +83,9 @@
 //! | `enduser.id` | the caller's subject as a layer inside verified it (jwt writes it into the per-RPC [`Rpc`](palisade_core::Rpc) record), at most [`max_message_len`](LoggingLayer::max_message_len) bytes |
 //! | `palisade.rejected_by` | the Palisade layer that answered the call itself (`jwt`, `ratelimit`, `breaker`, …): the record's, else the response's [`LocalRejection`](palisade_core::rejection::LocalRejection) mark |
 //!
-//! The span is named `grpc` and carries `grpc.service` and `grpc.method`.
+//! The span is named `grpc` and carries `grpc.service` and `grpc.method`; it is opened at
+//! `INFO` on a server (the handler's events nest under it) and at `DEBUG` on a client, the level
+//! of its `OK` event ([`LoggingLayer::span_level`] changes it).
 //! The level of each event follows the code ([`default_server_level`],
 //! [`default_client_level`], or [`LoggingLayer::levels`]).
 //!

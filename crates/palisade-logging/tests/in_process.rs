@@ -436,3 +436,51 @@ async fn request_messages_the_handler_reads_are_counted() {
     assert_eq!(events[0].field("grpc.request.messages"), Some(&json!(3)));
     assert_eq!(events[0].field("grpc.response.messages"), Some(&json!(1)));
 }
+
+/// A client's span follows its `OK` level (`DEBUG`): at `info`, nothing the channel logs nests
+/// under a span nobody would see otherwise; at `debug`, or with `span_level(INFO)`, it does. A
+/// server's span stays at `INFO`, over what its handler logs.
+#[tokio::test]
+async fn a_client_span_follows_its_ok_level_and_a_server_s_is_info() {
+    fn logs_inside<B>(_: Request<B>) -> std::future::Ready<Result<Response<GrpcBody>, Infallible>> {
+        tracing::info!(target: "inner", "polled inside the call");
+        std::future::ready(Ok(Response::new(GrpcBody::new(
+            [palisade_demo::frames::message(b"hi")],
+            Some(palisade_demo::frames::trailers(Code::Ok, None)),
+        ))))
+    }
+    let client = || LoggingLayer::client();
+    let cases: [(&str, LevelFilter, LoggingLayer<_>, bool); 3] = [
+        ("client at info", LevelFilter::INFO, client(), false),
+        ("client at debug", LevelFilter::DEBUG, client(), true),
+        (
+            "client at info, span at INFO",
+            LevelFilter::INFO,
+            client().span_level(Level::INFO),
+            true,
+        ),
+    ];
+    for (case, filter, layer, nested) in cases {
+        let capture = Capture::new();
+        let subscriber = tracing_subscriber::registry().with(capture.clone().with_filter(filter));
+        let _guard = tracing::subscriber::set_default(subscriber);
+        call(
+            &mut layer.layer(service_fn(logs_inside)),
+            grpc_request(SAY_HELLO),
+        )
+        .await;
+        let inner = capture.events().into_iter().find(|e| e.target == "inner");
+        let spans = inner
+            .unwrap_or_else(|| panic!("{case}: no inner event"))
+            .spans;
+        assert_eq!(!spans.is_empty(), nested, "{case}: {spans:?}");
+    }
+    let capture = Capture::new();
+    let subscriber =
+        tracing_subscriber::registry().with(capture.clone().with_filter(LevelFilter::INFO));
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let mut server = LoggingLayer::server().layer(service_fn(logs_inside));
+    call(&mut server, grpc_request(SAY_HELLO)).await;
+    let inner = capture.events().into_iter().find(|e| e.target == "inner");
+    assert_eq!(inner.unwrap().span_names(), ["grpc"]);
+}
