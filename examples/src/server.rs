@@ -65,7 +65,8 @@ pub struct ServerArgs {
     /// when it ends).
     #[arg(long)]
     pub log_start: bool,
-    /// Export spans with OTLP (gRPC) to this endpoint.
+    /// Export spans with OTLP (gRPC) to this endpoint. Without it no span is sampled (trace
+    /// ids still propagate), unless `OTEL_TRACES_SAMPLER` says otherwise.
     #[arg(long)]
     pub otlp_endpoint: Option<String>,
     /// How long calls in flight may take to finish after SIGTERM or SIGINT, before the

@@ -116,6 +116,12 @@ impl Rpc {
         self.0.subject.get().map(|subject| &**subject)
     }
 
+    /// The verified subject as it was written, shared: for a consumer that keeps it (a span
+    /// attribute) without copying it.
+    pub fn shared_subject(&self) -> Option<&Arc<str>> {
+        self.0.subject.get()
+    }
+
     /// Writes the verified subject; `false` if one was written before (it is kept).
     ///
     /// Pass an `Arc` cached with the verified token, so the write allocates nothing.

@@ -411,9 +411,10 @@ impl Observer for SpanEnd {
         span.set_attribute(KeyValue::new(RPC_GRPC_STATUS_CODE, code as i64));
         let record = self.record.as_ref();
         if self.side == Side::Server
-            && let Some(subject) = record.and_then(Rpc::subject)
+            && let Some(subject) = record.and_then(Rpc::shared_subject)
         {
-            span.set_attribute(KeyValue::new(ENDUSER_ID, subject.to_owned()));
+            // The record's `Arc`, shared: no copy of the subject per span.
+            span.set_attribute(KeyValue::new(ENDUSER_ID, subject.clone()));
         }
         if let Some(layer) = outcome
             .rejected_by()

@@ -42,7 +42,8 @@ struct Args {
     /// Log format of the client's own logs, to stdout.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
-    /// Export spans with OTLP (gRPC) to this endpoint.
+    /// Export spans with OTLP (gRPC) to this endpoint. Without it no span is sampled (trace
+    /// ids still propagate), unless `OTEL_TRACES_SAMPLER` says otherwise.
     #[arg(long)]
     otlp_endpoint: Option<String>,
     /// How long the call in flight may take to finish after SIGTERM or SIGINT, before the
