@@ -61,6 +61,8 @@
 
 pub mod admit;
 pub mod body;
+#[cfg(feature = "registry")]
+pub mod build;
 pub mod call;
 pub mod code;
 pub mod counter;
