@@ -31,7 +31,7 @@ pub fn unlimited() -> Quota {
 /// The server's jwt layer: HS256 secret, required issuer and audience, the default policy
 /// (authenticated) and cache (1 000 verified tokens).
 pub fn jwt_server() -> JwtAuthLayer {
-    JwtAuthLayer::builder()
+    JwtAuthLayer::server()
         .secret(SECRET)
         .issuer(ISSUER)
         .audience(AUDIENCE)
@@ -233,7 +233,7 @@ fn layer_groups(side: Side) -> Vec<Group> {
                 rpc(jwt_server().layer(Handler::ok()), Requests::server())
             })
             .case("first_sight_cache_off", || {
-                let layer = JwtAuthLayer::builder()
+                let layer = JwtAuthLayer::server()
                     .secret(SECRET)
                     .issuer(ISSUER)
                     .audience(AUDIENCE)
@@ -244,7 +244,10 @@ fn layer_groups(side: Side) -> Vec<Group> {
             })
     } else {
         bare(Group::new("layers/client/jwt"), side).case("attach", || {
-            let layer = AttachTokenLayer::bearer(&env::get().token).expect("a valid token");
+            let layer = JwtAuthLayer::client()
+                .bearer(&env::get().token)
+                .build()
+                .expect("a valid token");
             rpc(layer.layer(Handler::ok()), Requests::client())
         })
     });
@@ -252,17 +255,26 @@ fn layer_groups(side: Side) -> Vec<Group> {
     groups.push(if server {
         bare(Group::new("layers/server/ratelimit"), side)
             .case("direct", || {
-                let layer = RateLimitLayer::new(Limit::global(unlimited()));
+                let layer = RateLimitLayer::server()
+                    .limit(Limit::global(unlimited()))
+                    .build()
+                    .unwrap();
                 rpc(layer.layer(Handler::ok()), Requests::server())
             })
             .case("keyed", || {
                 // One bucket per peer IP address, requests from 1 000 peers in turn.
-                let layer = RateLimitLayer::new(Limit::per_key(Key::peer_ip(), unlimited()));
+                let layer = RateLimitLayer::server()
+                    .limit(Limit::per_key(Key::peer_ip(), unlimited()))
+                    .build()
+                    .unwrap();
                 rpc(layer.layer(Handler::ok()), Requests::server())
             })
     } else {
         bare(Group::new("layers/client/ratelimit"), side).case("direct", || {
-            let layer = ClientRateLimitLayer::new(Limit::global(unlimited()));
+            let layer = RateLimitLayer::client()
+                .limit(Limit::global(unlimited()))
+                .build()
+                .unwrap();
             rpc(layer.layer(Handler::ok()), Requests::client())
         })
     });
@@ -328,7 +340,12 @@ pub fn server_stack_to(sampled: bool, access_log: Option<LogWriter>) -> ServerSt
                 .build(),
         )
         .auth(jwt_server())
-        .ratelimit(RateLimitLayer::new(Limit::global(unlimited())))
+        .ratelimit(
+            RateLimitLayer::server()
+                .limit(Limit::global(unlimited()))
+                .build()
+                .unwrap(),
+        )
         .breaker(
             BreakerLayer::builder()
                 .name("server-stack")
@@ -409,8 +426,18 @@ fn client_stack_with<M>(
         .logging(logging)
         .metrics(metrics)
         .breaker(BreakerLayer::builder().name("client-stack").build())
-        .ratelimit(ClientRateLimitLayer::new(Limit::global(unlimited())))
-        .auth(AttachTokenLayer::bearer(&env.token).expect("a valid token"))
+        .ratelimit(
+            RateLimitLayer::client()
+                .limit(Limit::global(unlimited()))
+                .build()
+                .unwrap(),
+        )
+        .auth(
+            JwtAuthLayer::client()
+                .bearer(&env.token)
+                .build()
+                .expect("a valid token"),
+        )
 }
 
 /// The layers of [`client_stack`].
@@ -603,7 +630,11 @@ fn peers_ratelimit() -> Group {
         .case("bare", move || rpc(handler(), Requests::server()))
         .case("palisade_direct", move || {
             rpc(
-                RateLimitLayer::new(Limit::global(unlimited())).layer(handler()),
+                RateLimitLayer::server()
+                    .limit(Limit::global(unlimited()))
+                    .build()
+                    .unwrap()
+                    .layer(handler()),
                 Requests::server(),
             )
         })
@@ -621,7 +652,11 @@ fn peers_ratelimit() -> Group {
         })
         .case("palisade_keyed", move || {
             rpc(
-                RateLimitLayer::new(Limit::per_key(Key::peer_ip(), unlimited())).layer(handler()),
+                RateLimitLayer::server()
+                    .limit(Limit::per_key(Key::peer_ip(), unlimited()))
+                    .build()
+                    .unwrap()
+                    .layer(handler()),
                 Requests::server(),
             )
         })

@@ -71,19 +71,22 @@ pub fn layers(target: &Endpoint, options: &ClientOptions) -> DemoClientLayers {
         )
         .breaker(options.breaker.clone())
         .ratelimit(
-            ClientRateLimitLayer::builder()
+            RateLimitLayer::client()
                 .limit(Limit::global(Quota::per_second(options.rate)))
                 .registry(registry)
                 .max_wait(Duration::from_millis(250))
-                .build(),
+                .build()
+                .expect("one global limit is a valid configuration"),
         )
         .auth(
-            AttachTokenLayer::builder(minter(
-                &options.jwt_secret,
-                options.scope.as_deref(),
-                options.token_ttl,
-            ))
-            .build(),
+            JwtAuthLayer::client()
+                .source(minter(
+                    &options.jwt_secret,
+                    options.scope.as_deref(),
+                    options.token_ttl,
+                ))
+                .build()
+                .expect("a token source needs no checking"),
         )
 }
 

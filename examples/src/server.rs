@@ -305,21 +305,22 @@ fn rate_limit_on(
             }
         },
     };
-    // Health and reflection are exempt by default. Servers sharing a Redis share buckets by
-    // limit name: name it after the flag, the same on every server.
-    let mut builder = RateLimitLayer::builder()
+    // Health checks and reflection are never limited. Servers sharing a Redis share buckets
+    // by limit name: name it after the flag, the same on every server.
+    let mut builder = RateLimitLayer::server()
         .limit(limit.named(format!("server-{}", args.rate_key)))
+        .skip(Matcher::health_and_reflection())
         .registry(registry.clone());
     if let Some(redis) = redis {
         builder = builder.backend(redis);
     }
-    Ok(Some(builder.build()))
+    Ok(Some(builder.build()?))
 }
 
 /// JWT verification as the flags ask: the secret or a JWKS file, issuer and audience when
 /// given; health and reflection public; `SayHelloStream` needs the `greeter.stream` scope.
 pub fn auth(args: &ServerArgs) -> Result<JwtAuthLayer, BoxError> {
-    let mut builder = JwtAuthLayer::builder();
+    let mut builder = JwtAuthLayer::server();
     builder = match &args.jwks_file {
         Some(path) => builder.jwks_file(path),
         None => {
@@ -338,7 +339,7 @@ pub fn auth(args: &ServerArgs) -> Result<JwtAuthLayer, BoxError> {
         builder = builder.audience(audience);
     }
     Ok(builder
-        .public(Matcher::health_and_reflection())
+        .skip(Matcher::health_and_reflection())
         .policy(
             Matcher::method("palisade.demo.v1.Greeter/SayHelloStream"),
             AuthPolicy::authenticated().scopes([STREAM_SCOPE]),

@@ -307,10 +307,11 @@ async fn the_clients_own_rate_limiter_never_opens_its_breaker() {
             .consecutive_failures(3)
             .failure_codes(failures)
             .build();
-        let limiter = palisade_ratelimit::ClientRateLimitLayer::builder()
+        let limiter = palisade_ratelimit::RateLimitLayer::client()
             .limit(palisade_ratelimit::Limit::global(quota_of(1, 1, false)))
             .max_wait(Duration::ZERO)
-            .build();
+            .build()
+            .unwrap();
         // The recommended client order: the breaker outside the rate limiter.
         let channel = ServiceBuilder::new()
             .layer(breaker.clone())
@@ -328,9 +329,10 @@ async fn the_clients_own_rate_limiter_never_opens_its_breaker() {
 
 #[tokio::test(start_paused = true)]
 async fn a_servers_quota_answers_do_not_open_the_clients_breaker() {
-    let limit = palisade_ratelimit::RateLimitLayer::new(palisade_ratelimit::Limit::global(
-        quota_of(1, 1, true),
-    ));
+    let limit = palisade_ratelimit::RateLimitLayer::server()
+        .limit(palisade_ratelimit::Limit::global(quota_of(1, 1, true)))
+        .build()
+        .unwrap();
     let server = spawn(limit).await;
     let breaker = BreakerLayer::builder()
         .name("greeter")

@@ -113,8 +113,8 @@ fn bearer(token: &str) -> HeaderValue {
 
 /// The demo server's policy: health and reflection public, streaming needs a scope.
 fn layer(cache: bool) -> JwtAuthLayer {
-    JwtAuthLayer::builder()
-        .public(Matcher::health_and_reflection())
+    JwtAuthLayer::server()
+        .skip(Matcher::health_and_reflection())
         .policy(
             Matcher::method("palisade.demo.v1.Greeter/SayHelloStream"),
             Policy::authenticated().scopes(["greeter.stream"]),

@@ -19,8 +19,12 @@ use http::{HeaderName, HeaderValue, header::AUTHORIZATION};
 use palisade_core::{
     Call, Code, Rejection, Side,
     admit::{self, Admission, Admit, AdmitLayer, Decision},
+    build::{BoxError as BuildError, BuildLayer},
+    side::Client,
 };
 use tokio::{sync::oneshot, time::Instant};
+
+use crate::config::ConfigError;
 use tower_layer::Layer;
 
 /// A boxed error, as token sources return.
@@ -150,7 +154,7 @@ impl<F> fmt::Debug for FnSource<F> {
 /// ```
 /// use palisade_jwt::client::{token_fn, AttachTokenLayer, Token};
 ///
-/// let layer = AttachTokenLayer::builder(token_fn(|| async { Ok(Token::new("t")) })).build();
+/// let layer = JwtAuthLayer::client().source(token_fn(|| async { Ok(Token::new("t")) })).build().unwrap();
 /// # let _ = layer;
 /// ```
 pub fn token_fn<F, Fut>(f: F) -> FnSource<F>
@@ -171,9 +175,15 @@ where
     }
 }
 
-/// A token given once, which never expires: [`AttachTokenLayer::bearer`].
+/// A token given once, which never expires: [`AttachTokenBuilder::bearer`].
 #[derive(Clone, Debug)]
 pub struct StaticToken(());
+
+/// No token yet: a builder from [`JwtAuthLayer::client`](crate::JwtAuthLayer::client) takes
+/// one with [`bearer`](AttachTokenBuilder::bearer) or [`source`](AttachTokenBuilder::source)
+/// before it builds.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoToken;
 
 impl TokenSource for StaticToken {
     async fn token(&self) -> Result<Token, BoxError> {
@@ -528,9 +538,11 @@ fn header_value(scheme: Option<&str>, token: &str) -> Result<HeaderValue, Invali
     Ok(value)
 }
 
-/// Builds an [`AttachTokenLayer`] over a [`TokenSource`].
+/// Configures an [`AttachTokenLayer`]; made by [`JwtAuthLayer::client`](crate::JwtAuthLayer::client),
+/// then given its token with [`bearer`](Self::bearer) or [`source`](Self::source).
 pub struct AttachTokenBuilder<T> {
     source: T,
+    fixed: Option<Box<str>>,
     header: HeaderName,
     scheme: Option<Box<str>>,
     refresh_before: Duration,
@@ -539,6 +551,7 @@ pub struct AttachTokenBuilder<T> {
 impl<T> fmt::Debug for AttachTokenBuilder<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AttachTokenBuilder")
+            .field("source", &std::any::type_name::<T>())
             .field("header", &self.header)
             .field("scheme", &self.scheme)
             .field("refresh_before", &self.refresh_before)
@@ -546,7 +559,41 @@ impl<T> fmt::Debug for AttachTokenBuilder<T> {
     }
 }
 
-impl<T: TokenSource> AttachTokenBuilder<T> {
+impl AttachTokenBuilder<NoToken> {
+    pub(crate) fn new() -> Self {
+        AttachTokenBuilder {
+            source: NoToken,
+            fixed: None,
+            header: AUTHORIZATION,
+            scheme: Some("Bearer".into()),
+            refresh_before: Duration::from_secs(30),
+        }
+    }
+
+    /// Attaches this token to every call, as it is (it never expires; checked by
+    /// [`build`](AttachTokenBuilder::build)).
+    pub fn bearer(self, token: impl Into<String>) -> AttachTokenBuilder<StaticToken> {
+        self.with_source(StaticToken(()), Some(token.into().into_boxed_str()))
+    }
+
+    /// Attaches a token from `source`: cached, and refreshed before it expires (see
+    /// [`refresh_before`](AttachTokenBuilder::refresh_before)).
+    pub fn source<T: TokenSource>(self, source: T) -> AttachTokenBuilder<T> {
+        self.with_source(source, None)
+    }
+
+    fn with_source<T>(self, source: T, fixed: Option<Box<str>>) -> AttachTokenBuilder<T> {
+        AttachTokenBuilder {
+            source,
+            fixed,
+            header: self.header,
+            scheme: self.scheme,
+            refresh_before: self.refresh_before,
+        }
+    }
+}
+
+impl<T> AttachTokenBuilder<T> {
     /// The header to write (default `authorization`).
     #[must_use]
     pub fn header(mut self, name: HeaderName) -> Self {
@@ -577,14 +624,30 @@ impl<T: TokenSource> AttachTokenBuilder<T> {
         self.refresh_before = margin;
         self
     }
+}
 
+impl<T: TokenSource> AttachTokenBuilder<T> {
     /// The layer.
-    pub fn build(self) -> AttachTokenLayer<T> {
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::InvalidToken`]: a [`bearer`](AttachTokenBuilder::bearer) token that is
+    /// not a valid header value (control characters, non-ASCII), with its scheme.
+    pub fn build(self) -> Result<AttachTokenLayer<T>, ConfigError> {
+        let current = match &self.fixed {
+            None => None,
+            Some(token) => Some(Current {
+                value: header_value(self.scheme.as_deref(), token)
+                    .map_err(|InvalidToken| ConfigError::InvalidToken)?,
+                refresh_at: None,
+                expires_at: None,
+            }),
+        };
         let cache = Arc::new(Cache {
             source: self.source,
             scheme: self.scheme,
             refresh_before: self.refresh_before,
-            current: RwLock::new(None),
+            current: RwLock::new(current),
             refresh: Mutex::new(Refresh::default()),
             fetching: AtomicBool::new(false),
             retry_at: AtomicU64::new(0),
@@ -593,19 +656,38 @@ impl<T: TokenSource> AttachTokenBuilder<T> {
             #[cfg(test)]
             locks: AtomicU64::new(0),
         });
-        AttachTokenLayer {
+        Ok(AttachTokenLayer {
             inner: AdmitLayer::new(Attach {
                 cache,
                 header: self.header,
                 unavailable: Rejection::new(Code::Unauthenticated, "token unavailable").by("jwt"),
             }),
-        }
+        })
+    }
+}
+
+impl<T: TokenSource> BuildLayer<Client> for AttachTokenBuilder<T> {
+    type Layer = AttachTokenLayer<T>;
+    const NAME: &'static str = "auth";
+
+    fn build_layer(self) -> Result<AttachTokenLayer<T>, BuildError> {
+        Ok(self.build()?)
+    }
+}
+
+impl<T> BuildLayer<Client> for AttachTokenLayer<T> {
+    type Layer = Self;
+    const NAME: &'static str = "auth";
+
+    fn build_layer(self) -> Result<Self, BuildError> {
+        Ok(self)
     }
 }
 
 /// Attaches `authorization: Bearer <token>` to every request of a client (the header marked
-/// sensitive). The token is static ([`AttachTokenLayer::bearer`]) or comes from a
-/// [`TokenSource`] ([`AttachTokenLayer::builder`]): cached, and refreshed in the background
+/// sensitive). Made by [`JwtAuthLayer::client`](crate::JwtAuthLayer::client): the token is
+/// static ([`bearer`](AttachTokenBuilder::bearer)) or comes from a [`TokenSource`]
+/// ([`source`](AttachTokenBuilder::source)): cached, and refreshed in the background
 /// before it expires while calls carry on with the current token — however many calls wait, one
 /// fetch is in flight — with a backoff after failures (see
 /// [`refresh_before`](AttachTokenBuilder::refresh_before)). When no token can be had, the call
@@ -615,51 +697,24 @@ impl<T: TokenSource> AttachTokenBuilder<T> {
 ///
 /// ```
 /// use std::time::Duration;
-/// use palisade_jwt::{client::AttachTokenLayer, mint::HmacMinter};
+/// use palisade_jwt::{JwtAuthLayer, mint::HmacMinter};
 ///
 /// // A static token…
-/// let fixed = AttachTokenLayer::bearer("eyJhbGciOi...").unwrap();
+/// let fixed = JwtAuthLayer::client().bearer("eyJhbGciOi...").build().unwrap();
 /// // …or one minted (or fetched) on demand and refreshed 30 s before it expires.
-/// let minted = AttachTokenLayer::builder(
-///     HmacMinter::hs256("palisade-demo-secret").subject("demo-client").ttl(Duration::from_secs(300)),
-/// )
-/// .build();
+/// let minted = JwtAuthLayer::client()
+///     .source(HmacMinter::hs256("palisade-demo-secret").subject("demo-client").ttl(Duration::from_secs(300)))
+///     .build().unwrap()
+///     .unwrap();
+/// // A token that cannot be a header value is refused at build.
+/// assert!(JwtAuthLayer::client().bearer("line\nbreak").build().unwrap().is_err());
 /// # let _ = (fixed, minted);
 /// ```
 pub struct AttachTokenLayer<T = StaticToken> {
     inner: AdmitLayer<Attach<T>>,
 }
 
-impl AttachTokenLayer<StaticToken> {
-    /// Attaches `authorization: Bearer <token>` to every request.
-    pub fn bearer(token: impl AsRef<str>) -> Result<Self, InvalidToken> {
-        let value = header_value(Some("Bearer"), token.as_ref())?;
-        let layer = AttachTokenLayer::builder(StaticToken(())).build();
-        *layer
-            .attach()
-            .cache
-            .current
-            .write()
-            .unwrap_or_else(|e| e.into_inner()) = Some(Current {
-            value,
-            refresh_at: None,
-            expires_at: None,
-        });
-        Ok(layer)
-    }
-}
-
 impl<T: TokenSource> AttachTokenLayer<T> {
-    /// A builder over a token source.
-    pub fn builder(source: T) -> AttachTokenBuilder<T> {
-        AttachTokenBuilder {
-            source,
-            header: AUTHORIZATION,
-            scheme: Some("Bearer".into()),
-            refresh_before: Duration::from_secs(30),
-        }
-    }
-
     /// How many times the token source was asked.
     pub fn refreshes(&self) -> u64 {
         self.attach().cache.refreshes.load(Ordering::Relaxed)
@@ -811,6 +866,7 @@ mod tests {
     use http::{Request, Response};
 
     use super::*;
+    use crate::JwtAuthLayer;
 
     #[test]
     fn backoff_doubles_with_jitter_up_to_30_s() {
@@ -865,16 +921,18 @@ mod tests {
         use tower::{ServiceExt, service_fn};
         let asked = Arc::new(AtomicU64::new(0));
         let counter = asked.clone();
-        let layer = AttachTokenLayer::builder(crate::client::token_fn(move || {
-            let n = counter.fetch_add(1, Ordering::SeqCst);
-            async move {
-                match n {
-                    0 => Ok(Token::new("t").expires_in(Duration::from_secs(60))),
-                    _ => Err("identity provider down".into()),
+        let layer = JwtAuthLayer::client()
+            .source(crate::client::token_fn(move || {
+                let n = counter.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    match n {
+                        0 => Ok(Token::new("t").expires_in(Duration::from_secs(60))),
+                        _ => Err("identity provider down".into()),
+                    }
                 }
-            }
-        }))
-        .build();
+            }))
+            .build()
+            .unwrap();
         let cache = layer.attach().cache.clone();
         assert_eq!(cache.get().await.unwrap(), "Bearer t");
         tokio::time::advance(Duration::from_secs(31)).await;

@@ -17,7 +17,7 @@ use crate::{
     verify::{Verdict, Verifier, VerifierConfig},
 };
 
-/// Why a server layer could not be built.
+/// Why a layer (server or client) could not be built.
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum ConfigError {
@@ -41,6 +41,12 @@ pub enum ConfigError {
     UnknownClaim(String),
     /// No algorithm is both allowed and verifiable by a configured key.
     NoAlgorithm,
+    /// [`claims`](JwtAuthBuilder::claims) was called after a per-method policy or the default
+    /// policy was set: those were written for the claims type before it.
+    ClaimsAfterPolicy,
+    /// The client's static token is not a valid header value (control characters,
+    /// non-ASCII).
+    InvalidToken,
 }
 
 impl fmt::Display for ConfigError {
@@ -59,6 +65,13 @@ impl fmt::Display for ConfigError {
             ),
             ConfigError::NoAlgorithm => {
                 f.write_str("no allowed algorithm can be verified by the configured keys")
+            }
+            ConfigError::ClaimsAfterPolicy => f.write_str(
+                "`claims::<C>()` must come before `policy` and `default_policy`: they were \
+                 written for the claims type before it",
+            ),
+            ConfigError::InvalidToken => {
+                f.write_str("the static token is not a valid header value")
             }
         }
     }
@@ -84,8 +97,8 @@ impl From<KeyError> for ConfigError {
 pub const DEFAULT_MAX_TOKEN_BYTES: usize = 8 * 1024;
 
 /// Builds a [`JwtAuthLayer`]: key sources, validation, cache, per-method policy and where the
-/// token is read. Start with [`JwtAuthLayer::builder`] (for [`StandardClaims`]) or
-/// [`JwtAuthBuilder::new`] (for claims of your own).
+/// token is read. Start with [`JwtAuthLayer::server`] (for [`StandardClaims`]), then
+/// [`claims`](Self::claims) first for claims of your own.
 ///
 /// Defaults, as Envoy's `jwt_authn` would have them where it has one: header `authorization`,
 /// scheme `Bearer` (matched case-insensitively), tokens up to 8 KiB, every supported algorithm
@@ -108,8 +121,10 @@ pub struct JwtAuthBuilder<C = StandardClaims> {
     clock: Clock,
     cache_capacity: u64,
     cache_max_ttl: Duration,
+    skip: Vec<Matcher>,
     rules: Vec<(Matcher, Policy<C>)>,
     default_policy: Policy<C>,
+    default_policy_set: bool,
     header: HeaderName,
     scheme: Option<Box<str>>,
     max_token_bytes: usize,
@@ -173,15 +188,9 @@ impl<C> fmt::Debug for JwtAuthBuilder<C> {
     }
 }
 
-impl<C: Claims> Default for JwtAuthBuilder<C> {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl<C: Claims> JwtAuthBuilder<C> {
     /// A builder with the defaults and no key.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let mut required = Required::default();
         required.set(Required::EXP, true);
         JwtAuthBuilder {
@@ -196,8 +205,10 @@ impl<C: Claims> JwtAuthBuilder<C> {
             clock: Clock::system(),
             cache_capacity: 1000,
             cache_max_ttl: Duration::from_secs(600),
+            skip: Vec::new(),
             rules: Vec::new(),
             default_policy: Policy::authenticated(),
+            default_policy_set: false,
             header: AUTHORIZATION,
             scheme: Some("Bearer".into()),
             max_token_bytes: DEFAULT_MAX_TOKEN_BYTES,
@@ -205,6 +216,66 @@ impl<C: Claims> JwtAuthBuilder<C> {
             remote_options: Default::default(),
             #[cfg(feature = "remote")]
             http_client: None,
+        }
+    }
+
+    /// Extracts claims of your own (`D`, with the fields your policies check) instead of
+    /// [`StandardClaims`]; call it first, before [`policy`](Self::policy) and
+    /// [`default_policy`](Self::default_policy) (which are written for the claims type:
+    /// [`build`](Self::build) refuses them with [`ConfigError::ClaimsAfterPolicy`] otherwise).
+    ///
+    /// ```
+    /// use palisade_jwt::{Claims, JwtAuthLayer, Policy, StandardClaims};
+    ///
+    /// #[derive(Clone, serde::Deserialize)]
+    /// struct TenantClaims {
+    ///     #[serde(flatten)]
+    ///     standard: StandardClaims,
+    ///     tenant: String,
+    /// }
+    /// impl Claims for TenantClaims {
+    ///     fn standard(&self) -> &StandardClaims {
+    ///         &self.standard
+    ///     }
+    /// }
+    ///
+    /// let layer = JwtAuthLayer::server()
+    ///     .claims::<TenantClaims>()
+    ///     .secret("palisade-demo-secret")
+    ///     .default_policy(Policy::authenticated().check(|claims: &TenantClaims| claims.tenant == "acme"))
+    ///     .build()
+    ///     .unwrap();
+    /// # let _ = layer;
+    /// ```
+    pub fn claims<D: Claims>(self) -> JwtAuthBuilder<D> {
+        let misplaced = !self.rules.is_empty() || self.default_policy_set;
+        let error = match self.error {
+            None if misplaced => Some(ConfigError::ClaimsAfterPolicy),
+            error => error,
+        };
+        JwtAuthBuilder {
+            keys: self.keys,
+            remote: self.remote,
+            error,
+            algorithms: self.algorithms,
+            issuers: self.issuers,
+            audiences: self.audiences,
+            required: self.required,
+            leeway: self.leeway,
+            clock: self.clock,
+            cache_capacity: self.cache_capacity,
+            cache_max_ttl: self.cache_max_ttl,
+            skip: self.skip,
+            rules: Vec::new(),
+            default_policy: Policy::authenticated(),
+            default_policy_set: false,
+            header: self.header,
+            scheme: self.scheme,
+            max_token_bytes: self.max_token_bytes,
+            forward_token: self.forward_token,
+            remote_options: self.remote_options,
+            #[cfg(feature = "remote")]
+            http_client: self.http_client,
         }
     }
 
@@ -398,17 +469,20 @@ impl<C: Claims> JwtAuthBuilder<C> {
         self
     }
 
-    /// Lets the methods `matcher` selects through without a token
-    /// (`Matcher::health_and_reflection()` for health checks and reflection).
+    /// Lets the methods `matcher` selects through without reading a token, before any
+    /// [`policy`](Self::policy) rule (`Matcher::health_and_reflection()` for health checks and
+    /// reflection; default: none skipped). Called again, the matchers add up.
     #[must_use]
-    pub fn public(self, matcher: Matcher) -> Self {
-        self.policy(matcher, Policy::public())
+    pub fn skip(mut self, matcher: Matcher) -> Self {
+        self.skip.push(matcher);
+        self
     }
 
     /// The policy of methods no rule selects (default [`Policy::authenticated`]).
     #[must_use]
     pub fn default_policy(mut self, policy: Policy<C>) -> Self {
         self.default_policy = policy;
+        self.default_policy_set = true;
         self
     }
 
@@ -498,8 +572,11 @@ impl<C: Claims> JwtAuthBuilder<C> {
         if let Some(remote) = &verifier.remote {
             remote.ensure_started();
         }
-        let has_rules = !self.rules.is_empty();
+        let has_rules = !self.rules.is_empty() || !self.skip.is_empty();
         let mut policies = PerMethod::new();
+        for matcher in self.skip {
+            policies = policies.rule(matcher, Policy::public());
+        }
         for (matcher, policy) in self.rules {
             policies = policies.rule(matcher, policy);
         }

@@ -2,12 +2,17 @@
 
 use std::fmt;
 
-use palisade_core::admit::{Admit, AdmitLayer};
+use palisade_core::{
+    admit::{Admit, AdmitLayer},
+    build::{BoxError, BuildLayer},
+    side::Server,
+};
 use tower_layer::Layer;
 
 use crate::{
     admission::JwtAdmission,
     claims::{Claims, StandardClaims},
+    client::{AttachTokenBuilder, NoToken},
     config::JwtAuthBuilder,
     service::JwtAuth,
 };
@@ -23,10 +28,35 @@ pub struct JwtAuthLayer<C = StandardClaims> {
 }
 
 impl JwtAuthLayer<StandardClaims> {
-    /// A builder for a layer that extracts [`StandardClaims`]; use [`JwtAuthBuilder::new`] for
-    /// claims of your own.
-    pub fn builder() -> JwtAuthBuilder<StandardClaims> {
+    /// Configures a server layer, which verifies tokens and extracts [`StandardClaims`]
+    /// ([`claims`](JwtAuthBuilder::claims) for claims of your own).
+    pub fn server() -> JwtAuthBuilder<StandardClaims> {
         JwtAuthBuilder::new()
+    }
+
+    /// Configures a client layer ([`AttachTokenLayer`](crate::client::AttachTokenLayer)), which attaches a token to every call:
+    /// a static one ([`bearer`](AttachTokenBuilder::bearer)) or one from a
+    /// [`TokenSource`](crate::client::TokenSource) ([`source`](AttachTokenBuilder::source)).
+    pub fn client() -> AttachTokenBuilder<NoToken> {
+        AttachTokenBuilder::new()
+    }
+}
+
+impl<C: Claims> BuildLayer<Server> for JwtAuthBuilder<C> {
+    type Layer = JwtAuthLayer<C>;
+    const NAME: &'static str = "auth";
+
+    fn build_layer(self) -> Result<JwtAuthLayer<C>, BoxError> {
+        Ok(self.build()?)
+    }
+}
+
+impl<C> BuildLayer<Server> for JwtAuthLayer<C> {
+    type Layer = Self;
+    const NAME: &'static str = "auth";
+
+    fn build_layer(self) -> Result<Self, BoxError> {
+        Ok(self)
     }
 }
 

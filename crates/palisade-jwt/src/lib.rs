@@ -24,9 +24,9 @@
 //! use tower::{Layer, ServiceExt, service_fn};
 //!
 //! # #[tokio::main(flavor = "current_thread")] async fn main() {
-//! let auth = JwtAuthLayer::builder()
+//! let auth = JwtAuthLayer::server()
 //!     .secret("palisade-demo-secret")
-//!     .public(Matcher::health_and_reflection())
+//!     .skip(Matcher::health_and_reflection())
 //!     .policy(
 //!         Matcher::method("palisade.demo.v1.Greeter/SayHelloStream"),
 //!         Policy::authenticated().scopes(["greeter.stream"]),
@@ -66,7 +66,7 @@
 //!
 //! With tonic, put the layer on the server (`Server::builder().layer(auth)`) and read the
 //! claims in a handler with `request.extensions().get::<StandardClaims>()`; on the client,
-//! `ServiceBuilder::new().layer(AttachTokenLayer::bearer(token)?).service(channel)`.
+//! `ServiceBuilder::new().layer(JwtAuthLayer::client().bearer(token).build()?).service(channel)`.
 //!
 //! # Keys and algorithms
 //!

@@ -12,7 +12,7 @@ use http::{HeaderValue, Request, Response};
 use jsonwebtoken::{Algorithm, EncodingKey};
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 use palisade_core::Matcher;
-use palisade_jwt::{Claims, JwtAuthBuilder, JwtAuthLayer, Key, Policy, Reason, StandardClaims};
+use palisade_jwt::{Claims, JwtAuthLayer, Key, Policy, Reason, StandardClaims};
 use serde_json::json;
 use tower::{Layer, Service, ServiceExt};
 
@@ -22,7 +22,7 @@ const PERMISSION_DENIED: u16 = 7;
 /// A layer over [`SECRET`] (HS256) and the RSA test key (kid `rsa`), issuer `https://issuer.test`
 /// accepted when present-checked by the test that sets it.
 fn layer() -> JwtAuthLayer {
-    JwtAuthLayer::builder()
+    JwtAuthLayer::server()
         .secret(SECRET)
         .key(Key::from_pem(RSA_PUB).unwrap().with_kid("rsa"))
         .build()
@@ -304,7 +304,7 @@ async fn alg_none() {
 #[tokio::test]
 async fn hs256_token_against_an_rsa_key() {
     // The classic confusion: HMAC with the RSA public key as the secret.
-    let rsa_only = JwtAuthLayer::builder().pem(RSA_PUB).build().unwrap();
+    let rsa_only = JwtAuthLayer::server().pem(RSA_PUB).build().unwrap();
     for secret in [RSA_PUB, &URL_SAFE_NO_PAD.encode(RSA_PUB).into_bytes()[..]] {
         let forged = sign(
             Algorithm::HS256,
@@ -321,7 +321,7 @@ async fn hs256_token_against_an_rsa_key() {
         .await;
     }
     // Also with a kid naming the RSA key.
-    let with_kid = JwtAuthLayer::builder()
+    let with_kid = JwtAuthLayer::server()
         .key(Key::from_pem(RSA_PUB).unwrap().with_kid("rsa"))
         .build()
         .unwrap();
@@ -342,7 +342,7 @@ async fn hs256_token_against_an_rsa_key() {
 
 #[tokio::test]
 async fn algorithm_outside_the_allowed_list() {
-    let hs512_only = JwtAuthLayer::builder()
+    let hs512_only = JwtAuthLayer::server()
         .secret(SECRET)
         .algorithms([Algorithm::HS512])
         .build()
@@ -419,7 +419,7 @@ async fn expired_beyond_leeway() {
         .unwrap();
     assert_eq!((code(&response), inner.calls()), (0, 1));
     // With no leeway it does not.
-    let strict = JwtAuthLayer::builder()
+    let strict = JwtAuthLayer::server()
         .secret(SECRET)
         .leeway(Duration::ZERO)
         .build()
@@ -447,7 +447,7 @@ async fn not_yet_valid() {
 
 #[tokio::test]
 async fn wrong_issuer() {
-    let layer = JwtAuthLayer::builder()
+    let layer = JwtAuthLayer::server()
         .secret(SECRET)
         .issuer("https://issuer.test")
         .build()
@@ -481,7 +481,7 @@ async fn wrong_issuer() {
 
 #[tokio::test]
 async fn wrong_audience() {
-    let layer = JwtAuthLayer::builder()
+    let layer = JwtAuthLayer::server()
         .secret(SECRET)
         .audience("greeter")
         .build()
@@ -518,7 +518,7 @@ async fn wrong_audience() {
 
 #[tokio::test]
 async fn unknown_kid() {
-    let layer = JwtAuthLayer::builder()
+    let layer = JwtAuthLayer::server()
         .key(Key::from_pem(RSA_PUB).unwrap().with_kid("rsa"))
         .build()
         .unwrap();
@@ -557,7 +557,7 @@ async fn one_mib_token() {
     )
     .await;
     // The limit is configurable.
-    let small = JwtAuthLayer::builder()
+    let small = JwtAuthLayer::server()
         .secret(SECRET)
         .max_token_bytes(64)
         .build()
@@ -606,7 +606,7 @@ async fn missing_exp() {
         Reason::MissingClaim,
     )
     .await;
-    let required = JwtAuthLayer::builder()
+    let required = JwtAuthLayer::server()
         .secret(SECRET)
         .require_claims(["sub"])
         .build()
@@ -618,7 +618,7 @@ async fn missing_exp() {
         Reason::MissingClaim,
     )
     .await;
-    let lenient = JwtAuthLayer::builder()
+    let lenient = JwtAuthLayer::server()
         .secret(SECRET)
         .require_exp(false)
         .build()
@@ -671,9 +671,9 @@ async fn unknown_critical_header() {
 }
 
 fn scoped() -> JwtAuthLayer {
-    JwtAuthLayer::builder()
+    JwtAuthLayer::server()
         .secret(SECRET)
-        .public(Matcher::health_and_reflection())
+        .skip(Matcher::health_and_reflection())
         .policy(
             Matcher::method("palisade.demo.v1.Greeter/SayHelloStream"),
             Policy::authenticated().scopes(["greeter.stream"]),
@@ -748,7 +748,7 @@ async fn public_and_optional_methods() {
         "public: the token is not even read"
     );
 
-    let optional = JwtAuthLayer::builder()
+    let optional = JwtAuthLayer::server()
         .secret(SECRET)
         .default_policy(Policy::optional())
         .build()
@@ -785,7 +785,8 @@ struct TenantClaims {
 
 #[tokio::test]
 async fn claims_of_your_own() {
-    let layer = JwtAuthBuilder::<TenantClaims>::new()
+    let layer = JwtAuthLayer::server()
+        .claims::<TenantClaims>()
         .secret(SECRET)
         .default_policy(Policy::authenticated().check(|c: &TenantClaims| c.tenant == "acme"))
         .build()
@@ -825,7 +826,7 @@ async fn claims_of_your_own() {
 
 #[tokio::test]
 async fn every_algorithm_verifies_with_its_own_key_only() {
-    let layer = JwtAuthLayer::builder()
+    let layer = JwtAuthLayer::server()
         .secret(SECRET)
         .pem(RSA_PUB)
         .pem(EC256_PUB)
@@ -901,7 +902,7 @@ async fn extreme_numeric_dates() {
         passes(json!({"sub": "alice", "exp": exp, "iat": exp}), layer()).await;
     }
     // The widest leeway and cache lifetime saturate rather than overflow; a cache hit too.
-    let wide = JwtAuthLayer::builder()
+    let wide = JwtAuthLayer::server()
         .secret(SECRET)
         .leeway(Duration::MAX)
         .cache_max_ttl(Duration::MAX)

@@ -22,7 +22,7 @@ async fn call(layer: &JwtAuthLayer, token: &str) -> (u16, usize, String) {
 #[tokio::test(start_paused = true)]
 async fn the_cache_never_accepts_a_token_after_its_exp() {
     for leeway in [0, 60] {
-        let layer = JwtAuthLayer::builder()
+        let layer = JwtAuthLayer::server()
             .secret(SECRET)
             .leeway(Duration::from_secs(leeway))
             .clock(Clock::tokio())
@@ -57,7 +57,7 @@ async fn the_cache_never_accepts_a_token_after_its_exp() {
 
 #[tokio::test]
 async fn a_cache_hit_is_the_same_verdict() {
-    let layer = JwtAuthLayer::builder().secret(SECRET).build().unwrap();
+    let layer = JwtAuthLayer::server().secret(SECRET).build().unwrap();
     let token = hs256(&claims("alice"));
     let (first, second) = (call(&layer, &token).await, call(&layer, &token).await);
     assert_eq!(first, second);
@@ -70,7 +70,7 @@ async fn a_cache_hit_is_the_same_verdict() {
 
 #[tokio::test]
 async fn the_cache_is_bounded() {
-    let layer = JwtAuthLayer::builder()
+    let layer = JwtAuthLayer::server()
         .secret(SECRET)
         .cache_capacity(16)
         .build()
@@ -82,7 +82,7 @@ async fn the_cache_is_bounded() {
         );
     }
     assert!(layer.cached_tokens() <= 16, "{}", layer.cached_tokens());
-    let off = JwtAuthLayer::builder()
+    let off = JwtAuthLayer::server()
         .secret(SECRET)
         .cache_capacity(0)
         .build()

@@ -14,7 +14,8 @@ use std::{
 
 use futures_util::future::join_all;
 use http::{Request, Response};
-use palisade_jwt::client::{AttachTokenLayer, Token, TokenSource, token_fn};
+use palisade_jwt::JwtAuthLayer;
+use palisade_jwt::client::{Token, TokenSource, token_fn};
 use tokio::sync::Semaphore;
 use tower::{Layer, Service, ServiceExt, service_fn};
 
@@ -46,7 +47,10 @@ fn request() -> Request<String> {
 
 #[tokio::test]
 async fn a_static_token_is_attached_as_sensitive() {
-    let layer = AttachTokenLayer::bearer("abc.def.ghi").unwrap();
+    let layer = JwtAuthLayer::client()
+        .bearer("abc.def.ghi")
+        .build()
+        .unwrap();
     let captured = Arc::new(Mutex::new(None));
     let captured2 = captured.clone();
     let service = layer.layer(service_fn(move |request: Request<String>| {
@@ -57,7 +61,10 @@ async fn a_static_token_is_attached_as_sensitive() {
     let value = captured.lock().unwrap().clone().unwrap();
     assert_eq!(value, "Bearer abc.def.ghi");
     assert!(value.is_sensitive());
-    assert!(AttachTokenLayer::bearer("bad\ntoken").is_err());
+    assert!(matches!(
+        JwtAuthLayer::client().bearer("bad\ntoken").build(),
+        Err(palisade_jwt::ConfigError::InvalidToken)
+    ));
 }
 
 /// A source counting its calls, minting `token-N`, each living `ttl`, held until `gate` gives a permit.
@@ -100,7 +107,10 @@ impl TokenSource for Counting {
 #[tokio::test(start_paused = true)]
 async fn many_concurrent_calls_cause_one_refresh() {
     let source = Counting::new(Duration::from_secs(300), 100);
-    let layer = AttachTokenLayer::builder(source.clone()).build();
+    let layer = JwtAuthLayer::client()
+        .source(source.clone())
+        .build()
+        .unwrap();
     let seen = Seen::default();
     let service = layer.layer(recording(seen.clone()));
     let calls = (0..100).map(|_| service.clone().oneshot(request()));
@@ -119,9 +129,11 @@ async fn many_concurrent_calls_cause_one_refresh() {
 async fn the_token_is_refreshed_before_it_expires_while_calls_carry_on() {
     // Lives 60 s, refreshed from 30 s before expiry; the second refresh is held at the gate.
     let source = Counting::new(Duration::from_secs(60), 1);
-    let layer = AttachTokenLayer::builder(source.clone())
+    let layer = JwtAuthLayer::client()
+        .source(source.clone())
         .refresh_before(Duration::from_secs(30))
-        .build();
+        .build()
+        .unwrap();
     let seen = Seen::default();
     let service = layer.layer(recording(seen.clone()));
     service.clone().oneshot(request()).await.unwrap();
@@ -164,7 +176,7 @@ async fn a_failing_source_is_unauthenticated_and_asked_once_per_wave() {
             Err::<Token, _>("identity provider down".into())
         }
     });
-    let layer = AttachTokenLayer::builder(source).build();
+    let layer = JwtAuthLayer::client().source(source).build().unwrap();
     let seen = Seen::default();
     let service = layer.layer(recording(seen.clone()));
     let responses = join_all((0..20).map(|_| service.clone().oneshot(request()))).await;
@@ -193,9 +205,11 @@ async fn a_failing_source_is_unauthenticated_and_asked_once_per_wave() {
 #[tokio::test(start_paused = true)]
 async fn an_expired_token_is_not_sent() {
     let source = Counting::new(Duration::from_secs(10), 100);
-    let layer = AttachTokenLayer::builder(source.clone())
+    let layer = JwtAuthLayer::client()
+        .source(source.clone())
         .refresh_before(Duration::ZERO)
-        .build();
+        .build()
+        .unwrap();
     let seen = Seen::default();
     let service = layer.layer(recording(seen.clone()));
     service.clone().oneshot(request()).await.unwrap();
@@ -244,7 +258,10 @@ fn rejection<B>(response: &Response<B>) -> &str {
 async fn tokens_shorter_than_the_margin_are_refreshed_halfway_not_on_every_call() {
     // 20 s tokens with the default 30 s margin: refreshed when half the lifetime has passed.
     let source = Counting::new(Duration::from_secs(20), 1_000);
-    let layer = AttachTokenLayer::builder(source.clone()).build();
+    let layer = JwtAuthLayer::client()
+        .source(source.clone())
+        .build()
+        .unwrap();
     let seen = Seen::default();
     let service = layer.layer(recording(seen.clone()));
     for _ in 0..50 {
@@ -269,7 +286,7 @@ async fn tokens_shorter_than_the_margin_are_refreshed_halfway_not_on_every_call(
 #[tokio::test(start_paused = true)]
 async fn a_failing_source_is_asked_again_only_after_a_bounded_backoff() {
     let (calls, source) = counted(|_| None);
-    let layer = AttachTokenLayer::builder(source).build();
+    let layer = JwtAuthLayer::client().source(source).build().unwrap();
     let seen = Seen::default();
     let service = layer.layer(recording(seen.clone()));
     // 100 calls over one second: 100 ms doubling (with jitter) allows a handful of attempts.
@@ -301,7 +318,7 @@ async fn a_failed_refresh_keeps_the_current_token_while_it_is_valid() {
         (n == 1 || n >= 20)
             .then(|| Token::new(format!("token-{n}")).expires_in(Duration::from_secs(60)))
     });
-    let layer = AttachTokenLayer::builder(source).build();
+    let layer = JwtAuthLayer::client().source(source).build().unwrap();
     let seen = Seen::default();
     let service = layer.layer(recording(seen.clone()));
     service.clone().oneshot(request()).await.unwrap();
@@ -323,7 +340,10 @@ async fn a_failed_refresh_keeps_the_current_token_while_it_is_valid() {
 async fn a_refresh_outlives_the_call_that_started_it() {
     // The refresh started by a call that goes away still completes, for the next calls.
     let source = Counting::new(Duration::from_secs(60), 1);
-    let layer = AttachTokenLayer::builder(source.clone()).build();
+    let layer = JwtAuthLayer::client()
+        .source(source.clone())
+        .build()
+        .unwrap();
     let seen = Seen::default();
     let service = layer.layer(recording(seen.clone()));
     service.clone().oneshot(request()).await.unwrap();
@@ -348,7 +368,10 @@ async fn a_refresh_outlives_the_call_that_started_it() {
 #[tokio::test(start_paused = true)]
 async fn concurrent_calls_after_expiry_cause_one_fetch() {
     let source = Counting::new(Duration::from_secs(20), 100);
-    let layer = AttachTokenLayer::builder(source.clone()).build();
+    let layer = JwtAuthLayer::client()
+        .source(source.clone())
+        .build()
+        .unwrap();
     let seen = Seen::default();
     let service = layer.layer(recording(seen.clone()));
     service.clone().oneshot(request()).await.unwrap();
@@ -391,7 +414,7 @@ async fn absurd_expiries_never_panic() {
     for token in tokens {
         let debug = format!("{token:?}");
         let (calls, source) = counted(move |_| Some(token.clone()));
-        let layer = AttachTokenLayer::builder(source).build();
+        let layer = JwtAuthLayer::client().source(source).build().unwrap();
         let seen = Seen::default();
         let service = layer.layer(recording(seen.clone()));
         for _ in 0..10 {
@@ -435,7 +458,7 @@ async fn many_calls_during_a_backoff_carry_the_valid_token_until_it_expires() {
     let (calls, source) = counted(|n| {
         (n == 1).then(|| Token::new(format!("token-{n}")).expires_in(Duration::from_secs(60)))
     });
-    let layer = AttachTokenLayer::builder(source).build();
+    let layer = JwtAuthLayer::client().source(source).build().unwrap();
     let seen = Seen::default();
     let service = layer.layer(recording(seen.clone()));
     service.clone().oneshot(request()).await.unwrap();
@@ -477,16 +500,18 @@ fn without_a_runtime_the_call_fetches_the_token_itself() {
     use futures_util::FutureExt;
     let asked = Arc::new(AtomicUsize::new(0));
     let counter = asked.clone();
-    let layer = AttachTokenLayer::builder(token_fn(move || {
-        let n = counter.fetch_add(1, Ordering::SeqCst);
-        async move {
-            match n {
-                0 => Ok(Token::new("inline")),
-                _ => Err("not asked again".into()),
+    let layer = JwtAuthLayer::client()
+        .source(token_fn(move || {
+            let n = counter.fetch_add(1, Ordering::SeqCst);
+            async move {
+                match n {
+                    0 => Ok(Token::new("inline")),
+                    _ => Err("not asked again".into()),
+                }
             }
-        }
-    }))
-    .build();
+        }))
+        .build()
+        .unwrap();
     let seen = Seen::default();
     let service = layer.layer(recording(seen.clone()));
     for _ in 0..2 {
@@ -496,7 +521,10 @@ fn without_a_runtime_the_call_fetches_the_token_itself() {
     assert_eq!(*seen.lock().unwrap(), ["Bearer inline", "Bearer inline"]);
     assert_eq!(asked.load(Ordering::SeqCst), 1, "the token is kept");
 
-    let layer = AttachTokenLayer::builder(token_fn(|| async { Err("down".into()) })).build();
+    let layer = JwtAuthLayer::client()
+        .source(token_fn(|| async { Err("down".into()) }))
+        .build()
+        .unwrap();
     let service = layer.layer(recording(seen.clone()));
     let response = service.oneshot(request()).now_or_never().unwrap().unwrap();
     assert_eq!(response.headers()["grpc-status"], "16");

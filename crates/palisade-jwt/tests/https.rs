@@ -68,7 +68,7 @@ async fn an_https_jwks_url_works() {
         .tls_certs_only([reqwest::Certificate::from_pem(CERT).unwrap()])
         .build()
         .unwrap();
-    let layer = JwtAuthLayer::builder()
+    let layer = JwtAuthLayer::server()
         .jwks_url(format!("https://{addr}/jwks.json"))
         .http_client(client)
         .build()
@@ -88,7 +88,7 @@ async fn an_https_jwks_url_works() {
 
     // The default client does not trust the self-signed certificate: no keys, the last good
     // (none) kept, the request refused.
-    let untrusting = JwtAuthLayer::builder()
+    let untrusting = JwtAuthLayer::server()
         .jwks_url(format!("https://{addr}/jwks.json"))
         .build()
         .unwrap();

@@ -51,7 +51,7 @@ async fn call(layer: &JwtAuthLayer, token: &str) -> (u16, String) {
 #[tokio::test]
 async fn keys_come_from_a_jwks_url() {
     let endpoint = Endpoint::start(jwks_of(RSA, "a")).await;
-    let layer = JwtAuthLayer::builder()
+    let layer = JwtAuthLayer::server()
         .jwks_url(endpoint.url())
         .build()
         .unwrap();
@@ -71,7 +71,7 @@ async fn keys_come_from_a_jwks_url() {
 #[tokio::test]
 async fn rotation_is_picked_up_on_an_unknown_kid() {
     let endpoint = Endpoint::start(jwks_of(RSA, "a")).await;
-    let layer = JwtAuthLayer::builder()
+    let layer = JwtAuthLayer::server()
         .jwks_url(endpoint.url())
         .jwks_refetch_cooldown(Duration::ZERO)
         .build()
@@ -97,7 +97,7 @@ async fn rotation_is_picked_up_on_an_unknown_kid() {
 #[tokio::test]
 async fn a_call_that_waited_for_the_keys_is_passed_on_as_any_other() {
     let endpoint = Endpoint::start(jwks_of(RSA, "a")).await;
-    let layer = JwtAuthLayer::builder()
+    let layer = JwtAuthLayer::server()
         .jwks_url(endpoint.url())
         .jwks_refetch_cooldown(Duration::ZERO)
         .forward_token(false)
@@ -129,7 +129,7 @@ async fn a_call_that_waited_for_the_keys_is_passed_on_as_any_other() {
 #[tokio::test]
 async fn a_flood_of_unknown_kids_is_at_most_one_fetch_per_cooldown() {
     let endpoint = Endpoint::start(jwks_of(RSA, "a")).await;
-    let layer = JwtAuthLayer::builder()
+    let layer = JwtAuthLayer::server()
         .jwks_url(endpoint.url())
         .jwks_refetch_cooldown(Duration::from_secs(3600))
         .build()
@@ -176,7 +176,7 @@ async fn a_flood_of_unknown_kids_is_at_most_one_fetch_per_cooldown() {
 async fn the_last_good_keys_serve_while_the_endpoint_is_down() {
     let endpoint = Endpoint::start(jwks_of(RSA, "a")).await;
     // Refetches on unknown kids at once, background refresh in an hour.
-    let on_demand = JwtAuthLayer::builder()
+    let on_demand = JwtAuthLayer::server()
         .jwks_url(endpoint.url())
         .jwks_refetch_cooldown(Duration::ZERO)
         .jwks_refresh_interval(Duration::from_secs(3600))
@@ -184,7 +184,7 @@ async fn the_last_good_keys_serve_while_the_endpoint_is_down() {
         .build()
         .unwrap();
     // Background refresh every 50 ms.
-    let background = JwtAuthLayer::builder()
+    let background = JwtAuthLayer::server()
         .jwks_url(endpoint.url())
         .jwks_refresh_interval(Duration::from_millis(50))
         .cache_capacity(0)
@@ -229,7 +229,7 @@ async fn keys_unavailable_when_the_endpoint_never_answered() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         listener.local_addr().unwrap()
     };
-    let layer = JwtAuthLayer::builder()
+    let layer = JwtAuthLayer::server()
         .jwks_url(format!("http://{closed}/jwks.json"))
         .build()
         .unwrap();
@@ -247,7 +247,7 @@ async fn keys_unavailable_when_the_endpoint_never_answered() {
 #[tokio::test]
 async fn oidc_discovery_finds_the_keys_and_sets_the_issuer() {
     let endpoint = Endpoint::start(jwks_of(RSA, "a")).await;
-    let layer = JwtAuthLayer::builder()
+    let layer = JwtAuthLayer::server()
         .oidc_issuer(endpoint.issuer())
         .build()
         .unwrap();
@@ -280,7 +280,7 @@ async fn keys_from_a_jwks_file() {
         ]),
     )
     .unwrap();
-    let layer = JwtAuthLayer::builder().jwks_file(&path).build().unwrap();
+    let layer = JwtAuthLayer::server().jwks_file(&path).build().unwrap();
     std::fs::remove_file(&path).unwrap();
     for (alg, kid) in [
         (Algorithm::ES256, "ec"),
@@ -300,17 +300,17 @@ async fn keys_from_a_jwks_file() {
     assert_eq!(call(&layer, &rs).await.0, 16);
 
     assert!(matches!(
-        JwtAuthLayer::builder()
+        JwtAuthLayer::server()
             .jwks_file("/nonexistent/jwks.json")
             .build(),
         Err(ConfigError::Io { .. })
     ));
     assert!(matches!(
-        JwtAuthLayer::builder().build(),
+        JwtAuthLayer::server().build(),
         Err(ConfigError::NoKeys)
     ));
     assert!(matches!(
-        JwtAuthLayer::builder().jwks_url("ftp://x/jwks").build(),
+        JwtAuthLayer::server().jwks_url("ftp://x/jwks").build(),
         Err(ConfigError::Url(_))
     ));
 }

@@ -32,14 +32,14 @@ async fn call(layer: &JwtAuthLayer, request: Request<String>) -> (u16, Option<ht
 async fn the_token_is_forwarded_unless_told_otherwise() {
     let token = hs256(&claims("alice"));
     let (code, headers) = call(
-        &JwtAuthLayer::builder().secret(SECRET).build().unwrap(),
+        &JwtAuthLayer::server().secret(SECRET).build().unwrap(),
         with_token(&token),
     )
     .await;
     assert_eq!(code, 0);
     assert!(headers.unwrap().contains_key("authorization"));
 
-    let stripping = JwtAuthLayer::builder()
+    let stripping = JwtAuthLayer::server()
         .secret(SECRET)
         .forward_token(false)
         .build()
@@ -52,7 +52,7 @@ async fn the_token_is_forwarded_unless_told_otherwise() {
 #[tokio::test]
 async fn another_header_with_or_without_a_scheme() {
     let token = hs256(&claims("alice"));
-    let raw = JwtAuthLayer::builder()
+    let raw = JwtAuthLayer::server()
         .secret(SECRET)
         .header(HeaderName::from_static("x-jwt-assertion"))
         .scheme(None)
@@ -70,7 +70,7 @@ async fn another_header_with_or_without_a_scheme() {
         .insert("x-jwt-assertion", token.parse().unwrap());
     assert_eq!(call(&raw, request).await.0, 0);
 
-    let custom = JwtAuthLayer::builder()
+    let custom = JwtAuthLayer::server()
         .secret(SECRET)
         .scheme(Some("JWT"))
         .build()
@@ -91,7 +91,7 @@ async fn another_header_with_or_without_a_scheme() {
 async fn the_verified_subject_and_a_rejection_reach_the_record_a_layer_outside_made() {
     use palisade_core::{Rpc, Side};
 
-    let layer = JwtAuthLayer::builder().secret(SECRET).build().unwrap();
+    let layer = JwtAuthLayer::server().secret(SECRET).build().unwrap();
     // A record made outside (logging, trace, RecordLayer): jwt writes the subject into it,
     // on the first call and on the cached second one alike.
     let token = hs256(&claims("alice"));

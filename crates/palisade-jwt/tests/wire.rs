@@ -8,9 +8,7 @@ use std::time::Duration;
 use common::SECRET;
 use palisade_core::Matcher;
 use palisade_demo::{Greeter, pb::HelloRequest, pb::greeter_client::GreeterClient, spawn_with};
-use palisade_jwt::{
-    JwtAuthLayer, Policy, StandardClaims, client::AttachTokenLayer, mint::HmacMinter,
-};
+use palisade_jwt::{JwtAuthLayer, Policy, StandardClaims, mint::HmacMinter};
 use tonic::Code;
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
@@ -24,11 +22,11 @@ fn subject(extensions: &http::Extensions) -> Option<String> {
 }
 
 fn server_layer() -> JwtAuthLayer {
-    JwtAuthLayer::builder()
+    JwtAuthLayer::server()
         .secret(SECRET)
         .issuer("palisade-demo")
         .audience("greeter")
-        .public(Matcher::health_and_reflection())
+        .skip(Matcher::health_and_reflection())
         .policy(
             Matcher::method("palisade.demo.v1.Greeter/SayHelloStream"),
             Policy::authenticated().scopes(["greeter.stream"]),
@@ -59,7 +57,7 @@ async fn the_subject_reaches_the_handler_and_scopes_guard_streaming() {
     let channel = server.channel().await;
 
     // A client minting its own token (no scope).
-    let attach = AttachTokenLayer::builder(minter()).build();
+    let attach = JwtAuthLayer::client().source(minter()).build().unwrap();
     let mut client = GreeterClient::new(
         ServiceBuilder::new()
             .layer(attach.clone())
@@ -76,7 +74,10 @@ async fn the_subject_reaches_the_handler_and_scopes_guard_streaming() {
     assert_eq!(attach.refreshes(), 1, "the token is minted once and reused");
 
     // With the scope, the stream flows.
-    let scoped = AttachTokenLayer::builder(minter().scope("greeter.stream")).build();
+    let scoped = JwtAuthLayer::client()
+        .source(minter().scope("greeter.stream"))
+        .build()
+        .unwrap();
     let mut client =
         GreeterClient::new(ServiceBuilder::new().layer(scoped).service(channel.clone()));
     let mut stream = client.say_hello_stream(hello()).await.unwrap().into_inner();
@@ -110,7 +111,10 @@ async fn bad_tokens_are_refused_on_the_wire() {
         .audience("greeter");
     let wrong_audience = minter().audience("billing");
     for (minter, message) in [(forged, "invalid token"), (wrong_audience, "invalid token")] {
-        let attach = AttachTokenLayer::bearer(minter.mint().unwrap().value()).unwrap();
+        let attach = JwtAuthLayer::client()
+            .bearer(minter.mint().unwrap().value())
+            .build()
+            .unwrap();
         let mut client =
             GreeterClient::new(ServiceBuilder::new().layer(attach).service(channel.clone()));
         let status = client.say_hello(hello()).await.unwrap_err();
@@ -122,7 +126,7 @@ async fn bad_tokens_are_refused_on_the_wire() {
     let expired = common::hs256(&serde_json::json!({
         "sub": "demo-client", "iss": "palisade-demo", "aud": "greeter", "exp": common::now() - 3600
     }));
-    let attach = AttachTokenLayer::bearer(expired).unwrap();
+    let attach = JwtAuthLayer::client().bearer(expired).build().unwrap();
     let status = GreeterClient::new(ServiceBuilder::new().layer(attach).service(channel.clone()))
         .say_hello(hello())
         .await
@@ -133,7 +137,10 @@ async fn bad_tokens_are_refused_on_the_wire() {
     );
 
     // A huge token: refused by the layer or by the HTTP/2 header limit, never served.
-    let huge = AttachTokenLayer::bearer("x".repeat(64 * 1024)).unwrap();
+    let huge = JwtAuthLayer::client()
+        .bearer("x".repeat(64 * 1024))
+        .build()
+        .unwrap();
     let result = GreeterClient::new(ServiceBuilder::new().layer(huge).service(channel.clone()))
         .say_hello(hello())
         .await;

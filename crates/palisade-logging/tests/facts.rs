@@ -102,7 +102,7 @@ async fn logged_both_ways(
     let _guard = tracing::subscriber::set_default(subscriber);
     let sink = Memory::default();
     let (writer, writer_guard) = non_blocking(sink.clone());
-    let auth = JwtAuthLayer::builder().secret(SECRET).build().unwrap();
+    let auth = JwtAuthLayer::server().secret(SECRET).build().unwrap();
     let stack = |layer: LoggingLayer| {
         let handler = Arc::clone(&handler);
         layer.layer(auth.layer(service_fn(

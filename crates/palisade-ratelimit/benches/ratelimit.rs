@@ -32,8 +32,7 @@ use palisade_demo::{
     frames::{GrpcBody, UnaryService, message, unary_service},
 };
 use palisade_ratelimit::{
-    ClientRateLimit, ClientRateLimitLayer, Key, Limit, Quota, RateLimit, RateLimitLayer,
-    TokioClock,
+    ClientRateLimit, Key, Limit, Quota, RateLimit, RateLimitLayer, TokioClock,
     backend::{Backend, BucketKey, LimiterSpec, Local},
 };
 use tower::{Layer, Service};
@@ -89,17 +88,36 @@ fn cases() -> Cases {
     Cases {
         bare: inner,
         // A method no limit applies to (as exempt ones): the lookup and the wrapper only.
-        unlimited_method: RateLimitLayer::new(Limit::global(unlimited()).only(Matcher::none()))
+        unlimited_method: RateLimitLayer::server()
+            .limit(Limit::global(unlimited()).only(Matcher::none()))
+            .build()
+            .unwrap()
             .layer(inner),
-        direct: RateLimitLayer::new(Limit::global(unlimited())).layer(inner),
-        keyed: RateLimitLayer::new(Limit::per_key(api_key(), unlimited())).layer(inner),
-        keyed_and_global: RateLimitLayer::builder()
+        direct: RateLimitLayer::server()
+            .limit(Limit::global(unlimited()))
+            .build()
+            .unwrap()
+            .layer(inner),
+        keyed: RateLimitLayer::server()
+            .limit(Limit::per_key(api_key(), unlimited()))
+            .build()
+            .unwrap()
+            .layer(inner),
+        keyed_and_global: RateLimitLayer::server()
             .limit(Limit::per_key(api_key(), unlimited()))
             .limit(Limit::global(unlimited()))
             .build()
+            .unwrap()
             .layer(inner),
-        client_direct: ClientRateLimitLayer::new(Limit::global(unlimited())).layer(inner),
-        client_keyed: ClientRateLimitLayer::new(Limit::per_key(api_key(), unlimited()))
+        client_direct: RateLimitLayer::client()
+            .limit(Limit::global(unlimited()))
+            .build()
+            .unwrap()
+            .layer(inner),
+        client_keyed: RateLimitLayer::client()
+            .limit(Limit::per_key(api_key(), unlimited()))
+            .build()
+            .unwrap()
             .layer(inner),
     }
 }

@@ -229,20 +229,22 @@ fn rpc_group(c: &mut Criterion) {
     group.bench_function("bare", |b| {
         b.iter_custom(|iters| timed(runtime, iters, async || rpc(&mut bare, &payload).await))
     });
-    let mut local = RateLimitLayer::builder()
+    let mut local = RateLimitLayer::server()
         .backend(setup.local.clone())
         .limit(Limit::global(unlimited()))
         .build()
+        .unwrap()
         .layer(unary_service(Code::Ok));
     group.bench_function("local", |b| {
         b.iter_custom(|iters| timed(runtime, iters, async || rpc(&mut local, &payload).await))
     });
     if let Some((_, redis)) = &setup.redis {
         let mut service = runtime.block_on(async {
-            RateLimitLayer::builder()
+            RateLimitLayer::server()
                 .backend(redis.clone())
                 .limit(Limit::global(unlimited()))
                 .build()
+                .unwrap()
                 .layer(unary_service(Code::Ok))
         });
         group.bench_function("redis", |b| {

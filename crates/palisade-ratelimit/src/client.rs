@@ -16,8 +16,10 @@ use std::{
 
 use http::{HeaderMap, HeaderValue};
 use palisade_core::{
-    Call, Rejection, Side,
+    Call, MethodRegistry, Rejection, Side,
     admit::{self, Admission, Admit, AdmitLayer, Admitted, Decision, OnHead},
+    build::{BoxError, BuildLayer},
+    side::Client,
 };
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep, sleep_until};
@@ -72,10 +74,10 @@ use crate::{
 /// let channel = tonic::transport::Channel::from_static("http://127.0.0.1:50051").connect_lazy();
 /// let channel = tower::ServiceBuilder::new()
 ///     .layer(
-///         ClientRateLimitLayer::builder()
+///         RateLimitLayer::client()
 ///             .limit(Limit::global(Quota::per_second(NonZeroU32::new(50).unwrap())))
 ///             .max_wait(Duration::from_millis(250))
-///             .build(),
+///             .build().unwrap(),
 ///     )
 ///     .service(channel);
 /// let client = palisade_demo::pb::greeter_client::GreeterClient::new(channel);
@@ -86,17 +88,29 @@ pub struct ClientRateLimitLayer {
     admit: AdmitLayer<ClientRateLimitAdmission>,
 }
 
+impl BuildLayer<Client> for ClientRateLimitLayer {
+    type Layer = Self;
+    const NAME: &'static str = "ratelimit";
+
+    fn build_layer(self) -> Result<Self, BoxError> {
+        Ok(self)
+    }
+}
+
+impl BuildLayer<Client> for ClientRateLimitBuilder {
+    type Layer = ClientRateLimitLayer;
+    const NAME: &'static str = "ratelimit";
+
+    fn use_registry(self, registry: &MethodRegistry) -> Self {
+        self.registry_if_none(registry)
+    }
+
+    fn build_layer(self) -> Result<ClientRateLimitLayer, BoxError> {
+        Ok(self.build()?)
+    }
+}
+
 impl ClientRateLimitLayer {
-    /// Configures a client layer.
-    pub fn builder() -> ClientRateLimitBuilder {
-        ClientRateLimitBuilder::new()
-    }
-
-    /// A client layer with one limit and the defaults.
-    pub fn new(limit: crate::Limit) -> Self {
-        Self::builder().limit(limit).build()
-    }
-
     pub(crate) fn from_shared(shared: Arc<Shared>) -> Self {
         Self {
             admit: AdmitLayer::new(ClientRateLimitAdmission { shared }),

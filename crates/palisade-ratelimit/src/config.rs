@@ -22,11 +22,47 @@ pub const DEFAULT_MESSAGE: &str = "rate limit exceeded";
 /// may be shorter).
 pub const DEFAULT_MAX_WAIT: Duration = Duration::from_secs(1);
 
+/// Why a builder refused to build: the configuration cannot work as written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// No [`limit`](RateLimitBuilder::limit) was given: the layer would limit nothing.
+    NoLimit,
+    /// More limits than the layer counts (65 535).
+    TooManyLimits(usize),
+    /// A limit with more per-method quotas than the layer counts (65 535).
+    TooManyRules(usize),
+    /// A [per-message](Limit::per_message) limit in a layer that does not meter bodies: build
+    /// it with [`build_metered`](RateLimitBuilder::build_metered) (a server); a client limits
+    /// calls only.
+    PerMessageNeedsMetered,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::NoLimit => f.write_str(
+                "no limit given: add one with `.limit(Limit::global(..))` (or `per_key`, `per_method`)",
+            ),
+            ConfigError::TooManyLimits(n) => write!(f, "{n} limits given, at most 65535"),
+            ConfigError::TooManyRules(n) => {
+                write!(f, "a limit has {n} per-method quotas, at most 65535")
+            }
+            ConfigError::PerMessageNeedsMetered => f.write_str(
+                "a per-message limit needs metered bodies: build a server layer with \
+                 `build_metered()`; a client layer limits calls only",
+            ),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
 /// What both builders configure.
 #[derive(Clone)]
 struct Common {
     limits: Vec<Limit>,
-    exempt: Matcher,
+    skip: Matcher,
     code: Code,
     message: Cow<'static, str>,
     shadow: bool,
@@ -40,7 +76,7 @@ impl Common {
     fn new() -> Self {
         Self {
             limits: Vec::new(),
-            exempt: Matcher::health_and_reflection(),
+            skip: Matcher::none(),
             code: Code::ResourceExhausted,
             message: Cow::Borrowed(DEFAULT_MESSAGE),
             shadow: false,
@@ -49,6 +85,27 @@ impl Common {
             max_dynamic: None,
             recorder: None,
         }
+    }
+
+    /// Refuses what cannot work, before anything is made.
+    fn check(&self, metered: bool) -> Result<(), ConfigError> {
+        if self.limits.is_empty() {
+            return Err(ConfigError::NoLimit);
+        }
+        if self.limits.len() > usize::from(u16::MAX) {
+            return Err(ConfigError::TooManyLimits(self.limits.len()));
+        }
+        if let Some(limit) = self
+            .limits
+            .iter()
+            .find(|limit| limit.quotas.iter().count() > usize::from(u16::MAX))
+        {
+            return Err(ConfigError::TooManyRules(limit.quotas.iter().count()));
+        }
+        if !metered && self.limits.iter().any(|limit| limit.per_message) {
+            return Err(ConfigError::PerMessageNeedsMetered);
+        }
+        Ok(())
     }
 
     fn build(
@@ -72,10 +129,6 @@ impl Common {
             );
         }
         registrar.describe();
-        assert!(
-            self.limits.len() <= usize::from(u16::MAX),
-            "too many limits"
-        );
         let limits: Box<[LimitState]> = self
             .limits
             .into_iter()
@@ -98,7 +151,6 @@ impl Common {
                         ))
                     })
                     .collect();
-                assert!(limiters.len() <= usize::from(u16::MAX), "too many rules");
                 LimitState {
                     quotas: limit.quotas,
                     only: limit.only,
@@ -113,7 +165,7 @@ impl Common {
         let table = MethodTable::new(
             &Plans {
                 limits: &limits,
-                exempt: &self.exempt,
+                skip: &self.skip,
                 side,
             },
             registrar,
@@ -124,7 +176,7 @@ impl Common {
         Arc::new(Shared {
             side,
             limits,
-            exempt: self.exempt,
+            skip: self.skip,
             table,
             template: Rejection::new(self.code, self.message.clone()).by("ratelimit"),
             message: self.message,
@@ -140,7 +192,7 @@ impl fmt::Debug for Common {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Common")
             .field("limits", &self.limits)
-            .field("exempt", &self.exempt)
+            .field("skip", &self.skip)
             .field("code", &self.code)
             .field("message", &self.message)
             .field("shadow", &self.shadow)
@@ -161,11 +213,13 @@ macro_rules! common_methods {
             self
         }
 
-        /// Calls this matcher selects are never limited nor counted. Default:
-        /// [`Matcher::health_and_reflection`]; `Matcher::none()` limits everything.
+        /// Calls this matcher selects are neither limited nor counted, such as
+        /// [`Matcher::health_and_reflection`] (default: none skipped). Called again, the
+        /// matchers add up: a call either one selects is skipped.
         #[must_use]
-        pub fn exempt(mut self, matcher: Matcher) -> Self {
-            self.common.exempt = matcher;
+        pub fn skip(mut self, matcher: Matcher) -> Self {
+            self.common.skip =
+                std::mem::replace(&mut self.common.skip, Matcher::none()).or(matcher);
             self
         }
 
@@ -222,6 +276,14 @@ macro_rules! common_methods {
             self
         }
 
+        /// The registry, unless one was given (a preset's, handed to every slot).
+        pub(crate) fn registry_if_none(mut self, registry: &MethodRegistry) -> Self {
+            if self.common.registry.is_none() {
+                self.common.registry = Some(registry.clone());
+            }
+            self
+        }
+
         /// Registers the counters with this recorder instead of the `metrics` facade's.
         #[must_use]
         pub fn recorder<R: Recorder + Send + Sync + 'static>(mut self, recorder: Arc<R>) -> Self {
@@ -231,7 +293,7 @@ macro_rules! common_methods {
     };
 }
 
-/// Configures a [`RateLimitLayer`] (server); made by [`RateLimitLayer::builder`].
+/// Configures a [`RateLimitLayer`] (server); made by [`RateLimitLayer::server`].
 ///
 /// Building makes the buckets (with the backend) and registers the counters of the
 /// registry's methods (with the recorder of the moment): build inside the runtime whose time
@@ -244,14 +306,16 @@ macro_rules! common_methods {
 /// use palisade_core::{Code, Matcher};
 /// use palisade_ratelimit::{Key, Limit, Quota, RateLimitHeaders, RateLimitLayer};
 ///
-/// let layer = RateLimitLayer::builder()
+/// let layer = RateLimitLayer::server()
 ///     .limit(Limit::per_key(Key::peer_ip(), Quota::per_second(NonZeroU32::new(5).unwrap())))
 ///     .code(Code::Unavailable)
 ///     .message("slow down")
 ///     .headers(RateLimitHeaders::OnRejection)
-///     .exempt(Matcher::health_and_reflection().or(Matcher::service("admin.v1.Admin")))
+///     .skip(Matcher::health_and_reflection())
+///     .skip(Matcher::service("admin.v1.Admin"))
 ///     .shadow(true)
-///     .build();
+///     .build()
+///     .unwrap();
 /// # let _ = layer;
 /// ```
 #[derive(Clone, Debug)]
@@ -279,49 +343,53 @@ impl RateLimitBuilder {
 
     /// Makes the layer, which passes bodies untouched.
     ///
-    /// # Panics
+    /// # Errors
     ///
-    /// When a limit is [per message](Limit::per_message): those need the bodies wrapped, by
+    /// [`ConfigError`]: no limit was given, too many, or a limit is
+    /// [per message](Limit::per_message) — those need the bodies wrapped, by
     /// [`build_metered`](Self::build_metered).
-    pub fn build(self) -> RateLimitLayer {
-        assert!(
-            self.common.limits.iter().all(|limit| !limit.per_message),
-            "per-message limits need RateLimitBuilder::build_metered()"
-        );
-        RateLimitLayer::from_shared(self.common.build(
+    pub fn build(self) -> Result<RateLimitLayer, ConfigError> {
+        self.common.check(false)?;
+        Ok(RateLimitLayer::from_shared(self.common.build(
             Side::Server,
             self.headers,
             Duration::ZERO,
             false,
-        ))
+        )))
     }
 
     /// Makes a layer in [`Metered`] mode: request and response bodies wrapped, so that
     /// [per-message limits](Limit::per_message) take a token per received message and end a
     /// stream that runs out with the rejection. Calls without per-message limits cost a little
     /// more than with [`build`](Self::build) (the bodies' wrapping), nothing else.
-    pub fn build_metered(self) -> RateLimitLayer<Metered> {
-        RateLimitLayer::from_shared(self.common.build(
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`]: no limit was given, or too many.
+    pub fn build_metered(self) -> Result<RateLimitLayer<Metered>, ConfigError> {
+        self.common.check(true)?;
+        Ok(RateLimitLayer::from_shared(self.common.build(
             Side::Server,
             self.headers,
             Duration::ZERO,
             false,
-        ))
+        )))
     }
 }
 
-/// Configures a [`ClientRateLimitLayer`]; made by [`ClientRateLimitLayer::builder`].
+/// Configures a [`ClientRateLimitLayer`]; made by [`RateLimitLayer::client`].
 ///
 /// # Example
 ///
 /// ```
 /// use std::{num::NonZeroU32, time::Duration};
-/// use palisade_ratelimit::{ClientRateLimitLayer, Limit, Quota};
+/// use palisade_ratelimit::{Limit, Quota, RateLimitLayer};
 ///
-/// let layer = ClientRateLimitLayer::builder()
+/// let layer = RateLimitLayer::client()
 ///     .limit(Limit::global(Quota::per_second(NonZeroU32::new(100).unwrap())))
 ///     .max_wait(Duration::from_millis(200))
-///     .build();
+///     .build()
+///     .unwrap();
 /// # let _ = layer;
 /// ```
 #[derive(Clone, Debug)]
@@ -371,12 +439,18 @@ impl ClientRateLimitBuilder {
     }
 
     /// Makes the layer.
-    pub fn build(self) -> ClientRateLimitLayer {
-        ClientRateLimitLayer::from_shared(self.common.build(
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`]: no limit was given, too many, or a limit is
+    /// [per message](Limit::per_message) (a client limits calls, not messages).
+    pub fn build(self) -> Result<ClientRateLimitLayer, ConfigError> {
+        self.common.check(false)?;
+        Ok(ClientRateLimitLayer::from_shared(self.common.build(
             Side::Client,
             RateLimitHeaders::Off,
             self.max_wait,
             self.pushback,
-        ))
+        )))
     }
 }

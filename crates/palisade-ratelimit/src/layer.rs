@@ -2,13 +2,17 @@
 
 use std::{fmt, marker::PhantomData, sync::Arc};
 
-use palisade_core::admit::{Admit, AdmitLayer};
+use palisade_core::{
+    MethodRegistry,
+    admit::{Admit, AdmitLayer},
+    build::{BoxError, BuildLayer},
+    side::Server,
+};
 use tower_layer::Layer;
 
 use crate::{
     admission::RateLimitAdmission,
-    config::RateLimitBuilder,
-    limit::Limit,
+    config::{ClientRateLimitBuilder, RateLimitBuilder},
     mode::{Mode, Plain},
     service::RateLimit,
     shared::Shared,
@@ -53,14 +57,37 @@ impl<M> RateLimitLayer<M> {
 }
 
 impl RateLimitLayer {
-    /// Configures a server layer.
-    pub fn builder() -> RateLimitBuilder {
+    /// Configures a server layer: it answers over-quota calls at once.
+    pub fn server() -> RateLimitBuilder {
         RateLimitBuilder::new()
     }
 
-    /// A server layer with one limit and the defaults.
-    pub fn new(limit: Limit) -> Self {
-        Self::builder().limit(limit).build()
+    /// Configures a client layer ([`ClientRateLimitLayer`]): over-quota calls wait for their
+    /// tokens, within a maximum wait and their deadline, and honour the server's pushback.
+    pub fn client() -> ClientRateLimitBuilder {
+        ClientRateLimitBuilder::new()
+    }
+}
+
+impl<M> BuildLayer<Server> for RateLimitLayer<M> {
+    type Layer = Self;
+    const NAME: &'static str = "ratelimit";
+
+    fn build_layer(self) -> Result<Self, BoxError> {
+        Ok(self)
+    }
+}
+
+impl BuildLayer<Server> for RateLimitBuilder {
+    type Layer = RateLimitLayer;
+    const NAME: &'static str = "ratelimit";
+
+    fn use_registry(self, registry: &MethodRegistry) -> Self {
+        self.registry_if_none(registry)
+    }
+
+    fn build_layer(self) -> Result<RateLimitLayer, BoxError> {
+        Ok(self.build()?)
     }
 }
 
@@ -69,7 +96,7 @@ impl<M> fmt::Debug for RateLimitLayer<M> {
         let shared = self.shared();
         f.debug_struct("RateLimitLayer")
             .field("limits", &shared.limits)
-            .field("exempt", &shared.exempt)
+            .field("skip", &shared.skip)
             .field("code", &shared.template.code())
             .field("headers", &shared.headers)
             .field("shadow", &shared.shadow)

@@ -1,17 +1,18 @@
 //! Token-bucket rate limiting for tonic and tower gRPC servers and clients, on governor's GCRA.
 //!
-//! - [`RateLimitLayer`] (server): every call draws one token from each [`Limit`] that
+//! - [`RateLimitLayer`] ([`RateLimitLayer::server`]): every call draws one token from each [`Limit`] that
 //!   applies — global, per method, per key (peer address, a metadata value, a value in the
 //!   extensions such as the JWT subject, or your own function), or any combination — and a call
 //!   that finds a bucket empty gets a trailers-only rejection: `RESOURCE_EXHAUSTED` (or the code
 //!   you choose), a short message, `grpc-retry-pushback-ms` with the milliseconds until a token
-//!   is free, and optionally `x-ratelimit-limit`, `-remaining` and `-reset`. Health and
-//!   reflection are exempt by default. [Shadow mode](RateLimitBuilder::shadow) decides and
+//!   is free, and optionally `x-ratelimit-limit`, `-remaining` and `-reset`. Calls a
+//!   [`skip`](RateLimitBuilder::skip) matcher selects (health checks and reflection, say) are
+//!   neither limited nor counted; none is skipped by default. [Shadow mode](RateLimitBuilder::shadow) decides and
 //!   counts without rejecting. The layer passes bodies' frames untouched; built with
 //!   [`build_metered`](RateLimitBuilder::build_metered), its [per-message
 //!   limits](Limit::per_message) charge client streams one token per received message and end
 //!   a stream that runs out with the rejection.
-//! - [`ClientRateLimitLayer`]: a call over quota waits for its tokens, but never past its
+//! - [`ClientRateLimitLayer`] ([`RateLimitLayer::client`]): a call over quota waits for its tokens, but never past its
 //!   `grpc-timeout` or a maximum wait; otherwise it fails at once with the rejection, unsent.
 //! - Series, through the `metrics` facade: `palisade_ratelimit_allowed_total` and
 //!   `palisade_ratelimit_rejected_total`, labelled `grpc_type`, `grpc_service`, `grpc_method`
@@ -50,7 +51,7 @@
 //!
 //! # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
 //! let quota = Quota::per_second(NonZeroU32::new(10).unwrap()).with_burst(NonZeroU32::new(2).unwrap());
-//! let service = RateLimitLayer::new(Limit::global(quota)).layer(unary_service(tonic::Code::Ok));
+//! let service = RateLimitLayer::server().limit(Limit::global(quota)).build().unwrap().layer(unary_service(tonic::Code::Ok));
 //! let call = || http::Request::post(palisade_demo::SAY_HELLO).body(GrpcBody::default()).unwrap();
 //!
 //! for _ in 0..2 {
@@ -78,10 +79,10 @@
 //! let per_second = |n| Quota::per_second(NonZeroU32::new(n).unwrap());
 //! Server::builder()
 //!     .layer(
-//!         RateLimitLayer::builder()
+//!         RateLimitLayer::server()
 //!             .limit(Limit::per_key(Key::peer_ip(), per_second(20)))
 //!             .limit(Limit::global(per_second(1000)))
-//!             .build(),
+//!             .build().unwrap(),
 //!     )
 //!     .add_routes(routes)
 //!     .serve("127.0.0.1:50051".parse()?)
@@ -89,7 +90,7 @@
 //!
 //! let channel = Channel::from_static("http://127.0.0.1:50051").connect().await?;
 //! let channel = tower::ServiceBuilder::new()
-//!     .layer(ClientRateLimitLayer::builder().limit(Limit::global(per_second(50))).build())
+//!     .layer(RateLimitLayer::client().limit(Limit::global(per_second(50))).build().unwrap())
 //!     .service(channel);
 //! let client = palisade_demo::pb::greeter_client::GreeterClient::new(channel);
 //! # let _ = client; Ok(()) }
@@ -117,7 +118,9 @@ pub use admission::{ClientRateLimitAdmission, RateLimitAdmission};
 pub use body::{RequestBody, ResponseBody};
 pub use client::{ClientRateLimit, ClientRateLimitLayer, ClientResponseFuture};
 pub use clock::TokioClock;
-pub use config::{ClientRateLimitBuilder, DEFAULT_MAX_WAIT, DEFAULT_MESSAGE, RateLimitBuilder};
+pub use config::{
+    ClientRateLimitBuilder, ConfigError, DEFAULT_MAX_WAIT, DEFAULT_MESSAGE, RateLimitBuilder,
+};
 pub use future::ResponseFuture;
 pub use key::{Key, KeyExtractor, KeyValue, NoKey, RequestInfo};
 pub use layer::RateLimitLayer;

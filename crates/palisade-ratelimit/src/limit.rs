@@ -24,7 +24,7 @@ use crate::{
 /// use palisade_ratelimit::{Key, Limit, NoKey, Quota, RateLimitLayer};
 ///
 /// let per_second = |n| Quota::per_second(NonZeroU32::new(n).unwrap());
-/// let layer = RateLimitLayer::builder()
+/// let layer = RateLimitLayer::server()
 ///     // Each caller (by API key) 20 calls a second, bursts of 40; calls without a key are refused.
 ///     .limit(
 ///         Limit::per_key(Key::metadata("x-api-key"), per_second(20).with_burst(NonZeroU32::new(40).unwrap()))

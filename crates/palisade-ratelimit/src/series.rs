@@ -110,7 +110,7 @@ impl Counters {
 /// What the layer knows of one method: whether it is exempt, which limits apply with which
 /// rule, and its counters.
 pub(crate) struct MethodEntry {
-    pub(crate) exempt: bool,
+    pub(crate) skipped: bool,
     /// `(limit index, rule index)` of every limit applying, in order.
     pub(crate) plan: Box<[(u16, u16)]>,
     /// Whether any of those limits charges per message.
@@ -124,7 +124,7 @@ pub(crate) struct MethodEntry {
 impl fmt::Debug for MethodEntry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MethodEntry")
-            .field("exempt", &self.exempt)
+            .field("skipped", &self.skipped)
             .field("plan", &self.plan)
             .field("per_message", &self.per_message)
             .finish_non_exhaustive()
@@ -290,9 +290,9 @@ impl MethodTable {
 
 impl MethodEntry {
     fn new(planner: &impl Planner, method: Option<&Method<'_>>, counters: Counters) -> Self {
-        let (exempt, plan, per_message) = planner.plan(method);
+        let (skipped, plan, per_message) = planner.plan(method);
         Self {
-            exempt,
+            skipped,
             plan,
             per_message,
             counters,

@@ -80,7 +80,7 @@ impl fmt::Debug for LimitState {
 pub(crate) struct Shared {
     pub(crate) side: Side,
     pub(crate) limits: Box<[LimitState]>,
-    pub(crate) exempt: Matcher,
+    pub(crate) skip: Matcher,
     pub(crate) table: MethodTable,
     /// The rejection without its per-call metadata.
     pub(crate) template: Rejection,
@@ -97,13 +97,13 @@ pub(crate) struct Shared {
 /// The plan-making half, usable before the table exists.
 pub(crate) struct Plans<'a> {
     pub(crate) limits: &'a [LimitState],
-    pub(crate) exempt: &'a Matcher,
+    pub(crate) skip: &'a Matcher,
     pub(crate) side: Side,
 }
 
 impl Planner for Plans<'_> {
     fn plan(&self, method: Option<&Method<'_>>) -> (bool, Box<[(u16, u16)]>, bool) {
-        if self.exempt.matches(method) {
+        if self.skip.matches(method) {
             return (true, Box::new([]), false);
         }
         let plan: Box<[(u16, u16)]> = self
@@ -124,7 +124,7 @@ impl Planner for Shared {
     fn plan(&self, method: Option<&Method<'_>>) -> (bool, Box<[(u16, u16)]>, bool) {
         Plans {
             limits: &self.limits,
-            exempt: &self.exempt,
+            skip: &self.skip,
             side: self.side,
         }
         .plan(method)

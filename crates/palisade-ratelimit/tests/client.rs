@@ -14,7 +14,7 @@ use common::{Counting, Gated, HELLO, per_hour, quota, rejected, request};
 use http::HeaderValue;
 use palisade_core::{Rpc, Side, deadline::grpc_timeout};
 use palisade_demo::pb::{HelloRequest, greeter_client::GreeterClient};
-use palisade_ratelimit::{ClientRateLimitLayer, Limit};
+use palisade_ratelimit::{Limit, RateLimitLayer};
 use tokio::time::{Instant, advance};
 use tower::{Layer, ServiceExt};
 
@@ -36,7 +36,10 @@ async fn settle() {
 #[tokio::test(start_paused = true)]
 async fn a_call_over_quota_waits_for_its_token_then_goes() {
     let counting = Counting::new();
-    let layer = ClientRateLimitLayer::new(Limit::global(quota(10, 1)));
+    let layer = RateLimitLayer::client()
+        .limit(Limit::global(quota(10, 1)))
+        .build()
+        .unwrap();
     let service = layer.layer(counting.clone());
     assert!(!rejected(
         &service.clone().oneshot(request(HELLO, None)).await.unwrap()
@@ -58,7 +61,11 @@ async fn a_call_over_quota_waits_for_its_token_then_goes() {
 #[tokio::test(start_paused = true)]
 async fn a_wait_past_the_deadline_fails_at_once_unsent() {
     let counting = Counting::new();
-    let service = ClientRateLimitLayer::new(Limit::global(quota(10, 1))).layer(counting.clone());
+    let service = RateLimitLayer::client()
+        .limit(Limit::global(quota(10, 1)))
+        .build()
+        .unwrap()
+        .layer(counting.clone());
     service.clone().oneshot(request(HELLO, None)).await.unwrap();
     let start = Instant::now();
     // The token is 100 ms away; the call has 50 ms.
@@ -79,10 +86,11 @@ async fn a_wait_past_the_deadline_fails_at_once_unsent() {
 #[tokio::test(start_paused = true)]
 async fn a_wait_past_the_maximum_fails_at_once() {
     let counting = Counting::new();
-    let layer = ClientRateLimitLayer::builder()
+    let layer = RateLimitLayer::client()
         .limit(Limit::global(quota(10, 1)))
         .max_wait(Duration::from_millis(60))
-        .build();
+        .build()
+        .unwrap();
     let service = layer.layer(counting.clone());
     service.clone().oneshot(request(HELLO, None)).await.unwrap();
     let start = Instant::now();
@@ -93,10 +101,11 @@ async fn a_wait_past_the_maximum_fails_at_once() {
     assert_eq!(start.elapsed(), Duration::ZERO);
     assert_eq!(counting.calls(), 1);
     // A zero maximum never waits.
-    let layer = ClientRateLimitLayer::builder()
+    let layer = RateLimitLayer::client()
         .limit(Limit::global(quota(10, 1)))
         .max_wait(Duration::ZERO)
-        .build();
+        .build()
+        .unwrap();
     let service = layer.layer(counting.clone());
     assert!(!rejected(
         &service.clone().oneshot(request(HELLO, None)).await.unwrap()
@@ -109,7 +118,11 @@ async fn a_wait_past_the_maximum_fails_at_once() {
 #[tokio::test(start_paused = true)]
 async fn a_refused_call_names_the_layer_in_the_clients_record_only() {
     let counting = Counting::new();
-    let service = ClientRateLimitLayer::new(Limit::global(quota(10, 1))).layer(counting.clone());
+    let service = RateLimitLayer::client()
+        .limit(Limit::global(quota(10, 1)))
+        .build()
+        .unwrap()
+        .layer(counting.clone());
     service.clone().oneshot(request(HELLO, None)).await.unwrap();
     let recorded = |side| {
         let mut request = with_timeout("50m");
@@ -128,7 +141,11 @@ async fn a_refused_call_names_the_layer_in_the_clients_record_only() {
 #[tokio::test(start_paused = true)]
 async fn a_call_that_waited_goes_out_with_what_is_left_of_its_deadline() {
     let counting = Counting::new();
-    let service = ClientRateLimitLayer::new(Limit::global(quota(4, 1))).layer(counting.clone());
+    let service = RateLimitLayer::client()
+        .limit(Limit::global(quota(4, 1)))
+        .build()
+        .unwrap()
+        .layer(counting.clone());
     service.clone().oneshot(with_timeout("2S")).await.unwrap();
     assert_eq!(
         counting.last_timeout().unwrap(),
@@ -144,7 +161,11 @@ async fn a_call_that_waited_goes_out_with_what_is_left_of_its_deadline() {
 #[tokio::test(start_paused = true)]
 async fn waiters_recheck_when_they_wake_and_still_respect_their_deadlines() {
     let counting = Counting::new();
-    let service = ClientRateLimitLayer::new(Limit::global(quota(10, 1))).layer(counting.clone());
+    let service = RateLimitLayer::client()
+        .limit(Limit::global(quota(10, 1)))
+        .build()
+        .unwrap()
+        .layer(counting.clone());
     service.clone().oneshot(request(HELLO, None)).await.unwrap();
     // Both wake at 100 ms; one gets the token, the other's next one (200 ms) is past its
     // 150 ms deadline, so it fails then — unsent.
@@ -170,10 +191,11 @@ async fn waiters_recheck_when_they_wake_and_still_respect_their_deadlines() {
 #[tokio::test(start_paused = true)]
 async fn in_shadow_mode_the_client_never_waits() {
     let counting = Counting::new();
-    let layer = ClientRateLimitLayer::builder()
+    let layer = RateLimitLayer::client()
         .limit(Limit::global(quota(1, 1)))
         .shadow(true)
-        .build();
+        .build()
+        .unwrap();
     let service = layer.layer(counting.clone());
     let start = Instant::now();
     for _ in 0..5 {
@@ -192,11 +214,12 @@ async fn a_call_dropped_while_it_waits_gives_its_tokens_back() {
     // Waiting on the backend.
     let gate = Gated::default();
     let counting = Counting::new();
-    let service = ClientRateLimitLayer::builder()
+    let service = RateLimitLayer::client()
         .backend(gate.clone())
         .limit(Limit::global(per_hour(1)).named("first"))
         .limit(Limit::global(per_hour(1)).named("gate"))
         .build()
+        .unwrap()
         .layer(counting.clone());
     let waiting = service.clone().oneshot(request(HELLO, None));
     assert!(
@@ -213,10 +236,11 @@ async fn a_call_dropped_while_it_waits_gives_its_tokens_back() {
 
     // Asleep until the second limit's next token, 100 ms away.
     let counting = Counting::new();
-    let service = ClientRateLimitLayer::builder()
+    let service = RateLimitLayer::client()
         .limit(Limit::global(per_hour(2)))
         .limit(Limit::global(quota(10, 1)))
         .build()
+        .unwrap()
         .layer(counting.clone());
     assert!(!rejected(
         &service.clone().oneshot(request(HELLO, None)).await.unwrap()
@@ -274,18 +298,20 @@ async fn pushback_pair_with(
                 },
             ))
             .layer(
-                palisade_ratelimit::RateLimitLayer::builder()
+                palisade_ratelimit::RateLimitLayer::server()
                     .limit(server_limit)
-                    .build(),
+                    .build()
+                    .unwrap(),
             ),
     )
     .await;
     let channel = server.channel().await;
-    let client = ClientRateLimitLayer::builder()
+    let client = RateLimitLayer::client()
         .limit(client_limit)
         .max_wait(Duration::from_secs(5))
         .pushback(pushback)
         .build()
+        .unwrap()
         .layer(channel);
     (server, reached, GreeterClient::new(client))
 }

@@ -36,7 +36,7 @@ async fn a_million_keys_stay_bounded_and_go_when_idle() {
     let backend = Local::new().max_keys(KEYS + KEYS / 4);
     // 10 a second, bursts of 10: a key is idle for good after 1 s.
     let quota = quota(10, 10);
-    let layer = RateLimitLayer::builder()
+    let layer = RateLimitLayer::server()
         .backend(backend.clone())
         .limit(Limit::per_key(
             Key::from_fn(|request| {
@@ -47,7 +47,8 @@ async fn a_million_keys_stay_bounded_and_go_when_idle() {
             }),
             quota,
         ))
-        .build();
+        .build()
+        .unwrap();
     let mut service = layer.layer(unary_service(Code::Ok));
     // Warm up the allocator and the runtime with the same kind of calls, on a few keys.
     for i in 0..10_000 {

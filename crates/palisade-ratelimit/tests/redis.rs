@@ -29,7 +29,7 @@ use palisade_demo::{
     spawn,
 };
 use palisade_ratelimit::{
-    ClientRateLimitLayer, Key, Limit, Quota, RateLimitLayer,
+    Key, Limit, Quota, RateLimitLayer,
     backend::{
         Acquire, BACKEND_UP, Backend, BucketKey, Decision, Fallback, Limiter, LimiterSpec, Origin,
         Redis,
@@ -164,11 +164,12 @@ async fn combined_limits_on_redis_are_all_or_nothing() {
         .timeout(Duration::from_secs(1))
         .build();
     let counting = Counting::new();
-    let mut service = RateLimitLayer::builder()
+    let mut service = RateLimitLayer::server()
         .backend(redis.clone())
         .limit(Limit::per_key(Key::metadata("x-api-key"), per_minute(2)).named("key"))
         .limit(Limit::global(per_minute(3)).named("all"))
         .build()
+        .unwrap()
         .layer(counting.clone());
     assert!(passes(&mut service, request(HELLO, Some("a"))).await);
     assert!(passes(&mut service, request(HELLO, Some("a"))).await);
@@ -226,10 +227,11 @@ async fn three_instances(
         }
         let redis = redis.build();
         redis.ping().await.unwrap();
-        let layer = RateLimitLayer::builder()
+        let layer = RateLimitLayer::server()
             .backend(redis.clone())
             .limit(limit(!keys.is_empty()))
-            .build();
+            .build()
+            .unwrap();
         instances.push((redis, layer));
     }
     // Load the script first, so that every EVALSHA the monitor sees runs it.
@@ -390,11 +392,12 @@ async fn the_client_layer_waits_for_tokens_from_redis() {
         .build();
     let counting = Counting::new();
     // 20 a second, bursts of 1: each call after the first waits about 50 ms for its token.
-    let mut client = ClientRateLimitLayer::builder()
+    let mut client = RateLimitLayer::client()
         .backend(redis.clone())
         .limit(Limit::global(quota(20, 1)))
         .max_wait(Duration::from_secs(5))
         .build()
+        .unwrap()
         .layer(counting.clone());
     for _ in 0..3 {
         assert!(passes(&mut client, request(HELLO, None)).await);
@@ -404,11 +407,12 @@ async fn the_client_layer_waits_for_tokens_from_redis() {
     let stats = redis.stats();
     assert!(stats.redis >= 3 && stats.fallback == 0, "{stats:?}");
     // Over the maximum wait: refused at once, unsent.
-    let mut strict = ClientRateLimitLayer::builder()
+    let mut strict = RateLimitLayer::client()
         .backend(redis.clone())
         .limit(Limit::global(per_minute(1)).named("strict"))
         .max_wait(Duration::from_millis(100))
         .build()
+        .unwrap()
         .layer(counting.clone());
     assert!(passes(&mut strict, request(HELLO, None)).await);
     assert!(!passes(&mut strict, request(HELLO, None)).await);
@@ -474,10 +478,11 @@ async fn redis_killed_mid_run_fails_open_onto_the_local_share_then_enforces_agai
         .build();
     redis.ping().await.unwrap();
     // 10 a minute, bursts of 10: nothing comes back during the test. The local share: 5.
-    let layer = RateLimitLayer::builder()
+    let layer = RateLimitLayer::server()
         .backend(redis.clone())
         .limit(Limit::global(per_minute(10)).named("global"))
-        .build();
+        .build()
+        .unwrap();
     let test_server = spawn(layer).await;
     let mut client = test_server.client().await;
 
@@ -527,11 +532,12 @@ async fn redis_frozen_mid_run_fails_closed_within_the_timeout_then_allows_again(
         .fallback(Fallback::Deny)
         .build();
     redis.ping().await.unwrap();
-    let layer = RateLimitLayer::builder()
+    let layer = RateLimitLayer::server()
         .backend(redis.clone())
         .limit(Limit::global(per_minute(1000)))
         .code(Code::Unavailable)
-        .build();
+        .build()
+        .unwrap();
     let test_server = spawn(layer).await;
     let mut client = test_server.client().await;
     let up = calls(&mut client, 5, ANSWERED_WITHIN).await;
@@ -585,12 +591,11 @@ async fn rate_redis_as_the_server_example_wires_it() {
             },
         };
         // Instances share buckets by limit name: name it after the flag.
-        let mut builder =
-            RateLimitLayer::builder().limit(limit.named(format!("server-{rate_key}")));
+        let mut builder = RateLimitLayer::server().limit(limit.named(format!("server-{rate_key}")));
         if let Some(redis) = redis {
             builder = builder.backend(redis);
         }
-        Some(builder.build())
+        Some(builder.build().unwrap())
     }
 
     let server = RedisServer::start();
@@ -666,10 +671,11 @@ async fn a_dropped_probe_gives_its_slot_back_and_calls_return_to_redis() {
             .build()
     });
     redis.ping().await.unwrap();
-    let layer = RateLimitLayer::builder()
+    let layer = RateLimitLayer::server()
         .backend(redis.clone())
         .limit(Limit::global(per_minute(1000)).named("probe"))
-        .build();
+        .build()
+        .unwrap();
     let test_server = spawn(layer).await;
     let mut client = test_server.client().await;
     assert_eq!(
@@ -754,11 +760,12 @@ async fn a_fallback_token_is_refunded_to_the_fallback_not_to_redis() {
     // Empty the second limit's Redis bucket (and load the script).
     assert!(decide(&*two, &BucketKey::default()).await.is_allowed());
     let counting = Counting::new();
-    let mut service = RateLimitLayer::builder()
+    let mut service = RateLimitLayer::server()
         .backend(redis.clone())
         .limit(Limit::global(per_hour(5)).named("one"))
         .limit(Limit::global(per_hour(1)).named("two"))
         .build()
+        .unwrap()
         .layer(counting.clone());
 
     // Every script call on the first limit's Redis bucket from now on.

@@ -12,8 +12,7 @@ use common::{
 use palisade_core::{Matcher, MethodRegistry, Peer};
 use palisade_demo::frames::unary_service;
 use palisade_ratelimit::{
-    ALLOWED_TOTAL, ClientRateLimitLayer, Key, Limit, NoKey, REJECTED_TOTAL, RateLimitHeaders,
-    RateLimitLayer,
+    ALLOWED_TOTAL, Key, Limit, NoKey, REJECTED_TOTAL, RateLimitHeaders, RateLimitLayer,
     backend::{Acquire, Backend, BucketKey, Limiter, LimiterSpec, Local, Origin},
 };
 use tokio::time::{Instant, advance};
@@ -24,9 +23,13 @@ const HEALTH: &str = "/grpc.health.v1.Health/Check";
 const REFLECTION: &str = "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo";
 
 #[tokio::test(start_paused = true)]
-async fn health_and_reflection_are_exempt_unless_told_otherwise() {
-    let mut service =
-        RateLimitLayer::new(Limit::global(quota(1, 1))).layer(unary_service(Code::Ok));
+async fn skip_lets_health_and_reflection_through_and_nothing_is_skipped_by_default() {
+    let mut service = RateLimitLayer::server()
+        .limit(Limit::global(quota(1, 1)))
+        .skip(Matcher::health_and_reflection())
+        .build()
+        .unwrap()
+        .layer(unary_service(Code::Ok));
     assert!(passes(&mut service, request(HELLO, None)).await);
     assert!(!passes(&mut service, request(HELLO, None)).await);
     for _ in 0..10 {
@@ -43,10 +46,10 @@ async fn health_and_reflection_are_exempt_unless_told_otherwise() {
             .await
         );
     }
-    let mut service = RateLimitLayer::builder()
+    let mut service = RateLimitLayer::server()
         .limit(Limit::global(quota(1, 1)))
-        .exempt(Matcher::none())
         .build()
+        .unwrap()
         .layer(unary_service(Code::Ok));
     assert!(passes(&mut service, request(HEALTH, None)).await);
     assert!(!passes(&mut service, request(HEALTH, None)).await);
@@ -55,7 +58,11 @@ async fn health_and_reflection_are_exempt_unless_told_otherwise() {
 #[tokio::test(start_paused = true)]
 async fn only_restricts_a_limit_to_the_calls_it_matches() {
     let limit = Limit::global(quota(1, 1)).only(Matcher::method(&STREAM[1..]));
-    let mut service = RateLimitLayer::new(limit).layer(unary_service(Code::Ok));
+    let mut service = RateLimitLayer::server()
+        .limit(limit)
+        .build()
+        .unwrap()
+        .layer(unary_service(Code::Ok));
     for _ in 0..5 {
         assert!(passes(&mut service, request(HELLO, None)).await);
     }
@@ -67,7 +74,7 @@ async fn only_restricts_a_limit_to_the_calls_it_matches() {
 async fn shadow_mode_decides_and_counts_but_never_rejects() {
     let (recorder, snapshotter) = recorder();
     let counting = Counting::new();
-    let layer = RateLimitLayer::builder()
+    let layer = RateLimitLayer::server()
         .limit(Limit::per_key(Key::metadata("x-api-key"), quota(1, 2)).when_keyless(NoKey::Reject))
         .shadow(true)
         .recorder(recorder)
@@ -76,7 +83,8 @@ async fn shadow_mode_decides_and_counts_but_never_rejects() {
             MethodRegistry::from_encoded_file_descriptor_set(palisade_demo::FILE_DESCRIPTOR_SET)
                 .unwrap(),
         )
-        .build();
+        .build()
+        .unwrap();
     let mut service = layer.layer(counting.clone());
     for _ in 0..5 {
         assert!(passes(&mut service, request(HELLO, Some("a"))).await);
@@ -102,7 +110,11 @@ async fn keyless_calls_share_a_bucket_are_rejected_or_pass_as_configured() {
     let limit =
         |no_key| Limit::per_key(Key::metadata("x-api-key"), quota(1, 1)).when_keyless(no_key);
 
-    let mut shared = RateLimitLayer::new(limit(NoKey::Shared)).layer(unary_service(Code::Ok));
+    let mut shared = RateLimitLayer::server()
+        .limit(limit(NoKey::Shared))
+        .build()
+        .unwrap()
+        .layer(unary_service(Code::Ok));
     assert!(passes(&mut shared, request(HELLO, None)).await);
     assert!(
         !passes(&mut shared, request(HELLO, None)).await,
@@ -111,7 +123,11 @@ async fn keyless_calls_share_a_bucket_are_rejected_or_pass_as_configured() {
     assert!(passes(&mut shared, request(HELLO, Some("a"))).await);
 
     let counting = Counting::new();
-    let mut reject = RateLimitLayer::new(limit(NoKey::Reject)).layer(counting.clone());
+    let mut reject = RateLimitLayer::server()
+        .limit(limit(NoKey::Reject))
+        .build()
+        .unwrap()
+        .layer(counting.clone());
     let response = call(&mut reject, request(HELLO, None)).await;
     assert!(rejected(&response));
     // Retrying will not help: gRFC A6's "do not retry".
@@ -121,7 +137,11 @@ async fn keyless_calls_share_a_bucket_are_rejected_or_pass_as_configured() {
     assert!(!passes(&mut reject, request(HELLO, Some(""))).await);
     assert!(passes(&mut reject, request(HELLO, Some("a"))).await);
 
-    let mut unlimited = RateLimitLayer::new(limit(NoKey::Unlimited)).layer(unary_service(Code::Ok));
+    let mut unlimited = RateLimitLayer::server()
+        .limit(limit(NoKey::Unlimited))
+        .build()
+        .unwrap()
+        .layer(unary_service(Code::Ok));
     for _ in 0..5 {
         assert!(passes(&mut unlimited, request(HELLO, None)).await);
     }
@@ -131,7 +151,10 @@ async fn keyless_calls_share_a_bucket_are_rejected_or_pass_as_configured() {
 
 #[tokio::test(start_paused = true)]
 async fn peers_are_keyed_by_address() {
-    let mut service = RateLimitLayer::new(Limit::per_key(Key::peer_ip(), quota(1, 1)))
+    let mut service = RateLimitLayer::server()
+        .limit(Limit::per_key(Key::peer_ip(), quota(1, 1)))
+        .build()
+        .unwrap()
         .layer(unary_service(Code::Ok));
     let from = |addr: &str| {
         let mut request = request(HELLO, None);
@@ -156,11 +179,12 @@ async fn counters_carry_the_method_labels_and_the_registry_bounds_them() {
     let registry =
         MethodRegistry::from_encoded_file_descriptor_set(palisade_demo::FILE_DESCRIPTOR_SET)
             .unwrap();
-    let layer = RateLimitLayer::builder()
+    let layer = RateLimitLayer::server()
         .limit(Limit::per_method(quota(1, 2)))
         .registry(registry)
         .recorder(recorder)
-        .build();
+        .build()
+        .unwrap();
     let mut service = layer.layer(unary_service(Code::Ok));
     for _ in 0..3 {
         passes(&mut service, request(HELLO, None)).await;
@@ -199,10 +223,11 @@ async fn counters_carry_the_method_labels_and_the_registry_bounds_them() {
 
 #[tokio::test(start_paused = true)]
 async fn rejections_can_carry_x_ratelimit_headers() {
-    let layer = RateLimitLayer::builder()
+    let layer = RateLimitLayer::server()
         .limit(Limit::global(quota(2, 4)))
         .headers(RateLimitHeaders::OnRejection)
-        .build();
+        .build()
+        .unwrap();
     let service = layer.layer(unary_service(Code::Ok));
     for _ in 0..4 {
         let response = service.clone().oneshot(request(HELLO, None)).await.unwrap();
@@ -221,10 +246,11 @@ async fn rejections_can_carry_x_ratelimit_headers() {
 #[tokio::test(start_paused = true)]
 async fn keys_of_any_length_cost_the_same_and_are_not_stored() {
     let backend = Local::new();
-    let layer = RateLimitLayer::builder()
+    let layer = RateLimitLayer::server()
         .backend(backend.clone())
         .limit(Limit::per_key(Key::metadata("x-api-key"), quota(1, 1)))
-        .build();
+        .build()
+        .unwrap();
     let mut service = layer.layer(unary_service(Code::Ok));
     for i in 0..2000 {
         // 4 KiB keys, differing only at the end.
@@ -244,10 +270,11 @@ async fn keys_of_any_length_cost_the_same_and_are_not_stored() {
 #[tokio::test(start_paused = true)]
 async fn the_cap_on_tracked_keys_holds() {
     let backend = Local::new().max_keys(1000);
-    let layer = RateLimitLayer::builder()
+    let layer = RateLimitLayer::server()
         .backend(backend.clone())
         .limit(Limit::per_key(Key::metadata("x-api-key"), quota(1, 1)))
-        .build();
+        .build()
+        .unwrap();
     let mut service = layer.layer(unary_service(Code::Ok));
     for i in 0..20_000 {
         passes(&mut service, request(HELLO, Some(&i.to_string()))).await;
@@ -290,11 +317,12 @@ impl Limiter for DeferredLimiter {
 #[tokio::test(start_paused = true)]
 async fn a_backend_that_answers_later_plugs_into_both_layers() {
     let counting = Counting::new();
-    let layer = RateLimitLayer::builder()
+    let layer = RateLimitLayer::server()
         .backend(Deferred(Local::new()))
         .limit(Limit::per_key(Key::metadata("x-api-key"), quota(10, 2)))
         .limit(Limit::global(quota(10, 3)))
-        .build();
+        .build()
+        .unwrap();
     let mut service = layer.layer(counting.clone());
     assert!(passes(&mut service, request(HELLO, Some("a"))).await);
     assert!(passes(&mut service, request(HELLO, Some("a"))).await);
@@ -316,10 +344,11 @@ async fn a_backend_that_answers_later_plugs_into_both_layers() {
 
     // The client layer waits through it too.
     let counting = Counting::new();
-    let client = ClientRateLimitLayer::builder()
+    let client = RateLimitLayer::client()
         .backend(Deferred(Local::new()))
         .limit(Limit::global(quota(10, 1)))
         .build()
+        .unwrap()
         .layer(counting.clone());
     let start = Instant::now();
     for _ in 0..3 {
@@ -337,11 +366,12 @@ async fn a_backend_that_answers_later_plugs_into_both_layers() {
 async fn a_call_dropped_while_a_later_limit_decides_gives_its_tokens_back() {
     let gate = Gated::default();
     let counting = Counting::new();
-    let mut service = RateLimitLayer::builder()
+    let mut service = RateLimitLayer::server()
         .backend(gate.clone())
         .limit(Limit::global(per_hour(1)).named("first"))
         .limit(Limit::global(per_hour(1)).named("gate"))
         .build()
+        .unwrap()
         .layer(counting.clone());
     // The first limit gives its only token; the gate never answers, and the caller goes.
     let waiting = service.clone().oneshot(request(HELLO, None));
@@ -361,13 +391,14 @@ async fn a_call_dropped_while_a_later_limit_decides_gives_its_tokens_back() {
 /// A call refused by its 66th limit gives back the tokens of all 65 before it.
 #[tokio::test(start_paused = true)]
 async fn refunds_reach_every_limit_past_the_64th() {
-    let mut builder = RateLimitLayer::builder();
+    let mut builder = RateLimitLayer::server();
     for _ in 0..65 {
         builder = builder.limit(Limit::global(per_hour(2)));
     }
     let mut service = builder
         .limit(Limit::per_key(Key::metadata("x-api-key"), per_hour(1)))
         .build()
+        .unwrap()
         .layer(unary_service(Code::Ok));
     assert!(passes(&mut service, request(HELLO, Some("a"))).await);
     assert!(
@@ -388,9 +419,10 @@ async fn building_before_any_recorder_is_installed_warns_once_per_build() {
     }
     const WARNING: &str = "no `metrics` recorder";
     let text = warnings_during(|| {
-        let _ = RateLimitLayer::builder()
+        let _ = RateLimitLayer::server()
             .limit(Limit::global(per_hour(1)))
-            .build();
+            .build()
+            .unwrap();
     });
     assert_eq!(text.matches(WARNING).count(), 1, "{text}");
     assert!(
@@ -398,9 +430,10 @@ async fn building_before_any_recorder_is_installed_warns_once_per_build() {
         "{text}"
     );
     let text = warnings_during(|| {
-        let _ = palisade_ratelimit::ClientRateLimitLayer::builder()
+        let _ = palisade_ratelimit::RateLimitLayer::client()
             .limit(Limit::global(per_hour(1)))
-            .build();
+            .build()
+            .unwrap();
     });
     assert_eq!(text.matches(WARNING).count(), 1, "{text}");
     #[cfg(feature = "redis")]
@@ -417,9 +450,10 @@ async fn building_before_any_recorder_is_installed_warns_once_per_build() {
     let recorder = metrics_util::debugging::DebuggingRecorder::new();
     let text = warnings_during(|| {
         metrics::with_local_recorder(&recorder, || {
-            let _ = RateLimitLayer::builder()
+            let _ = RateLimitLayer::server()
                 .limit(Limit::global(per_hour(1)))
-                .build();
+                .build()
+                .unwrap();
         })
     });
     assert!(!text.contains(WARNING), "{text}");

@@ -97,10 +97,11 @@ fn messages(n: usize) -> Vec<Bytes> {
 async fn a_stream_gets_one_message_per_token_and_is_cut_with_the_rejection() {
     let (recorder, snapshotter) = recorder();
     let drain = Drain::default();
-    let layer = RateLimitLayer::builder()
+    let layer = RateLimitLayer::server()
         .limit(Limit::global(quota(1, 4)).per_message())
         .recorder(recorder)
-        .build_metered();
+        .build_metered()
+        .unwrap();
     let mut service = layer.layer(drain.clone());
     let response = call(&mut service, stream(messages(10))).await;
     // The call's token paid the first message, three more tokens three more; the fifth found
@@ -125,10 +126,11 @@ async fn a_stream_gets_one_message_per_token_and_is_cut_with_the_rejection() {
 
 #[tokio::test(start_paused = true)]
 async fn a_cut_stream_and_a_refused_call_name_the_layer_in_the_record() {
-    let layer = RateLimitLayer::builder()
+    let layer = RateLimitLayer::server()
         .limit(Limit::global(quota(1, 2)).per_message())
         .headers(RateLimitHeaders::Always)
-        .build_metered();
+        .build_metered()
+        .unwrap();
     let mut service = layer.layer(Drain::default());
     let recorded = |request: &mut Request<GrpcBody>| {
         Rpc::get_or_insert(request.extensions_mut(), Side::Server).clone()
@@ -154,9 +156,10 @@ async fn a_cut_stream_and_a_refused_call_name_the_layer_in_the_record() {
 #[tokio::test(start_paused = true)]
 async fn messages_are_counted_across_any_frame_split() {
     let drain = Drain::default();
-    let layer = RateLimitLayer::builder()
+    let layer = RateLimitLayer::server()
         .limit(Limit::global(quota(1, 3)).per_message())
-        .build_metered();
+        .build_metered()
+        .unwrap();
     let mut service = layer.layer(drain.clone());
     // Five messages, cut into frames at odd places.
     let all: Vec<u8> = messages(5).iter().flat_map(|m| m.to_vec()).collect();
@@ -175,10 +178,11 @@ async fn messages_are_counted_across_any_frame_split() {
 #[tokio::test(start_paused = true)]
 async fn streams_within_their_tokens_and_limits_without_per_message_are_untouched() {
     let drain = Drain::default();
-    let layer = RateLimitLayer::builder()
+    let layer = RateLimitLayer::server()
         .limit(Limit::global(quota(1, 3)))
         .limit(Limit::global(quota(1, 100)).per_message())
-        .build_metered();
+        .build_metered()
+        .unwrap();
     let mut service = layer.layer(drain.clone());
     for _ in 0..3 {
         let response = call(&mut service, stream(messages(20))).await;
@@ -230,9 +234,10 @@ impl<B: Send + 'static> Service<Request<B>> for Stash<B> {
 #[tokio::test(start_paused = true)]
 async fn a_stream_cut_after_the_response_started_ends_with_the_rejection_in_its_trailers() {
     let stash = Stash::new();
-    let layer = RateLimitLayer::builder()
+    let layer = RateLimitLayer::server()
         .limit(Limit::global(quota(1, 2)).per_message())
-        .build_metered();
+        .build_metered()
+        .unwrap();
     let mut service = layer.layer(stash.clone());
     let response = call(&mut service, stream(messages(5))).await;
     assert!(
@@ -253,20 +258,46 @@ async fn a_stream_cut_after_the_response_started_ends_with_the_rejection_in_its_
 }
 
 #[test]
-#[should_panic(expected = "build_metered")]
 fn per_message_limits_need_a_metered_layer() {
-    let _ = RateLimitLayer::new(Limit::global(quota(1, 2)).per_message());
+    let error = RateLimitLayer::server()
+        .limit(Limit::global(quota(1, 2)).per_message())
+        .build()
+        .unwrap_err();
+    assert_eq!(
+        error,
+        palisade_ratelimit::ConfigError::PerMessageNeedsMetered
+    );
+    assert!(error.to_string().contains("build_metered()"));
+    let error = RateLimitLayer::client()
+        .limit(Limit::global(quota(1, 2)).per_message())
+        .build()
+        .unwrap_err();
+    assert_eq!(
+        error,
+        palisade_ratelimit::ConfigError::PerMessageNeedsMetered
+    );
+    assert_eq!(
+        RateLimitLayer::server().build().unwrap_err(),
+        palisade_ratelimit::ConfigError::NoLimit
+    );
+    assert!(
+        RateLimitLayer::server()
+            .limit(Limit::global(quota(1, 2)).per_message())
+            .build_metered()
+            .is_ok()
+    );
 }
 
 #[tokio::test(start_paused = true)]
 async fn shadow_mode_never_cuts_a_stream() {
     let (recorder, snapshotter) = recorder();
     let drain = Drain::default();
-    let layer = RateLimitLayer::builder()
+    let layer = RateLimitLayer::server()
         .limit(Limit::global(quota(1, 2)).per_message())
         .shadow(true)
         .recorder(recorder)
-        .build_metered();
+        .build_metered()
+        .unwrap();
     let mut service = layer.layer(drain.clone());
     let response = call(&mut service, stream(messages(10))).await;
     assert!(response.headers().get("grpc-status").is_none());
@@ -314,11 +345,12 @@ where
 async fn a_stream_dropped_while_paying_for_a_message_gives_its_tokens_back() {
     let gate = Gated::default();
     gate.open();
-    let layer = RateLimitLayer::builder()
+    let layer = RateLimitLayer::server()
         .backend(gate.clone())
         .limit(Limit::global(per_hour(2)).per_message().named("first"))
         .limit(Limit::global(per_hour(9)).per_message().named("gate"))
-        .build_metered();
+        .build_metered()
+        .unwrap();
     let mut service = layer.layer(Impatient);
     // The call pays its first message at the door (the gate open); the second takes the first
     // limit's last token, then waits on the gate (closed) until the handler gives up.

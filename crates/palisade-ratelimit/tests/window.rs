@@ -48,7 +48,11 @@ fn gap(quota: Quota, lcg: &mut Lcg) -> Duration {
 async fn a_global_bucket_passes_exactly_burst_plus_rate_times_t() {
     for (rate, burst) in [(10, 3), (4, 1), (1000, 50), (1, 5), (3, 2)] {
         let quota = quota(rate, burst);
-        let mut service = RateLimitLayer::new(Limit::global(quota)).layer(unary_service(Code::Ok));
+        let mut service = RateLimitLayer::server()
+            .limit(Limit::global(quota))
+            .build()
+            .unwrap()
+            .layer(unary_service(Code::Ok));
         let start = Instant::now();
         let mut lcg = Lcg(u64::from(rate));
         let mut times = Vec::new();
@@ -83,7 +87,11 @@ async fn a_global_bucket_passes_exactly_burst_plus_rate_times_t() {
 async fn each_key_has_its_own_exact_bucket() {
     let quota = quota(10, 2);
     let limit = Limit::per_key(Key::metadata("x-api-key"), quota);
-    let mut service = RateLimitLayer::new(limit).layer(unary_service(Code::Ok));
+    let mut service = RateLimitLayer::server()
+        .limit(limit)
+        .build()
+        .unwrap()
+        .layer(unary_service(Code::Ok));
     let start = Instant::now();
     let (mut a, mut b, mut c) = (0u64, 0u64, 0u64);
     let mut b_start = None;
@@ -122,7 +130,11 @@ async fn each_method_has_its_own_exact_bucket_and_quota() {
         .rule(Matcher::method(&HELLO[1..]), hello)
         .rule(Matcher::method(&STREAM[1..]), stream)
         .default_value(other);
-    let mut service = RateLimitLayer::new(Limit::per_method(quotas)).layer(unary_service(Code::Ok));
+    let mut service = RateLimitLayer::server()
+        .limit(Limit::per_method(quotas))
+        .build()
+        .unwrap()
+        .layer(unary_service(Code::Ok));
     let start = Instant::now();
     let (mut h, mut s, mut x, mut y) = (0, 0, 0, 0);
     let mut lcg = Lcg(11);
@@ -155,7 +167,11 @@ async fn a_rule_without_split_is_shared_by_the_methods_it_matches() {
     let shared = quota(10, 2);
     let limit =
         Limit::new(PerMethod::new().rule(Matcher::service("palisade.demo.v1.Greeter"), shared));
-    let mut service = RateLimitLayer::new(limit).layer(unary_service(Code::Ok));
+    let mut service = RateLimitLayer::server()
+        .limit(limit)
+        .build()
+        .unwrap()
+        .layer(unary_service(Code::Ok));
     let start = Instant::now();
     let mut total = 0;
     for step in 0..30 {
@@ -176,10 +192,11 @@ async fn a_rule_without_split_is_shared_by_the_methods_it_matches() {
 async fn per_key_and_per_method_global_limits_combine_and_a_refused_key_spends_nothing_else() {
     let per_key = quota(10, 2);
     let global = quota(20, 4);
-    let layer = RateLimitLayer::builder()
+    let layer = RateLimitLayer::server()
         .limit(Limit::per_key(Key::metadata("x-api-key"), per_key))
         .limit(Limit::per_method(global))
-        .build();
+        .build()
+        .unwrap();
     let mut service = layer.layer(unary_service(Code::Ok));
 
     // A flood from one key is refused by its own bucket, and leaves the global one alone.

@@ -11,7 +11,7 @@ use palisade_demo::{pb::HelloRequest, spawn};
 use palisade_metrics::MetricsLayer;
 use palisade_ratelimit::RateLimitAdmission;
 use palisade_ratelimit::{
-    ClientRateLimitLayer, Key, Limit, Quota, REJECTED_TOTAL, RateLimitHeaders, RateLimitLayer,
+    Key, Limit, Matcher, Quota, REJECTED_TOTAL, RateLimitHeaders, RateLimitLayer,
 };
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 use tower::{ServiceBuilder, util::Either, util::MapResponseLayer};
@@ -38,7 +38,11 @@ fn hello() -> HelloRequest {
 
 #[tokio::test]
 async fn a_tonic_client_sees_resource_exhausted_with_the_pushback() {
-    let layer = RateLimitLayer::new(Limit::per_key(Key::peer_ip(), per_minute(2)));
+    let layer = RateLimitLayer::server()
+        .limit(Limit::per_key(Key::peer_ip(), per_minute(2)))
+        .skip(Matcher::health_and_reflection())
+        .build()
+        .unwrap();
     let server = spawn(layer).await;
     let mut client = server.client().await;
     for _ in 0..2 {
@@ -61,7 +65,7 @@ async fn a_tonic_client_sees_resource_exhausted_with_the_pushback() {
     // No x-ratelimit-* unless asked for.
     assert!(status.metadata().get("x-ratelimit-remaining").is_none());
 
-    // Health checks are never limited.
+    // Skipped health checks are never limited.
     let mut health = HealthClient::new(server.channel().await);
     for _ in 0..5 {
         let response = health
@@ -76,12 +80,13 @@ async fn a_tonic_client_sees_resource_exhausted_with_the_pushback() {
 
 #[tokio::test]
 async fn the_code_is_configurable_and_x_ratelimit_headers_are_optional() {
-    let layer = RateLimitLayer::builder()
+    let layer = RateLimitLayer::server()
         .limit(Limit::global(per_minute(3)))
         .code(Code::Unavailable)
         .message("slow down")
         .headers(RateLimitHeaders::Always)
-        .build();
+        .build()
+        .unwrap();
     let server = spawn(layer).await;
     let mut client = server.client().await;
     for remaining in ["2", "1", "0"] {
@@ -116,11 +121,12 @@ async fn every_rejected_call_is_one_resource_exhausted_in_palisade_metrics_outsi
         .registry(registry())
         .recorder(recorder.clone())
         .build();
-    let ratelimit = RateLimitLayer::builder()
+    let ratelimit = RateLimitLayer::server()
         .limit(Limit::global(per_minute(4)))
         .registry(registry())
         .recorder(recorder)
-        .build();
+        .build()
+        .unwrap();
     let server = spawn(ServiceBuilder::new().layer(metrics).layer(ratelimit)).await;
     let mut client = server.client().await;
     let mut rejected = 0;
@@ -164,11 +170,12 @@ async fn the_client_layer_fails_at_once_without_sending() {
     .await;
     let channel = ServiceBuilder::new()
         .layer(
-            ClientRateLimitLayer::builder()
+            RateLimitLayer::client()
                 .limit(Limit::global(per_minute(2)))
                 .max_wait(Duration::from_millis(100))
                 .recorder(recorder)
-                .build(),
+                .build()
+                .unwrap(),
         )
         .service(server.channel().await);
     let mut client = palisade_demo::pb::greeter_client::GreeterClient::new(channel);
@@ -213,7 +220,7 @@ async fn rate_flags_as_the_server_example_wires_them() {
                 _ => panic!("--rate-key: global, peer, subject or metadata:NAME"),
             },
         };
-        Some(RateLimitLayer::new(limit))
+        Some(RateLimitLayer::server().limit(limit).build().unwrap())
     }
     /// The layer in the stack, or (`--rate 0`) the service as it is, its responses' bodies in
     /// the layer's type (`admit::ResponseBody::passed`), so that the stack has one type.
@@ -269,9 +276,12 @@ async fn per_subject_limits_read_what_an_earlier_layer_put_in_the_extensions() {
     let subject = Key::extension(|claims: &Claims| {
         Some(palisade_ratelimit::KeyValue::from(claims.sub.as_str()))
     });
-    let ratelimit = RateLimitLayer::new(
-        Limit::per_key(subject, per_minute(1)).when_keyless(palisade_ratelimit::NoKey::Reject),
-    );
+    let ratelimit = RateLimitLayer::server()
+        .limit(
+            Limit::per_key(subject, per_minute(1)).when_keyless(palisade_ratelimit::NoKey::Reject),
+        )
+        .build()
+        .unwrap();
     let stack = ServiceBuilder::new()
         .map_request(with_claims as fn(_) -> _)
         .layer(ratelimit);
@@ -360,9 +370,10 @@ impl tower::Service<http::Request<tonic::body::Body>> for Chat {
 /// (`Status::details()` empty) — not the rejection's code beside the handler's stale details.
 #[tokio::test]
 async fn a_stream_cut_by_the_metered_limiter_carries_no_stale_details() {
-    let layer = RateLimitLayer::builder()
+    let layer = RateLimitLayer::server()
         .limit(Limit::global(per_minute(2)).per_message())
-        .build_metered();
+        .build_metered()
+        .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

@@ -56,10 +56,10 @@ pub const DEFAULT_MAX_KEYS: usize = 100_000;
 /// use palisade_ratelimit::{backend::Local, Key, Limit, Quota, RateLimitLayer};
 ///
 /// let backend = Local::new().max_keys(10_000);
-/// let layer = RateLimitLayer::builder()
+/// let layer = RateLimitLayer::server()
 ///     .backend(backend.clone())
 ///     .limit(Limit::per_key(Key::peer_ip(), Quota::per_second(NonZeroU32::new(10).unwrap())))
-///     .build();
+///     .build().unwrap();
 /// assert_eq!(backend.tracked_keys(), 0);
 /// # let _ = layer;
 /// ```

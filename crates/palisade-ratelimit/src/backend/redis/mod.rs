@@ -109,10 +109,10 @@ pub const DEFAULT_PREFIX: &str = "palisade:rl:";
 ///     .fallback(Fallback::Deny)
 ///     .build();
 /// let quota = Quota::per_second(NonZeroU32::new(100).unwrap());
-/// let service = RateLimitLayer::builder()
+/// let service = RateLimitLayer::server()
 ///     .backend(redis.clone())
 ///     .limit(Limit::global(quota).named("api"))
-///     .build()
+///     .build().unwrap()
 ///     .layer(unary_service(tonic::Code::Ok));
 /// let call = || http::Request::post(palisade_demo::SAY_HELLO).body(GrpcBody::default()).unwrap();
 /// for _ in 0..3 {
@@ -139,11 +139,11 @@ pub const DEFAULT_PREFIX: &str = "palisade:rl:";
 ///     .build();
 /// redis.ping().await?; // optional: the layer works (on its fallback) while Redis is away
 /// let per_second = |n| Quota::per_second(NonZeroU32::new(n).unwrap());
-/// let layer = RateLimitLayer::builder()
+/// let layer = RateLimitLayer::server()
 ///     .backend(redis)
 ///     .limit(Limit::per_key(Key::metadata("x-api-key"), per_second(20)).named("per-key"))
 ///     .limit(Limit::global(per_second(1000)).named("global"))
-///     .build();
+///     .build().unwrap();
 /// # let _ = layer; Ok(()) }
 /// ```
 #[derive(Clone)]
