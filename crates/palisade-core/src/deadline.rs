@@ -1,8 +1,9 @@
-//! The caller's deadline, from the `grpc-timeout` request header.
+//! The caller's deadline, in the `grpc-timeout` request header: [`grpc_timeout`] reads it,
+//! [`timeout_value`] writes it.
 
 use std::time::Duration;
 
-use http::HeaderMap;
+use http::{HeaderMap, HeaderValue};
 
 /// Reads `grpc-timeout` (up to 8 ASCII digits and a unit: `H`, `M`, `S`, `m`, `u`, `n`).
 /// Anything malformed is no deadline.
@@ -20,6 +21,49 @@ use http::HeaderMap;
 /// ```
 pub fn grpc_timeout(headers: &HeaderMap) -> Option<Duration> {
     parse(crate::headers::find(headers, &crate::headers::GRPC_TIMEOUT)?.as_bytes())
+}
+
+/// The `grpc-timeout` value for a duration: the finest unit (`n`, `u`, `m`, `S`, `M`, `H`) in
+/// which it fits the header's 8 digits, rounded down, so a deadline written and read back is
+/// never later than the one given (at most 100 000 000 hours: longer is written as that).
+///
+/// ```
+/// use std::time::Duration;
+/// use palisade_core::deadline::timeout_value;
+///
+/// assert_eq!(timeout_value(Duration::from_millis(250)), "250000u");
+/// assert_eq!(timeout_value(Duration::from_secs(200_000)), "200000S");
+/// assert_eq!(timeout_value(Duration::ZERO), "0n");
+/// ```
+pub fn timeout_value(timeout: Duration) -> HeaderValue {
+    const UNITS: [(u128, u8); 6] = [
+        (1, b'n'),
+        (1_000, b'u'),
+        (1_000_000, b'm'),
+        (1_000_000_000, b'S'),
+        (60_000_000_000, b'M'),
+        (3_600_000_000_000, b'H'),
+    ];
+    let nanos = timeout.as_nanos();
+    let (count, unit) = UNITS
+        .iter()
+        .map(|&(per, unit)| (nanos / per, unit))
+        .find(|&(count, _)| count < 100_000_000)
+        .unwrap_or((99_999_999, b'H'));
+    // At most 8 digits and the unit, written without a format.
+    let mut buf = [0u8; 9];
+    let mut at = buf.len() - 1;
+    buf[at] = unit;
+    let mut left = u32::try_from(count).expect("fewer than 100 000 000");
+    loop {
+        at -= 1;
+        buf[at] = b'0' + u8::try_from(left % 10).expect("a digit");
+        left /= 10;
+        if left == 0 {
+            break;
+        }
+    }
+    HeaderValue::from_bytes(&buf[at..]).expect("digits and a unit letter")
 }
 
 fn parse(value: &[u8]) -> Option<Duration> {
@@ -43,8 +87,32 @@ fn parse(value: &[u8]) -> Option<Duration> {
 
 #[cfg(test)]
 mod tests {
-    use super::parse;
+    use super::{parse, timeout_value};
     use std::time::Duration;
+
+    #[test]
+    fn timeouts_keep_eight_digits_and_round_down() {
+        let value = |d| timeout_value(d).to_str().unwrap().to_owned();
+        assert_eq!(value(Duration::from_nanos(99_999_999)), "99999999n");
+        assert_eq!(value(Duration::from_nanos(100_000_001)), "100000u");
+        assert_eq!(value(Duration::from_millis(1500)), "1500000u");
+        assert_eq!(value(Duration::from_secs(200_000)), "200000S");
+        assert_eq!(value(Duration::ZERO), "0n");
+        assert_eq!(value(Duration::MAX), "99999999H");
+        for d in [
+            Duration::from_nanos(1),
+            Duration::from_millis(1),
+            Duration::from_secs(5),
+            Duration::from_secs(86_400 * 30),
+            Duration::from_secs(3_600 * 100_000_000 - 1),
+        ] {
+            let parsed = parse(timeout_value(d).as_bytes()).unwrap();
+            assert!(
+                parsed <= d && d - parsed < d / 1000 + Duration::from_nanos(1),
+                "{d:?} {parsed:?}"
+            );
+        }
+    }
 
     #[test]
     fn units_and_malformed_values() {

@@ -14,7 +14,7 @@ use std::{
     time::Duration,
 };
 
-use http::{HeaderMap, HeaderValue};
+use http::HeaderMap;
 use palisade_core::{
     Call, MethodRegistry, Rejection, Side,
     admit::{self, Admission, Admit, AdmitLayer, Admitted, Decision, OnHead},
@@ -323,7 +323,7 @@ impl ClientRateLimitAdmission {
                     let left = timeout.saturating_sub(progress.started.elapsed());
                     call.parts_mut()
                         .headers
-                        .insert("grpc-timeout", timeout_header(left));
+                        .insert("grpc-timeout", palisade_core::deadline::timeout_value(left));
                 }
                 self.send(progress.scope)
             }
@@ -671,29 +671,10 @@ fn pushed_back(shared: &Shared, now: Instant, until: Instant) -> Rejection {
     shared.rejection(Some(&backend::Decision::denied(0, left, left)))
 }
 
-/// `grpc-timeout` for a duration, in the finest unit that fits its 8 digits, rounded down (a
-/// deadline is never moved later).
-fn timeout_header(left: Duration) -> HeaderValue {
-    let nanos = left.as_nanos();
-    let units: [(u128, char); 6] = [
-        (1, 'n'),
-        (1_000, 'u'),
-        (1_000_000, 'm'),
-        (1_000_000_000, 'S'),
-        (60_000_000_000, 'M'),
-        (3_600_000_000_000, 'H'),
-    ];
-    let (count, unit) = units
-        .iter()
-        .map(|&(per, unit)| (nanos / per, unit))
-        .find(|&(count, _)| count < 100_000_000)
-        .unwrap_or((99_999_999, 'H'));
-    HeaderValue::try_from(format!("{count}{unit}")).expect("digits and a unit letter")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::HeaderValue;
 
     #[test]
     fn pushbacks_are_non_negative_integers_on_errors_capped_at_a_minute() {
@@ -714,30 +695,5 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert(PUSHBACK.clone(), HeaderValue::from_static("250"));
         assert_eq!(pushback_of(&headers), None, "not without a status");
-    }
-
-    #[test]
-    fn timeouts_keep_eight_digits_and_round_down() {
-        let header = |d| timeout_header(d).to_str().unwrap().to_owned();
-        assert_eq!(header(Duration::from_nanos(99_999_999)), "99999999n");
-        assert_eq!(header(Duration::from_nanos(100_000_001)), "100000u");
-        assert_eq!(header(Duration::from_millis(1500)), "1500000u");
-        assert_eq!(header(Duration::from_secs(200_000)), "200000S");
-        assert_eq!(header(Duration::ZERO), "0n");
-        for d in [
-            Duration::from_millis(1),
-            Duration::from_secs(5),
-            Duration::from_secs(86_400 * 30),
-        ] {
-            let parsed = {
-                let mut headers = http::HeaderMap::new();
-                headers.insert("grpc-timeout", timeout_header(d));
-                palisade_core::deadline::grpc_timeout(&headers).unwrap()
-            };
-            assert!(
-                parsed <= d && d - parsed < d / 1000 + Duration::from_nanos(1),
-                "{d:?} {parsed:?}"
-            );
-        }
     }
 }
