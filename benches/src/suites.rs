@@ -189,7 +189,8 @@ fn layer_groups(side: Side) -> Vec<Group> {
     groups.push(if server {
         let logging = || {
             LoggingLayer::server()
-                .method_registry(env::get().registry.clone())
+                .registry(env::get().registry.clone())
+                .build()
                 .layer(Handler::ok())
         };
         bare(Group::new("layers/server/logging"), side)
@@ -201,14 +202,16 @@ fn layer_groups(side: Side) -> Vec<Group> {
             })
             .case("access_log", move || {
                 let layer = LoggingLayer::server()
-                    .method_registry(env::get().registry.clone())
-                    .access_log(env::access_log_to_sink());
+                    .registry(env::get().registry.clone())
+                    .access_log(env::access_log_to_sink())
+                    .build();
                 rpc_with(layer.layer(Handler::ok()), Requests::server(), logging_on())
             })
     } else {
         let client = || {
             LoggingLayer::client()
-                .method_registry(env::get().registry.clone())
+                .registry(env::get().registry.clone())
+                .build()
                 .layer(Handler::ok())
         };
         bare(Group::new("layers/client/logging"), side)
@@ -306,7 +309,7 @@ pub fn server_stack(sampled: bool) -> ServerStack {
 /// does with `--log-format json`) instead of as `tracing` events.
 pub fn server_stack_to(sampled: bool, access_log: Option<LogWriter>) -> ServerStack {
     let env = env::get();
-    let mut logging = LoggingLayer::server().method_registry(env.registry.clone());
+    let mut logging = LoggingLayer::server().registry(env.registry.clone());
     if let Some(writer) = access_log {
         logging = logging.access_log(writer);
     }
@@ -321,7 +324,7 @@ pub fn server_stack_to(sampled: bool, access_log: Option<LogWriter>) -> ServerSt
                 .tracer_provider(provider)
                 .propagator(env::w3c()),
         )
-        .logging(logging)
+        .logging(logging.build())
         .metrics(
             MetricsLayer::server()
                 .registry(env.registry.clone())
@@ -340,7 +343,7 @@ pub fn server_stack_to(sampled: bool, access_log: Option<LogWriter>) -> ServerSt
 /// The layers of [`server_stack`].
 pub type ServerStack = ServerLayers<
     TraceLayer<opentelemetry_sdk::trace::SdkTracer>,
-    LoggingLayer,
+    LoggingLayer<palisade_core::side::Server>,
     MetricsLayer,
     JwtAuthLayer,
     RateLimitLayer,
@@ -390,7 +393,7 @@ fn client_stack_with<M>(
     access_log: Option<LogWriter>,
 ) -> ClientStack<M> {
     let env = env::get();
-    let mut logging = LoggingLayer::client().method_registry(env.registry.clone());
+    let mut logging = LoggingLayer::client().registry(env.registry.clone());
     if let Some(writer) = access_log {
         logging = logging.access_log(writer);
     }
@@ -406,7 +409,7 @@ fn client_stack_with<M>(
                 .propagator(env::w3c())
                 .server_address("127.0.0.1", port),
         )
-        .logging(logging)
+        .logging(logging.build())
         .metrics(metrics)
         .breaker(BreakerLayer::builder().name("client-stack").build())
         .ratelimit(ClientRateLimitLayer::new(Limit::global(unlimited())))
@@ -416,7 +419,7 @@ fn client_stack_with<M>(
 /// The layers of [`client_stack`].
 pub type ClientStack<M = palisade_metrics::body::ObservedRequest> = ClientLayers<
     TraceLayer<opentelemetry_sdk::trace::SdkTracer>,
-    LoggingLayer<palisade_logging::ClientSide>,
+    LoggingLayer<palisade_core::side::Client>,
     MetricsLayer<M>,
     BreakerLayer,
     ClientRateLimitLayer,
@@ -523,7 +526,8 @@ fn tower_http_trace() -> tower_http::trace::TraceLayer<
 fn peers_logging() -> Group {
     let palisade = || {
         LoggingLayer::server()
-            .method_registry(env::get().registry.clone())
+            .registry(env::get().registry.clone())
+            .build()
             .layer(Handler::ok())
     };
     bare(Group::new("peers/logging"), Side::Server)
