@@ -158,14 +158,16 @@ fn layer_groups(side: Side) -> Vec<Group> {
             .case("sampled", || {
                 let layer = TraceLayer::server()
                     .tracer_provider(&env::get().sampled)
-                    .propagator(env::w3c());
+                    .propagator(env::w3c())
+                    .build();
                 rpc(layer.layer(Handler::ok()), Requests::server())
             })
             .case("not_sampled", || {
                 // Parent-based sampling, the caller did not sample (flags 00).
                 let layer = TraceLayer::server()
                     .tracer_provider(&env::get().sampled)
-                    .propagator(env::w3c());
+                    .propagator(env::w3c())
+                    .build();
                 rpc(layer.layer(Handler::ok()), Requests::server().not_sampled())
             })
     } else {
@@ -174,14 +176,16 @@ fn layer_groups(side: Side) -> Vec<Group> {
                 let layer = TraceLayer::client()
                     .tracer_provider(&env::get().sampled)
                     .propagator(env::w3c())
-                    .server_address("127.0.0.1", 50051);
+                    .server_address("127.0.0.1", 50051)
+                    .build();
                 rpc(layer.layer(Handler::ok()), Requests::client())
             })
             .case("not_sampled", || {
                 let layer = TraceLayer::client()
                     .tracer_provider(&env::get().unsampled)
                     .propagator(env::w3c())
-                    .server_address("127.0.0.1", 50051);
+                    .server_address("127.0.0.1", 50051)
+                    .build();
                 rpc(layer.layer(Handler::ok()), Requests::client())
             })
     });
@@ -322,7 +326,8 @@ pub fn server_stack_to(sampled: bool, access_log: Option<LogWriter>) -> ServerSt
         .trace(
             TraceLayer::server()
                 .tracer_provider(provider)
-                .propagator(env::w3c()),
+                .propagator(env::w3c())
+                .build(),
         )
         .logging(logging.build())
         .metrics(
@@ -342,7 +347,7 @@ pub fn server_stack_to(sampled: bool, access_log: Option<LogWriter>) -> ServerSt
 
 /// The layers of [`server_stack`].
 pub type ServerStack = ServerLayers<
-    TraceLayer<opentelemetry_sdk::trace::SdkTracer>,
+    TraceLayer<palisade_core::side::Server, opentelemetry_sdk::trace::SdkTracer>,
     LoggingLayer<palisade_core::side::Server>,
     MetricsLayer,
     JwtAuthLayer,
@@ -407,7 +412,8 @@ fn client_stack_with<M>(
             TraceLayer::client()
                 .tracer_provider(provider)
                 .propagator(env::w3c())
-                .server_address("127.0.0.1", port),
+                .server_address("127.0.0.1", port)
+                .build(),
         )
         .logging(logging.build())
         .metrics(metrics)
@@ -418,7 +424,7 @@ fn client_stack_with<M>(
 
 /// The layers of [`client_stack`].
 pub type ClientStack<M = palisade_metrics::body::ObservedRequest> = ClientLayers<
-    TraceLayer<opentelemetry_sdk::trace::SdkTracer>,
+    TraceLayer<palisade_core::side::Client, opentelemetry_sdk::trace::SdkTracer>,
     LoggingLayer<palisade_core::side::Client>,
     MetricsLayer<M>,
     BreakerLayer,
@@ -569,6 +575,7 @@ fn peers_trace() -> Group {
         TraceLayer::server()
             .tracer_provider(&env::get().sampled)
             .propagator(env::w3c())
+            .build()
             .layer(Handler::ok())
     };
     let peer = || {

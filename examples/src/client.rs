@@ -16,7 +16,7 @@ pub const CLIENT_SUBJECT: &str = "demo-client";
 
 /// The demo client's layers, outermost first.
 pub type DemoClientLayers = ClientLayers<
-    TraceLayer,
+    TraceLayer<Client>,
     LoggingLayer<Client>,
     MetricsLayer<TonicBody>,
     BreakerLayer,
@@ -61,7 +61,7 @@ pub fn layers(target: &Endpoint, options: &ClientOptions) -> DemoClientLayers {
         _ => TraceLayer::client().propagator(palisade_trace::W3cPropagator::new()),
     };
     ClientLayers::new()
-        .trace(trace)
+        .trace(trace.build())
         .logging(crate::telemetry::access_log(LoggingLayer::client()).build())
         .metrics(
             MetricsLayer::client()

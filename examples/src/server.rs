@@ -396,7 +396,8 @@ pub async fn start(args: &ServerArgs, listener: TcpListener) -> Result<RunningSe
         .trace(
             TraceLayer::server()
                 .propagator(palisade_trace::W3cPropagator::new())
-                .registry(registry.clone()),
+                .registry(registry.clone())
+                .build(),
         )
         .logging(
             crate::telemetry::access_log(

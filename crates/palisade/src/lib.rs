@@ -24,7 +24,7 @@
 //!
 //! // A client stack: a span, metrics and a breaker around the channel, in that order.
 //! let layers = ClientLayers::new()
-//!     .trace(TraceLayer::client())
+//!     .trace(TraceLayer::client().build())
 //!     .logging(LoggingLayer::client().build())
 //!     .metrics(MetricsLayer::client().build().with_tonic_body())
 //!     .breaker(BreakerLayer::builder().name("greeter").build());
