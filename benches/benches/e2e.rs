@@ -17,7 +17,7 @@
 //! As the `server` program is deployed with `--log-format json > file`: the logs go through
 //! palisade-logging's non-blocking writer to a real (temporary) file — the application's own
 //! `tracing` events through a JSON `fmt` subscriber at `info`, and every RPC's access-log
-//! line written by the logging layers themselves ([`LoggingLayer::access_log`]) into the same
+//! line written by the logging layers themselves (`LoggingBuilder::access_log`) into the same
 //! writer.
 //!
 //! Criterion's time per iteration is the time per call (at 64 in flight, the inverse of the
@@ -303,7 +303,8 @@ fn main() {
                     palisade_logging::LoggingLayer::server()
                         .levels(|_| tracing::Level::TRACE)
                         .span_level(tracing::Level::TRACE)
-                        .access_log(log.clone()),
+                        .access_log(log.clone())
+                        .build(),
                 ),
             )
             .await,

@@ -180,7 +180,7 @@ pub fn access_log_to_sink() -> palisade_logging::writer::LogWriter {
 /// The subscriber the `server` and `client` programs install with `--log-format json`
 /// (flattened JSON events, the RPC span's fields by `palisade_logging::JsonFields`), writing
 /// through the shared non-blocking writer to `io::sink`: with
-/// `LoggingLayer::access_log(access_log_to_sink())`, the logging a deployed server pays.
+/// `LoggingBuilder::access_log(access_log_to_sink())`, the logging a deployed server pays.
 pub fn deployed_logging(filter: &str) -> Dispatch {
     Dispatch::new(
         tracing_subscriber::fmt()

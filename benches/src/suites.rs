@@ -158,14 +158,16 @@ fn layer_groups(side: Side) -> Vec<Group> {
             .case("sampled", || {
                 let layer = TraceLayer::server()
                     .tracer_provider(&env::get().sampled)
-                    .propagator(env::w3c());
+                    .propagator(env::w3c())
+                    .build();
                 rpc(layer.layer(Handler::ok()), Requests::server())
             })
             .case("not_sampled", || {
                 // Parent-based sampling, the caller did not sample (flags 00).
                 let layer = TraceLayer::server()
                     .tracer_provider(&env::get().sampled)
-                    .propagator(env::w3c());
+                    .propagator(env::w3c())
+                    .build();
                 rpc(layer.layer(Handler::ok()), Requests::server().not_sampled())
             })
     } else {
@@ -174,14 +176,16 @@ fn layer_groups(side: Side) -> Vec<Group> {
                 let layer = TraceLayer::client()
                     .tracer_provider(&env::get().sampled)
                     .propagator(env::w3c())
-                    .server_address("127.0.0.1", 50051);
+                    .server_address("127.0.0.1", 50051)
+                    .build();
                 rpc(layer.layer(Handler::ok()), Requests::client())
             })
             .case("not_sampled", || {
                 let layer = TraceLayer::client()
                     .tracer_provider(&env::get().unsampled)
                     .propagator(env::w3c())
-                    .server_address("127.0.0.1", 50051);
+                    .server_address("127.0.0.1", 50051)
+                    .build();
                 rpc(layer.layer(Handler::ok()), Requests::client())
             })
     });
@@ -189,7 +193,8 @@ fn layer_groups(side: Side) -> Vec<Group> {
     groups.push(if server {
         let logging = || {
             LoggingLayer::server()
-                .method_registry(env::get().registry.clone())
+                .registry(env::get().registry.clone())
+                .build()
                 .layer(Handler::ok())
         };
         bare(Group::new("layers/server/logging"), side)
@@ -201,14 +206,16 @@ fn layer_groups(side: Side) -> Vec<Group> {
             })
             .case("access_log", move || {
                 let layer = LoggingLayer::server()
-                    .method_registry(env::get().registry.clone())
-                    .access_log(env::access_log_to_sink());
+                    .registry(env::get().registry.clone())
+                    .access_log(env::access_log_to_sink())
+                    .build();
                 rpc_with(layer.layer(Handler::ok()), Requests::server(), logging_on())
             })
     } else {
         let client = || {
             LoggingLayer::client()
-                .method_registry(env::get().registry.clone())
+                .registry(env::get().registry.clone())
+                .build()
                 .layer(Handler::ok())
         };
         bare(Group::new("layers/client/logging"), side)
@@ -318,7 +325,7 @@ pub fn server_stack(sampled: bool) -> ServerStack {
 /// does with `--log-format json`) instead of as `tracing` events.
 pub fn server_stack_to(sampled: bool, access_log: Option<LogWriter>) -> ServerStack {
     let env = env::get();
-    let mut logging = LoggingLayer::server().method_registry(env.registry.clone());
+    let mut logging = LoggingLayer::server().registry(env.registry.clone());
     if let Some(writer) = access_log {
         logging = logging.access_log(writer);
     }
@@ -331,9 +338,10 @@ pub fn server_stack_to(sampled: bool, access_log: Option<LogWriter>) -> ServerSt
         .trace(
             TraceLayer::server()
                 .tracer_provider(provider)
-                .propagator(env::w3c()),
+                .propagator(env::w3c())
+                .build(),
         )
-        .logging(logging)
+        .logging(logging.build())
         .metrics(
             MetricsLayer::server()
                 .registry(env.registry.clone())
@@ -356,8 +364,8 @@ pub fn server_stack_to(sampled: bool, access_log: Option<LogWriter>) -> ServerSt
 
 /// The layers of [`server_stack`].
 pub type ServerStack = ServerLayers<
-    TraceLayer<opentelemetry_sdk::trace::SdkTracer>,
-    LoggingLayer,
+    TraceLayer<palisade_core::side::Server, opentelemetry_sdk::trace::SdkTracer>,
+    LoggingLayer<palisade_core::side::Server>,
     MetricsLayer,
     JwtAuthLayer,
     RateLimitLayer,
@@ -407,7 +415,7 @@ fn client_stack_with<M>(
     access_log: Option<LogWriter>,
 ) -> ClientStack<M> {
     let env = env::get();
-    let mut logging = LoggingLayer::client().method_registry(env.registry.clone());
+    let mut logging = LoggingLayer::client().registry(env.registry.clone());
     if let Some(writer) = access_log {
         logging = logging.access_log(writer);
     }
@@ -421,9 +429,10 @@ fn client_stack_with<M>(
             TraceLayer::client()
                 .tracer_provider(provider)
                 .propagator(env::w3c())
-                .server_address("127.0.0.1", port),
+                .server_address("127.0.0.1", port)
+                .build(),
         )
-        .logging(logging)
+        .logging(logging.build())
         .metrics(metrics)
         .breaker(BreakerLayer::builder().name("client-stack").build())
         .ratelimit(
@@ -442,8 +451,8 @@ fn client_stack_with<M>(
 
 /// The layers of [`client_stack`].
 pub type ClientStack<M = palisade_metrics::body::ObservedRequest> = ClientLayers<
-    TraceLayer<opentelemetry_sdk::trace::SdkTracer>,
-    LoggingLayer<palisade_logging::ClientSide>,
+    TraceLayer<palisade_core::side::Client, opentelemetry_sdk::trace::SdkTracer>,
+    LoggingLayer<palisade_core::side::Client>,
     MetricsLayer<M>,
     BreakerLayer,
     ClientRateLimitLayer,
@@ -550,7 +559,8 @@ fn tower_http_trace() -> tower_http::trace::TraceLayer<
 fn peers_logging() -> Group {
     let palisade = || {
         LoggingLayer::server()
-            .method_registry(env::get().registry.clone())
+            .registry(env::get().registry.clone())
+            .build()
             .layer(Handler::ok())
     };
     bare(Group::new("peers/logging"), Side::Server)
@@ -592,6 +602,7 @@ fn peers_trace() -> Group {
         TraceLayer::server()
             .tracer_provider(&env::get().sampled)
             .propagator(env::w3c())
+            .build()
             .layer(Handler::ok())
     };
     let peer = || {

@@ -4,8 +4,8 @@
 use std::{num::NonZeroU32, time::Duration};
 
 use palisade::prelude::*;
+use palisade_core::side::Client;
 use palisade_jwt::mint::HmacMinter;
-use palisade_logging::ClientSide;
 use palisade_metrics::body::TonicBody;
 use tonic::transport::{Channel, Endpoint};
 
@@ -16,8 +16,8 @@ pub const CLIENT_SUBJECT: &str = "demo-client";
 
 /// The demo client's layers, outermost first.
 pub type DemoClientLayers = ClientLayers<
-    TraceLayer,
-    LoggingLayer<ClientSide>,
+    TraceLayer<Client>,
+    LoggingLayer<Client>,
     MetricsLayer<TonicBody>,
     BreakerLayer,
     ClientRateLimitLayer,
@@ -61,8 +61,8 @@ pub fn layers(target: &Endpoint, options: &ClientOptions) -> DemoClientLayers {
         _ => TraceLayer::client().propagator(palisade_trace::W3cPropagator::new()),
     };
     ClientLayers::new()
-        .trace(trace)
-        .logging(crate::telemetry::access_log(LoggingLayer::client()))
+        .trace(trace.build())
+        .logging(crate::telemetry::access_log(LoggingLayer::client()).build())
         .metrics(
             MetricsLayer::client()
                 .registry(registry.clone())

@@ -397,14 +397,18 @@ pub async fn start(args: &ServerArgs, listener: TcpListener) -> Result<RunningSe
         .trace(
             TraceLayer::server()
                 .propagator(palisade_trace::W3cPropagator::new())
-                .registry(registry.clone()),
+                .registry(registry.clone())
+                .build(),
         )
-        .logging(crate::telemetry::access_log(
-            LoggingLayer::server()
-                .skip(Matcher::health_and_reflection())
-                .method_registry(registry.clone())
-                .log_start(args.log_start),
-        ))
+        .logging(
+            crate::telemetry::access_log(
+                LoggingLayer::server()
+                    .skip(Matcher::health_and_reflection())
+                    .registry(registry.clone())
+                    .log_start(args.log_start),
+            )
+            .build(),
+        )
         .metrics(MetricsLayer::server().registry(registry.clone()).build())
         .auth(auth(args)?)
         .ratelimit(rate_limit_in_stack(rate_limit_on(

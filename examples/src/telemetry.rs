@@ -8,8 +8,9 @@ use opentelemetry_sdk::{
     propagation::{BaggagePropagator, TraceContextPropagator},
     trace::{Sampler, SdkTracerProvider},
 };
+use palisade_core::side::OnSide;
 use palisade_logging::{
-    LoggingLayer,
+    LoggingBuilder,
     writer::{LogWriter, NonBlocking, WriterGuard},
 };
 use std::sync::OnceLock;
@@ -67,7 +68,7 @@ pub fn init_logs(format: LogFormat, default_filter: &str) -> LogGuard {
 
 /// `layer` writing its lines to the access log of [`init_logs`] (JSON format), or `layer`
 /// as it is (its events go to the `tracing` subscriber) when there is none.
-pub fn access_log<K>(layer: LoggingLayer<K>) -> LoggingLayer<K> {
+pub fn access_log<K: OnSide>(layer: LoggingBuilder<K>) -> LoggingBuilder<K> {
     match ACCESS_LOG.get() {
         Some(writer) => layer.access_log(writer.clone()),
         None => layer,

@@ -11,7 +11,7 @@
 //! - `ok_filtered_out` (information): the subscriber at `warn` with the server defaults: an OK
 //!   call is tracked (an error would be logged) but not written;
 //! - `access_log`: the same JSON subscriber, the finish line written by
-//!   [`LoggingLayer::access_log`] into a non-blocking writer (its thread writing to `io::sink`);
+//!   [`LoggingBuilder::access_log`](palisade_logging::LoggingBuilder::access_log) into a non-blocking writer (its thread writing to `io::sink`);
 //!   `access_log_event_only`: the same with the RPC's span filtered out — the line alone,
 //!   formatted and handed off (budget: ≤ 1 µs);
 //! - `writer/{palisade,tracing_appender}`: handing one 300-byte line to palisade-logging's
@@ -85,7 +85,12 @@ fn json_to_sink(filter: &str) -> Dispatch {
     )
 }
 
-fn compare(c: &mut Criterion, name: &str, subscriber: Dispatch, layer: LoggingLayer) {
+fn compare(
+    c: &mut Criterion,
+    name: &str,
+    subscriber: Dispatch,
+    layer: LoggingLayer<palisade_core::side::Server>,
+) {
     tracing::dispatcher::with_default(&subscriber, || {
         let mut group = c.benchmark_group(name);
         let mut bare = unary_service(Code::Ok);
@@ -126,7 +131,7 @@ fn bench(c: &mut Criterion) {
         c,
         "access_log",
         json_to_sink("info"),
-        LoggingLayer::server().access_log(writer.clone()),
+        LoggingLayer::server().access_log(writer.clone()).build(),
     );
     compare(
         c,
@@ -134,31 +139,32 @@ fn bench(c: &mut Criterion) {
         json_to_sink("info"),
         LoggingLayer::server()
             .span_level(Level::TRACE)
-            .access_log(writer.clone()),
+            .access_log(writer.clone())
+            .build(),
     );
     compare(
         c,
         "json_to_sink",
         json_to_sink("info"),
-        LoggingLayer::server(),
+        LoggingLayer::server().build(),
     );
     compare(
         c,
         "level_disabled",
         json_to_sink("info,palisade_logging=off"),
-        LoggingLayer::server(),
+        LoggingLayer::server().build(),
     );
     compare(
         c,
         "json_event_only",
         json_to_sink("info"),
-        LoggingLayer::server().span_level(Level::TRACE),
+        LoggingLayer::server().span_level(Level::TRACE).build(),
     );
     compare(
         c,
         "ok_filtered_out",
         json_to_sink("warn"),
-        LoggingLayer::server(),
+        LoggingLayer::server().build(),
     );
 }
 

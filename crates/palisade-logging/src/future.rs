@@ -2,11 +2,13 @@
 
 use palisade_core::observe;
 
-use crate::{layer::ServerSide, policy::LoggingPolicy};
+#[cfg(doc)]
+use palisade_core::side::{Client, Server};
 
-/// The response future of [`Logging`](crate::Logging) (`K`: [`ServerSide`] or
-/// [`ClientSide`](crate::ClientSide)): polls the inner future inside the RPC's span; the
+use crate::policy::LoggingPolicy;
+
+/// The response future of [`Logging`](crate::Logging) (`K`: [`Server`] or [`Client`]): polls the inner future inside the RPC's span; the
 /// RPC's finish event is written, beside the span, when the response body ends (or at once
 /// for a trailers-only response, an error, or a drop). A call the layer does not log passes
 /// through untouched.
-pub type ResponseFuture<F, K = ServerSide> = observe::ResponseFuture<F, LoggingPolicy<K>>;
+pub type ResponseFuture<F, K> = observe::ResponseFuture<F, LoggingPolicy<K>>;

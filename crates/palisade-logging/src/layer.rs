@@ -1,9 +1,14 @@
-//! The layer: configuration only.
+//! The layer and its builder: configuration only.
 
 use std::{fmt, marker::PhantomData, sync::Arc};
 
 use http::HeaderName;
-use palisade_core::{Code, Matcher, MethodRegistry, ObserveLayer, Side, observe::Policy};
+use palisade_core::{
+    Code, Matcher, MethodRegistry, ObserveLayer,
+    build::{BoxError, BuildLayer},
+    observe::Policy,
+    side::{Client, OnSide, Server},
+};
 use tower_layer::Layer;
 use tracing::Level;
 
@@ -13,59 +18,117 @@ use crate::{
     service::Logging,
 };
 
-/// Marks a [`LoggingLayer`] and [`Logging`] around a server's service (see
-/// [`LoggingLayer::server`]).
-#[derive(Clone, Copy, Debug, Default)]
-pub struct ServerSide;
+/// Renamed: the server side is palisade-core's [`Server`] marker.
+#[deprecated(since = "0.2.0", note = "use `palisade_core::side::Server`")]
+pub type ServerSide = Server;
 
-/// Marks a [`LoggingLayer`] and [`Logging`] around a client's channel (see
-/// [`LoggingLayer::client`]).
-#[derive(Clone, Copy, Debug, Default)]
-pub struct ClientSide;
+/// Renamed: the client side is palisade-core's [`Client`] marker.
+#[deprecated(since = "0.2.0", note = "use `palisade_core::side::Client`")]
+pub type ClientSide = Client;
 
 /// A [`Layer`] that writes one `tracing` event per RPC when it finishes, and opens a span per
 /// RPC; see the [crate docs](crate) for the fields and an example.
 ///
-/// Made with [`LoggingLayer::server`] or [`LoggingLayer::client`]; every option has a default
-/// that follows go-grpc-middleware's logging interceptors.
-pub struct LoggingLayer<K = ServerSide> {
+/// Made by a [`LoggingBuilder`] — [`LoggingLayer::server`] or [`LoggingLayer::client`], then
+/// [`build`](LoggingBuilder::build); every option lives on the builder and has a default that
+/// follows go-grpc-middleware's logging interceptors. `K` is the side, palisade-core's
+/// [`Server`] or [`Client`]. The layer is cheap to clone.
+///
+/// ```
+/// use palisade_core::side::Server;
+/// use palisade_logging::LoggingLayer;
+///
+/// let layer: LoggingLayer<Server> = LoggingLayer::server().build();
+/// # let _ = layer;
+/// ```
+pub struct LoggingLayer<K: OnSide> {
     config: Arc<Config>,
-    _kind: PhantomData<fn() -> K>,
+    _side: PhantomData<fn() -> K>,
 }
 
-impl LoggingLayer<ServerSide> {
-    /// Logging around a server's service, with go-grpc-middleware's server levels
+impl LoggingLayer<Server> {
+    /// A builder of logging around a server's service, with go-grpc-middleware's server levels
     /// ([`default_server_level`](crate::default_server_level)).
     ///
     /// Its inner service receives request bodies wrapped in a
     /// [`RequestBody`](crate::RequestBody), which counts request messages
     /// (tonic's router and `Server::builder().layer(..)` accept any body).
-    pub fn server() -> Self {
-        Self::with_config(Config::new(Side::Server))
+    ///
+    /// ```
+    /// use palisade_core::Matcher;
+    /// use palisade_logging::LoggingLayer;
+    ///
+    /// let layer = LoggingLayer::server()
+    ///     .skip(Matcher::health_and_reflection())
+    ///     .build();
+    /// # let _ = layer;
+    /// ```
+    pub fn server() -> LoggingBuilder<Server> {
+        LoggingBuilder::new()
     }
 }
 
-impl LoggingLayer<ClientSide> {
-    /// Logging around a client's channel, with go-grpc-middleware's client levels
+impl LoggingLayer<Client> {
+    /// A builder of logging around a client's channel, with go-grpc-middleware's client levels
     /// ([`default_client_level`](crate::default_client_level)).
     ///
     /// Request bodies pass unchanged (a tonic `Channel` takes only its own body type), so a
     /// client's finish event counts response messages only.
-    pub fn client() -> Self {
-        Self::with_config(Config::new(Side::Client))
+    ///
+    /// ```
+    /// use palisade_logging::LoggingLayer;
+    ///
+    /// let layer = LoggingLayer::client().allow_metadata(["x-request-id"]).build();
+    /// # let _ = layer;
+    /// ```
+    pub fn client() -> LoggingBuilder<Client> {
+        LoggingBuilder::new()
     }
 }
 
-impl<K> LoggingLayer<K> {
-    fn with_config(config: Config) -> Self {
+/// Configures a [`LoggingLayer`] for side `K`; made by [`LoggingLayer::server`] or
+/// [`LoggingLayer::client`], finished by [`build`](Self::build).
+///
+/// ```
+/// use palisade_core::{Matcher, MethodRegistry};
+/// use palisade_logging::LoggingLayer;
+///
+/// let registry =
+///     MethodRegistry::from_encoded_file_descriptor_set(palisade_demo::FILE_DESCRIPTOR_SET)
+///         .unwrap();
+/// let layer = LoggingLayer::server()
+///     .registry(registry)
+///     .skip(Matcher::health_and_reflection())
+///     .sample_ok(10)
+///     .build();
+/// # let _ = layer;
+/// ```
+#[must_use = "a builder does nothing until `.build()` makes the layer"]
+pub struct LoggingBuilder<K: OnSide> {
+    config: Config,
+    registry: Option<MethodRegistry>,
+    _side: PhantomData<fn() -> K>,
+}
+
+impl<K: OnSide> LoggingBuilder<K> {
+    fn new() -> Self {
         Self {
-            config: Arc::new(config),
-            _kind: PhantomData,
+            config: Config::new(K::SIDE),
+            registry: None,
+            _side: PhantomData,
         }
     }
 
-    fn config_mut(&mut self) -> &mut Config {
-        Arc::make_mut(&mut self.config)
+    /// The layer, with this configuration (and the registry's methods, when given one).
+    pub fn build(self) -> LoggingLayer<K> {
+        let mut config = self.config;
+        if let Some(registry) = &self.registry {
+            config.set_registry(registry);
+        }
+        LoggingLayer {
+            config: Arc::new(config),
+            _side: PhantomData,
+        }
     }
 
     /// Replaces the level of the finish event for each code (evaluated once here, for the 17
@@ -77,15 +140,16 @@ impl<K> LoggingLayer<K> {
     /// use tracing::Level;
     ///
     /// // NotFound is expected here: log it at DEBUG, everything else as usual.
-    /// let layer = LoggingLayer::server().levels(|code| match code {
-    ///     Code::NotFound => Level::DEBUG,
-    ///     code => default_server_level(code),
-    /// });
+    /// let layer = LoggingLayer::server()
+    ///     .levels(|code| match code {
+    ///         Code::NotFound => Level::DEBUG,
+    ///         code => default_server_level(code),
+    ///     })
+    ///     .build();
     /// # let _ = layer;
     /// ```
-    #[must_use]
     pub fn levels(mut self, level: impl Fn(Code) -> Level) -> Self {
-        self.config_mut().set_levels(level);
+        self.config.set_levels(level);
         self
     }
 
@@ -99,35 +163,47 @@ impl<K> LoggingLayer<K> {
     /// use tracing::Level;
     ///
     /// // The client's span at INFO: what its channel logs at `info` nests under it.
-    /// let layer = LoggingLayer::client().span_level(Level::INFO);
+    /// let layer = LoggingLayer::client().span_level(Level::INFO).build();
     /// # drop(layer);
     /// ```
-    #[must_use]
     pub fn span_level(mut self, level: Level) -> Self {
-        self.config_mut().span_level = level;
+        self.config.span_level = level;
         self
     }
 
     /// Also writes a `started call` event when each RPC starts (default: finish only).
-    #[must_use]
     pub fn log_start(mut self, enabled: bool) -> Self {
-        self.config_mut().log_start = enabled;
+        self.config.log_start = enabled;
         self
     }
 
     /// RPCs this matcher selects are neither logged nor given a span, such as
-    /// [`Matcher::health_and_reflection`].
-    #[must_use]
+    /// [`Matcher::health_and_reflection`]. Nothing is skipped by default; called again, the
+    /// matchers add up (an RPC either one selects is skipped).
+    ///
+    /// ```
+    /// use palisade_core::Matcher;
+    /// use palisade_logging::LoggingLayer;
+    ///
+    /// let layer = LoggingLayer::server()
+    ///     .skip(Matcher::health_and_reflection())
+    ///     .skip(Matcher::service("internal.Admin"))
+    ///     .build();
+    /// # let _ = layer;
+    /// ```
     pub fn skip(mut self, matcher: Matcher) -> Self {
-        self.config_mut().skip = Some(matcher);
+        let config = &mut self.config;
+        config.skip = Some(match config.skip.take() {
+            Some(skipped) => skipped.or(matcher),
+            None => matcher,
+        });
         self
     }
 
     /// Logs one in `n` successful (`OK`) calls; every other code is always logged. `0` and
     /// `1` log every call (the default). Counted across every service made by this layer.
-    #[must_use]
     pub fn sample_ok(mut self, n: u64) -> Self {
-        self.config_mut().set_sample_ok(n);
+        self.config.set_sample_ok(n);
         self
     }
 
@@ -135,32 +211,29 @@ impl<K> LoggingLayer<K> {
     /// that are not valid header names are ignored). `authorization`, `proxy-authorization`,
     /// `cookie`, `set-cookie` and the keys given to
     /// [`secret_metadata`](Self::secret_metadata) are never logged, even when allow-listed.
-    #[must_use]
     pub fn allow_metadata<I>(mut self, names: I) -> Self
     where
         I: IntoIterator,
         I::Item: AsRef<str>,
     {
-        self.config_mut().allow_metadata(header_names(names));
+        self.config.allow_metadata(header_names(names));
         self
     }
 
     /// Metadata keys that are never logged, whatever the allowlist says.
-    #[must_use]
     pub fn secret_metadata<I>(mut self, names: I) -> Self
     where
         I: IntoIterator,
         I::Item: AsRef<str>,
     {
-        self.config_mut().secret_metadata(header_names(names));
+        self.config.secret_metadata(header_names(names));
         self
     }
 
     /// Bounds `grpc.message`, `enduser.id` and each logged metadata value to this many bytes
     /// (cut on a character boundary, `…` appended); default 512.
-    #[must_use]
     pub fn max_message_len(mut self, bytes: usize) -> Self {
-        self.config_mut().max_message_len = bytes;
+        self.config.max_message_len = bytes;
         self
     }
 
@@ -179,20 +252,19 @@ impl<K> LoggingLayer<K> {
     ///
     /// let (writer, _guard) = non_blocking(std::io::stdout());
     /// tracing_subscriber::fmt().json().with_writer(writer.clone()).init();
-    /// let layer = LoggingLayer::server().access_log(writer);
+    /// let layer = LoggingLayer::server().access_log(writer).build();
     /// # drop(layer);
     /// ```
-    #[must_use]
     pub fn access_log(mut self, writer: crate::writer::LogWriter) -> Self {
-        self.config_mut().access_log = Some(writer);
+        self.config.access_log = Some(writer);
         self
     }
 
     /// Logs `grpc.method_type` (`unary`, `client_stream`, `server_stream`, `bidi_stream`) for
-    /// the methods the registry knows.
-    #[must_use]
-    pub fn method_registry(mut self, registry: MethodRegistry) -> Self {
-        self.config_mut().set_registry(&registry);
+    /// the methods the registry knows (applied at [`build`](Self::build); given again, the
+    /// last one is kept).
+    pub fn registry(mut self, registry: MethodRegistry) -> Self {
+        self.registry = Some(registry);
         self
     }
 }
@@ -207,16 +279,35 @@ where
         .filter_map(|name| HeaderName::from_bytes(name.as_ref().as_bytes()).ok())
 }
 
-impl<K> Clone for LoggingLayer<K> {
+impl<K: OnSide> Clone for LoggingBuilder<K> {
     fn clone(&self) -> Self {
         Self {
-            config: Arc::clone(&self.config),
-            _kind: PhantomData,
+            config: self.config.clone(),
+            registry: self.registry.clone(),
+            _side: PhantomData,
         }
     }
 }
 
-impl<K> fmt::Debug for LoggingLayer<K> {
+impl<K: OnSide> fmt::Debug for LoggingBuilder<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LoggingBuilder")
+            .field("config", &self.config)
+            .field("registry", &self.registry.as_ref().map(MethodRegistry::len))
+            .finish()
+    }
+}
+
+impl<K: OnSide> Clone for LoggingLayer<K> {
+    fn clone(&self) -> Self {
+        Self {
+            config: Arc::clone(&self.config),
+            _side: PhantomData,
+        }
+    }
+}
+
+impl<K: OnSide> fmt::Debug for LoggingLayer<K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LoggingLayer")
             .field("config", &self.config)
@@ -224,7 +315,7 @@ impl<K> fmt::Debug for LoggingLayer<K> {
     }
 }
 
-impl<K> LoggingLayer<K>
+impl<K: OnSide> LoggingLayer<K>
 where
     LoggingPolicy<K>: Policy,
 {
@@ -235,7 +326,7 @@ where
     }
 }
 
-impl<S, K> Layer<S> for LoggingLayer<K>
+impl<S, K: OnSide> Layer<S> for LoggingLayer<K>
 where
     LoggingPolicy<K>: Policy,
 {
@@ -243,5 +334,55 @@ where
 
     fn layer(&self, inner: S) -> Self::Service {
         self.observe_layer().layer(inner)
+    }
+}
+
+/// A preset's `logging` slot of side `K` takes the builder: it is given the preset's registry
+/// unless it has one, and built.
+///
+/// ```
+/// use palisade_core::{MethodRegistry, build::BuildLayer, side::Server};
+/// use palisade_logging::LoggingLayer;
+///
+/// fn server_slot<P: BuildLayer<Server>>(part: P, registry: &MethodRegistry) -> P::Layer {
+///     part.use_registry(registry).build_layer().unwrap()
+/// }
+/// let registry = MethodRegistry::default();
+/// let _built_by_the_slot = server_slot(LoggingLayer::server(), &registry);
+/// let _kept_as_it_is = server_slot(LoggingLayer::server().build(), &registry);
+/// ```
+///
+/// A client's builder does not fit a server's slot:
+///
+/// ```compile_fail
+/// use palisade_core::{build::BuildLayer, side::Server};
+///
+/// fn server_slot<P: BuildLayer<Server>>(_: P) {}
+/// server_slot(palisade_logging::LoggingLayer::client());
+/// ```
+impl<K: OnSide> BuildLayer<K> for LoggingBuilder<K> {
+    type Layer = LoggingLayer<K>;
+    const NAME: &'static str = "logging";
+
+    fn use_registry(mut self, registry: &MethodRegistry) -> Self {
+        if self.registry.is_none() {
+            self.registry = Some(registry.clone());
+        }
+        self
+    }
+
+    fn build_layer(self) -> Result<LoggingLayer<K>, BoxError> {
+        Ok(self.build())
+    }
+}
+
+/// A preset's `logging` slot of side `K` takes the built layer as it is (with its own
+/// registry, if any).
+impl<K: OnSide> BuildLayer<K> for LoggingLayer<K> {
+    type Layer = LoggingLayer<K>;
+    const NAME: &'static str = "logging";
+
+    fn build_layer(self) -> Result<LoggingLayer<K>, BoxError> {
+        Ok(self)
     }
 }

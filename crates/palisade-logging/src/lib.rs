@@ -1,10 +1,11 @@
 //! One structured `tracing` event per gRPC call, for tonic (or any tower) servers and clients.
 //!
-//! [`LoggingLayer::server`] and [`LoggingLayer::client`] open a `tracing` span per RPC — so
-//! everything the handler logs nests under it — and write one `finished call` event when the
-//! RPC ends: at the end of the response stream, with the real code from the trailers (or the
-//! headers of a trailers-only response, or `Canceled` when the call is dropped). Field names
-//! and levels follow go-grpc-middleware's logging interceptors; any subscriber works.
+//! The layers [`LoggingLayer::server`] and [`LoggingLayer::client`] build open a `tracing`
+//! span per RPC — so everything the handler logs nests under it — and write one `finished
+//! call` event when the RPC ends: at the end of the response stream, with the real code from
+//! the trailers (or the headers of a trailers-only response, or `Canceled` when the call is
+//! dropped). Field names and levels follow go-grpc-middleware's logging interceptors; any
+//! subscriber works.
 //!
 //! # Example
 //!
@@ -22,7 +23,7 @@
 //! let _guard = tracing::subscriber::set_default(tracing_subscriber::fmt().json().finish());
 //!
 //! let service = ServiceBuilder::new()
-//!     .layer(LoggingLayer::server().skip(Matcher::health_and_reflection()))
+//!     .layer(LoggingLayer::server().skip(Matcher::health_and_reflection()).build())
 //!     .service(unary_service(Code::Ok));
 //! let request = http::Request::post("/palisade.demo.v1.Greeter/SayHello")
 //!     .header("content-type", "application/grpc")
@@ -47,8 +48,9 @@
 //! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let logging = LoggingLayer::server()
 //!     .skip(Matcher::health_and_reflection())
-//!     .method_registry(MethodRegistry::from_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)?)
-//!     .allow_metadata(["x-request-id"]);
+//!     .registry(MethodRegistry::from_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)?)
+//!     .allow_metadata(["x-request-id"])
+//!     .build();
 //! let server = Server::builder()
 //!     .layer(logging)
 //!     .add_service(Greeter::new().into_service())
@@ -56,38 +58,38 @@
 //! # drop(server);
 //!
 //! let channel = Channel::from_static("http://127.0.0.1:50051").connect_lazy();
-//! let channel = ServiceBuilder::new().layer(LoggingLayer::client()).service(channel);
+//! let channel = ServiceBuilder::new().layer(LoggingLayer::client().build()).service(channel);
 //! let client = GreeterClient::new(channel);
 //! # drop(client); Ok(()) }
 //! ```
 //!
 //! # Fields
 //!
-//! The `finished call` event (and, with [`LoggingLayer::log_start`], a `started call` event
+//! The `finished call` event (and, with [`LoggingBuilder::log_start`], a `started call` event
 //! with the fields known at the start), target `palisade_logging`:
 //!
 //! | field | value |
 //! |---|---|
 //! | `grpc.component` | `server` or `client` |
 //! | `grpc.service`, `grpc.method` | `package.Service`, `Method` |
-//! | `grpc.method_type` | `unary`, `client_stream`, `server_stream`, `bidi_stream` — with [`LoggingLayer::method_registry`] |
+//! | `grpc.method_type` | `unary`, `client_stream`, `server_stream`, `bidi_stream` — with [`LoggingBuilder::registry`] |
 //! | `grpc.code` | Go's name of the code: `OK`, `Canceled`, `InvalidArgument`, … |
-//! | `grpc.message` | the status message of a non-OK call, at most [`max_message_len`](LoggingLayer::max_message_len) bytes |
+//! | `grpc.message` | the status message of a non-OK call, at most [`max_message_len`](LoggingBuilder::max_message_len) bytes |
 //! | `grpc.time_ms` | milliseconds from the call to the end of the response stream (µs precision) |
 //! | `peer.address` | server: the remote socket address; client: the request URI's authority, when it has one |
 //! | `grpc.request.deadline` | RFC 3339 time the caller's `grpc-timeout` ends, when it sent one |
 //! | `grpc.request.messages` | request messages received (server only) |
 //! | `grpc.response.messages` | response messages sent (server) or received (client) |
-//! | `grpc.request.metadata` | allow-listed request metadata, with [`LoggingLayer::allow_metadata`] |
+//! | `grpc.request.metadata` | allow-listed request metadata, with [`LoggingBuilder::allow_metadata`] |
 //! | `trace_id`, `span_id` | the active OpenTelemetry span when the call started (feature `opentelemetry`) |
-//! | `enduser.id` | the caller's subject as a layer inside verified it (jwt writes it into the per-RPC [`Rpc`](palisade_core::Rpc) record), at most [`max_message_len`](LoggingLayer::max_message_len) bytes |
+//! | `enduser.id` | the caller's subject as a layer inside verified it (jwt writes it into the per-RPC [`Rpc`](palisade_core::Rpc) record), at most [`max_message_len`](LoggingBuilder::max_message_len) bytes |
 //! | `palisade.rejected_by` | the Palisade layer that answered the call itself (`jwt`, `ratelimit`, `breaker`, …): the record's, else the response's [`LocalRejection`](palisade_core::rejection::LocalRejection) mark |
 //!
 //! The span is named `grpc` and carries `grpc.service` and `grpc.method`; it is opened at
 //! `INFO` on a server (the handler's events nest under it) and at `DEBUG` on a client, the level
-//! of its `OK` event ([`LoggingLayer::span_level`] changes it).
+//! of its `OK` event ([`LoggingBuilder::span_level`] changes it).
 //! The level of each event follows the code ([`default_server_level`],
-//! [`default_client_level`], or [`LoggingLayer::levels`]).
+//! [`default_client_level`], or [`LoggingBuilder::levels`]).
 //!
 //! Requests that are not gRPC (no `application/grpc` content type, or a path that is not
 //! `/package.Service/Method`) pass through untouched and unlogged. When the subscriber
@@ -96,7 +98,7 @@
 //! # Secrets
 //!
 //! Metadata is logged only when allow-listed, and `authorization`, `proxy-authorization`,
-//! `cookie`, `set-cookie` and keys given to [`LoggingLayer::secret_metadata`] never are.
+//! `cookie`, `set-cookie` and keys given to [`LoggingBuilder::secret_metadata`] never are.
 //!
 //! # Features
 //!
@@ -122,7 +124,9 @@ pub mod writer;
 pub use body::{RequestBody, ResponseBody};
 pub use fields::JsonFields;
 pub use future::ResponseFuture;
-pub use layer::{ClientSide, LoggingLayer, ServerSide};
+#[allow(deprecated)]
+pub use layer::{ClientSide, ServerSide};
+pub use layer::{LoggingBuilder, LoggingLayer};
 pub use level::{default_client_level, default_server_level};
 pub use policy::{InSpan, LoggedRequest, LoggingPolicy};
 pub use rpc::{Finish, RequestMessages};

@@ -6,13 +6,13 @@ use std::{fmt, marker::PhantomData, sync::Arc};
 use palisade_core::{
     Call, Side,
     observe::{MapRequestBody, ObservedRequest, Policy, Scope, UnchangedRequest, Watch},
+    side::{Client, Server},
 };
 use tracing::{Span, span::Entered};
 
 use crate::{
     body::RequestBody,
     config::Config,
-    layer::{ClientSide, ServerSide},
     rpc::{Finish, RequestMessages},
 };
 
@@ -25,7 +25,7 @@ use crate::{
 ///
 /// Made by the layer; it appears in the crate's type aliases ([`Logging`](crate::Logging),
 /// [`ResponseBody`](crate::ResponseBody), …).
-pub struct LoggingPolicy<K = ServerSide> {
+pub struct LoggingPolicy<K> {
     config: Arc<Config>,
     _side: PhantomData<fn() -> K>,
 }
@@ -39,7 +39,7 @@ impl<K> LoggingPolicy<K> {
     }
 }
 
-impl Policy for LoggingPolicy<ServerSide> {
+impl Policy for LoggingPolicy<Server> {
     type Observer = Finish;
     type RequestObserver = RequestMessages;
     type Scope = InSpan;
@@ -61,7 +61,7 @@ impl Policy for LoggingPolicy<ServerSide> {
     }
 }
 
-impl Policy for LoggingPolicy<ClientSide> {
+impl Policy for LoggingPolicy<Client> {
     type Observer = Finish;
     type RequestObserver = ();
     type Scope = InSpan;
@@ -102,27 +102,27 @@ impl Scope for InSpan {
 }
 
 /// What a [`Logging`](crate::Logging) service hands its inner service as the request body:
-/// on a server ([`ServerSide`]) the [`RequestBody`] that counts the request's messages
-/// (tonic's router takes any body); on a client ([`ClientSide`]) the request's own body,
+/// on a server ([`Server`]) the [`RequestBody`] that counts the request's messages
+/// (tonic's router takes any body); on a client ([`Client`]) the request's own body,
 /// unchanged (as [`UnchangedRequest`] does), so a client layer fits a tonic `Channel`.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct LoggedRequest;
 
-impl<B> MapRequestBody<B, LoggingPolicy<ServerSide>> for LoggedRequest {
+impl<B> MapRequestBody<B, LoggingPolicy<Server>> for LoggedRequest {
     type Body = RequestBody<B>;
 
     fn map_body(body: B, side: Side, observer: Option<RequestMessages>) -> RequestBody<B> {
-        <ObservedRequest as MapRequestBody<B, LoggingPolicy<ServerSide>>>::map_body(
+        <ObservedRequest as MapRequestBody<B, LoggingPolicy<Server>>>::map_body(
             body, side, observer,
         )
     }
 }
 
-impl<B> MapRequestBody<B, LoggingPolicy<ClientSide>> for LoggedRequest {
+impl<B> MapRequestBody<B, LoggingPolicy<Client>> for LoggedRequest {
     type Body = B;
 
     fn map_body(body: B, side: Side, observer: Option<()>) -> B {
-        <UnchangedRequest as MapRequestBody<B, LoggingPolicy<ClientSide>>>::map_body(
+        <UnchangedRequest as MapRequestBody<B, LoggingPolicy<Client>>>::map_body(
             body, side, observer,
         )
     }

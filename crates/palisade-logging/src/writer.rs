@@ -2,7 +2,7 @@
 //! their own writes them out in few large writes, off the request path.
 //!
 //! [`NonBlocking::builder`] (or [`non_blocking`]) starts the writer thread and returns a
-//! [`LogWriter`] — cheap to clone, usable as the [`access_log`](crate::LoggingLayer::access_log)
+//! [`LogWriter`] — cheap to clone, usable as the [`access_log`](crate::LoggingBuilder::access_log)
 //! of a [`LoggingLayer`](crate::LoggingLayer), as an [`io::Write`], and as a
 //! `tracing-subscriber` [`MakeWriter`](tracing_subscriber::fmt::MakeWriter) for the application's own logs — and a [`WriterGuard`].
 //! Dropping the guard is a clean stop: every line handed over before it is written and the sink
@@ -18,7 +18,7 @@
 //! // The application's own logs, as JSON lines, through the same buffer…
 //! tracing_subscriber::fmt().json().with_writer(writer.clone()).init();
 //! // …and the access log: one JSON line per RPC, formatted by Palisade and handed over.
-//! let logging = LoggingLayer::server().access_log(writer);
+//! let logging = LoggingLayer::server().access_log(writer).build();
 //! # drop(logging);
 //! // `_guard` flushes every line when `main` returns.
 //! ```

@@ -103,7 +103,7 @@ async fn logged_both_ways(
     let sink = Memory::default();
     let (writer, writer_guard) = non_blocking(sink.clone());
     let auth = JwtAuthLayer::server().secret(SECRET).build().unwrap();
-    let stack = |layer: LoggingLayer| {
+    let stack = |layer: LoggingLayer<palisade_core::side::Server>| {
         let handler = Arc::clone(&handler);
         layer.layer(auth.layer(service_fn(
             move |request: Request<RequestBody<GrpcBody>>| {
@@ -113,8 +113,8 @@ async fn logged_both_ways(
         )))
     };
     for service in [
-        stack(LoggingLayer::server().access_log(writer)),
-        stack(LoggingLayer::server()),
+        stack(LoggingLayer::server().access_log(writer).build()),
+        stack(LoggingLayer::server().build()),
     ] {
         let response = service.oneshot(request()).await.unwrap();
         response.into_body().collect().await.unwrap();
@@ -281,6 +281,7 @@ async fn a_subject_known_at_the_start_is_in_both_lines() {
     let service = LoggingLayer::server()
         .log_start(true)
         .access_log(writer)
+        .build()
         .layer(palisade_demo::frames::unary_service(Code::Ok));
     // A layer outside (a gateway's, or jwt outside logging) wrote it before logging saw it.
     let record = Rpc::new(palisade_core::Side::Server);

@@ -13,7 +13,7 @@ use http::{HeaderMap, Method, Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
 use palisade_core::{Code, Rejection};
 use palisade_demo::frames::{GrpcBody, unary_service};
-use palisade_logging::LoggingLayer;
+use palisade_logging::{LoggingBuilder, LoggingLayer};
 use serde_json::json;
 use support::{Buffer, Capture};
 use tower::{Layer, Service, ServiceExt, service_fn};
@@ -59,7 +59,8 @@ async fn non_grpc_requests_pass_through_unchanged() {
     let layer = LoggingLayer::server()
         .log_start(true)
         .levels(|_| Level::TRACE)
-        .span_level(Level::TRACE);
+        .span_level(Level::TRACE)
+        .build();
     let requests = || {
         let http1_get = Request::builder()
             .method(Method::GET)
@@ -93,6 +94,7 @@ async fn non_grpc_requests_pass_through_unchanged() {
     // The client side lets them through as well.
     let mut logged = LoggingLayer::client()
         .levels(|_| Level::TRACE)
+        .build()
         .layer(unary_service(Code::Ok));
     for request in requests() {
         let (parts, _, trailers) = call(&mut logged, request).await;
@@ -105,7 +107,9 @@ async fn non_grpc_requests_pass_through_unchanged() {
 #[tokio::test]
 async fn a_grpc_call_in_process_is_logged_at_its_trailers() {
     let (capture, _guard) = Capture::install();
-    let mut service = LoggingLayer::server().layer(unary_service(Code::Ok));
+    let mut service = LoggingLayer::server()
+        .build()
+        .layer(unary_service(Code::Ok));
     let response = service.call(grpc_request(SAY_HELLO)).await.unwrap();
     assert!(capture.logged().is_empty(), "not over at the headers");
     let collected = response.into_body().collect().await.unwrap();
@@ -124,7 +128,7 @@ async fn a_dropped_call_is_canceled() {
     let (capture, _guard) = Capture::install();
     let never =
         service_fn(|_: Request<ServerBody>| pending::<Result<Response<GrpcBody>, Infallible>>());
-    let mut service = LoggingLayer::server().layer(never);
+    let mut service = LoggingLayer::server().build().layer(never);
     let mut future = Box::pin(service.call(grpc_request(SAY_HELLO)));
     let mut cx = Context::from_waker(Waker::noop());
     assert!(future.as_mut().poll(&mut cx).is_pending());
@@ -149,7 +153,7 @@ async fn a_response_body_dropped_mid_stream_is_canceled() {
         );
         Ok::<_, Infallible>(Response::new(body))
     });
-    let mut service = LoggingLayer::server().layer(stream);
+    let mut service = LoggingLayer::server().build().layer(stream);
     let response = service.call(grpc_request(SAY_HELLO)).await.unwrap();
     let mut body = Box::pin(response.into_body());
     let frame = body.frame().await.unwrap().unwrap();
@@ -170,7 +174,7 @@ async fn a_client_transport_error_is_unavailable_and_keeps_the_error() {
     let failing = service_fn(|_: Request<GrpcBody>| async {
         Err::<Response<GrpcBody>, BoxError>(std::io::Error::other("connection refused").into())
     });
-    let mut service = LoggingLayer::client().layer(failing);
+    let mut service = LoggingLayer::client().build().layer(failing);
     let error = service.call(grpc_request(SAY_HELLO)).await.unwrap_err();
     assert_eq!(error.to_string(), "connection refused");
 
@@ -190,7 +194,10 @@ async fn grpc_message_is_bounded() {
         let rejection = Rejection::new(Code::Internal, long.clone());
         async move { Ok::<_, Infallible>(rejection.into_response::<GrpcBody>()) }
     });
-    let mut service = LoggingLayer::server().max_message_len(64).layer(rejecting);
+    let mut service = LoggingLayer::server()
+        .max_message_len(64)
+        .build()
+        .layer(rejecting);
     let (parts, _, _) = call(&mut service, grpc_request(SAY_HELLO)).await;
     assert_eq!(parts.headers["grpc-status"], "13");
 
@@ -206,7 +213,7 @@ async fn grpc_message_is_bounded() {
 #[tokio::test]
 async fn one_in_n_ok_calls_is_logged_and_every_error() {
     let (capture, _guard) = Capture::install();
-    let layer = LoggingLayer::server().sample_ok(3);
+    let layer = LoggingLayer::server().sample_ok(3).build();
     let (mut ok, mut failing) = (
         layer.layer(unary_service(Code::Ok)),
         layer.layer(unary_service(Code::Aborted)),
@@ -233,7 +240,8 @@ async fn levels_are_replaceable() {
             Code::Ok => Level::TRACE,
             _ => Level::ERROR,
         })
-        .log_start(true);
+        .log_start(true)
+        .build();
     call(
         &mut layer.layer(unary_service(Code::Ok)),
         grpc_request(SAY_HELLO),
@@ -270,6 +278,7 @@ async fn nothing_is_written_when_the_levels_are_disabled() {
     let mut service = LoggingLayer::server()
         .levels(|_| Level::INFO)
         .log_start(true)
+        .build()
         .layer(unary_service(Code::Internal));
     let (_, body, trailers) = call(&mut service, grpc_request(SAY_HELLO)).await;
     assert_eq!(trailers.unwrap()["grpc-status"], "13");
@@ -277,7 +286,9 @@ async fn nothing_is_written_when_the_levels_are_disabled() {
     assert!(capture.events().is_empty());
 
     // With the defaults, the Internal error is an ERROR and gets through the filter.
-    let mut service = LoggingLayer::server().layer(unary_service(Code::Internal));
+    let mut service = LoggingLayer::server()
+        .build()
+        .layer(unary_service(Code::Internal));
     call(&mut service, grpc_request(SAY_HELLO)).await;
     assert_eq!(capture.logged().len(), 1);
     assert_eq!(capture.logged()[0].level, Level::ERROR);
@@ -291,7 +302,9 @@ async fn json_lines_are_flat_and_written_beside_the_span() {
         .with_writer(output.clone())
         .finish();
     let _guard = tracing::subscriber::set_default(subscriber);
-    let mut service = LoggingLayer::server().layer(unary_service(Code::NotFound));
+    let mut service = LoggingLayer::server()
+        .build()
+        .layer(unary_service(Code::NotFound));
     call(&mut service, grpc_request(SAY_HELLO)).await;
 
     let text = output.text();
@@ -348,7 +361,7 @@ fn recording_handler(
 async fn a_logged_call_carries_a_record_and_is_timed_from_its_start() {
     let (capture, _guard) = Capture::install();
     let (tx, seen) = std::sync::mpsc::channel();
-    let mut service = LoggingLayer::server().layer(recording_handler(tx));
+    let mut service = LoggingLayer::server().build().layer(recording_handler(tx));
 
     // Without a record from outside, the layer makes one for the handler and the layers inside.
     call(&mut service, grpc_request(SAY_HELLO)).await;
@@ -391,6 +404,7 @@ async fn a_call_that_is_not_logged_gets_no_record() {
     let (tx, seen) = std::sync::mpsc::channel();
     let mut service = LoggingLayer::server()
         .skip(palisade_core::Matcher::method(SAY_HELLO))
+        .build()
         .layer(recording_handler(tx));
 
     // Skipped: passed through, and paying for no record.
@@ -422,7 +436,7 @@ async fn request_messages_the_handler_reads_are_counted() {
         );
         Ok::<_, Infallible>(Response::new(body))
     });
-    let mut service = LoggingLayer::server().layer(reading);
+    let mut service = LoggingLayer::server().build().layer(reading);
     let request = Request::post(SAY_HELLO)
         .header("content-type", "application/grpc")
         .body(GrpcBody::new(
@@ -450,7 +464,7 @@ async fn a_client_span_follows_its_ok_level_and_a_server_s_is_info() {
         ))))
     }
     let client = || LoggingLayer::client();
-    let cases: [(&str, LevelFilter, LoggingLayer<_>, bool); 3] = [
+    let cases: [(&str, LevelFilter, LoggingBuilder<_>, bool); 3] = [
         ("client at info", LevelFilter::INFO, client(), false),
         ("client at debug", LevelFilter::DEBUG, client(), true),
         (
@@ -465,7 +479,7 @@ async fn a_client_span_follows_its_ok_level_and_a_server_s_is_info() {
         let subscriber = tracing_subscriber::registry().with(capture.clone().with_filter(filter));
         let _guard = tracing::subscriber::set_default(subscriber);
         call(
-            &mut layer.layer(service_fn(logs_inside)),
+            &mut layer.build().layer(service_fn(logs_inside)),
             grpc_request(SAY_HELLO),
         )
         .await;
@@ -479,7 +493,9 @@ async fn a_client_span_follows_its_ok_level_and_a_server_s_is_info() {
     let subscriber =
         tracing_subscriber::registry().with(capture.clone().with_filter(LevelFilter::INFO));
     let _guard = tracing::subscriber::set_default(subscriber);
-    let mut server = LoggingLayer::server().layer(service_fn(logs_inside));
+    let mut server = LoggingLayer::server()
+        .build()
+        .layer(service_fn(logs_inside));
     call(&mut server, grpc_request(SAY_HELLO)).await;
     let inner = capture.events().into_iter().find(|e| e.target == "inner");
     assert_eq!(inner.unwrap().span_names(), ["grpc"]);

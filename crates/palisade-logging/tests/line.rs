@@ -1,4 +1,4 @@
-//! The access log's line, byte for byte: what `LoggingLayer::access_log` writes for a few
+//! The access log's line, byte for byte: what `LoggingBuilder::access_log` writes for a few
 //! calls in process (server and client, start and finish lines, every optional field), with
 //! only the clock's values masked. The line is a format people parse: a change to its bytes
 //! shows here.
@@ -138,10 +138,11 @@ fn mask(text: &str) -> String {
 async fn server_lines() {
     let text = lines(|writer| async move {
         let layer = LoggingLayer::server()
-            .method_registry(registry())
+            .registry(registry())
             .allow_metadata(["x-request-id"])
             .log_start(true)
-            .access_log(writer);
+            .access_log(writer)
+            .build();
         // Known method, IPv4 peer, deadline, metadata, trace ids.
         let mut ok = request(SAY_HELLO);
         ok.extensions_mut().insert(Peer::from_addr(
@@ -189,8 +190,9 @@ async fn server_lines() {
 async fn client_lines() {
     let text = lines(|writer| async move {
         let layer = LoggingLayer::client()
-            .method_registry(registry())
-            .access_log(writer.clone());
+            .registry(registry())
+            .access_log(writer.clone())
+            .build();
         let uri = "http://greeter.example:50051/palisade.demo.v1.Greeter/SayHello";
         call(
             layer.layer(unary_service(Code::Ok)),
@@ -199,7 +201,7 @@ async fn client_lines() {
         )
         .await;
         // Without an authority, without a registry.
-        let layer = LoggingLayer::client().access_log(writer);
+        let layer = LoggingLayer::client().access_log(writer).build();
         call(
             layer.layer(unary_service(Code::NotFound)),
             request(SAY_HELLO),

@@ -13,9 +13,9 @@ use std::{
 
 use futures_util::{StreamExt, future::Either};
 use http::{Request, Response};
-use palisade_core::{Code, Matcher, MethodRegistry, Rejection};
+use palisade_core::{Code, Matcher, MethodRegistry, Rejection, side::Server};
 use palisade_demo::{FILE_DESCRIPTOR_SET, Greeter, pb::HelloRequest, spawn, spawn_with};
-use palisade_logging::LoggingLayer;
+use palisade_logging::{LoggingBuilder, LoggingLayer};
 use serde_json::json;
 use support::{Buffer, Capture, Captured, finished};
 use tower::{Service, ServiceBuilder, layer::layer_fn};
@@ -26,10 +26,14 @@ fn registry() -> MethodRegistry {
     MethodRegistry::from_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET).unwrap()
 }
 
-fn server_layer() -> LoggingLayer {
+fn server_builder() -> LoggingBuilder<Server> {
     LoggingLayer::server()
-        .method_registry(registry())
+        .registry(registry())
         .skip(Matcher::health_and_reflection())
+}
+
+fn server_layer() -> LoggingLayer<Server> {
+    server_builder().build()
 }
 
 fn hello(name: &str) -> HelloRequest {
@@ -294,7 +298,7 @@ async fn client_cancels_mid_stream() {
     let (capture, _guard) = Capture::install();
     let server = spawn(server_layer()).await;
     let channel = ServiceBuilder::new()
-        .layer(LoggingLayer::client())
+        .layer(LoggingLayer::client().build())
         .service(server.channel().await);
     let mut client = palisade_demo::pb::greeter_client::GreeterClient::new(channel);
     // Far more replies than the flow-control windows hold: the server is mid-stream when the
@@ -336,7 +340,7 @@ async fn client_side_calls() {
     let (capture, _guard) = Capture::install();
     let server = spawn(tower::layer::util::Identity::new()).await;
     let channel = ServiceBuilder::new()
-        .layer(LoggingLayer::client().method_registry(registry()))
+        .layer(LoggingLayer::client().registry(registry()).build())
         .service(server.channel().await);
     let mut client = palisade_demo::pb::greeter_client::GreeterClient::new(channel);
 
@@ -490,7 +494,7 @@ mod opentelemetry_context {
             }))
             .layer(server_layer());
         let server = spawn_with(Greeter::new().with_trace_id(handler_logs), stack).await;
-        let channel = LoggingLayer::client().layer(server.channel().await);
+        let channel = LoggingLayer::client().build().layer(server.channel().await);
         let mut client = palisade_demo::pb::greeter_client::GreeterClient::new(channel);
 
         let client_cx = otel_context("0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331");
@@ -581,7 +585,7 @@ mod opentelemetry_context {
 #[tokio::test]
 async fn start_event_when_asked() {
     let (capture, _guard) = Capture::install();
-    let server = spawn(server_layer().log_start(true)).await;
+    let server = spawn(server_builder().log_start(true).build()).await;
     server.client().await.say_hello(hello("x")).await.unwrap();
     let events = capture.side("server");
     let messages: Vec<_> = events.iter().map(|e| e.str("message")).collect();
@@ -633,7 +637,7 @@ async fn authorization_is_never_logged() {
         "x-api-key",
         "x-request-id",
     ];
-    let options = |layer: LoggingLayer| {
+    let options = |layer: LoggingBuilder<Server>| {
         layer
             .allow_metadata(all)
             .secret_metadata(["X-Api-Key"])
@@ -641,6 +645,7 @@ async fn authorization_is_never_logged() {
             .levels(|_| Level::TRACE)
             .span_level(Level::TRACE)
             .max_message_len(usize::MAX)
+            .build()
     };
     let stack = ServiceBuilder::new()
         .layer(options(LoggingLayer::server()))
@@ -651,7 +656,8 @@ async fn authorization_is_never_logged() {
             LoggingLayer::client()
                 .allow_metadata(all)
                 .secret_metadata(["x-api-key"])
-                .log_start(true),
+                .log_start(true)
+                .build(),
         )
         .service(server.channel().await);
     let mut client = palisade_demo::pb::greeter_client::GreeterClient::new(channel);

@@ -72,16 +72,19 @@ fn hello() -> HelloRequest {
     }
 }
 
-fn server_layer(writer: palisade_logging::writer::LogWriter) -> LoggingLayer {
+fn server_layer(
+    writer: palisade_logging::writer::LogWriter,
+) -> LoggingLayer<palisade_core::side::Server> {
     LoggingLayer::server()
         .skip(Matcher::health_and_reflection())
-        .method_registry(
+        .registry(
             palisade_core::MethodRegistry::from_encoded_file_descriptor_set(
                 palisade_demo::FILE_DESCRIPTOR_SET,
             )
             .unwrap(),
         )
         .access_log(writer)
+        .build()
 }
 
 /// A shared in-memory sink.

@@ -37,9 +37,12 @@ use opentelemetry_sdk::{
     propagation::{BaggagePropagator, TraceContextPropagator},
     trace::{Sampler, SdkTracer, SdkTracerProvider, SpanData, SpanExporter},
 };
-use palisade_core::{ObservedBody, ObservedFuture, Side};
+use palisade_core::{
+    ObservedBody, ObservedFuture, Side,
+    side::{Client, Server},
+};
 use palisade_demo::frames::{GrpcBody, UnaryService, unary_service};
-use palisade_trace::{TraceLayer, TraceService, W3cPropagator};
+use palisade_trace::{Trace, TraceLayer, W3cPropagator};
 use tonic::Code;
 use tower::{Layer, Service};
 
@@ -133,7 +136,8 @@ impl Service<Request<()>> for ObservedOnly {
     }
 }
 
-type Traced = TraceService<UnaryService, SdkTracer>;
+type Traced = Trace<UnaryService, Server, SdkTracer>;
+type TracedClient = Trace<UnaryService, Client, SdkTracer>;
 
 struct Cases {
     bare: UnaryService,
@@ -142,8 +146,8 @@ struct Cases {
     sampled_sdk: Traced,
     parent_off: Traced,
     always_off: Traced,
-    client_sampled: Traced,
-    client_off: Traced,
+    client_sampled: TracedClient,
+    client_off: TracedClient,
     // Kept alive for the spans' processors.
     _providers: [SdkTracerProvider; 2],
 }
@@ -155,6 +159,7 @@ fn cases() -> Cases {
         TraceLayer::server()
             .tracer_provider(p)
             .propagator(W3cPropagator::new())
+            .build()
             .layer(unary_service(Code::Ok))
     };
     let client = |p: &SdkTracerProvider| {
@@ -162,6 +167,7 @@ fn cases() -> Cases {
             .tracer_provider(p)
             .propagator(W3cPropagator::new())
             .server_address("127.0.0.1", 50051)
+            .build()
             .layer(unary_service(Code::Ok))
     };
     Cases {
@@ -171,6 +177,7 @@ fn cases() -> Cases {
         sampled_sdk: TraceLayer::server()
             .tracer_provider(&on)
             .propagator(sdk_propagators())
+            .build()
             .layer(unary_service(Code::Ok)),
         parent_off: server(&on),
         always_off: server(&off),

@@ -13,4 +13,4 @@ use crate::policy::TracePolicy;
 /// after the last message and the trailers, or when the body is dropped early.
 ///
 /// See the [crate docs](crate) for an example.
-pub type ResponseBody<B, T = BoxedTracer> = observe::ResponseBody<B, TracePolicy<T>>;
+pub type ResponseBody<B, K, T = BoxedTracer> = observe::ResponseBody<B, TracePolicy<K, T>>;

@@ -166,7 +166,7 @@ fn warn_if_noop(propagator: &dyn TextMapPropagator) {
              propagates nothing), so trace context is neither read from nor written to gRPC \
              metadata; call `opentelemetry::global::set_text_map_propagator` (W3C \
              `TraceContextPropagator`, say) before serving, or give the layer one with \
-             `TraceLayer::propagator`"
+             `TraceBuilder::propagator`"
         );
     }
 }
@@ -358,7 +358,8 @@ pub(crate) struct Config {
     pub(crate) side: Side,
     pub(crate) propagation: Propagation,
     pub(crate) skip: Option<Matcher>,
-    pub(crate) public: Option<Matcher>,
+    /// Server side: the calls that start a new root linked to the incoming context.
+    pub(crate) new_root: Option<Matcher>,
     pub(crate) metadata: Arc<[Capture]>,
     pub(crate) server: Option<ServerAddress>,
     /// The methods that name spans; `None`: the paths that earn a name in `names`.
@@ -380,19 +381,35 @@ impl Config {
             side,
             propagation: Propagation::global(),
             skip: None,
-            public: None,
+            new_root: None,
             metadata: Arc::new([]),
             server: None,
             registry: None,
-            names: Arc::new(
-                Slots::with_hasher(
-                    [],
-                    crate::MAX_SPAN_NAMES,
-                    foldhash::fast::RandomState::default(),
-                )
-                .admission(AdmissionRule::for_side(side)),
-            ),
+            names: span_names(side),
             recorded: Arc::new(AtomicBool::new(true)),
         }
     }
+
+    /// Gives this configuration span-name slots, a recording guess and a global-propagator
+    /// check of its own (not shared with the configuration it was cloned from): each built
+    /// layer has its own.
+    pub(crate) fn reset_caches(&mut self) {
+        self.names = span_names(self.side);
+        self.recorded = Arc::new(AtomicBool::new(true));
+        if let Propagation::Global { .. } = self.propagation {
+            self.propagation = Propagation::global();
+        }
+    }
+}
+
+/// Empty span-name slots for a layer of `side`.
+fn span_names(side: Side) -> Arc<Slots<Option<MethodNames>, foldhash::fast::RandomState>> {
+    Arc::new(
+        Slots::with_hasher(
+            [],
+            crate::MAX_SPAN_NAMES,
+            foldhash::fast::RandomState::default(),
+        )
+        .admission(AdmissionRule::for_side(side)),
+    )
 }

@@ -1,12 +1,13 @@
 //! OpenTelemetry context propagation and RPC spans for tonic and tower gRPC servers and
 //! clients.
 //!
-//! [`TraceLayer::server`] extracts the caller's context from the request metadata, starts a
-//! SERVER span named `package.Service/Method` and keeps it current while the handler runs — in
-//! its future and in every poll of a streaming response — so handler code, the client calls it
-//! makes and `tracing` events all see it. [`TraceLayer::client`] starts a CLIENT span, a child
-//! of the current context, and injects it into the outgoing metadata. Both end the span at the
-//! end of the stream, after the last message and the trailers, with the gRPC code.
+//! The layer [`TraceLayer::server`] builds extracts the caller's context from the request
+//! metadata, starts a SERVER span named `package.Service/Method` and keeps it current while the
+//! handler runs — in its future and in every poll of a streaming response — so handler code,
+//! the client calls it makes and `tracing` events all see it. The one [`TraceLayer::client`]
+//! builds starts a CLIENT span, a child of the current context, and injects it into the
+//! outgoing metadata. Both end the span at the end of the stream, after the last message and
+//! the trailers, with the gRPC code.
 //!
 //! Spans follow OpenTelemetry's RPC conventions ([`attribute`]): `rpc.system` = `grpc`,
 //! `rpc.service`, `rpc.method`, `rpc.grpc.status_code`, `server.address` / `server.port`, and
@@ -14,7 +15,7 @@
 //! Unknown, DeadlineExceeded, Unimplemented, Internal, Unavailable and DataLoss; a client span
 //! for any code but OK.
 //!
-//! Span names are bounded by the [method registry](TraceLayer::registry) when the layer has
+//! Span names are bounded by the [method registry](TraceBuilder::registry) when the layer has
 //! one: methods it does not have share the name `grpc` and `rpc.service` / `rpc.method` =
 //! `_OTHER`. Without one, at most [`MAX_SPAN_NAMES`] methods name spans, earned by frequency on
 //! a server (random paths name none; a method's first few spans are `grpc`) and at first sight
@@ -49,7 +50,8 @@
 //!     .tracer_provider(&provider)
 //!     .propagator(W3cPropagator::new())
 //!     .registry(registry)
-//!     .skip(Matcher::health_and_reflection());
+//!     .skip(Matcher::health_and_reflection())
+//!     .build();
 //! let greeter = Greeter::new().with_trace_id(palisade_trace::current_trace_id);
 //! let server = palisade_demo::spawn_with(greeter, server_layer).await;
 //!
@@ -57,7 +59,8 @@
 //! let client_layer = TraceLayer::client()
 //!     .tracer_provider(&provider)
 //!     .propagator(W3cPropagator::new())
-//!     .server_address("127.0.0.1", server.addr.port());
+//!     .server_address("127.0.0.1", server.addr.port())
+//!     .build();
 //! let channel = tower::ServiceBuilder::new().layer(client_layer).service(server.channel().await);
 //! let reply = GreeterClient::new(channel)
 //!     .say_hello(HelloRequest { name: "Ada".into(), ..Default::default() })
@@ -77,7 +80,7 @@
 //! A real service installs an SDK provider once, as the global one, with W3C trace context
 //! and baggage; the layers built with [`TraceLayer::server`] and [`TraceLayer::client`] then
 //! use it. (A layer reads the global propagator through the generic `TextMapPropagator`
-//! calls; given [`W3cPropagator`] itself, with [`TraceLayer::propagator`], it reads and writes
+//! calls; given [`W3cPropagator`] itself, with [`TraceBuilder::propagator`], it reads and writes
 //! the metadata directly, the cheapest way.) With `opentelemetry-otlp` (features `grpc-tonic`
 //! and `trace`), exporting over gRPC only when an endpoint is given:
 //!
@@ -154,13 +157,15 @@ mod w3c;
 
 pub use body::ResponseBody;
 pub use future::ResponseFuture;
-pub use layer::TraceLayer;
+pub use layer::{TraceBuilder, TraceLayer};
 pub use policy::{Attached, TracePolicy};
+pub use service::Trace;
+#[allow(deprecated)]
 pub use service::TraceService;
 pub use span::{SpanEnd, attribute};
 pub use w3c::W3cPropagator;
 
-/// Without a [registry](TraceLayer::registry), at most this many methods name spans after themselves;
+/// Without a [registry](TraceBuilder::registry), at most this many methods name spans after themselves;
 /// every other path's span is named `grpc`, with `rpc.service` and `rpc.method` `_OTHER`.
 ///
 /// On a server a method earns its name by being called repeatedly (palisade-core's

@@ -1,12 +1,13 @@
 //! The trace policy: what [`Observe`](palisade_core::Observe) does for this crate at the start
 //! of each RPC, the context it keeps current and the observer that ends the span.
 
-use std::{fmt, sync::Arc};
+use std::{fmt, marker::PhantomData, sync::Arc};
 
 use opentelemetry::{Context, ContextGuard, trace::Tracer};
 use palisade_core::{
     Call, Side,
     observe::{Policy, Scope, Watch},
+    side::OnSide,
 };
 
 use crate::{
@@ -20,14 +21,27 @@ use crate::{
 /// the span with the RPC's code ([`SpanEnd`]).
 ///
 /// Made by the layer; it appears in the crate's type aliases
-/// ([`TraceService`](crate::TraceService), [`ResponseBody`](crate::ResponseBody), …).
-pub struct TracePolicy<T> {
-    pub(crate) config: Arc<Config>,
-    pub(crate) tracer: Arc<TracerSlot<T>>,
+/// ([`Trace`](crate::Trace), [`ResponseBody`](crate::ResponseBody), …). `K` is the side,
+/// `T` the tracer's type.
+pub struct TracePolicy<K, T> {
+    config: Arc<Config>,
+    tracer: Arc<TracerSlot<T>>,
+    _side: PhantomData<fn() -> K>,
 }
 
-impl<T> Policy for TracePolicy<T>
+impl<K, T> TracePolicy<K, T> {
+    pub(crate) fn new(config: Arc<Config>, tracer: Arc<TracerSlot<T>>) -> Self {
+        Self {
+            config,
+            tracer,
+            _side: PhantomData,
+        }
+    }
+}
+
+impl<K, T> Policy for TracePolicy<K, T>
 where
+    K: OnSide,
     T: Tracer,
     T::Span: Send + Sync + 'static,
 {
@@ -36,13 +50,13 @@ where
     type Scope = Attached;
 
     fn side(&self) -> Side {
-        self.config.side
+        K::SIDE
     }
 
     fn start(&self, call: &mut Call<'_>) -> Option<Watch<SpanEnd, (), Attached>> {
         let config = &*self.config;
         let started = span::start(config, self.tracer.get(), call.parts());
-        if config.side == Side::Client {
+        if K::SIDE == Side::Client {
             config
                 .propagation
                 .inject(&started.cx, &mut call.parts_mut().headers);
@@ -51,12 +65,12 @@ where
         // by a recording span only: an unsampled RPC makes none (so not `READS_FACTS`, which
         // would make one for every watched RPC).
         let record = started.recording.then(|| call.record_or_insert().clone());
-        let observer = SpanEnd::new(&started, config.side, record);
+        let observer = SpanEnd::new(&started, K::SIDE, record);
         Some(Watch::new(observer).with_scope(Attached(started.cx)))
     }
 }
 
-impl<T> fmt::Debug for TracePolicy<T> {
+impl<K, T> fmt::Debug for TracePolicy<K, T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TracePolicy")
             .field("side", &self.config.side)

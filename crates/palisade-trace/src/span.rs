@@ -108,11 +108,11 @@ where
             builder.span_kind = Some(SpanKind::Server);
             let incoming = config.propagation.extract(&request.headers);
             if config
-                .public
+                .new_root
                 .as_ref()
-                .is_some_and(|public| public.matches(method))
+                .is_some_and(|new_root| new_root.matches(method))
             {
-                let (root, link) = public_root(&incoming);
+                let (root, link) = new_root(&incoming);
                 builder.links = link.map(|link| vec![link]);
                 root
             } else {
@@ -187,9 +187,10 @@ impl Named<'_> {
     }
 }
 
-/// For a public endpoint: a context without the incoming span (so the new span is a root),
+/// For a call `new_root_for` selects: a context without the incoming span (so the new span is
+/// a root),
 /// keeping the incoming baggage, and a link to the incoming span when there was one.
-fn public_root(incoming: &Context) -> (Context, Option<Link>) {
+fn new_root(incoming: &Context) -> (Context, Option<Link>) {
     let remote = incoming.span().span_context().clone();
     let link = remote.is_valid().then(|| Link::with_context(remote));
     let baggage = incoming.baggage();

@@ -30,7 +30,7 @@ const TRACEPARENT_LEN: usize = 55;
 /// what a `TextMapCompositePropagator` of the SDK's `TraceContextPropagator` and
 /// `BaggagePropagator` propagates, read and written without the SDK's parsing and formatting.
 ///
-/// Give it to a layer with [`TraceLayer::propagator`](crate::TraceLayer::propagator): the
+/// Give it to a layer with [`TraceBuilder::propagator`](crate::TraceBuilder::propagator): the
 /// layer then reads `traceparent` straight from the request's metadata and writes it into a
 /// 55-byte value, the cheapest way to propagate (a layer given the SDK's
 /// `TraceContextPropagator` alone does the same). It is an ordinary [`TextMapPropagator`]
@@ -52,7 +52,7 @@ const TRACEPARENT_LEN: usize = 55;
 /// use palisade_trace::{TraceLayer, W3cPropagator};
 /// use std::collections::HashMap;
 ///
-/// let layer = TraceLayer::server().propagator(W3cPropagator::new());
+/// let layer = TraceLayer::server().propagator(W3cPropagator::new()).build();
 /// # let _ = layer;
 ///
 /// let headers = HashMap::from([(

@@ -33,11 +33,11 @@ async fn call_through(
 ) -> (opentelemetry_sdk::trace::SpanData, String) {
     let telemetry = Telemetry::new();
     let greeter = Greeter::new().with_trace_id(current_trace_id);
-    let mut layer = telemetry.server_layer();
+    let mut layer = telemetry.server_builder();
     if by_hand {
         layer = layer.propagator(W3cPropagator::new());
     }
-    let server = palisade_demo::spawn_with(greeter, layer).await;
+    let server = palisade_demo::spawn_with(greeter, layer.build()).await;
     let mut client = server.client().await;
 
     let mut map = HeaderMap::new();
@@ -239,7 +239,7 @@ async fn random_paths_make_no_span_names_of_their_own_with_a_registry() {
         palisade_demo::FILE_DESCRIPTOR_SET,
     )
     .unwrap();
-    let layer = telemetry.server_layer().registry(registry);
+    let layer = telemetry.server_builder().registry(registry).build();
     let server = palisade_demo::spawn_with(Greeter::new(), layer).await;
     let mut channel = server.channel().await;
 
@@ -289,11 +289,14 @@ async fn random_paths_make_no_span_names_of_their_own_with_a_registry() {
 async fn the_no_op_global_propagator_is_reported_once_per_layer() {
     let (captured, _guard) = Captured::start();
     let telemetry = Telemetry::new();
-    let server_layer = palisade_trace::TraceLayer::server().tracer_provider(&telemetry.provider);
+    let server_layer = palisade_trace::TraceLayer::server()
+        .tracer_provider(&telemetry.provider)
+        .build();
     let server = palisade_demo::spawn_with(Greeter::new(), server_layer).await;
     let client_layer = palisade_trace::TraceLayer::client()
         .tracer_provider(&telemetry.provider)
-        .server_address("127.0.0.1", server.addr.port());
+        .server_address("127.0.0.1", server.addr.port())
+        .build();
     let mut client = traced_client(client_layer, server.channel().await);
     for _ in 0..3 {
         client.say_hello(HelloRequest::default()).await.unwrap();

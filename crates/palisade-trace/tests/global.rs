@@ -11,8 +11,8 @@ use support::*;
 #[tokio::test]
 async fn layers_use_the_globals_installed_before_the_first_call() {
     // Built before the globals are installed, as `main` often does.
-    let server_layer = TraceLayer::server();
-    let client_layer = TraceLayer::client();
+    let server_layer = TraceLayer::server().build();
+    let client_layer = TraceLayer::client().build();
     assert!(format!("{server_layer:?}").contains("GlobalTracer"));
 
     let telemetry = Telemetry::new();

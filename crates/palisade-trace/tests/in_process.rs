@@ -157,8 +157,9 @@ async fn the_span_is_current_in_call_in_every_future_poll_and_every_body_poll() 
     )
     .unwrap();
     let service = telemetry
-        .server_layer()
+        .server_builder()
         .registry(registry)
+        .build()
         .layer(probe.clone());
 
     let response = service
@@ -189,36 +190,42 @@ async fn the_span_is_current_in_call_in_every_future_poll_and_every_body_poll() 
 
 #[tokio::test]
 async fn a_body_dropped_early_ends_the_span_cancelled() {
-    for (layer_side, kind) in [(true, SpanKind::Server), (false, SpanKind::Client)] {
-        let telemetry = Telemetry::new();
-        let layer = if layer_side {
-            telemetry.server_layer()
-        } else {
-            telemetry.client_layer("127.0.0.1:1".parse().unwrap())
-        };
-        let service = layer.layer(Probe::new(Code::Ok));
-        let response = service
-            .oneshot(request(&format!("/{SAY_HELLO}")))
-            .await
-            .unwrap();
-        let mut body = response.into_body();
-        let first = body.frame().await.unwrap().unwrap();
-        assert_eq!(first.into_data().unwrap(), message(b"one"));
-        assert!(telemetry.spans().is_empty());
-        drop(body);
+    // The server's and the client's services are of different types: one body for both.
+    macro_rules! drop_body_early {
+        ($telemetry:expr, $layer:expr, $kind:expr) => {{
+            let (telemetry, kind): (&Telemetry, SpanKind) = (&$telemetry, $kind);
+            let service = $layer.layer(Probe::new(Code::Ok));
+            let response = service
+                .oneshot(request(&format!("/{SAY_HELLO}")))
+                .await
+                .unwrap();
+            let mut body = response.into_body();
+            let first = body.frame().await.unwrap().unwrap();
+            assert_eq!(first.into_data().unwrap(), message(b"one"));
+            assert!(telemetry.spans().is_empty());
+            drop(body);
 
-        let spans = telemetry.spans();
-        let span = only(&spans, kind.clone());
-        assert_eq!(
-            attr(span, attribute::RPC_GRPC_STATUS_CODE),
-            Some(&Value::I64(Code::Cancelled as i64))
-        );
-        // Cancelled is not a server error, but any non-OK code fails a client span.
-        assert_eq!(
-            matches!(span.status, SpanStatus::Error { .. }),
-            kind == SpanKind::Client
-        );
+            let spans = telemetry.spans();
+            let span = only(&spans, kind.clone());
+            assert_eq!(
+                attr(span, attribute::RPC_GRPC_STATUS_CODE),
+                Some(&Value::I64(Code::Cancelled as i64))
+            );
+            // Cancelled is not a server error, but any non-OK code fails a client span.
+            assert_eq!(
+                matches!(span.status, SpanStatus::Error { .. }),
+                kind == SpanKind::Client
+            );
+        }};
     }
+    let telemetry = Telemetry::new();
+    drop_body_early!(telemetry, telemetry.server_layer(), SpanKind::Server);
+    let telemetry = Telemetry::new();
+    drop_body_early!(
+        telemetry,
+        telemetry.client_layer("127.0.0.1:1".parse().unwrap()),
+        SpanKind::Client
+    );
 }
 
 #[tokio::test]
@@ -312,6 +319,69 @@ async fn the_server_continues_the_incoming_trace() {
         SpanId::from_hex("00f067aa0ba902b7").unwrap()
     );
     assert!(span.parent_span_is_remote);
+}
+
+/// `new_root_for`: the calls it selects start a new root linked to the incoming span, the
+/// others continue the incoming trace; two calls of it add up, and `Matcher::any()` selects
+/// every call.
+#[tokio::test]
+async fn new_root_for_selects_the_calls_that_start_a_new_root() {
+    const INCOMING: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let incoming = TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap();
+    let cases = [
+        // (matchers, path, a new root)
+        (
+            vec![palisade_core::Matcher::method(SAY_HELLO)],
+            SAY_HELLO,
+            true,
+        ),
+        (
+            vec![palisade_core::Matcher::method(SAY_HELLO)],
+            SAY_HELLO_STREAM,
+            false,
+        ),
+        (
+            vec![
+                palisade_core::Matcher::method(SAY_HELLO),
+                palisade_core::Matcher::method(SAY_HELLO_STREAM),
+            ],
+            SAY_HELLO_STREAM,
+            true,
+        ),
+        (vec![palisade_core::Matcher::any()], SAY_HELLO_STREAM, true),
+        (vec![], SAY_HELLO, false),
+    ];
+    for (matchers, path, new_root) in cases {
+        let telemetry = Telemetry::new();
+        let builder = matchers
+            .into_iter()
+            .fold(telemetry.server_builder(), |builder, matcher| {
+                builder.new_root_for(matcher)
+            });
+        let service = builder.build().layer(Probe::new(Code::Ok));
+        let mut request = request(&format!("/{path}"));
+        request
+            .headers_mut()
+            .insert("traceparent", INCOMING.parse().unwrap());
+        let response = service.oneshot(request).await.unwrap();
+        response.into_body().collect().await.unwrap();
+
+        let spans = telemetry.spans();
+        let span = only(&spans, SpanKind::Server);
+        let linked: Vec<_> = span
+            .links
+            .iter()
+            .map(|l| l.span_context.trace_id())
+            .collect();
+        if new_root {
+            assert_ne!(trace_id(span), incoming, "{path}: a new trace");
+            assert_eq!(span.parent_span_id, SpanId::INVALID, "{path}: a root");
+            assert_eq!(linked, [incoming], "{path}: linked to the incoming span");
+        } else {
+            assert_eq!(trace_id(span), incoming, "{path}: the incoming trace");
+            assert!(linked.is_empty(), "{path}: no link");
+        }
+    }
 }
 
 #[tokio::test]

@@ -340,11 +340,14 @@ async fn skipped_calls_are_neither_traced_nor_propagated() {
     let skip = Matcher::method(SAY_HELLO_STREAM);
     let server = palisade_demo::spawn_with(
         traced_greeter(),
-        telemetry.server_layer().skip(skip.clone()),
+        telemetry.server_builder().skip(skip.clone()).build(),
     )
     .await;
     let channel = server.channel().await;
-    let mut client = traced_client(telemetry.client_layer(server.addr).skip(skip), channel);
+    let mut client = traced_client(
+        telemetry.client_builder(server.addr).skip(skip).build(),
+        channel,
+    );
 
     let mut stream = client
         .say_hello_stream(hello("s"))
@@ -393,12 +396,10 @@ async fn unsampled_calls_export_nothing_but_keep_one_trace_id() {
 #[tokio::test]
 async fn allow_listed_metadata_is_recorded_and_authorization_never() {
     let telemetry = Telemetry::new();
-    let layer = telemetry.server_layer().capture_metadata([
-        "X-Tenant",
-        "authorization",
-        "cookie",
-        "bad name",
-    ]);
+    let layer = telemetry
+        .server_builder()
+        .capture_metadata(["X-Tenant", "authorization", "cookie", "bad name"])
+        .build();
     let server = palisade_demo::spawn(layer).await;
     let mut client = server.client().await;
 
@@ -436,7 +437,7 @@ async fn allow_listed_metadata_is_recorded_and_authorization_never() {
 }
 
 #[tokio::test]
-async fn a_public_endpoint_starts_a_root_linked_to_the_caller() {
+async fn new_root_for_starts_a_root_linked_to_the_caller() {
     let caller = Telemetry::new();
     let edge = Telemetry::new();
     fn tenant() -> String {
@@ -452,8 +453,9 @@ async fn a_public_endpoint_starts_a_root_linked_to_the_caller() {
         })
     }
     let layer = edge
-        .server_layer()
-        .public_endpoint_for(Matcher::service("palisade.demo.v1.Greeter"));
+        .server_builder()
+        .new_root_for(Matcher::service("palisade.demo.v1.Greeter"))
+        .build();
     let server = palisade_demo::spawn_with(Greeter::new().with_trace_id(tenant), layer).await;
     let mut client = traced_client(caller.client_layer(server.addr), server.channel().await);
 
@@ -509,12 +511,16 @@ async fn the_by_hand_w3c_propagator_carries_trace_and_baggage() {
         })
     }
     let telemetry = Telemetry::new();
-    let server_layer = telemetry.server_layer().propagator(W3cPropagator::new());
+    let server_layer = telemetry
+        .server_builder()
+        .propagator(W3cPropagator::new())
+        .build();
     let greeter = Greeter::new().with_trace_id(trace_and_tenant);
     let server = palisade_demo::spawn_with(greeter, server_layer).await;
     let client_layer = telemetry
-        .client_layer(server.addr)
-        .propagator(W3cPropagator::new());
+        .client_builder(server.addr)
+        .propagator(W3cPropagator::new())
+        .build();
     let mut client = traced_client(client_layer, server.channel().await);
 
     let cx = opentelemetry::Context::new().with_baggage([KeyValue::new("tenant", "blue")]);

@@ -24,8 +24,8 @@
 //!
 //! // A client stack: a span, metrics and a breaker around the channel, in that order.
 //! let layers = ClientLayers::new()
-//!     .trace(TraceLayer::client())
-//!     .logging(LoggingLayer::client())
+//!     .trace(TraceLayer::client().build())
+//!     .logging(LoggingLayer::client().build())
 //!     .metrics(MetricsLayer::client().build().with_tonic_body())
 //!     .breaker(BreakerLayer::builder().name("greeter").build());
 //! # let _ = layers;

@@ -13,11 +13,12 @@ use opentelemetry_sdk::{
     propagation::{BaggagePropagator, TraceContextPropagator},
     trace::{InMemorySpanExporter, Sampler, SdkTracer, SdkTracerProvider, SpanData},
 };
+use palisade_core::side::{self, Client};
 use palisade_demo::pb::{
     greeter_client::GreeterClient,
     greeter_server::{Greeter as GreeterTrait, GreeterServer},
 };
-use palisade_trace::{TraceLayer, TraceService};
+use palisade_trace::{Trace, TraceBuilder, TraceLayer};
 use tokio::{net::TcpListener, sync::oneshot};
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::{Channel, Server};
@@ -52,8 +53,22 @@ impl Telemetry {
     }
 
     /// A server layer as servers are meant to be set up: with the method registry.
-    pub fn server_layer(&self) -> TraceLayer<SdkTracer> {
-        self.server_layer_without_registry().registry(
+    pub fn server_layer(&self) -> TraceLayer<side::Server, SdkTracer> {
+        self.server_builder().build()
+    }
+
+    /// A server layer without a registry: its span names are earned by frequency.
+    pub fn server_layer_without_registry(&self) -> TraceLayer<side::Server, SdkTracer> {
+        self.server_builder_without_registry().build()
+    }
+
+    pub fn client_layer(&self, server: SocketAddr) -> TraceLayer<Client, SdkTracer> {
+        self.client_builder(server).build()
+    }
+
+    /// The builder of [`server_layer`](Self::server_layer).
+    pub fn server_builder(&self) -> TraceBuilder<side::Server, SdkTracer> {
+        self.server_builder_without_registry().registry(
             palisade_core::MethodRegistry::from_encoded_file_descriptor_set(
                 palisade_demo::FILE_DESCRIPTOR_SET,
             )
@@ -61,14 +76,15 @@ impl Telemetry {
         )
     }
 
-    /// A server layer without a registry: its span names are earned by frequency.
-    pub fn server_layer_without_registry(&self) -> TraceLayer<SdkTracer> {
+    /// The builder of [`server_layer_without_registry`](Self::server_layer_without_registry).
+    pub fn server_builder_without_registry(&self) -> TraceBuilder<side::Server, SdkTracer> {
         TraceLayer::server()
             .tracer_provider(&self.provider)
             .propagator(w3c())
     }
 
-    pub fn client_layer(&self, server: SocketAddr) -> TraceLayer<SdkTracer> {
+    /// The builder of [`client_layer`](Self::client_layer).
+    pub fn client_builder(&self, server: SocketAddr) -> TraceBuilder<Client, SdkTracer> {
         TraceLayer::client()
             .tracer_provider(&self.provider)
             .propagator(w3c())
@@ -84,10 +100,10 @@ pub fn w3c() -> TextMapCompositePropagator {
     ])
 }
 
-pub type TracedClient = GreeterClient<TraceService<Channel, SdkTracer>>;
+pub type TracedClient = GreeterClient<Trace<Channel, Client, SdkTracer>>;
 
 /// A Greeter client whose channel is wrapped in `layer`.
-pub fn traced_client(layer: TraceLayer<SdkTracer>, channel: Channel) -> TracedClient {
+pub fn traced_client(layer: TraceLayer<Client, SdkTracer>, channel: Channel) -> TracedClient {
     GreeterClient::new(tower::ServiceBuilder::new().layer(layer).service(channel))
 }
 
@@ -107,7 +123,10 @@ impl OwnServer {
     }
 }
 
-pub async fn spawn_own<G: GreeterTrait>(greeter: G, layer: TraceLayer<SdkTracer>) -> OwnServer {
+pub async fn spawn_own<G: GreeterTrait>(
+    greeter: G,
+    layer: TraceLayer<side::Server, SdkTracer>,
+) -> OwnServer {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = oneshot::channel::<()>();
