@@ -7,7 +7,10 @@ use std::{net::IpAddr, num::NonZeroU32, time::Duration};
 use http::Request;
 use palisade::preset::{ClientLayers, ServerLayers};
 use palisade_breaker::{Backoff, BreakerLayer, State};
-use palisade_core::{Code, Counts, ObservedFuture, Outcome, Side};
+use palisade_core::{
+    Code, Counts, ObservedFuture, Outcome, Side,
+    side::{Client, Server},
+};
 use palisade_jwt::{JwtAuthLayer, client::AttachTokenLayer};
 use palisade_logging::{LoggingLayer, writer::LogWriter};
 use palisade_metrics::MetricsLayer;
@@ -148,8 +151,13 @@ fn layer_groups(side: Side) -> Vec<Group> {
         )
         .case("metrics", move || {
             let registry = env::get().registry.clone();
-            let layer = MetricsLayer::builder(side).registry(registry).build();
-            rpc(layer.layer(Handler::ok()), requests(side))
+            if server {
+                let layer = MetricsLayer::server().registry(registry).build();
+                rpc(layer.layer(Handler::ok()), requests(side))
+            } else {
+                let layer = MetricsLayer::client().registry(registry).build();
+                rpc(layer.layer(Handler::ok()), requests(side))
+            }
         }),
     );
 
@@ -341,7 +349,7 @@ pub fn server_stack_to(sampled: bool, access_log: Option<LogWriter>) -> ServerSt
 pub type ServerStack = ServerLayers<
     TraceLayer<opentelemetry_sdk::trace::SdkTracer>,
     LoggingLayer,
-    MetricsLayer,
+    MetricsLayer<Server>,
     JwtAuthLayer,
     RateLimitLayer,
     BreakerLayer,
@@ -357,38 +365,22 @@ pub fn client_stack(sampled: bool, port: u16) -> ClientStack {
     client_stack_with(sampled, port, metrics, None)
 }
 
-/// [`client_stack`] over a `tonic::transport::Channel` (whose requests must have
-/// `tonic::body::Body`).
-pub fn client_stack_for_channel(
-    sampled: bool,
-    port: u16,
-) -> ClientStack<palisade_metrics::body::TonicBody> {
+/// [`client_stack`] with its logging layer writing to `access_log`, for a
+/// `tonic::transport::Channel` (every client layer leaves the request body as a `Channel`
+/// takes it).
+pub fn client_stack_for_channel_to(sampled: bool, port: u16, access_log: LogWriter) -> ClientStack {
     let metrics = MetricsLayer::client()
         .registry(env::get().registry.clone())
-        .build()
-        .with_tonic_body();
-    client_stack_with(sampled, port, metrics, None)
-}
-
-/// [`client_stack_for_channel`] with its logging layer writing to `access_log`.
-pub fn client_stack_for_channel_to(
-    sampled: bool,
-    port: u16,
-    access_log: LogWriter,
-) -> ClientStack<palisade_metrics::body::TonicBody> {
-    let metrics = MetricsLayer::client()
-        .registry(env::get().registry.clone())
-        .build()
-        .with_tonic_body();
+        .build();
     client_stack_with(sampled, port, metrics, Some(access_log))
 }
 
-fn client_stack_with<M>(
+fn client_stack_with(
     sampled: bool,
     port: u16,
-    metrics: MetricsLayer<M>,
+    metrics: MetricsLayer<Client>,
     access_log: Option<LogWriter>,
-) -> ClientStack<M> {
+) -> ClientStack {
     let env = env::get();
     let mut logging = LoggingLayer::client().method_registry(env.registry.clone());
     if let Some(writer) = access_log {
@@ -414,10 +406,10 @@ fn client_stack_with<M>(
 }
 
 /// The layers of [`client_stack`].
-pub type ClientStack<M = palisade_metrics::body::ObservedRequest> = ClientLayers<
+pub type ClientStack = ClientLayers<
     TraceLayer<opentelemetry_sdk::trace::SdkTracer>,
     LoggingLayer<palisade_logging::ClientSide>,
-    MetricsLayer<M>,
+    MetricsLayer<Client>,
     BreakerLayer,
     ClientRateLimitLayer,
     AttachTokenLayer,

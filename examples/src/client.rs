@@ -6,7 +6,6 @@ use std::{num::NonZeroU32, time::Duration};
 use palisade::prelude::*;
 use palisade_jwt::mint::HmacMinter;
 use palisade_logging::ClientSide;
-use palisade_metrics::body::TonicBody;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::{BoxError, pb::greeter_client::GreeterClient};
@@ -18,7 +17,7 @@ pub const CLIENT_SUBJECT: &str = "demo-client";
 pub type DemoClientLayers = ClientLayers<
     TraceLayer,
     LoggingLayer<ClientSide>,
-    MetricsLayer<TonicBody>,
+    MetricsLayer<palisade_core::side::Client>,
     BreakerLayer,
     ClientRateLimitLayer,
     AttachTokenLayer<HmacMinter>,
@@ -63,12 +62,7 @@ pub fn layers(target: &Endpoint, options: &ClientOptions) -> DemoClientLayers {
     ClientLayers::new()
         .trace(trace)
         .logging(crate::telemetry::access_log(LoggingLayer::client()))
-        .metrics(
-            MetricsLayer::client()
-                .registry(registry.clone())
-                .build()
-                .with_tonic_body(),
-        )
+        .metrics(MetricsLayer::client().registry(registry.clone()).build())
         .breaker(options.breaker.clone())
         .ratelimit(
             ClientRateLimitLayer::builder()

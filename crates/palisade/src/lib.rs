@@ -26,7 +26,7 @@
 //! let layers = ClientLayers::new()
 //!     .trace(TraceLayer::client())
 //!     .logging(LoggingLayer::client())
-//!     .metrics(MetricsLayer::client().build().with_tonic_body())
+//!     .metrics(MetricsLayer::client().build())
 //!     .breaker(BreakerLayer::builder().name("greeter").build());
 //! # let _ = layers;
 //! let method = Method::parse("/palisade.demo.v1.Greeter/SayHello").unwrap();
