@@ -6,10 +6,10 @@ use std::{net::IpAddr, num::NonZeroU32, time::Duration};
 
 use http::Request;
 use palisade::preset::{ClientLayers, ServerLayers};
-use palisade_breaker::{Backoff, BreakerLayer, State};
+use palisade_breaker::{Backoff, BreakerBuilder, BreakerLayer, State};
 use palisade_core::{
     Code, Counts, ObservedFuture, Outcome, Side,
-    side::{Client, Server},
+    side::{Client, OnSide, Server},
 };
 use palisade_jwt::{JwtAuthLayer, client::AttachTokenLayer};
 use palisade_logging::{LoggingLayer, writer::LogWriter};
@@ -42,11 +42,12 @@ pub fn jwt_server() -> JwtAuthLayer {
         .expect("a valid jwt configuration")
 }
 
-/// A breaker (one circuit) opened by a failing call; it stays open for an hour.
-pub fn open_breaker(name: &str, side: Side) -> BreakerLayer {
-    let layer = BreakerLayer::builder()
+/// A breaker (one circuit) of `builder`'s side opened by a failing call; it stays open for an
+/// hour.
+pub fn open_breaker<K: OnSide>(builder: BreakerBuilder<K>, name: &str) -> BreakerLayer<K> {
+    let side = K::SIDE;
+    let layer = builder
         .name(name)
-        .side(side)
         .consecutive_failures(1)
         .backoff(Backoff::constant(Duration::from_secs(3600)))
         .build();
@@ -285,18 +286,24 @@ fn layer_groups(side: Side) -> Vec<Group> {
             side,
         )
         .case("closed", move || {
-            let layer = BreakerLayer::builder()
-                .name(side_name(side, "bench-server", "bench-client"))
-                .side(side)
-                .build();
-            rpc(layer.layer(Handler::ok()), requests(side))
+            let name = side_name(side, "bench-server", "bench-client");
+            if server {
+                let layer = BreakerLayer::server().name(name).build();
+                rpc(layer.layer(Handler::ok()), requests(side))
+            } else {
+                let layer = BreakerLayer::client().name(name).build();
+                rpc(layer.layer(Handler::ok()), requests(side))
+            }
         })
         .case("open", move || {
-            let layer = open_breaker(
-                side_name(side, "bench-server-open", "bench-client-open"),
-                side,
-            );
-            rpc(layer.layer(Handler::ok()), requests(side))
+            let name = side_name(side, "bench-server-open", "bench-client-open");
+            if server {
+                let layer = open_breaker(BreakerLayer::server(), name);
+                rpc(layer.layer(Handler::ok()), requests(side))
+            } else {
+                let layer = open_breaker(BreakerLayer::client(), name);
+                rpc(layer.layer(Handler::ok()), requests(side))
+            }
         }),
     );
     groups
@@ -337,12 +344,7 @@ pub fn server_stack_to(sampled: bool, access_log: Option<LogWriter>) -> ServerSt
         )
         .auth(jwt_server())
         .ratelimit(RateLimitLayer::new(Limit::global(unlimited())))
-        .breaker(
-            BreakerLayer::builder()
-                .name("server-stack")
-                .side(Side::Server)
-                .build(),
-        )
+        .breaker(BreakerLayer::server().name("server-stack").build())
 }
 
 /// The layers of [`server_stack`].
@@ -352,7 +354,7 @@ pub type ServerStack = ServerLayers<
     MetricsLayer<Server>,
     JwtAuthLayer,
     RateLimitLayer,
-    BreakerLayer,
+    BreakerLayer<Server>,
 >;
 
 /// The full client stack, the [`ClientLayers`] preset in docs/ARCHITECTURE.md's order, trace
@@ -400,7 +402,7 @@ fn client_stack_with(
         )
         .logging(logging)
         .metrics(metrics)
-        .breaker(BreakerLayer::builder().name("client-stack").build())
+        .breaker(BreakerLayer::client().name("client-stack").build())
         .ratelimit(ClientRateLimitLayer::new(Limit::global(unlimited())))
         .auth(AttachTokenLayer::bearer(&env.token).expect("a valid token"))
 }
@@ -410,7 +412,7 @@ pub type ClientStack = ClientLayers<
     TraceLayer<opentelemetry_sdk::trace::SdkTracer>,
     LoggingLayer<palisade_logging::ClientSide>,
     MetricsLayer<Client>,
-    BreakerLayer,
+    BreakerLayer<Client>,
     ClientRateLimitLayer,
     AttachTokenLayer,
 >;
@@ -654,7 +656,7 @@ fn peers_breaker() -> Group {
     use tower_resilience_circuitbreaker::CircuitBreakerLayer;
     bare(Group::new("peers/breaker"), Side::Client)
         .case("palisade", || {
-            let layer = BreakerLayer::builder().name("peer-palisade").build();
+            let layer = BreakerLayer::client().name("peer-palisade").build();
             rpc(layer.layer(Handler::ok()), Requests::client())
         })
         .case("tower_resilience", || {

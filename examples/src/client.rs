@@ -18,7 +18,7 @@ pub type DemoClientLayers = ClientLayers<
     TraceLayer,
     LoggingLayer<ClientSide>,
     MetricsLayer<palisade_core::side::Client>,
-    BreakerLayer,
+    BreakerLayer<palisade_core::side::Client>,
     ClientRateLimitLayer,
     AttachTokenLayer<HmacMinter>,
 >;
@@ -33,7 +33,7 @@ pub struct ClientOptions {
     /// How long a minted token lives (it is refreshed before it expires).
     pub token_ttl: Duration,
     /// The breaker around the channel.
-    pub breaker: BreakerLayer,
+    pub breaker: BreakerLayer<palisade_core::side::Client>,
     /// Calls per second the client allows itself (it waits for a token, never past the
     /// deadline or 250 ms).
     pub rate: NonZeroU32,

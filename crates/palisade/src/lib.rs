@@ -27,7 +27,7 @@
 //!     .trace(TraceLayer::client())
 //!     .logging(LoggingLayer::client())
 //!     .metrics(MetricsLayer::client().build())
-//!     .breaker(BreakerLayer::builder().name("greeter").build());
+//!     .breaker(BreakerLayer::client().name("greeter").build());
 //! # let _ = layers;
 //! let method = Method::parse("/palisade.demo.v1.Greeter/SayHello").unwrap();
 //! assert_eq!(method.service(), "palisade.demo.v1.Greeter");
