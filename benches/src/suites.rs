@@ -6,8 +6,11 @@ use std::{net::IpAddr, num::NonZeroU32, time::Duration};
 
 use http::Request;
 use palisade::preset::{ClientLayers, ServerLayers};
-use palisade_breaker::{Backoff, BreakerLayer, State};
-use palisade_core::{Code, Counts, ObservedFuture, Outcome, Side};
+use palisade_breaker::{Backoff, BreakerBuilder, BreakerLayer, State};
+use palisade_core::{
+    Code, Counts, ObservedFuture, Outcome, Side,
+    side::{Client, OnSide, Server},
+};
 use palisade_jwt::{JwtAuthLayer, client::AttachTokenLayer};
 use palisade_logging::{LoggingLayer, writer::LogWriter};
 use palisade_metrics::MetricsLayer;
@@ -39,11 +42,12 @@ pub fn jwt_server() -> JwtAuthLayer {
         .expect("a valid jwt configuration")
 }
 
-/// A breaker (one circuit) opened by a failing call; it stays open for an hour.
-pub fn open_breaker(name: &str, side: Side) -> BreakerLayer {
-    let layer = BreakerLayer::builder()
+/// A breaker (one circuit) of `builder`'s side opened by a failing call; it stays open for an
+/// hour.
+pub fn open_breaker<K: OnSide>(builder: BreakerBuilder<K>, name: &str) -> BreakerLayer<K> {
+    let side = K::SIDE;
+    let layer = builder
         .name(name)
-        .side(side)
         .consecutive_failures(1)
         .backoff(Backoff::constant(Duration::from_secs(3600)))
         .build();
@@ -148,8 +152,13 @@ fn layer_groups(side: Side) -> Vec<Group> {
         )
         .case("metrics", move || {
             let registry = env::get().registry.clone();
-            let layer = MetricsLayer::builder(side).registry(registry).build();
-            rpc(layer.layer(Handler::ok()), requests(side))
+            if server {
+                let layer = MetricsLayer::server().registry(registry).build();
+                rpc(layer.layer(Handler::ok()), requests(side))
+            } else {
+                let layer = MetricsLayer::client().registry(registry).build();
+                rpc(layer.layer(Handler::ok()), requests(side))
+            }
         }),
     );
 
@@ -296,18 +305,24 @@ fn layer_groups(side: Side) -> Vec<Group> {
             side,
         )
         .case("closed", move || {
-            let layer = BreakerLayer::builder()
-                .name(side_name(side, "bench-server", "bench-client"))
-                .side(side)
-                .build();
-            rpc(layer.layer(Handler::ok()), requests(side))
+            let name = side_name(side, "bench-server", "bench-client");
+            if server {
+                let layer = BreakerLayer::server().name(name).build();
+                rpc(layer.layer(Handler::ok()), requests(side))
+            } else {
+                let layer = BreakerLayer::client().name(name).build();
+                rpc(layer.layer(Handler::ok()), requests(side))
+            }
         })
         .case("open", move || {
-            let layer = open_breaker(
-                side_name(side, "bench-server-open", "bench-client-open"),
-                side,
-            );
-            rpc(layer.layer(Handler::ok()), requests(side))
+            let name = side_name(side, "bench-server-open", "bench-client-open");
+            if server {
+                let layer = open_breaker(BreakerLayer::server(), name);
+                rpc(layer.layer(Handler::ok()), requests(side))
+            } else {
+                let layer = open_breaker(BreakerLayer::client(), name);
+                rpc(layer.layer(Handler::ok()), requests(side))
+            }
         }),
     );
     groups
@@ -354,22 +369,17 @@ pub fn server_stack_to(sampled: bool, access_log: Option<LogWriter>) -> ServerSt
                 .build()
                 .unwrap(),
         )
-        .breaker(
-            BreakerLayer::builder()
-                .name("server-stack")
-                .side(Side::Server)
-                .build(),
-        )
+        .breaker(BreakerLayer::server().name("server-stack").build())
 }
 
 /// The layers of [`server_stack`].
 pub type ServerStack = ServerLayers<
     TraceLayer<palisade_core::side::Server, opentelemetry_sdk::trace::SdkTracer>,
     LoggingLayer<palisade_core::side::Server>,
-    MetricsLayer,
+    MetricsLayer<Server>,
     JwtAuthLayer,
     RateLimitLayer,
-    BreakerLayer,
+    BreakerLayer<Server>,
 >;
 
 /// The full client stack, the [`ClientLayers`] preset in docs/ARCHITECTURE.md's order, trace
@@ -382,38 +392,22 @@ pub fn client_stack(sampled: bool, port: u16) -> ClientStack {
     client_stack_with(sampled, port, metrics, None)
 }
 
-/// [`client_stack`] over a `tonic::transport::Channel` (whose requests must have
-/// `tonic::body::Body`).
-pub fn client_stack_for_channel(
-    sampled: bool,
-    port: u16,
-) -> ClientStack<palisade_metrics::body::TonicBody> {
+/// [`client_stack`] with its logging layer writing to `access_log`, for a
+/// `tonic::transport::Channel` (every client layer leaves the request body as a `Channel`
+/// takes it).
+pub fn client_stack_for_channel_to(sampled: bool, port: u16, access_log: LogWriter) -> ClientStack {
     let metrics = MetricsLayer::client()
         .registry(env::get().registry.clone())
-        .build()
-        .with_tonic_body();
-    client_stack_with(sampled, port, metrics, None)
-}
-
-/// [`client_stack_for_channel`] with its logging layer writing to `access_log`.
-pub fn client_stack_for_channel_to(
-    sampled: bool,
-    port: u16,
-    access_log: LogWriter,
-) -> ClientStack<palisade_metrics::body::TonicBody> {
-    let metrics = MetricsLayer::client()
-        .registry(env::get().registry.clone())
-        .build()
-        .with_tonic_body();
+        .build();
     client_stack_with(sampled, port, metrics, Some(access_log))
 }
 
-fn client_stack_with<M>(
+fn client_stack_with(
     sampled: bool,
     port: u16,
-    metrics: MetricsLayer<M>,
+    metrics: MetricsLayer<Client>,
     access_log: Option<LogWriter>,
-) -> ClientStack<M> {
+) -> ClientStack {
     let env = env::get();
     let mut logging = LoggingLayer::client().registry(env.registry.clone());
     if let Some(writer) = access_log {
@@ -434,7 +428,7 @@ fn client_stack_with<M>(
         )
         .logging(logging.build())
         .metrics(metrics)
-        .breaker(BreakerLayer::builder().name("client-stack").build())
+        .breaker(BreakerLayer::client().name("client-stack").build())
         .ratelimit(
             RateLimitLayer::client()
                 .limit(Limit::global(unlimited()))
@@ -450,11 +444,11 @@ fn client_stack_with<M>(
 }
 
 /// The layers of [`client_stack`].
-pub type ClientStack<M = palisade_metrics::body::ObservedRequest> = ClientLayers<
+pub type ClientStack = ClientLayers<
     TraceLayer<palisade_core::side::Client, opentelemetry_sdk::trace::SdkTracer>,
     LoggingLayer<palisade_core::side::Client>,
-    MetricsLayer<M>,
-    BreakerLayer,
+    MetricsLayer<Client>,
+    BreakerLayer<Client>,
     ClientRateLimitLayer,
     AttachTokenLayer,
 >;
@@ -708,7 +702,7 @@ fn peers_breaker() -> Group {
     use tower_resilience_circuitbreaker::CircuitBreakerLayer;
     bare(Group::new("peers/breaker"), Side::Client)
         .case("palisade", || {
-            let layer = BreakerLayer::builder().name("peer-palisade").build();
+            let layer = BreakerLayer::client().name("peer-palisade").build();
             rpc(layer.layer(Handler::ok()), Requests::client())
         })
         .case("tower_resilience", || {

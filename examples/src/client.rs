@@ -6,7 +6,6 @@ use std::{num::NonZeroU32, time::Duration};
 use palisade::prelude::*;
 use palisade_core::side::Client;
 use palisade_jwt::mint::HmacMinter;
-use palisade_metrics::body::TonicBody;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::{BoxError, pb::greeter_client::GreeterClient};
@@ -18,8 +17,8 @@ pub const CLIENT_SUBJECT: &str = "demo-client";
 pub type DemoClientLayers = ClientLayers<
     TraceLayer<Client>,
     LoggingLayer<Client>,
-    MetricsLayer<TonicBody>,
-    BreakerLayer,
+    MetricsLayer<Client>,
+    BreakerLayer<Client>,
     ClientRateLimitLayer,
     AttachTokenLayer<HmacMinter>,
 >;
@@ -34,7 +33,7 @@ pub struct ClientOptions {
     /// How long a minted token lives (it is refreshed before it expires).
     pub token_ttl: Duration,
     /// The breaker around the channel.
-    pub breaker: BreakerLayer,
+    pub breaker: BreakerLayer<palisade_core::side::Client>,
     /// Calls per second the client allows itself (it waits for a token, never past the
     /// deadline or 250 ms).
     pub rate: NonZeroU32,
@@ -63,12 +62,7 @@ pub fn layers(target: &Endpoint, options: &ClientOptions) -> DemoClientLayers {
     ClientLayers::new()
         .trace(trace.build())
         .logging(crate::telemetry::access_log(LoggingLayer::client()).build())
-        .metrics(
-            MetricsLayer::client()
-                .registry(registry.clone())
-                .build()
-                .with_tonic_body(),
-        )
+        .metrics(MetricsLayer::client().registry(registry.clone()).build())
         .breaker(options.breaker.clone())
         .ratelimit(
             RateLimitLayer::client()

@@ -82,12 +82,12 @@ fn closed(c: &mut Criterion) {
     group.bench_function("observed", |b| {
         b.iter(|| black_box(drive(&mut observed, &uri)))
     });
-    let layer = BreakerLayer::builder().name("bench").build();
+    let layer = BreakerLayer::client().name("bench").build();
     let mut single = layer.layer(unary_service(Code::Ok));
     group.bench_function("breaker", |b| {
         b.iter(|| black_box(drive(&mut single, &uri)))
     });
-    let layer = BreakerLayer::builder()
+    let layer = BreakerLayer::client()
         .name("bench")
         .consecutive_failures(5)
         .build();
@@ -95,7 +95,7 @@ fn closed(c: &mut Criterion) {
     group.bench_function("breaker_consecutive", |b| {
         b.iter(|| black_box(drive(&mut consecutive, &uri)))
     });
-    let layer = BreakerLayer::builder().per_method().build();
+    let layer = BreakerLayer::client().per_method().build();
     let mut keyed = layer.layer(unary_service(Code::Ok));
     group.bench_function("breaker_per_method", |b| {
         b.iter(|| black_box(drive(&mut keyed, &uri)))
@@ -108,7 +108,7 @@ fn open(c: &mut Criterion) {
     let mut group = c.benchmark_group("breaker/open");
     let mut bare = unary_service(Code::Ok);
     group.bench_function("bare", |b| b.iter(|| black_box(drive(&mut bare, &uri))));
-    let layer = BreakerLayer::builder()
+    let layer = BreakerLayer::client()
         .name("bench")
         .consecutive_failures(1)
         .backoff(Backoff::constant(Duration::from_secs(3600)))

@@ -1,11 +1,12 @@
 //! [`BreakerAdmission`]: the breaker as palisade-core's admission — a layer's circuits,
 //! asked at the start of every call.
 
-use std::{convert::Infallible, fmt, future::Pending};
+use std::{convert::Infallible, fmt, future::Pending, marker::PhantomData};
 
 use palisade_core::{
     Call, Side,
     admit::{Admission, Decision},
+    side::OnSide,
 };
 
 use crate::{
@@ -26,8 +27,9 @@ pub const CIRCUIT_OPEN: &str = "circuit open";
 /// [`Permit`], which hears the call's end; a probe's [`ProbeWatch`] hears its response head.
 /// A call of an open circuit, or of a half-open one whose probes are all in flight, is
 /// rejected with `UNAVAILABLE` [`CIRCUIT_OPEN`]. A call of a method the service does not
-/// have ([`Builder::registry`](crate::Builder::registry)) passes, uncounted. The breaker
-/// never waits.
+/// have ([`BreakerBuilder::registry`](crate::BreakerBuilder::registry)) passes, uncounted. The
+/// breaker never waits. `K` is the layer's side ([`Server`](palisade_core::side::Server) or
+/// [`Client`](palisade_core::side::Client)), `H` its hook.
 ///
 /// ```
 /// use palisade_breaker::{BreakerLayer, State};
@@ -41,13 +43,17 @@ pub const CIRCUIT_OPEN: &str = "circuit open";
 /// ```
 ///
 /// [`Breaker`]: crate::Breaker
-pub struct BreakerAdmission<H = ()> {
+pub struct BreakerAdmission<K, H = ()> {
     registry: Registry<H>,
+    _side: PhantomData<fn() -> K>,
 }
 
-impl<H> BreakerAdmission<H> {
+impl<K, H> BreakerAdmission<K, H> {
     pub(crate) fn new(registry: Registry<H>) -> Self {
-        Self { registry }
+        Self {
+            registry,
+            _side: PhantomData,
+        }
     }
 
     /// The state of the circuit named `breaker` (the layer's name, or a key), if it exists.
@@ -61,7 +67,7 @@ impl<H> BreakerAdmission<H> {
     }
 }
 
-impl<H: OnStateChange> Admission for BreakerAdmission<H> {
+impl<K: OnSide, H: OnStateChange> Admission for BreakerAdmission<K, H> {
     const NAME: &'static str = "breaker";
     type Observer = Permit<H>;
     type Head = ProbeWatch<H>;
@@ -69,7 +75,7 @@ impl<H: OnStateChange> Admission for BreakerAdmission<H> {
     type Wait = Pending<Infallible>;
 
     fn side(&self) -> Side {
-        self.registry.side()
+        K::SIDE
     }
 
     fn admit(&self, call: &mut Call<'_>) -> Decision<Self> {
@@ -81,7 +87,7 @@ impl<H: OnStateChange> Admission for BreakerAdmission<H> {
     }
 }
 
-impl<H> fmt::Debug for BreakerAdmission<H> {
+impl<K, H> fmt::Debug for BreakerAdmission<K, H> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Debug::fmt(&self.registry, f)
     }

@@ -519,7 +519,7 @@ impl<H> fmt::Debug for Permit<H> {
 
 /// The watch on a half-open probe's response head: when the response starts and goes on
 /// (headers, not trailers-only), its circuit counts the probe as answering, so that at
-/// [`Builder::half_open_max_wait`](crate::Builder::half_open_max_wait) a healthy long-lived
+/// [`BreakerBuilder::half_open_max_wait`](crate::BreakerBuilder::half_open_max_wait) a healthy long-lived
 /// stream counts as a success rather than a hung call. palisade-core's admission middleware
 /// holds it for the [`Breaker`](crate::Breaker) ([`OnHead`]); it has no use of its own.
 pub struct ProbeWatch<H> {

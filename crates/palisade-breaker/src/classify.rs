@@ -85,7 +85,7 @@ pub(crate) struct Rules {
 
 /// On a server, the least time a call must have run for its caller's deadline passing to
 /// count as the server's failure, when no slow-call threshold is set: 1 s. See
-/// [`Builder::min_deadline_failure`](crate::Builder::min_deadline_failure).
+/// [`BreakerBuilder::min_deadline_failure`](crate::BreakerBuilder::min_deadline_failure).
 pub const DEFAULT_MIN_DEADLINE_FAILURE: Duration = Duration::from_secs(1);
 
 /// When a call started and when its caller's deadline passes, read only when a rule needs it.
@@ -125,7 +125,7 @@ pub(crate) const REQUEST_DECODE_ERRORS: [&str; 5] = [
 /// A handler that passes on, with `?` and before any response message, an upstream's answer
 /// that did not decode (tonic's client says the same "failed to decode Protobuf message") is
 /// taken for this too: a false negative, the price of never letting a caller's bad bytes
-/// count. Turn it off with `Builder::ignore_request_decode_errors(false)`.
+/// count. Turn it off with `BreakerBuilder::ignore_request_decode_errors(false)`.
 fn is_request_decode_error(outcome: &Outcome, counts: Counts) -> bool {
     outcome.code() == Code::Internal
         && outcome.source() == Source::TrailersOnly

@@ -1,8 +1,12 @@
 //! Configuring a [`BreakerLayer`]: policy, backoff, what fails, probes, keys, hook.
 
-use std::{borrow::Cow, fmt, sync::Arc, time::Duration};
+use std::{borrow::Cow, fmt, marker::PhantomData, sync::Arc, time::Duration};
 
-use palisade_core::{CodeSet, Matcher, MethodRegistry, Outcome, Side};
+use palisade_core::{
+    CodeSet, Matcher, MethodRegistry, Outcome,
+    build::{BoxError, BuildLayer},
+    side::OnSide,
+};
 
 use crate::{
     circuit::{Settings, Shared},
@@ -13,25 +17,33 @@ use crate::{
     registry::{KeyBy, Registry, RequestHead},
 };
 
-/// Builds a [`BreakerLayer`]. Every setting has a default:
+/// Builds a [`BreakerLayer`] of side `K`: a `BreakerBuilder<Server>` from
+/// [`BreakerLayer::server`], a `BreakerBuilder<Client>` from [`BreakerLayer::client`]; `H` is the
+/// hook ([`on_state_change`](BreakerBuilder::on_state_change)). Every setting has a default:
 ///
 /// | setting | default |
 /// |---|---|
-/// | [`policy`](Builder::policy) | 5 failures in a row, or ≥ 50 % of ≥ 20 calls in 10 s |
-/// | [`backoff`](Builder::backoff) | exponential, 5 s to 60 s |
-/// | [`failure_codes`](Builder::failure_codes) | [`DEFAULT_FAILURE_CODES`], and transport errors |
-/// | [`slow_call`](Builder::slow_call) | off |
-/// | [`half_open_probes`](Builder::half_open_probes) | 1 |
-/// | [`successes_to_close`](Builder::successes_to_close) | 1 |
-/// | [`half_open_max_wait`](Builder::half_open_max_wait) | [`DEFAULT_HALF_OPEN_MAX_WAIT`] (30 s) |
-/// | key | one circuit, named by [`name`](Builder::name) (`"default"`) |
-/// | [`registry`](Builder::registry) | none: every method is counted |
-/// | [`max_breakers`](Builder::max_breakers) | 1024 |
-/// | [`side`](Builder::side) | [`Side::Client`] ([`BreakerLayer::server`] sets [`Side::Server`]) |
-/// | [`min_deadline_failure`](Builder::min_deadline_failure) | the slow-call threshold, else [`DEFAULT_MIN_DEADLINE_FAILURE`](crate::DEFAULT_MIN_DEADLINE_FAILURE) (1 s) |
-/// | [`ignore_request_decode_errors`](Builder::ignore_request_decode_errors) | `true` |
-/// | [`skip`](Builder::skip) | nothing skipped |
-/// | [`on_state_change`](Builder::on_state_change) | `()` |
+/// | [`policy`](BreakerBuilder::policy) | 5 failures in a row, or ≥ 50 % of ≥ 20 calls in 10 s |
+/// | [`backoff`](BreakerBuilder::backoff) | exponential, 5 s to 60 s |
+/// | [`failure_codes`](BreakerBuilder::failure_codes) | [`DEFAULT_FAILURE_CODES`], and transport errors |
+/// | [`slow_call`](BreakerBuilder::slow_call) | off |
+/// | [`half_open_probes`](BreakerBuilder::half_open_probes) | 1 |
+/// | [`successes_to_close`](BreakerBuilder::successes_to_close) | 1 |
+/// | [`half_open_max_wait`](BreakerBuilder::half_open_max_wait) | [`DEFAULT_HALF_OPEN_MAX_WAIT`] (30 s) |
+/// | key | one circuit, named by [`name`](BreakerBuilder::name) (`"default"`) |
+/// | [`registry`](BreakerBuilder::registry) | none: every method is counted |
+/// | [`max_breakers`](BreakerBuilder::max_breakers) | 1024 |
+/// | [`min_deadline_failure`](BreakerBuilder::min_deadline_failure) | the slow-call threshold, else [`DEFAULT_MIN_DEADLINE_FAILURE`](crate::DEFAULT_MIN_DEADLINE_FAILURE) (1 s) |
+/// | [`ignore_request_decode_errors`](BreakerBuilder::ignore_request_decode_errors) | `true` |
+/// | [`skip`](BreakerBuilder::skip) | nothing skipped |
+/// | [`on_state_change`](BreakerBuilder::on_state_change) | `()` |
+///
+/// The side, in the type, decides the code an error without a gRPC status reads as
+/// (`Unavailable` on a client, `Unknown` on a server), the `grpc.component` of log lines, and —
+/// on a server — that outcomes the caller caused are ignored: its own short deadline passing
+/// (see [`min_deadline_failure`](BreakerBuilder::min_deadline_failure)), and tonic's
+/// `INTERNAL` answer to a request body that does not decode (see
+/// [`ignore_request_decode_errors`](BreakerBuilder::ignore_request_decode_errors)).
 ///
 /// # Example
 ///
@@ -40,7 +52,7 @@ use crate::{
 /// use palisade_breaker::{Backoff, BreakerLayer};
 /// use palisade_core::{Code, CodeSet, Matcher};
 ///
-/// let layer = BreakerLayer::builder()
+/// let layer = BreakerLayer::client()
 ///     .per_method()
 ///     .consecutive_failures(3)
 ///     .backoff(Backoff::exponential(Duration::from_secs(1), Duration::from_secs(30)))
@@ -51,7 +63,9 @@ use crate::{
 ///     .build();
 /// # let _ = layer;
 /// ```
-pub struct Builder<H = ()> {
+#[must_use = "a builder does nothing until `.build()` makes the layer"]
+#[derive(Clone)]
+pub struct BreakerBuilder<K, H = ()> {
     name: Arc<str>,
     policy: Policy,
     backoff: Backoff,
@@ -59,21 +73,25 @@ pub struct Builder<H = ()> {
     probes: u32,
     successes: u32,
     half_open_max_wait: Duration,
-    side: Side,
     key: KeyBy,
     skip: Option<Matcher>,
     registry: Option<MethodRegistry>,
     max_breakers: usize,
     hook: H,
+    _side: PhantomData<fn() -> K>,
 }
+
+/// The builder's name before the side went into its type.
+#[deprecated(since = "0.2.0", note = "renamed to `BreakerBuilder`")]
+pub type Builder<K, H = ()> = BreakerBuilder<K, H>;
 
 /// How long a half-open circuit waits for its probes by default: 30 s.
 pub const DEFAULT_HALF_OPEN_MAX_WAIT: Duration = Duration::from_secs(30);
 
-impl Builder<()> {
+impl<K: OnSide> BreakerBuilder<K> {
     /// The defaults above.
-    pub fn new() -> Self {
-        Builder {
+    pub(crate) fn new() -> Self {
+        BreakerBuilder {
             name: "default".into(),
             policy: Policy::default(),
             backoff: Backoff::default(),
@@ -81,34 +99,26 @@ impl Builder<()> {
             probes: 1,
             successes: 1,
             half_open_max_wait: DEFAULT_HALF_OPEN_MAX_WAIT,
-            side: Side::Client,
             key: KeyBy::Single,
             skip: None,
             registry: None,
             max_breakers: 1024,
             hook: (),
+            _side: PhantomData,
         }
     }
 }
 
-impl Default for Builder<()> {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl<H> Builder<H> {
+impl<K: OnSide, H> BreakerBuilder<K, H> {
     /// The name of the layer's single circuit: the `breaker` label of its metrics, its log
     /// lines and hook calls (usually the backend: `"greeter"`, `"billing"`). Keyed layers name
     /// each circuit by its key instead.
-    #[must_use]
     pub fn name(mut self, name: impl AsRef<str>) -> Self {
         self.name = name.as_ref().into();
         self
     }
 
     /// When a circuit opens; see [`Policy`].
-    #[must_use]
     pub fn policy(mut self, policy: Policy) -> Self {
         self.policy = policy;
         self
@@ -119,7 +129,6 @@ impl<H> Builder<H> {
     /// # Panics
     ///
     /// When `failures` is 0.
-    #[must_use]
     pub fn consecutive_failures(self, failures: u32) -> Self {
         self.policy(Policy::consecutive_failures(failures))
     }
@@ -129,21 +138,18 @@ impl<H> Builder<H> {
     /// # Panics
     ///
     /// As [`Policy::failure_rate`].
-    #[must_use]
     pub fn failure_rate(self, failure_rate: f64, min_calls: u32, window: Duration) -> Self {
         self.policy(Policy::failure_rate(failure_rate, min_calls, window))
     }
 
     /// How long a circuit stays open; see [`Backoff`].
-    #[must_use]
     pub fn backoff(mut self, backoff: Backoff) -> Self {
         self.backoff = backoff;
         self
     }
 
     /// The codes that count as failures (default [`DEFAULT_FAILURE_CODES`]); every other code
-    /// is a success. Replaces a [`classify`](Builder::classify) closure.
-    #[must_use]
+    /// is a success. Replaces a [`classify`](BreakerBuilder::classify) closure.
     pub fn failure_codes(mut self, failures: CodeSet) -> Self {
         let transport = match self.rules.classifier {
             Classifier::Codes { transport, .. } => transport,
@@ -158,8 +164,7 @@ impl<H> Builder<H> {
 
     /// Whether an error of the inner service (a transport error, a local timeout below the
     /// layer) or of the response body counts as a failure whatever its code (default `true`).
-    /// Replaces a [`classify`](Builder::classify) closure.
-    #[must_use]
+    /// Replaces a [`classify`](BreakerBuilder::classify) closure.
     pub fn transport_errors_are_failures(mut self, yes: bool) -> Self {
         let failures = match self.rules.classifier {
             Classifier::Codes { failures, .. } => failures,
@@ -185,7 +190,7 @@ impl<H> Builder<H> {
     /// use palisade_breaker::{BreakerLayer, Verdict};
     /// use palisade_core::{Code, Outcome};
     ///
-    /// let layer = BreakerLayer::builder()
+    /// let layer = BreakerLayer::client()
     ///     .classify(|outcome: &Outcome| match outcome.code() {
     ///         Code::Unavailable | Code::Internal => Verdict::Failure,
     ///         Code::ResourceExhausted => Verdict::Ignore, // their quota, not their health
@@ -194,7 +199,6 @@ impl<H> Builder<H> {
     ///     .build();
     /// # let _ = layer;
     /// ```
-    #[must_use]
     pub fn classify<F>(mut self, classify: F) -> Self
     where
         F: Fn(&Outcome) -> Verdict + Send + Sync + 'static,
@@ -205,7 +209,6 @@ impl<H> Builder<H> {
 
     /// A call that succeeds but takes longer than `threshold` (to the end of its stream)
     /// counts as a failure. Reads the clock at the start and end of every call.
-    #[must_use]
     pub fn slow_call(mut self, threshold: Duration) -> Self {
         self.rules.slow_call = Some(threshold);
         self
@@ -217,7 +220,6 @@ impl<H> Builder<H> {
     /// # Panics
     ///
     /// When `probes` is 0.
-    #[must_use]
     pub fn half_open_probes(mut self, probes: u32) -> Self {
         assert!(probes > 0, "half_open_probes needs at least 1 probe");
         self.probes = probes;
@@ -229,7 +231,6 @@ impl<H> Builder<H> {
     /// # Panics
     ///
     /// When `successes` is 0.
-    #[must_use]
     pub fn successes_to_close(mut self, successes: u32) -> Self {
         assert!(successes > 0, "successes_to_close needs at least 1 success");
         self.successes = successes;
@@ -250,22 +251,8 @@ impl<H> Builder<H> {
     ///
     /// Either way the stuck probes' own outcomes, when they come, are dropped.
     /// `Duration::MAX` waits for ever.
-    #[must_use]
     pub fn half_open_max_wait(mut self, max_wait: Duration) -> Self {
         self.half_open_max_wait = max_wait;
-        self
-    }
-
-    /// Which side the layer runs on (default [`Side::Client`]; [`BreakerLayer::server`] and
-    /// [`BreakerLayer::client`] set it): the code an error without a gRPC status reads as,
-    /// the `grpc.component` of log lines, and — on a server — that outcomes the caller caused
-    /// are ignored: its own short deadline passing (see
-    /// [`min_deadline_failure`](Self::min_deadline_failure)), and tonic's `INTERNAL` answer
-    /// to a request body that does not decode (see
-    /// [`ignore_request_decode_errors`](Self::ignore_request_decode_errors)).
-    #[must_use]
-    pub fn side(mut self, side: Side) -> Self {
-        self.side = side;
         self
     }
 
@@ -282,7 +269,6 @@ impl<H> Builder<H> {
     /// long. `DEADLINE_EXCEEDED` without a caller's deadline is the server's own, and counts
     /// as the failure codes say. A client ignores this setting: there, a call dropped after
     /// its deadline is always a timeout.
-    #[must_use]
     pub fn min_deadline_failure(mut self, min: Duration) -> Self {
         self.rules.min_deadline_failure = Some(min);
         self
@@ -298,7 +284,6 @@ impl<H> Builder<H> {
     /// message, an upstream's reply that did not decode (tonic's client reports it with the
     /// same message) is ignored too. Turn this off when that matters more than callers
     /// being able to send bytes that do not decode.
-    #[must_use]
     pub fn ignore_request_decode_errors(mut self, yes: bool) -> Self {
         self.rules.ignore_request_decode_errors = yes;
         self
@@ -306,7 +291,6 @@ impl<H> Builder<H> {
 
     /// One circuit per gRPC method, named `package.Service/Method`. Paths that are not gRPC
     /// methods share the [`OVERFLOW_BREAKER`](crate::OVERFLOW_BREAKER) circuit.
-    #[must_use]
     pub fn per_method(mut self) -> Self {
         self.key = KeyBy::Method;
         self
@@ -315,7 +299,6 @@ impl<H> Builder<H> {
     /// One circuit per endpoint: the request's `:authority` (its URI authority, else its
     /// `host` header). A tonic `Channel` sets the authority inside itself, below any layer, so
     /// on a client put the layer on each endpoint's channel, or use [`per_key`](Self::per_key).
-    #[must_use]
     pub fn per_authority(mut self) -> Self {
         self.key = KeyBy::Authority;
         self
@@ -329,7 +312,7 @@ impl<H> Builder<H> {
     /// use palisade_breaker::BreakerLayer;
     ///
     /// // One circuit per tenant.
-    /// let layer = BreakerLayer::builder()
+    /// let layer = BreakerLayer::client()
     ///     .per_key(|head| {
     ///         let tenant = head.headers().get("x-tenant")?.to_str().ok()?;
     ///         Some(Cow::Borrowed(tenant))
@@ -337,7 +320,6 @@ impl<H> Builder<H> {
     ///     .build();
     /// # let _ = layer;
     /// ```
-    #[must_use]
     pub fn per_key<F>(mut self, key: F) -> Self
     where
         F: for<'a> Fn(&RequestHead<'a>) -> Option<Cow<'a, str>> + Send + Sync + 'static,
@@ -366,7 +348,6 @@ impl<H> Builder<H> {
     ///     .build();
     /// # let _ = layer;
     /// ```
-    #[must_use]
     pub fn registry(mut self, registry: MethodRegistry) -> Self {
         self.registry = Some(registry);
         self
@@ -387,24 +368,25 @@ impl<H> Builder<H> {
     /// share the [`OVERFLOW_BREAKER`](crate::OVERFLOW_BREAKER) circuit: guarded, but
     /// together. Keys longer than 256 bytes always do. Keys made by a
     /// [`registry`](Self::registry)'s methods are not bounded by it.
-    #[must_use]
     pub fn max_breakers(mut self, max: usize) -> Self {
         self.max_breakers = max;
         self
     }
 
     /// Calls the matcher selects bypass the breaker: never rejected, never counted (for
-    /// example `Matcher::health_and_reflection()`).
-    #[must_use]
+    /// example `Matcher::health_and_reflection()`); by default no call is skipped. Called
+    /// again, the matchers add up: a call either one selects is skipped.
     pub fn skip(mut self, matcher: Matcher) -> Self {
-        self.skip = Some(matcher);
+        self.skip = Some(match self.skip.take() {
+            Some(skipped) => skipped.or(matcher),
+            None => matcher,
+        });
         self
     }
 
     /// Told of every state change; see [`OnStateChange`].
-    #[must_use]
-    pub fn on_state_change<H2>(self, hook: H2) -> Builder<H2> {
-        Builder {
+    pub fn on_state_change<H2>(self, hook: H2) -> BreakerBuilder<K, H2> {
+        BreakerBuilder {
             name: self.name,
             policy: self.policy,
             backoff: self.backoff,
@@ -412,20 +394,21 @@ impl<H> Builder<H> {
             probes: self.probes,
             successes: self.successes,
             half_open_max_wait: self.half_open_max_wait,
-            side: self.side,
             key: self.key,
             skip: self.skip,
             registry: self.registry,
             max_breakers: self.max_breakers,
             hook,
+            _side: PhantomData,
         }
     }
 
     /// The layer. Every service it makes shares its circuits.
-    pub fn build(self) -> BreakerLayer<H>
+    pub fn build(self) -> BreakerLayer<K, H>
     where
         H: OnStateChange,
     {
+        let side = K::SIDE;
         if !palisade_core::recorder::installed() {
             // Circuits register their gauges and counters as they are made: with no recorder
             // now, the first ones (the layer's own, the registry's) are no-ops for good.
@@ -439,14 +422,11 @@ impl<H> Builder<H> {
             settings: Settings {
                 policy: self.policy,
                 backoff: self.backoff,
-                rules: Rules {
-                    side: self.side,
-                    ..self.rules
-                },
+                rules: Rules { side, ..self.rules },
                 probes: self.probes,
                 successes: self.successes,
                 half_open_max_wait: self.half_open_max_wait,
-                side: self.side,
+                side,
             },
             hook: self.hook,
         };
@@ -461,9 +441,9 @@ impl<H> Builder<H> {
     }
 }
 
-impl<H> fmt::Debug for Builder<H> {
+impl<K: OnSide, H> fmt::Debug for BreakerBuilder<K, H> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Builder")
+        f.debug_struct("BreakerBuilder")
             .field("name", &self.name)
             .field("policy", &self.policy)
             .field("backoff", &self.backoff)
@@ -471,11 +451,29 @@ impl<H> fmt::Debug for Builder<H> {
             .field("probes", &self.probes)
             .field("successes", &self.successes)
             .field("half_open_max_wait", &self.half_open_max_wait)
-            .field("side", &self.side)
+            .field("side", &K::SIDE)
             .field("key", &self.key)
             .field("skip", &self.skip)
             .field("registry", &self.registry)
             .field("max_breakers", &self.max_breakers)
             .finish_non_exhaustive()
+    }
+}
+
+/// A builder fits a preset's slot of its own side: it takes the preset's registry if it was
+/// given none, and is built there.
+impl<K: OnSide, H: OnStateChange> BuildLayer<K> for BreakerBuilder<K, H> {
+    type Layer = BreakerLayer<K, H>;
+    const NAME: &'static str = "breaker";
+
+    fn use_registry(mut self, registry: &MethodRegistry) -> Self {
+        if self.registry.is_none() {
+            self.registry = Some(registry.clone());
+        }
+        self
+    }
+
+    fn build_layer(self) -> Result<BreakerLayer<K, H>, BoxError> {
+        Ok(self.build())
     }
 }

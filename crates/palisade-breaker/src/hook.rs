@@ -82,7 +82,7 @@ pub struct Transition<'a> {
 /// ```
 /// use palisade_breaker::{BreakerLayer, State, Transition};
 ///
-/// let layer = BreakerLayer::builder()
+/// let layer = BreakerLayer::client()
 ///     .on_state_change(|t: &Transition<'_>| {
 ///         if t.to == State::Open {
 ///             eprintln!("{} opened for {:?}", t.breaker, t.open_for);

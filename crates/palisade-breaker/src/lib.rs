@@ -10,10 +10,10 @@
 //!
 //! - **What fails**: by default Unknown, DeadlineExceeded, Internal, Unavailable, DataLoss
 //!   ([`DEFAULT_FAILURE_CODES`]), transport errors and panics; any code set, or a closure
-//!   ([`Builder::classify`]). `ResourceExhausted` is not a failure by default: a quota answer
+//!   ([`BreakerBuilder::classify`]). `ResourceExhausted` is not a failure by default: a quota answer
 //!   asks the caller to slow down. A caller's cancellation counts as neither — unless, on a
 //!   client, the call's `grpc-timeout` had passed, which is a timeout. Optionally, a success
-//!   slower than a threshold is a failure ([`Builder::slow_call`]).
+//!   slower than a threshold is a failure ([`BreakerBuilder::slow_call`]).
 //! - **Never the backend's failure**: a rejection made by a Palisade layer in this process —
 //!   a client rate limiter's `RESOURCE_EXHAUSTED`, an inner breaker's "circuit open", auth —
 //!   is marked local by palisade-core ([`Outcome::rejected_by`]) and ignored, wherever the
@@ -23,17 +23,17 @@
 //!   constant, exponential or jittered [`Backoff`], longer after each failed probe.
 //! - **Open**: calls are answered at once with a trailers-only `UNAVAILABLE` "circuit open"
 //!   (a tonic client sees a `Status`), without reaching the inner service.
-//! - **Half-open**: at most [`Builder::half_open_probes`] calls (default 1) go through; the
+//! - **Half-open**: at most [`BreakerBuilder::half_open_probes`] calls (default 1) go through; the
 //!   others are rejected. A probe's success closes the circuit, its failure reopens it. At
-//!   [`Builder::half_open_max_wait`] (default 30 s) the circuit decides without the probes
+//!   [`BreakerBuilder::half_open_max_wait`] (default 30 s) the circuit decides without the probes
 //!   still running: one whose response started (a healthy long stream) counts as a success,
 //!   a hung one as a failure — so neither holds the circuit half-open.
 //! - **Permits**: every admitted call carries a [`Permit`] that gives its probe slot back on
 //!   every path — success, failure, ignored outcome, cancellation, dropped response future,
 //!   dropped stream, panic — so a circuit never sticks half-open.
 //! - **Keys**: one circuit per layer, or per method, per endpoint (`:authority`), or per key
-//!   of your own, bounded by the service's methods ([`Builder::registry`]) or in number
-//!   ([`Builder::max_breakers`]: a hard cap on circuits and series ever made, which keys
+//!   of your own, bounded by the service's methods ([`BreakerBuilder::registry`]) or in number
+//!   ([`BreakerBuilder::max_breakers`]: a hard cap on circuits and series ever made, which keys
 //!   earn by frequency admission, never by coming first; the others share one circuit).
 //! - **Observability**: `palisade_breaker_state{breaker}` (0 closed, 1 half-open, 2 open),
 //!   `palisade_breaker_permitted_total{breaker}` and `palisade_breaker_rejected_total{breaker}`
@@ -46,18 +46,18 @@
 //! fail (a database down, a downstream service timing out), it sheds calls at once with
 //! `UNAVAILABLE` instead of letting them pile up. It must trip on the server's failures only,
 //! never on what a caller did, or any caller could open it for everyone. Build it with
-//! [`BreakerLayer::server`] (or [`Builder::side`]`(Side::Server)`):
+//! [`BreakerLayer::server`] (a `BreakerLayer<Server>`):
 //!
 //! - a call the caller dropped before its deadline is ignored;
 //! - a call ended by the caller's deadline (tonic drops it at its `grpc-timeout`, or the
 //!   handler answers `DEADLINE_EXCEEDED`) is a failure only when it ran at least
-//!   [`Builder::min_deadline_failure`] (the slow-call threshold, else 1 s): a hung
+//!   [`BreakerBuilder::min_deadline_failure`] (the slow-call threshold, else 1 s): a hung
 //!   dependency opens the circuit, a caller's 1 ms deadline does not;
 //! - tonic's `INTERNAL` answer to a request body that does not decode is ignored
-//!   ([`Builder::ignore_request_decode_errors`]);
-//! - with a [`Builder::registry`], unknown methods are never counted and get no circuit, and
+//!   ([`BreakerBuilder::ignore_request_decode_errors`]);
+//! - with a [`BreakerBuilder::registry`], unknown methods are never counted and get no circuit, and
 //!   every known method has its circuit from the start; without one, paths and authorities
-//!   callers choose must earn a circuit by frequency, within [`Builder::max_breakers`]
+//!   callers choose must earn a circuit by frequency, within [`BreakerBuilder::max_breakers`]
 //!   (give a registry to a server untrusted callers reach: it also keeps metric labels to
 //!   known methods).
 //!
@@ -130,7 +130,9 @@ mod service;
 pub use admission::{BreakerAdmission, CIRCUIT_OPEN};
 pub use circuit::{Permit, ProbeWatch};
 pub use classify::{DEFAULT_FAILURE_CODES, DEFAULT_MIN_DEADLINE_FAILURE, Verdict};
-pub use config::{Builder, DEFAULT_HALF_OPEN_MAX_WAIT};
+#[allow(deprecated)]
+pub use config::Builder;
+pub use config::{BreakerBuilder, DEFAULT_HALF_OPEN_MAX_WAIT};
 pub use hook::{OnStateChange, State, Transition};
 pub use layer::BreakerLayer;
 pub use policy::{Backoff, Policy};

@@ -22,7 +22,7 @@
 //!
 //! // Open after 5 failures in a row, or when half of at least 20 calls in 10 s failed;
 //! // stay open 5 s, then 10 s, 20 s, … up to 60 s while probes keep failing.
-//! let layer = BreakerLayer::builder()
+//! let layer = BreakerLayer::client()
 //!     .policy(
 //!         Policy::consecutive_failures(5)
 //!             .or(Policy::failure_rate(0.5, 20, Duration::from_secs(10))),
@@ -112,7 +112,7 @@ impl Policy {
 
     /// Any [`failsafe::FailurePolicy`], made fresh for each circuit by `make` (one per key).
     ///
-    /// The policy brings its own backoff, so [`Builder::backoff`](crate::Builder::backoff)
+    /// The policy brings its own backoff, so [`BreakerBuilder::backoff`](crate::BreakerBuilder::backoff)
     /// does not apply to it. failsafe's own time-based policy
     /// (`success_rate_over_time_window`) reads `std::time::Instant`, not tokio's clock.
     ///

@@ -12,6 +12,7 @@ use http::{Extensions, HeaderMap, Request, Uri, header::HOST, request::Parts};
 use palisade_core::{
     Call, Code, Method, MethodRegistry, Rejection,
     admit::{Admitted, Decision},
+    side::OnSide,
     slots::Slots,
 };
 use tokio::time::Instant;
@@ -28,7 +29,7 @@ use crate::{
 pub const OVERFLOW_BREAKER: &str = "other";
 
 /// The parts of a request a custom key is read from; see
-/// [`Builder::per_key`](crate::Builder::per_key).
+/// [`BreakerBuilder::per_key`](crate::BreakerBuilder::per_key).
 #[derive(Clone, Copy, Debug)]
 pub struct RequestHead<'a> {
     uri: &'a Uri,
@@ -169,10 +170,6 @@ impl<H> Registry<H> {
         }
     }
 
-    pub(crate) fn side(&self) -> palisade_core::Side {
-        self.shared.settings.side
-    }
-
     fn overflow(&self) -> &Arc<Circuit<H>> {
         self.overflow
             .get_or_init(|| Arc::new(Circuit::new(OVERFLOW_BREAKER.into(), self.shared.clone())))
@@ -244,7 +241,7 @@ impl<H: OnStateChange> Registry<H> {
     /// Decides what happens to a call: passed uncounted (a method the service does not
     /// have), admitted with the permit of its circuit, or rejected while that circuit is open
     /// or its probes are all taken.
-    pub(crate) fn admit(&self, call: &mut Call<'_>) -> Decision<BreakerAdmission<H>> {
+    pub(crate) fn admit<K: OnSide>(&self, call: &mut Call<'_>) -> Decision<BreakerAdmission<K, H>> {
         // Parse the path once, and only when something reads it.
         let parts = call.parts();
         let method = if self.methods.is_some() || matches!(self.key, KeyBy::Method) {

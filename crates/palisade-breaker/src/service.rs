@@ -14,17 +14,19 @@ use crate::admission::BreakerAdmission;
 /// without reaching the inner service. The inner service's error type is kept.
 ///
 /// It is palisade-core's [`Admit`](admit::Admit) with the breaker's [`BreakerAdmission`],
-/// so the inner service must be `Clone` (tonic's routes and `Channel` are). The state of a
-/// circuit is read from the layer ([`BreakerLayer::state`](crate::BreakerLayer::state)), or
-/// from the service: `breaker.admission().state(name)`.
-pub type Breaker<S, H = ()> = admit::Admit<S, BreakerAdmission<H>>;
+/// so the inner service must be `Clone` (tonic's routes and `Channel` are). `K` is the side
+/// ([`Server`](palisade_core::side::Server) or [`Client`](palisade_core::side::Client)), `H`
+/// the hook. The state of a circuit is read from the layer
+/// ([`BreakerLayer::state`](crate::BreakerLayer::state)), or from the service:
+/// `breaker.admission().state(name)`.
+pub type Breaker<S, K, H = ()> = admit::Admit<S, BreakerAdmission<K, H>>;
 
-/// The response future of a [`Breaker`] around `S` called with `Request<ReqBody>`: the inner
-/// call watched to its end, or an immediate rejection
+/// The response future of a [`Breaker`] of side `K` around `S` called with
+/// `Request<ReqBody>`: the inner call watched to its end, or an immediate rejection
 /// ([`is_rejected`](admit::ResponseFuture::is_rejected)).
-pub type ResponseFuture<S, ReqBody, H = ()> =
-    admit::ResponseFuture<S, BreakerAdmission<H>, ReqBody>;
+pub type ResponseFuture<S, ReqBody, K, H = ()> =
+    admit::ResponseFuture<S, BreakerAdmission<K, H>, ReqBody>;
 
-/// The response body of a [`Breaker`]: the inner body, watched to its end so the call's real
-/// outcome reaches its circuit.
-pub type ResponseBody<B, H = ()> = admit::ResponseBody<B, BreakerAdmission<H>>;
+/// The response body of a [`Breaker`] of side `K`: the inner body, watched to its end so the
+/// call's real outcome reaches its circuit.
+pub type ResponseBody<B, K, H = ()> = admit::ResponseBody<B, BreakerAdmission<K, H>>;

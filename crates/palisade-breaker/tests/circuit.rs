@@ -46,7 +46,7 @@ impl Transitions {
 #[tokio::test(start_paused = true)]
 async fn trips_after_the_configured_failures_and_then_never_calls_the_inner_service() {
     let backend = Backend::new(Reply::Unary(Code::Unavailable));
-    let layer = BreakerLayer::builder()
+    let layer = BreakerLayer::client()
         .name("backend")
         .consecutive_failures(3)
         .backoff(Backoff::constant(secs(10)))
@@ -75,7 +75,7 @@ async fn trips_after_the_configured_failures_and_then_never_calls_the_inner_serv
 #[tokio::test(start_paused = true)]
 async fn successes_reset_consecutive_failures_and_other_codes_are_successes() {
     let backend = Backend::new(Reply::Unary(Code::Internal));
-    let layer = BreakerLayer::builder()
+    let layer = BreakerLayer::client()
         .name("backend")
         .consecutive_failures(2)
         .build();
@@ -104,7 +104,7 @@ async fn successes_reset_consecutive_failures_and_other_codes_are_successes() {
 async fn after_the_backoff_one_probe_goes_through_and_its_success_closes() {
     let recorder = Transitions::default();
     let backend = Backend::new(Reply::Unary(Code::Unavailable));
-    let layer = BreakerLayer::builder()
+    let layer = BreakerLayer::client()
         .name("backend")
         .consecutive_failures(1)
         .backoff(Backoff::constant(secs(5)))
@@ -155,7 +155,7 @@ async fn after_the_backoff_one_probe_goes_through_and_its_success_closes() {
 async fn a_probe_that_never_ends_does_not_hold_the_circuit_half_open() {
     let recorder = Transitions::default();
     let backend = Backend::new(Reply::Unary(Code::Unavailable));
-    let layer = BreakerLayer::builder()
+    let layer = BreakerLayer::client()
         .name("backend")
         .consecutive_failures(1)
         .backoff(Backoff::constant(secs(5)))
@@ -326,12 +326,12 @@ async fn an_inner_palisade_rejection_is_not_the_backends_failure() {
     // Two breakers stacked: the inner one's "circuit open" is UNAVAILABLE, a failure code,
     // but it was made here, by a Palisade layer: the outer breaker ignores it.
     let backend = Backend::new(Reply::Unary(Code::Unavailable));
-    let inner = BreakerLayer::builder()
+    let inner = BreakerLayer::client()
         .name("inner")
         .consecutive_failures(1)
         .backoff(Backoff::constant(secs(60)))
         .build();
-    let outer = BreakerLayer::builder()
+    let outer = BreakerLayer::client()
         .name("outer")
         .consecutive_failures(3)
         .build();
@@ -348,7 +348,7 @@ async fn an_inner_palisade_rejection_is_not_the_backends_failure() {
 async fn a_failed_probe_reopens_with_a_longer_backoff() {
     let recorder = Transitions::default();
     let backend = Backend::new(Reply::Unary(Code::Unavailable));
-    let layer = BreakerLayer::builder()
+    let layer = BreakerLayer::client()
         .name("backend")
         .consecutive_failures(2)
         .backoff(Backoff::exponential(secs(1), secs(8)))
@@ -396,7 +396,7 @@ async fn a_failed_probe_reopens_with_a_longer_backoff() {
 #[tokio::test(start_paused = true)]
 async fn failure_rate_trips_only_past_the_minimum_number_of_calls() {
     let backend = Backend::new(Reply::Unary(Code::Unavailable));
-    let layer = BreakerLayer::builder()
+    let layer = BreakerLayer::client()
         .name("backend")
         .failure_rate(0.5, 10, secs(10))
         .backoff(Backoff::constant(secs(3)))
@@ -444,7 +444,7 @@ async fn failure_rate_trips_only_past_the_minimum_number_of_calls() {
 #[tokio::test(start_paused = true)]
 async fn slow_successes_count_as_failures() {
     let backend = Backend::new(Reply::Delayed(300));
-    let layer = BreakerLayer::builder()
+    let layer = BreakerLayer::client()
         .name("backend")
         .consecutive_failures(2)
         .slow_call(Duration::from_millis(200))
@@ -463,7 +463,7 @@ async fn slow_successes_count_as_failures() {
 #[tokio::test(start_paused = true)]
 async fn a_call_dropped_after_its_deadline_is_a_timeout_not_a_cancellation() {
     let backend = Backend::new(Reply::Hang);
-    let layer = BreakerLayer::builder()
+    let layer = BreakerLayer::client()
         .name("backend")
         .consecutive_failures(1)
         .build();
@@ -552,7 +552,7 @@ async fn the_gauge_and_counters_follow_the_circuit() {
     let recorder = TestRecorder(Arc::new(Registry::atomic()));
     let backend = Backend::new(Reply::Unary(Code::Unavailable));
     let layer = metrics::with_local_recorder(&recorder, || {
-        BreakerLayer::builder()
+        BreakerLayer::client()
             .name("greeter")
             .consecutive_failures(2)
             .backoff(Backoff::constant(secs(1)))
@@ -618,7 +618,7 @@ async fn one_log_line_per_transition() {
     let _guard = tracing::subscriber::set_default(subscriber);
 
     let backend = Backend::new(Reply::Unary(Code::Unavailable));
-    let layer = BreakerLayer::builder()
+    let layer = BreakerLayer::client()
         .name("backend")
         .consecutive_failures(1)
         .backoff(Backoff::constant(secs(2)))

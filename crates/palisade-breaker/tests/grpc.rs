@@ -13,7 +13,7 @@ use std::{
 use futures_util::{StreamExt, future::Either};
 use http::{Request, Response};
 use palisade_breaker::{Backoff, BreakerLayer, State, Transition};
-use palisade_core::{Code, Matcher, Side, reject};
+use palisade_core::{Code, Matcher, Side, reject, side::Server};
 use palisade_demo::{
     SAY_HELLO,
     pb::{HelloRequest, greeter_client::GreeterClient},
@@ -92,7 +92,7 @@ async fn a_tonic_client_sees_the_circuit_open_in_an_outage_and_close_after_recov
     let outage = Outage::default();
     let server = spawn(outage.clone()).await;
     let transitions = Arc::new(Mutex::new(Vec::new()));
-    let breaker = BreakerLayer::builder()
+    let breaker = BreakerLayer::client()
         .name("greeter")
         .consecutive_failures(3)
         .backoff(Backoff::constant(Duration::from_secs(5)))
@@ -170,7 +170,7 @@ async fn a_tonic_client_sees_the_circuit_open_in_an_outage_and_close_after_recov
 #[tokio::test(start_paused = true)]
 async fn a_stream_counts_when_it_ends_with_its_trailers() {
     let server = spawn(tower::layer::util::Identity::new()).await;
-    let breaker = BreakerLayer::builder()
+    let breaker = BreakerLayer::client()
         .name("greeter")
         .consecutive_failures(2)
         .build();
@@ -202,7 +202,7 @@ async fn a_stream_counts_when_it_ends_with_its_trailers() {
 #[tokio::test(start_paused = true)]
 async fn transport_errors_open_the_client_circuit() {
     let server = spawn(tower::layer::util::Identity::new()).await;
-    let breaker = BreakerLayer::builder()
+    let breaker = BreakerLayer::client()
         .name("greeter")
         .consecutive_failures(2)
         .build();
@@ -302,7 +302,7 @@ async fn the_clients_own_rate_limiter_never_opens_its_breaker() {
         palisade_breaker::DEFAULT_FAILURE_CODES,
         palisade_breaker::DEFAULT_FAILURE_CODES.with(Code::ResourceExhausted),
     ] {
-        let breaker = BreakerLayer::builder()
+        let breaker = BreakerLayer::client()
             .name("greeter")
             .consecutive_failures(3)
             .failure_codes(failures)
@@ -334,7 +334,7 @@ async fn a_servers_quota_answers_do_not_open_the_clients_breaker() {
         .build()
         .unwrap();
     let server = spawn(limit).await;
-    let breaker = BreakerLayer::builder()
+    let breaker = BreakerLayer::client()
         .name("greeter")
         .consecutive_failures(3)
         .build();
@@ -370,7 +370,7 @@ async fn raw_call(
     .map(tonic::Response::into_inner)
 }
 
-fn server_breaker() -> palisade_breaker::Builder {
+fn server_breaker() -> palisade_breaker::BreakerBuilder<Server> {
     BreakerLayer::server()
         .name("greeter")
         .consecutive_failures(3)
@@ -513,7 +513,9 @@ fn server_and_client_builders_set_the_side() {
     let client = format!("{:?}", BreakerLayer::client());
     assert!(server.contains("side: Server"), "{server}");
     assert!(client.contains("side: Client"), "{client}");
-    assert!(format!("{:?}", BreakerLayer::builder()).contains("side: Client"));
+    // And the layers they build.
+    let layer = format!("{:?}", BreakerLayer::server().build());
+    assert!(layer.contains("side: Server"), "{layer}");
 }
 
 /// A call of `SayHello` that waits `delay_ms` in its handler, with a `deadline`.

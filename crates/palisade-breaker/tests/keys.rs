@@ -13,15 +13,15 @@ use std::{
 use http::{HeaderValue, Request};
 use metrics::{Counter, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit};
 use palisade_breaker::{BreakerLayer, OVERFLOW_BREAKER, State};
-use palisade_core::{Code, Matcher, slots::ADMISSION_THRESHOLD};
+use palisade_core::{Code, Matcher, side::Client, slots::ADMISSION_THRESHOLD};
 use support::{Backend, Reply, call, open, request};
 use tower::Layer;
 
 const BYE: &str = "/palisade.demo.v1.Greeter/SayBye";
 const HEALTH: &str = "/grpc.health.v1.Health/Check";
 
-fn builder() -> palisade_breaker::Builder {
-    BreakerLayer::builder()
+fn builder() -> palisade_breaker::BreakerBuilder<Client> {
+    BreakerLayer::client()
         .consecutive_failures(1)
         .backoff(palisade_breaker::Backoff::constant(Duration::from_secs(1)))
 }
@@ -242,7 +242,7 @@ async fn a_flood_of_one_off_keys_makes_no_circuit_and_no_series() {
 #[tokio::test(start_paused = true)]
 async fn a_flood_of_keys_cannot_reset_a_real_circuits_failures() {
     let backend = Backend::new(Reply::Unary(Code::Ok));
-    let layer = BreakerLayer::builder()
+    let layer = BreakerLayer::client()
         .consecutive_failures(3)
         .per_authority()
         .max_breakers(3)

@@ -14,15 +14,15 @@ use futures_util::FutureExt;
 use http::{Request, Response};
 use http_body::Body;
 use palisade_breaker::{Breaker, BreakerLayer, State, Verdict};
-use palisade_core::{Code, Outcome};
+use palisade_core::{Code, Outcome, side::Client};
 use support::{Backend, HELLO, Reply, TestBody, hello, open, request};
 use tower::{Layer, Service, ServiceExt};
 
 const BACKOFF: Duration = Duration::from_secs(1);
 
 /// A layer whose circuit opens on one failure for one second, with `probes` probes.
-fn layer(probes: u32) -> BreakerLayer {
-    BreakerLayer::builder()
+fn layer(probes: u32) -> BreakerLayer<Client> {
+    BreakerLayer::client()
         .name("backend")
         .consecutive_failures(1)
         .backoff(palisade_breaker::Backoff::constant(BACKOFF))
@@ -37,7 +37,11 @@ fn layer(probes: u32) -> BreakerLayer {
 }
 
 /// Opens the circuit, then waits out the backoff: the next call is a probe.
-async fn half_open(layer: &BreakerLayer, backend: &Backend, service: &Breaker<Backend>) {
+async fn half_open(
+    layer: &BreakerLayer<Client>,
+    backend: &Backend,
+    service: &Breaker<Backend, Client>,
+) {
     backend.set(Reply::Unary(Code::Unavailable));
     hello(service).await;
     assert_eq!(layer.state("backend"), Some(State::Open));
@@ -45,7 +49,11 @@ async fn half_open(layer: &BreakerLayer, backend: &Backend, service: &Breaker<Ba
 }
 
 /// The circuit still serves: a call reaches the backend and its success closes the circuit.
-async fn still_serves(layer: &BreakerLayer, backend: &Backend, service: &Breaker<Backend>) {
+async fn still_serves(
+    layer: &BreakerLayer<Client>,
+    backend: &Backend,
+    service: &Breaker<Backend, Client>,
+) {
     if layer.state("backend") == Some(State::Open) {
         tokio::time::advance(BACKOFF).await;
     }
@@ -57,7 +65,9 @@ async fn still_serves(layer: &BreakerLayer, backend: &Backend, service: &Breaker
 }
 
 /// Calls once (ready, then `call`), without polling the response future.
-fn start(service: &Breaker<Backend>) -> <Breaker<Backend> as Service<Request<()>>>::Future {
+fn start(
+    service: &Breaker<Backend, Client>,
+) -> <Breaker<Backend, Client> as Service<Request<()>>>::Future {
     let mut service = service.clone();
     ServiceExt::<Request<()>>::ready(&mut service)
         .now_or_never()
@@ -69,7 +79,7 @@ fn start(service: &Breaker<Backend>) -> <Breaker<Backend> as Service<Request<()>
 /// Each path, run on a probe and on a call of a closed circuit, leaves a circuit that serves.
 async fn check_path<F, Fut>(name: &str, path: F, half_open_after: State)
 where
-    F: Fn(Breaker<Backend>, Backend) -> Fut,
+    F: Fn(Breaker<Backend, Client>, Backend) -> Fut,
     Fut: Future<Output = ()>,
 {
     for probing in [true, false] {
@@ -248,7 +258,7 @@ async fn inner_service_panicking_in_call() {
 
     // Where the panic's `INTERNAL` is ignored, the probe still gives its slot back: the
     // circuit stays half-open, and the next call is a probe that closes it.
-    let layer = BreakerLayer::builder()
+    let layer = BreakerLayer::client()
         .name("backend")
         .consecutive_failures(1)
         .backoff(palisade_breaker::Backoff::constant(BACKOFF))
@@ -345,7 +355,7 @@ async fn a_thousand_concurrent_calls_while_half_open_three_probes() {
 
 #[tokio::test(start_paused = true)]
 async fn several_probes_must_all_succeed_and_one_failure_reopens() {
-    let layer = BreakerLayer::builder()
+    let layer = BreakerLayer::client()
         .name("backend")
         .consecutive_failures(1)
         .backoff(palisade_breaker::Backoff::constant(BACKOFF))

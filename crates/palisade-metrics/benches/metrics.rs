@@ -19,7 +19,10 @@ use cpu_time::ThreadTime;
 use criterion::{Criterion, criterion_group};
 use http::{Method, Request, Response, Uri};
 use http_body::Body;
-use palisade_core::{Code, MethodRegistry};
+use palisade_core::{
+    Code, MethodRegistry,
+    side::{Client, Server},
+};
 use palisade_demo::{
     FILE_DESCRIPTOR_SET, SAY_HELLO,
     frames::{GrpcBody, message, unary_service},
@@ -59,9 +62,9 @@ where
 type Unary = palisade_demo::frames::UnaryService;
 
 struct Cases {
-    server: palisade_metrics::Metrics<Unary>,
-    server_otel: palisade_metrics::Metrics<Unary>,
-    client: palisade_metrics::Metrics<Unary>,
+    server: palisade_metrics::Metrics<Unary, Server>,
+    server_otel: palisade_metrics::Metrics<Unary, Server>,
+    client: palisade_metrics::Metrics<Unary, Client>,
 }
 
 fn cases() -> Cases {

@@ -1,11 +1,17 @@
 //! The builder of a [`MetricsLayer`].
 
-use std::{fmt, sync::Arc};
+use std::{fmt, marker::PhantomData, sync::Arc};
 
 use metrics::{Label, Recorder};
-use palisade_core::{Matcher, Method, MethodRegistry, ObserveLayer, Side, slots::AdmissionRule};
+use palisade_core::{
+    Matcher, Method, MethodRegistry, ObserveLayer,
+    build::{BoxError, BuildLayer},
+    side::{Client, OnSide},
+    slots::AdmissionRule,
+};
 
 use crate::{
+    body::{CountRequestMessages, RequestBodies, SideDefault},
     handles::{Family, Registrar, Table},
     layer::MetricsLayer,
     naming::{Names, Naming},
@@ -21,7 +27,10 @@ use crate::{
 /// no caller-chosen path ever becomes a label value.
 pub const DEFAULT_MAX_DYNAMIC_METHODS: usize = 100;
 
-/// Configures a [`MetricsLayer`]; made by [`MetricsLayer::server`] or [`MetricsLayer::client`].
+/// Configures a [`MetricsLayer`]: a `MetricsBuilder<Server>` from [`MetricsLayer::server`] or a
+/// `MetricsBuilder<Client>` from [`MetricsLayer::client`]; [`build`](MetricsBuilder::build)
+/// makes the `MetricsLayer<K>` of the same side. `R` is the request bodies' handling, as in
+/// [`MetricsLayer<K, R>`](MetricsLayer).
 ///
 /// Handles are registered when [`build`](MetricsBuilder::build) runs, with the `metrics`
 /// facade's recorder of that moment (or the one given to
@@ -45,9 +54,8 @@ pub const DEFAULT_MAX_DYNAMIC_METHODS: usize = 100;
 ///     .build();
 /// # let _ = layer;
 /// ```
-#[derive(Clone)]
-pub struct MetricsBuilder {
-    side: Side,
+#[must_use = "a builder does nothing until `.build()` makes the layer"]
+pub struct MetricsBuilder<K, R = SideDefault> {
     naming: Naming,
     namespace: Option<String>,
     constant_labels: Vec<Label>,
@@ -57,12 +65,12 @@ pub struct MetricsBuilder {
     max_dynamic: Option<usize>,
     skip: Option<Matcher>,
     recorder: Option<Arc<dyn Recorder + Send + Sync>>,
+    _side: PhantomData<fn() -> (K, R)>,
 }
 
-impl MetricsBuilder {
-    pub(crate) fn new(side: Side) -> Self {
+impl<K: OnSide> MetricsBuilder<K> {
+    pub(crate) fn new() -> Self {
         Self {
-            side,
             naming: Naming::default(),
             namespace: None,
             constant_labels: Vec::new(),
@@ -72,11 +80,58 @@ impl MetricsBuilder {
             max_dynamic: None,
             skip: None,
             recorder: None,
+            _side: PhantomData,
         }
     }
+}
 
+impl MetricsBuilder<Client> {
+    /// Counts a client's request messages (`grpc_client_msg_sent_total`) in the request body,
+    /// streams included: the inner service gets a [`RequestBody`](crate::RequestBody) instead
+    /// of the request's own body, and the layer is a
+    /// `MetricsLayer<Client, CountRequestMessages>`.
+    ///
+    /// Such a layer does **not** fit a tonic `Channel` as it comes (a `Channel` takes
+    /// `tonic::body::Body`): box the body below it, as here. Without this option a client
+    /// layer leaves the request body unchanged and counts the one request message of a unary
+    /// or server-streaming call when the call starts (for methods whose type the
+    /// [registry](Self::registry) gives); client- and bidi-streaming calls' request messages
+    /// are then not counted.
+    ///
+    /// ```
+    /// use palisade_core::side::Client;
+    /// use palisade_metrics::{MetricsLayer, body::CountRequestMessages};
+    ///
+    /// let layer: MetricsLayer<Client, CountRequestMessages> =
+    ///     MetricsLayer::client().count_request_messages().build();
+    /// # async fn on_a_channel(layer: MetricsLayer<Client, CountRequestMessages>) {
+    /// # let channel = tonic::transport::Channel::from_static("http://127.0.0.1:50051").connect_lazy();
+    /// let channel = tower::ServiceBuilder::new()
+    ///     .layer(layer)
+    ///     .map_request(|request: http::Request<_>| request.map(tonic::body::Body::new))
+    ///     .service(channel);
+    /// let _client = palisade_demo::pb::greeter_client::GreeterClient::new(channel);
+    /// # }
+    /// # let _ = layer;
+    /// ```
+    pub fn count_request_messages(self) -> MetricsBuilder<Client, CountRequestMessages> {
+        MetricsBuilder {
+            naming: self.naming,
+            namespace: self.namespace,
+            constant_labels: self.constant_labels,
+            histogram_with_code: self.histogram_with_code,
+            registry: self.registry,
+            allow: self.allow,
+            max_dynamic: self.max_dynamic,
+            skip: self.skip,
+            recorder: self.recorder,
+            _side: PhantomData,
+        }
+    }
+}
+
+impl<K: OnSide, R> MetricsBuilder<K, R> {
     /// The names and labels to record under; go-grpc-prometheus's by default.
-    #[must_use]
     pub fn naming(mut self, naming: Naming) -> Self {
         self.naming = naming;
         self
@@ -84,14 +139,12 @@ impl MetricsBuilder {
 
     /// Prefixes every metric name, as Prometheus client libraries' `namespace` does:
     /// `{namespace}_grpc_server_started_total`.
-    #[must_use]
     pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
         self.namespace = Some(namespace.into());
         self
     }
 
     /// Adds a label with a fixed value to every series this layer records.
-    #[must_use]
     pub fn constant_label(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.constant_labels
             .push(Label::new(key.into(), value.into()));
@@ -100,7 +153,6 @@ impl MetricsBuilder {
 
     /// Adds `grpc_code` to the handling-time histogram (off by default, as in
     /// go-grpc-prometheus). Its series are created per code on first use.
-    #[must_use]
     pub fn histogram_with_code(mut self, enabled: bool) -> Self {
         self.histogram_with_code = enabled;
         self
@@ -110,7 +162,6 @@ impl MetricsBuilder {
     /// their series exist from the start with zero values, and — unless
     /// [`max_dynamic_methods`](Self::max_dynamic_methods) says otherwise — only they get
     /// label values of their own; every other path is recorded as `unknown`.
-    #[must_use]
     pub fn registry(mut self, registry: MethodRegistry) -> Self {
         self.registry = Some(registry);
         self
@@ -118,7 +169,6 @@ impl MetricsBuilder {
 
     /// Adds methods (`package.Service/Method`) to the allow-list: known like the registry's,
     /// with `grpc_type` from the registry when it has them, `unknown` otherwise.
-    #[must_use]
     pub fn allow_methods<I>(mut self, methods: I) -> Self
     where
         I: IntoIterator,
@@ -143,34 +193,40 @@ impl MetricsBuilder {
     /// A series cannot be taken back once exported, so a slot is never given up: a caller who
     /// repeats made-up paths can still take them. On a server exposed to untrusted callers,
     /// give the layer the [registry](Self::registry) and leave this at 0.
-    #[must_use]
     pub fn max_dynamic_methods(mut self, max: usize) -> Self {
         self.max_dynamic = Some(max);
         self
     }
 
-    /// RPCs this matcher selects are not recorded at all (their bodies pass untouched).
-    #[must_use]
+    /// RPCs this matcher selects are not recorded at all (their bodies pass untouched); by
+    /// default every RPC is recorded. Called again, the matchers add up: an RPC either one
+    /// selects is skipped.
     pub fn skip(mut self, matcher: Matcher) -> Self {
-        self.skip = Some(matcher);
+        self.skip = Some(match self.skip.take() {
+            Some(skipped) => skipped.or(matcher),
+            None => matcher,
+        });
         self
     }
 
     /// Registers handles with this recorder instead of the `metrics` facade's global one — for
     /// tests, or to keep these series in a registry of their own.
-    #[must_use]
-    pub fn recorder<R: Recorder + Send + Sync + 'static>(mut self, recorder: Arc<R>) -> Self {
+    pub fn recorder<T: Recorder + Send + Sync + 'static>(mut self, recorder: Arc<T>) -> Self {
         self.recorder = Some(recorder);
         self
     }
 
     /// Registers the handles of every known method and makes the layer.
-    pub fn build(self) -> MetricsLayer {
+    pub fn build(self) -> MetricsLayer<K, R>
+    where
+        R: RequestBodies<K>,
+    {
+        let side = K::SIDE;
         // The first reading of the clock calibrates it: here, not on the first RPC.
         let _ = quanta::Instant::now();
         let family = Arc::new(Family {
             naming: self.naming,
-            names: Names::new(self.naming, self.side, self.namespace.as_deref()),
+            names: Names::new(self.naming, side, self.namespace.as_deref()),
             constant_labels: self.constant_labels,
             duration_by_code: self.histogram_with_code || self.naming == Naming::OpenTelemetry,
             registrar: match self.recorder {
@@ -225,25 +281,44 @@ impl MetricsBuilder {
             family.clone(),
             known,
             max_dynamic,
-            AdmissionRule::for_side(self.side),
+            AdmissionRule::for_side(side),
         );
 
+        let count_messages = self.naming == Naming::GoGrpcPrometheus;
         let policy = MetricsPolicy {
             table,
-            side: self.side,
+            side,
             naming: self.naming,
-            count_messages: self.naming == Naming::GoGrpcPrometheus,
+            observe_requests: count_messages && R::OBSERVED,
+            count_one_request_at_start: count_messages && !R::OBSERVED,
         };
         MetricsLayer {
-            inner: ObserveLayer::with_skip(policy, self.skip),
+            inner: ObserveLayer::with_skip(policy, self.skip).map_request_body(),
         }
     }
 }
 
-impl fmt::Debug for MetricsBuilder {
+impl<K, R> Clone for MetricsBuilder<K, R> {
+    fn clone(&self) -> Self {
+        Self {
+            naming: self.naming,
+            namespace: self.namespace.clone(),
+            constant_labels: self.constant_labels.clone(),
+            histogram_with_code: self.histogram_with_code,
+            registry: self.registry.clone(),
+            allow: self.allow.clone(),
+            max_dynamic: self.max_dynamic,
+            skip: self.skip.clone(),
+            recorder: self.recorder.clone(),
+            _side: PhantomData,
+        }
+    }
+}
+
+impl<K: OnSide, R> fmt::Debug for MetricsBuilder<K, R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MetricsBuilder")
-            .field("side", &self.side)
+            .field("side", &K::SIDE)
             .field("naming", &self.naming)
             .field("namespace", &self.namespace)
             .field("constant_labels", &self.constant_labels)
@@ -254,5 +329,23 @@ impl fmt::Debug for MetricsBuilder {
             .field("skip", &self.skip)
             .field("recorder", &self.recorder.as_ref().map(|_| ".."))
             .finish()
+    }
+}
+
+/// A builder fits a preset's slot of its own side: it takes the preset's registry if it was
+/// given none, and is built there.
+impl<K: OnSide, R: RequestBodies<K>> BuildLayer<K> for MetricsBuilder<K, R> {
+    type Layer = MetricsLayer<K, R>;
+    const NAME: &'static str = "metrics";
+
+    fn use_registry(mut self, registry: &MethodRegistry) -> Self {
+        if self.registry.is_none() {
+            self.registry = Some(registry.clone());
+        }
+        self
+    }
+
+    fn build_layer(self) -> Result<MetricsLayer<K, R>, BoxError> {
+        Ok(self.build())
     }
 }

@@ -124,6 +124,9 @@ pub(crate) struct MethodMetrics {
     pub(crate) started: Counter,
     pub(crate) request_messages: Counter,
     pub(crate) response_messages: Counter,
+    /// Whether the method is known to be unary or server-streaming: its call sends one
+    /// request message.
+    pub(crate) sends_one_request: bool,
     /// `handled` per code, registered on first use (all at once for known methods).
     handled: [OnceLock<Counter>; 17],
     /// The duration histogram: per code, or at index 0 when it has no code label.
@@ -148,6 +151,10 @@ impl MethodMetrics {
             started: family.counter(names.started.as_ref(), &labels, None),
             request_messages: family.counter(names.request_messages.as_ref(), &labels, None),
             response_messages: family.counter(names.response_messages.as_ref(), &labels, None),
+            sends_one_request: matches!(
+                method_type,
+                Some(MethodType::Unary | MethodType::ServerStream)
+            ),
             handled: Default::default(),
             durations: Default::default(),
             labels,

@@ -27,6 +27,14 @@
 //! Per-method handles are cached, so recording an RPC costs one hash lookup of its path and a
 //! few atomic additions.
 //!
+//! A client layer (`MetricsLayer<Client>`) leaves the request body as it is, so it fits a
+//! tonic `Channel`; it counts the one request message of a unary or server-streaming call
+//! (`grpc_client_msg_sent_total`) when the call starts, as go-grpc-prometheus's client does,
+//! for methods whose type the registry gives. To count every request message of client- and
+//! bidi-streaming calls too, opt in with
+//! [`count_request_messages`](MetricsBuilder::count_request_messages): its layer wraps the
+//! request body, so it does not fit a `Channel` as it comes.
+//!
 //! Options: `grpc_code` on the histogram, a name prefix, constant labels, skipping methods, and
 //! OpenTelemetry's RPC names ([`Naming::OpenTelemetry`]). Histogram buckets belong to the
 //! exporter: the [`prometheus`] module (feature `prometheus`, on by default) installs
@@ -92,10 +100,10 @@
 //!     .serve("127.0.0.1:50051".parse()?)
 //!     .await?;
 //!
-//! // A client: a channel takes `tonic::body::Body`, hence `with_tonic_body`.
+//! // A client: the layer leaves the request body as it is, so it fits a `Channel`.
 //! let channel = Channel::from_static("http://127.0.0.1:50051").connect().await?;
 //! let channel = tower::ServiceBuilder::new()
-//!     .layer(MetricsLayer::client().registry(registry).build().with_tonic_body())
+//!     .layer(MetricsLayer::client().registry(registry).build())
 //!     .service(channel);
 //! let mut client = palisade_demo::pb::greeter_client::GreeterClient::new(channel);
 //! # let _ = &mut client; Ok(()) }
@@ -120,11 +128,14 @@ pub use naming::Naming;
 pub use palisade_core::{Matcher, MethodRegistry, MethodType, Side};
 pub use policy::MetricsPolicy;
 
-/// Records metrics for every RPC through the inner service; made by [`MetricsLayer`].
+/// Records metrics for every RPC through the inner service; made by a [`MetricsLayer<K, R>`]
+/// of side `K` (whose `R` says what the inner service gets as its request body, see
+/// [`body`]).
 ///
 /// palisade-core's observing service ([`Observe`](palisade_core::Observe)) with this crate's
 /// [`MetricsPolicy`]: `get_ref`, `get_mut` and `into_inner` reach the inner service.
-pub type Metrics<S, M = body::ObservedRequest> = palisade_core::Observe<S, MetricsPolicy, M>;
+pub type Metrics<S, K, R = body::SideDefault> =
+    palisade_core::Observe<S, MetricsPolicy, body::ForSide<K, R>>;
 
 pub mod future {
     //! The response future.

@@ -17,7 +17,8 @@ use crate::{
 
 /// The policy of [`MetricsLayer`](crate::MetricsLayer) in palisade-core's observing
 /// middleware: looks the method's cached handles up once, counts `started`, reads the clock,
-/// and watches the RPC (and, with go-grpc-prometheus's names, the request body) to its end.
+/// and watches the RPC (and, with go-grpc-prometheus's names, the request body where the
+/// layer's type hands the inner service a [`RequestBody`](crate::RequestBody)) to its end.
 ///
 /// Made by [`MetricsBuilder::build`](crate::MetricsBuilder::build); it appears in the
 /// crate's type aliases ([`Metrics`](crate::Metrics), [`ResponseBody`](crate::ResponseBody), …).
@@ -25,8 +26,12 @@ pub struct MetricsPolicy {
     pub(crate) table: Table,
     pub(crate) side: Side,
     pub(crate) naming: Naming,
-    /// Whether the naming has message counters (otherwise request bodies are not observed).
-    pub(crate) count_messages: bool,
+    /// Whether request bodies are observed to count their messages: the naming has message
+    /// counters, and the layer hands the inner service a [`RequestBody`](crate::RequestBody).
+    pub(crate) observe_requests: bool,
+    /// Whether a unary or server-streaming call counts its one request message when it starts
+    /// (a client whose request bodies pass unchanged, as go-grpc-prometheus's client does).
+    pub(crate) count_one_request_at_start: bool,
 }
 
 impl Policy for MetricsPolicy {
@@ -42,8 +47,11 @@ impl Policy for MetricsPolicy {
         let method = self.table.lookup(call.path());
         method.started.increment(1);
         let start = Instant::now();
+        if self.count_one_request_at_start && method.sends_one_request {
+            method.request_messages.increment(1);
+        }
         let request = self
-            .count_messages
+            .observe_requests
             .then(|| RequestObserver::new(method.request_messages.clone()));
         let watch = Watch::new(ResponseObserver::new(method, start));
         Some(match request {

@@ -84,7 +84,6 @@ async fn ten_thousand_random_paths_stay_within_the_cap() {
         .max_dynamic_methods(CAP)
         .recorder(client.recorder.clone())
         .build()
-        .with_tonic_body()
         .layer(demo.channel().await);
 
     let mut tasks = Vec::new();
@@ -188,7 +187,6 @@ async fn a_client_method_has_its_own_series_from_its_first_call() {
     let channel = MetricsLayer::client()
         .recorder(client.recorder.clone())
         .build()
-        .with_tonic_body()
         .layer(demo.channel().await);
     let mut greeter = palisade_demo::pb::greeter_client::GreeterClient::new(channel);
     greeter

@@ -7,12 +7,15 @@ use std::{convert::Infallible, sync::Arc};
 
 use http::{Request, Response};
 use http_body_util::BodyExt;
-use palisade_core::{Code, Matcher, MethodRegistry};
+use palisade_core::{Code, Matcher, MethodRegistry, side::OnSide};
 use palisade_demo::{
     FILE_DESCRIPTOR_SET, SAY_HELLO, SAY_HELLO_STREAM,
-    frames::{GrpcBody, message, unary_service},
+    frames::{GrpcBody, UnaryService, message, unary_service},
 };
-use palisade_metrics::{MetricsBuilder, MetricsLayer, Naming};
+use palisade_metrics::{
+    MetricsBuilder, MetricsLayer, Naming,
+    body::{RequestBodies, SideDefault},
+};
 use support::{Recorded, Samples};
 use tower::{Layer, Service, ServiceExt};
 
@@ -22,7 +25,18 @@ fn registry() -> MethodRegistry {
 
 /// Calls `path` on a unary service answering `code` through the configured layer, reading
 /// the response to its end; returns the scrape.
-async fn call(recorded: &Recorded, builder: MetricsBuilder, calls: &[(&str, Code)]) -> Samples {
+async fn call<K, S, B>(
+    recorded: &Recorded,
+    builder: MetricsBuilder<K>,
+    calls: &[(&str, Code)],
+) -> Samples
+where
+    K: OnSide,
+    SideDefault: RequestBodies<K>,
+    MetricsLayer<K>: Layer<UnaryService, Service = S>,
+    S: Service<Request<GrpcBody>, Response = Response<B>, Error = Infallible>,
+    B: BodyExt<Error: std::fmt::Debug>,
+{
     let layer = builder.recorder(recorded.recorder.clone()).build();
     for (path, code) in calls {
         let service = layer.layer(unary_service(*code));
@@ -267,7 +281,8 @@ async fn a_registry_with_a_dynamic_cap_admits_that_many_more() {
 async fn a_service_error_is_recorded_with_its_status_or_the_side_fallback() {
     #[derive(Clone)]
     struct Failing(Option<tonic::Status>);
-    impl Service<Request<palisade_metrics::RequestBody<GrpcBody>>> for Failing {
+    // A client layer hands its inner service the request body unchanged.
+    impl Service<Request<GrpcBody>> for Failing {
         type Response = Response<GrpcBody>;
         type Error = Box<dyn std::error::Error + Send + Sync>;
         type Future = std::future::Ready<Result<Response<GrpcBody>, Self::Error>>;
@@ -277,7 +292,7 @@ async fn a_service_error_is_recorded_with_its_status_or_the_side_fallback() {
         ) -> std::task::Poll<Result<(), Self::Error>> {
             std::task::Poll::Ready(Ok(()))
         }
-        fn call(&mut self, _: Request<palisade_metrics::RequestBody<GrpcBody>>) -> Self::Future {
+        fn call(&mut self, _: Request<GrpcBody>) -> Self::Future {
             std::future::ready(Err(match self.0.clone() {
                 Some(status) => Box::new(status),
                 None => Box::new(std::io::Error::other("connection refused")),

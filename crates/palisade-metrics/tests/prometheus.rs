@@ -51,7 +51,6 @@ async fn prometheus_sees_exactly_the_codes_the_client_saw() {
     let channel = MetricsLayer::client()
         .registry(registry)
         .build()
-        .with_tonic_body()
         .layer(demo.channel().await);
     let mut client = GreeterClient::new(channel);
 

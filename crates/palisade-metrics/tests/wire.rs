@@ -13,7 +13,7 @@ use std::{
 use futures_util::future::{Either, Ready, ready};
 use http::{Request, Response};
 use http_body_util::BodyExt;
-use palisade_core::{Code, MethodRegistry, MethodType, Rejection};
+use palisade_core::{Code, MethodRegistry, MethodType, Rejection, side::Client};
 use palisade_demo::{
     FILE_DESCRIPTOR_SET,
     frames::GrpcBody,
@@ -43,8 +43,8 @@ struct Setup {
     server: Recorded,
     client: Recorded,
     _demo: palisade_demo::TestServer,
-    greeter: GreeterClient<palisade_metrics::Metrics<Channel, palisade_metrics::body::TonicBody>>,
-    channel: palisade_metrics::Metrics<Channel, palisade_metrics::body::TonicBody>,
+    greeter: GreeterClient<palisade_metrics::Metrics<Channel, Client>>,
+    channel: palisade_metrics::Metrics<Channel, Client>,
 }
 
 async fn setup() -> Setup {
@@ -64,8 +64,8 @@ async fn setup() -> Setup {
     let client_layer = MetricsLayer::client()
         .registry(registry())
         .recorder(client.recorder.clone())
-        .build()
-        .with_tonic_body();
+        .build();
+    // As it comes: the request body passes unchanged, so the layer fits a `Channel`.
     let channel = client_layer.layer(demo.channel().await);
     Setup {
         server,
@@ -267,12 +267,18 @@ async fn client_streaming_counts_every_message() {
         .connect()
         .await
         .unwrap();
-    let channel = MetricsLayer::client()
-        .registry(registry())
-        .recorder(client.recorder.clone())
-        .build()
-        .with_tonic_body()
-        .layer(channel);
+    // A client layer counts a stream's request messages only when asked to, in the request
+    // body: that body is boxed below it for the channel.
+    let channel = ServiceBuilder::new()
+        .layer(
+            MetricsLayer::client()
+                .registry(registry())
+                .recorder(client.recorder.clone())
+                .count_request_messages()
+                .build(),
+        )
+        .map_request(|request: Request<_>| request.map(Body::new))
+        .service(channel);
     let mut grpc = tonic::client::Grpc::new(channel);
     grpc.ready().await.unwrap();
     let requests = tokio_stream::iter(vec![hello(0, Code::Ok); 4]);

@@ -26,8 +26,8 @@
 //! let layers = ClientLayers::new()
 //!     .trace(TraceLayer::client().build())
 //!     .logging(LoggingLayer::client().build())
-//!     .metrics(MetricsLayer::client().build().with_tonic_body())
-//!     .breaker(BreakerLayer::builder().name("greeter").build());
+//!     .metrics(MetricsLayer::client().build())
+//!     .breaker(BreakerLayer::client().name("greeter").build());
 //! # let _ = layers;
 //! let method = Method::parse("/palisade.demo.v1.Greeter/SayHello").unwrap();
 //! assert_eq!(method.service(), "palisade.demo.v1.Greeter");
