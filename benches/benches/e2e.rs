@@ -298,15 +298,13 @@ fn main() {
         let stacked =
             Arc::new(TestServer::spawn(suites::server_stack_to(true, Some(log.clone()))).await);
         let log_off = Arc::new(
-            TestServer::spawn(
-                suites::server_stack_to(true, Some(log.clone())).logging(
-                    palisade_logging::LoggingLayer::server()
-                        .levels(|_| tracing::Level::TRACE)
-                        .span_level(tracing::Level::TRACE)
-                        .access_log(log.clone())
-                        .build(),
-                ),
-            )
+            TestServer::spawn(suites::server_stack_logged(
+                true,
+                palisade_logging::LoggingLayer::server()
+                    .levels(|_| tracing::Level::TRACE)
+                    .span_level(tracing::Level::TRACE)
+                    .access_log(log.clone()),
+            ))
             .await,
         );
         (bare, stacked, log_off)

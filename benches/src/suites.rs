@@ -5,14 +5,14 @@
 use std::{net::IpAddr, num::NonZeroU32, time::Duration};
 
 use http::Request;
-use palisade::preset::{ClientLayers, ServerLayers};
+use palisade::preset::{self, ClientLayers, ServerLayers};
 use palisade_breaker::{Backoff, BreakerBuilder, BreakerLayer, State};
 use palisade_core::{
     Code, Counts, ObservedFuture, Outcome, Side,
     side::{Client, OnSide, Server},
 };
 use palisade_jwt::{JwtAuthLayer, client::AttachTokenLayer};
-use palisade_logging::{LoggingLayer, writer::LogWriter};
+use palisade_logging::{LoggingBuilder, LoggingLayer, writer::LogWriter};
 use palisade_metrics::MetricsLayer;
 use palisade_ratelimit::{ClientRateLimitLayer, Key, Limit, Quota, RateLimitLayer};
 use palisade_trace::TraceLayer;
@@ -339,41 +339,39 @@ pub fn server_stack(sampled: bool) -> ServerStack {
 /// [`server_stack`] with its logging layer writing to `access_log` (as the `server` program
 /// does with `--log-format json`) instead of as `tracing` events.
 pub fn server_stack_to(sampled: bool, access_log: Option<LogWriter>) -> ServerStack {
-    let env = env::get();
-    let mut logging = LoggingLayer::server().registry(env.registry.clone());
+    let mut logging = LoggingLayer::server();
     if let Some(writer) = access_log {
         logging = logging.access_log(writer);
     }
+    server_stack_logged(sampled, logging)
+}
+
+/// [`server_stack`] with this logging layer (given the stack's registry at build).
+pub fn server_stack_logged(sampled: bool, logging: LoggingBuilder<Server>) -> ServerStack {
+    let env = env::get();
     let provider = if sampled {
         &env.sampled
     } else {
         &env.unsampled
     };
     ServerLayers::new()
+        .registry(env.registry.clone())
         .trace(
             TraceLayer::server()
                 .tracer_provider(provider)
-                .propagator(env::w3c())
-                .build(),
+                .propagator(env::w3c()),
         )
-        .logging(logging.build())
-        .metrics(
-            MetricsLayer::server()
-                .registry(env.registry.clone())
-                .build(),
-        )
+        .logging(logging)
+        .metrics(MetricsLayer::server())
         .auth(jwt_server())
-        .ratelimit(
-            RateLimitLayer::server()
-                .limit(Limit::global(unlimited()))
-                .build()
-                .unwrap(),
-        )
-        .breaker(BreakerLayer::server().name("server-stack").build())
+        .ratelimit(RateLimitLayer::server().limit(Limit::global(unlimited())))
+        .breaker(BreakerLayer::server().name("server-stack"))
+        .build()
+        .expect("the bench's server stack builds")
 }
 
 /// The layers of [`server_stack`].
-pub type ServerStack = ServerLayers<
+pub type ServerStack = preset::ServerStack<
     TraceLayer<palisade_core::side::Server, opentelemetry_sdk::trace::SdkTracer>,
     LoggingLayer<palisade_core::side::Server>,
     MetricsLayer<Server>,
@@ -386,30 +384,19 @@ pub type ServerStack = ServerLayers<
 /// (inject) → logging → metrics → breaker → ratelimit (wait) → jwt (attach) — sampled and
 /// logged or not, as [`server_stack`]; for an in-process inner service.
 pub fn client_stack(sampled: bool, port: u16) -> ClientStack {
-    let metrics = MetricsLayer::client()
-        .registry(env::get().registry.clone())
-        .build();
-    client_stack_with(sampled, port, metrics, None)
+    client_stack_with(sampled, port, None)
 }
 
 /// [`client_stack`] with its logging layer writing to `access_log`, for a
 /// `tonic::transport::Channel` (every client layer leaves the request body as a `Channel`
 /// takes it).
 pub fn client_stack_for_channel_to(sampled: bool, port: u16, access_log: LogWriter) -> ClientStack {
-    let metrics = MetricsLayer::client()
-        .registry(env::get().registry.clone())
-        .build();
-    client_stack_with(sampled, port, metrics, Some(access_log))
+    client_stack_with(sampled, port, Some(access_log))
 }
 
-fn client_stack_with(
-    sampled: bool,
-    port: u16,
-    metrics: MetricsLayer<Client>,
-    access_log: Option<LogWriter>,
-) -> ClientStack {
+fn client_stack_with(sampled: bool, port: u16, access_log: Option<LogWriter>) -> ClientStack {
     let env = env::get();
-    let mut logging = LoggingLayer::client().registry(env.registry.clone());
+    let mut logging = LoggingLayer::client();
     if let Some(writer) = access_log {
         logging = logging.access_log(writer);
     }
@@ -419,32 +406,24 @@ fn client_stack_with(
         &env.unsampled
     };
     ClientLayers::new()
+        .registry(env.registry.clone())
         .trace(
             TraceLayer::client()
                 .tracer_provider(provider)
                 .propagator(env::w3c())
-                .server_address("127.0.0.1", port)
-                .build(),
+                .server_address("127.0.0.1", port),
         )
-        .logging(logging.build())
-        .metrics(metrics)
-        .breaker(BreakerLayer::client().name("client-stack").build())
-        .ratelimit(
-            RateLimitLayer::client()
-                .limit(Limit::global(unlimited()))
-                .build()
-                .unwrap(),
-        )
-        .auth(
-            JwtAuthLayer::client()
-                .bearer(&env.token)
-                .build()
-                .expect("a valid token"),
-        )
+        .logging(logging)
+        .metrics(MetricsLayer::client())
+        .breaker(BreakerLayer::client().name("client-stack"))
+        .ratelimit(RateLimitLayer::client().limit(Limit::global(unlimited())))
+        .auth(JwtAuthLayer::client().bearer(&env.token))
+        .build()
+        .expect("the bench's client stack builds")
 }
 
 /// The layers of [`client_stack`].
-pub type ClientStack = ClientLayers<
+pub type ClientStack = preset::ClientStack<
     TraceLayer<palisade_core::side::Client, opentelemetry_sdk::trace::SdkTracer>,
     LoggingLayer<palisade_core::side::Client>,
     MetricsLayer<Client>,
@@ -494,11 +473,8 @@ pub fn stack() -> Vec<Group> {
                 )
             })
             .case("deployed", || {
-                let metrics = MetricsLayer::client()
-                    .registry(env::get().registry.clone())
-                    .build();
                 rpc_with(
-                    client_stack_with(true, 50051, metrics, Some(env::access_log_to_sink()))
+                    client_stack_with(true, 50051, Some(env::access_log_to_sink()))
                         .layer(Handler::ok()),
                     Requests::client(),
                     env::deployed_logging("info"),

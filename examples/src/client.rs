@@ -14,7 +14,7 @@ use crate::{BoxError, pb::greeter_client::GreeterClient};
 pub const CLIENT_SUBJECT: &str = "demo-client";
 
 /// The demo client's layers, outermost first.
-pub type DemoClientLayers = ClientLayers<
+pub type DemoClientStack = palisade::preset::ClientStack<
     TraceLayer<Client>,
     LoggingLayer<Client>,
     MetricsLayer<Client>,
@@ -49,7 +49,10 @@ pub fn minter(secret: &str, scope: Option<&str>, ttl: Duration) -> HmacMinter {
 }
 
 /// The full client stack for `target`. Build it after the metrics recorder is installed.
-pub fn layers(target: &Endpoint, options: &ClientOptions) -> DemoClientLayers {
+pub fn layers(
+    target: &Endpoint,
+    options: &ClientOptions,
+) -> Result<DemoClientStack, palisade::preset::Error> {
     let registry = MethodRegistry::from_encoded_file_descriptor_set(crate::FILE_DESCRIPTOR_SET)
         .expect("the demo's descriptor set decodes");
     let uri = target.uri();
@@ -60,28 +63,22 @@ pub fn layers(target: &Endpoint, options: &ClientOptions) -> DemoClientLayers {
         _ => TraceLayer::client().propagator(palisade_trace::W3cPropagator::new()),
     };
     ClientLayers::new()
-        .trace(trace.build())
-        .logging(crate::telemetry::access_log(LoggingLayer::client()).build())
-        .metrics(MetricsLayer::client().registry(registry.clone()).build())
+        .registry(registry)
+        .trace(trace)
+        .logging(crate::telemetry::access_log(LoggingLayer::client()))
+        .metrics(MetricsLayer::client())
         .breaker(options.breaker.clone())
         .ratelimit(
             RateLimitLayer::client()
                 .limit(Limit::global(Quota::per_second(options.rate)))
-                .registry(registry)
-                .max_wait(Duration::from_millis(250))
-                .build()
-                .expect("one global limit is a valid configuration"),
+                .max_wait(Duration::from_millis(250)),
         )
-        .auth(
-            JwtAuthLayer::client()
-                .source(minter(
-                    &options.jwt_secret,
-                    options.scope.as_deref(),
-                    options.token_ttl,
-                ))
-                .build()
-                .expect("a token source needs no checking"),
-        )
+        .auth(JwtAuthLayer::client().source(minter(
+            &options.jwt_secret,
+            options.scope.as_deref(),
+            options.token_ttl,
+        )))
+        .build()
 }
 
 /// A Greeter client through the full stack on a lazily connected channel, so that a server
@@ -89,12 +86,11 @@ pub fn layers(target: &Endpoint, options: &ClientOptions) -> DemoClientLayers {
 pub fn connect(
     target: &str,
     options: &ClientOptions,
-) -> Result<GreeterClient<<DemoClientLayers as tower::Layer<Channel>>::Service>, BoxError> {
+) -> Result<GreeterClient<<DemoClientStack as tower::Layer<Channel>>::Service>, BoxError> {
     let endpoint =
         Endpoint::from_shared(target.to_owned())?.connect_timeout(Duration::from_secs(2));
     let channel = endpoint.connect_lazy();
-    Ok(GreeterClient::new(tower::Layer::layer(
-        &layers(&endpoint, options),
-        channel,
-    )))
+    Ok(GreeterClient::new(
+        layers(&endpoint, options)?.service(channel),
+    ))
 }

@@ -287,14 +287,16 @@ fn rate_limit_on(
     let quota = Quota::per_second(rate).with_burst(burst);
     let limit = match args.rate_key.as_str() {
         "global" => Limit::global(quota),
-        "peer" => Limit::per_key(RateLimitKey::peer_ip(), quota),
+        "peer" => Limit::per_key(palisade::ratelimit::Key::peer_ip(), quota),
         "subject" => Limit::per_key(
-            RateLimitKey::extension(|claims: &StandardClaims| claims.subject().map(KeyValue::from)),
+            palisade::ratelimit::Key::extension(|claims: &StandardClaims| {
+                claims.subject().map(KeyValue::from)
+            }),
             quota,
         ),
         other => match other
             .strip_prefix("metadata:")
-            .map(RateLimitKey::try_metadata)
+            .map(palisade::ratelimit::Key::try_metadata)
         {
             Some(Ok(key)) => Limit::per_key(key, quota),
             _ => {
@@ -342,7 +344,7 @@ pub fn auth(args: &ServerArgs) -> Result<JwtAuthLayer, BoxError> {
         .skip(Matcher::health_and_reflection())
         .policy(
             Matcher::method("palisade.demo.v1.Greeter/SayHelloStream"),
-            AuthPolicy::authenticated().scopes([STREAM_SCOPE]),
+            palisade::jwt::Policy::authenticated().scopes([STREAM_SCOPE]),
         )
         .build()?)
 }
@@ -394,28 +396,21 @@ pub async fn start(args: &ServerArgs, listener: TcpListener) -> Result<RunningSe
     let registry = MethodRegistry::from_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)?
         .with_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)?;
     let layers = ServerLayers::new()
-        .trace(
-            TraceLayer::server()
-                .propagator(palisade_trace::W3cPropagator::new())
-                .registry(registry.clone())
-                .build(),
-        )
-        .logging(
-            crate::telemetry::access_log(
-                LoggingLayer::server()
-                    .skip(Matcher::health_and_reflection())
-                    .registry(registry.clone())
-                    .log_start(args.log_start),
-            )
-            .build(),
-        )
-        .metrics(MetricsLayer::server().registry(registry.clone()).build())
+        .registry(registry.clone())
+        .trace(TraceLayer::server().propagator(palisade_trace::W3cPropagator::new()))
+        .logging(crate::telemetry::access_log(
+            LoggingLayer::server()
+                .skip(Matcher::health_and_reflection())
+                .log_start(args.log_start),
+        ))
+        .metrics(MetricsLayer::server())
         .auth(auth(args)?)
-        .ratelimit(rate_limit_in_stack(rate_limit_on(
+        .ratelimit(Custom(rate_limit_in_stack(rate_limit_on(
             args,
             &registry,
             redis.clone(),
-        )?));
+        )?)))
+        .build()?;
     let task = tokio::spawn(
         Server::builder()
             .layer(tracker.layer())

@@ -19,18 +19,35 @@
 //! # Example
 //!
 //! ```
+//! use std::convert::Infallible;
+//! use http::{Request, Response};
 //! use palisade::prelude::*;
-//! use palisade::preset::ClientLayers;
+//! use tower::{ServiceExt, service_fn};
 //!
-//! // A client stack: a span, metrics and a breaker around the channel, in that order.
-//! let layers = ClientLayers::new()
-//!     .trace(TraceLayer::client().build())
-//!     .logging(LoggingLayer::client().build())
-//!     .metrics(MetricsLayer::client().build())
-//!     .breaker(BreakerLayer::client().name("greeter").build());
-//! # let _ = layers;
-//! let method = Method::parse("/palisade.demo.v1.Greeter/SayHello").unwrap();
-//! assert_eq!(method.service(), "palisade.demo.v1.Greeter");
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! // A client stack: a span, a log event, metrics and a breaker around the channel, in that
+//! // order; the preset builds each builder (a misconfigured one is named in the error).
+//! let stack = ClientLayers::new()
+//!     .trace(TraceLayer::client())
+//!     .logging(LoggingLayer::client())
+//!     .metrics(MetricsLayer::client())
+//!     .breaker(BreakerLayer::client().name("greeter"))
+//!     .build()?;
+//! // Any `http` service stands in for a tonic `Channel` here: it answers every call OK.
+//! let channel = service_fn(|_: Request<String>| async {
+//!     let response = Response::builder()
+//!         .header("content-type", "application/grpc")
+//!         .header("grpc-status", "0")
+//!         .body(String::new());
+//!     Ok::<_, Infallible>(response.unwrap())
+//! });
+//! let request = Request::post("/palisade.demo.v1.Greeter/SayHello")
+//!     .header("content-type", "application/grpc")
+//!     .body(String::new())?;
+//! let response = stack.service(channel).oneshot(request).await?;
+//! assert_eq!(response.headers()["grpc-status"], "0");
+//! # Ok(()) }
 //! ```
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -58,27 +75,26 @@ pub mod preset;
 #[doc = include_str!("../../../README.md")]
 pub struct ReadmeDoctests;
 
-/// The types most programs name: core's primitives and each enabled layer.
+/// The types most programs name: core's primitives, the presets and each enabled layer, under
+/// the names their crates' docs use. A name two crates share is reached by its module:
+/// `palisade::jwt::Policy` and `palisade::breaker::Policy`, `palisade::ratelimit::Key` and
+/// `palisade::jwt::Key`.
 pub mod prelude {
-    pub use crate::preset::{ClientLayers, ServerLayers};
+    pub use crate::preset::{ClientLayers, Custom, ServerLayers};
     pub use palisade_core::{
         Code, CodeSet, Matcher, Method, MethodRegistry, PerMethod, Rejection, Side,
     };
 
     #[cfg(feature = "breaker")]
-    pub use palisade_breaker::{Backoff, BreakerLayer, Policy as BreakerPolicy};
+    pub use palisade_breaker::{Backoff, BreakerLayer};
     #[cfg(feature = "jwt")]
-    pub use palisade_jwt::{
-        JwtAuthLayer, Policy as AuthPolicy, StandardClaims, client::AttachTokenLayer,
-    };
+    pub use palisade_jwt::{JwtAuthLayer, StandardClaims, client::AttachTokenLayer};
     #[cfg(feature = "logging")]
     pub use palisade_logging::LoggingLayer;
     #[cfg(feature = "metrics")]
     pub use palisade_metrics::{MetricsLayer, prometheus::PrometheusExporter};
     #[cfg(feature = "ratelimit")]
-    pub use palisade_ratelimit::{
-        ClientRateLimitLayer, Key as RateLimitKey, Limit, Quota, RateLimitLayer,
-    };
+    pub use palisade_ratelimit::{ClientRateLimitLayer, Limit, Quota, RateLimitLayer};
     #[cfg(feature = "trace")]
     pub use palisade_trace::TraceLayer;
 }

@@ -1,42 +1,118 @@
-//! Presets: Palisade's layers composed in the recommended order, each piece optional.
+//! Presets: Palisade's layers composed in the recommended order, each slot optional.
 //!
 //! [`ServerLayers`] stacks, outermost first, `trace → logging → metrics → auth → ratelimit →
 //! breaker`; [`ClientLayers`] stacks `trace → logging → metrics → breaker → ratelimit → auth`.
-//! A slot left empty is `tower_layer::Identity`: it costs nothing. Every setter takes any tower
-//! layer, so a slot can hold a Palisade layer, one of your own, or a `ServiceBuilder` stack.
+//! A preset is a builder: give it the method registry once ([`registry`](ServerLayers::registry)),
+//! fill the slots with Palisade builders (`MetricsLayer::server()`) or built layers, and
+//! [`build`](ServerLayers::build) it: every builder that has no registry of its own gets the
+//! preset's, every slot is built, and the first that cannot be is named in the [`Error`]. The
+//! result, a [`ServerStack`] or a [`ClientStack`], is the tower layer. A slot left empty is
+//! `tower_layer::Identity` and costs nothing.
+//!
+//! Each slot takes its own side only: a server slot refuses `LoggingLayer::client()` (and a
+//! value that is no Palisade layer), at the slot, with a note saying what fits. Any other tower
+//! layer goes into a slot of either side wrapped in [`Custom`].
 //!
 //! Why this order:
 //!
 //! - trace is outermost, so every later layer and every rejection happens inside the RPC's span;
 //! - logging and metrics sit outside auth and limits, so rejected calls are logged and counted
-//!   with their real code (`Unauthenticated`, `ResourceExhausted`, `Unavailable`);
+//!   with their real code (`Unauthenticated`, `ResourceExhausted`, `Unavailable`) — and, from
+//!   the per-RPC record the inner layers write, with who called and which layer said no;
 //! - on a server, a per-subject rate limit must come after auth (it reads the claims); a global
-//!   limit can also go before auth to keep floods off signature checks — put it in the `auth`
-//!   slot as `ServiceBuilder::new().layer(limit).layer(auth)` for that. (A limit keyed on the
-//!   claims that finds none at its first call says so in a `tracing` warning: every caller
-//!   would share one bucket.);
+//!   limit can also go before auth to keep floods off signature checks — put both in the `auth`
+//!   slot as `Custom(ServiceBuilder::new().layer(limit).layer(auth).into_inner())` for that. (A
+//!   limit keyed on the claims that finds none at its first call says so in a `tracing`
+//!   warning: every caller would share one bucket.);
 //! - on a client, the breaker fails fast before a call waits for a rate-limit token, and the token
 //!   is attached last, right before the channel.
 //!
 //! # Example
 //!
 //! ```
-//! use palisade::preset::ServerLayers;
+//! use palisade::preset::{Custom, ServerLayers};
 //! use tower::{Layer, ServiceBuilder};
-//! use tower::layer::util::Identity;
 //!
-//! // Any layers fit the slots; these two are tower's own, for a self-contained example.
-//! let layers = ServerLayers::new()
-//!     .logging(tower::layer::layer_fn(|s| s))
-//!     .ratelimit(ServiceBuilder::new().concurrency_limit(100).into_inner());
-//! let service = layers.layer(tower::service_fn(|_: ()| async { Ok::<_, std::convert::Infallible>(()) }));
+//! // Any tower layer fits a slot wrapped in `Custom`; these are tower's own, for a
+//! // self-contained example (the README shows Palisade's layers in every slot).
+//! let stack = ServerLayers::new()
+//!     .logging(Custom(tower::layer::layer_fn(|s| s)))
+//!     .ratelimit(Custom(ServiceBuilder::new().concurrency_limit(100).into_inner()))
+//!     .build()
+//!     .unwrap();
+//! let service = stack.layer(tower::service_fn(|_: ()| async { Ok::<_, std::convert::Infallible>(()) }));
 //! # let _ = service;
 //! ```
+//!
+//! A client layer in a server slot does not compile, and the error is at the slot
+//! (`LoggingBuilder<Client>` does not fit a preset slot of side `Server`):
+//!
+//! ```compile_fail
+//! use palisade::prelude::*;
+//!
+//! let layers = ServerLayers::new().logging(LoggingLayer::client());
+//! ```
+//!
+//! Neither does a tower layer that is not wrapped in [`Custom`]:
+//!
+//! ```compile_fail
+//! use palisade::preset::ServerLayers;
+//!
+//! let layers = ServerLayers::new().logging(tower::layer::layer_fn(|s: ()| s));
+//! ```
+use std::fmt;
+
+pub use palisade_core::build::{BoxError, BuildLayer, Custom};
+use palisade_core::{
+    MethodRegistry,
+    side::{Client, OnSide, Server},
+};
 use tower_layer::{Identity, Layer};
 
+/// A slot that could not be built: which one, and why (the layer crate's own error).
+#[derive(Debug)]
+pub struct Error {
+    slot: &'static str,
+    source: BoxError,
+}
+
+impl Error {
+    /// The slot: `"trace"`, `"logging"`, `"metrics"`, `"auth"`, `"ratelimit"` or `"breaker"`.
+    pub fn slot(&self) -> &'static str {
+        self.slot
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "the preset's {} slot: {}", self.slot, self.source)
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.source)
+    }
+}
+
+/// Builds one slot: the preset's registry first (if the part has none), then the part.
+fn build_slot<K: OnSide, P: BuildLayer<K>>(
+    slot: &'static str,
+    part: P,
+    registry: Option<&MethodRegistry>,
+) -> Result<P::Layer, Error> {
+    let part = match registry {
+        Some(registry) => part.use_registry(registry),
+        None => part,
+    };
+    part.build_layer().map_err(|source| Error { slot, source })
+}
+
 /// A server's layers in the recommended order, outermost first: `trace → logging → metrics →
-/// auth → ratelimit → breaker → service`. See the [module docs](self).
+/// auth → ratelimit → breaker → service`, to [`build`](Self::build) into a [`ServerStack`].
+/// See the [module docs](self).
 #[derive(Clone, Debug, Default)]
+#[must_use = "a preset does nothing until it is built"]
 pub struct ServerLayers<
     Trace = Identity,
     Logging = Identity,
@@ -45,6 +121,7 @@ pub struct ServerLayers<
     RateLimit = Identity,
     Breaker = Identity,
 > {
+    registry: Option<MethodRegistry>,
     trace: Trace,
     logging: Logging,
     metrics: Metrics,
@@ -60,10 +137,24 @@ impl ServerLayers {
     }
 }
 
-impl<T, L, M, A, R, B> ServerLayers<T, L, M, A, R, B> {
+impl<Trace, Logging, Metrics, Auth, RateLimit, Breaker>
+    ServerLayers<Trace, Logging, Metrics, Auth, RateLimit, Breaker>
+{
+    /// The methods served (or called), handed at [`build`](Self::build) to every slot's
+    /// builder that was given none of its own: `grpc_type` and bounded per-method label sets
+    /// in every layer, from one registry.
+    pub fn registry(mut self, registry: MethodRegistry) -> Self {
+        self.registry = Some(registry);
+        self
+    }
+
     /// The outermost slot: OpenTelemetry spans and context propagation.
-    pub fn trace<X>(self, trace: X) -> ServerLayers<X, L, M, A, R, B> {
+    pub fn trace<X: BuildLayer<Server>>(
+        self,
+        trace: X,
+    ) -> ServerLayers<X, Logging, Metrics, Auth, RateLimit, Breaker> {
         ServerLayers {
+            registry: self.registry,
             trace,
             logging: self.logging,
             metrics: self.metrics,
@@ -74,8 +165,12 @@ impl<T, L, M, A, R, B> ServerLayers<T, L, M, A, R, B> {
     }
 
     /// One log event per RPC, inside the span.
-    pub fn logging<X>(self, logging: X) -> ServerLayers<T, X, M, A, R, B> {
+    pub fn logging<X: BuildLayer<Server>>(
+        self,
+        logging: X,
+    ) -> ServerLayers<Trace, X, Metrics, Auth, RateLimit, Breaker> {
         ServerLayers {
+            registry: self.registry,
             trace: self.trace,
             logging,
             metrics: self.metrics,
@@ -86,8 +181,12 @@ impl<T, L, M, A, R, B> ServerLayers<T, L, M, A, R, B> {
     }
 
     /// Metrics, outside auth and limits so rejections are counted with their code.
-    pub fn metrics<X>(self, metrics: X) -> ServerLayers<T, L, X, A, R, B> {
+    pub fn metrics<X: BuildLayer<Server>>(
+        self,
+        metrics: X,
+    ) -> ServerLayers<Trace, Logging, X, Auth, RateLimit, Breaker> {
         ServerLayers {
+            registry: self.registry,
             trace: self.trace,
             logging: self.logging,
             metrics,
@@ -98,8 +197,12 @@ impl<T, L, M, A, R, B> ServerLayers<T, L, M, A, R, B> {
     }
 
     /// Authentication (JWT verification).
-    pub fn auth<X>(self, auth: X) -> ServerLayers<T, L, M, X, R, B> {
+    pub fn auth<X: BuildLayer<Server>>(
+        self,
+        auth: X,
+    ) -> ServerLayers<Trace, Logging, Metrics, X, RateLimit, Breaker> {
         ServerLayers {
+            registry: self.registry,
             trace: self.trace,
             logging: self.logging,
             metrics: self.metrics,
@@ -110,8 +213,12 @@ impl<T, L, M, A, R, B> ServerLayers<T, L, M, A, R, B> {
     }
 
     /// Rate limiting, after auth so it can key on the subject.
-    pub fn ratelimit<X>(self, ratelimit: X) -> ServerLayers<T, L, M, A, X, B> {
+    pub fn ratelimit<X: BuildLayer<Server>>(
+        self,
+        ratelimit: X,
+    ) -> ServerLayers<Trace, Logging, Metrics, Auth, X, Breaker> {
         ServerLayers {
+            registry: self.registry,
             trace: self.trace,
             logging: self.logging,
             metrics: self.metrics,
@@ -122,8 +229,12 @@ impl<T, L, M, A, R, B> ServerLayers<T, L, M, A, R, B> {
     }
 
     /// The innermost slot: a breaker that sheds calls while the service fails.
-    pub fn breaker<X>(self, breaker: X) -> ServerLayers<T, L, M, A, R, X> {
+    pub fn breaker<X: BuildLayer<Server>>(
+        self,
+        breaker: X,
+    ) -> ServerLayers<Trace, Logging, Metrics, Auth, RateLimit, X> {
         ServerLayers {
+            registry: self.registry,
             trace: self.trace,
             logging: self.logging,
             metrics: self.metrics,
@@ -134,16 +245,77 @@ impl<T, L, M, A, R, B> ServerLayers<T, L, M, A, R, B> {
     }
 }
 
-impl<S, T, L, M, A, R, B> Layer<S> for ServerLayers<T, L, M, A, R, B>
-where
-    B: Layer<S>,
-    R: Layer<B::Service>,
-    A: Layer<R::Service>,
-    M: Layer<A::Service>,
-    L: Layer<M::Service>,
-    T: Layer<L::Service>,
+impl<
+    Trace: BuildLayer<Server>,
+    Logging: BuildLayer<Server>,
+    Metrics: BuildLayer<Server>,
+    Auth: BuildLayer<Server>,
+    RateLimit: BuildLayer<Server>,
+    Breaker: BuildLayer<Server>,
+> ServerLayers<Trace, Logging, Metrics, Auth, RateLimit, Breaker>
 {
-    type Service = T::Service;
+    /// Builds every slot, outermost first, each after taking the preset's registry if it has
+    /// none of its own.
+    ///
+    /// # Errors
+    ///
+    /// The first slot whose configuration is refused (a JWT layer without keys, a rate limit
+    /// without a limit, …), named in the [`Error`].
+    #[allow(clippy::type_complexity)] // each slot's layer, spelled out: what the stack holds
+    pub fn build(
+        self,
+    ) -> Result<
+        ServerStack<
+            Trace::Layer,
+            Logging::Layer,
+            Metrics::Layer,
+            Auth::Layer,
+            RateLimit::Layer,
+            Breaker::Layer,
+        >,
+        Error,
+    > {
+        let registry = self.registry.as_ref();
+        Ok(ServerStack {
+            trace: build_slot("trace", self.trace, registry)?,
+            logging: build_slot("logging", self.logging, registry)?,
+            metrics: build_slot("metrics", self.metrics, registry)?,
+            auth: build_slot("auth", self.auth, registry)?,
+            ratelimit: build_slot("ratelimit", self.ratelimit, registry)?,
+            breaker: build_slot("breaker", self.breaker, registry)?,
+        })
+    }
+}
+
+/// A built [`ServerLayers`]: the tower layer, for `Server::builder().layer(stack)`.
+#[derive(Clone, Debug)]
+pub struct ServerStack<
+    Trace = Identity,
+    Logging = Identity,
+    Metrics = Identity,
+    Auth = Identity,
+    RateLimit = Identity,
+    Breaker = Identity,
+> {
+    trace: Trace,
+    logging: Logging,
+    metrics: Metrics,
+    auth: Auth,
+    ratelimit: RateLimit,
+    breaker: Breaker,
+}
+
+impl<S, Trace, Logging, Metrics, Auth, RateLimit, Breaker> Layer<S>
+    for ServerStack<Trace, Logging, Metrics, Auth, RateLimit, Breaker>
+where
+    Breaker: Layer<S>,
+    RateLimit: Layer<Breaker::Service>,
+    Auth: Layer<RateLimit::Service>,
+    Metrics: Layer<Auth::Service>,
+    Logging: Layer<Metrics::Service>,
+    Trace: Layer<Logging::Service>,
+{
+    type Service = Trace::Service;
 
     fn layer(&self, service: S) -> Self::Service {
         let service = self.breaker.layer(service);
@@ -156,8 +328,10 @@ where
 }
 
 /// A client's layers in the recommended order, outermost first: `trace → logging → metrics →
-/// breaker → ratelimit → auth → channel`. See the [module docs](self).
+/// breaker → ratelimit → auth → channel`, to [`build`](Self::build) into a [`ClientStack`].
+/// See the [module docs](self).
 #[derive(Clone, Debug, Default)]
+#[must_use = "a preset does nothing until it is built"]
 pub struct ClientLayers<
     Trace = Identity,
     Logging = Identity,
@@ -166,6 +340,7 @@ pub struct ClientLayers<
     RateLimit = Identity,
     Auth = Identity,
 > {
+    registry: Option<MethodRegistry>,
     trace: Trace,
     logging: Logging,
     metrics: Metrics,
@@ -181,10 +356,24 @@ impl ClientLayers {
     }
 }
 
-impl<T, L, M, B, R, A> ClientLayers<T, L, M, B, R, A> {
+impl<Trace, Logging, Metrics, Breaker, RateLimit, Auth>
+    ClientLayers<Trace, Logging, Metrics, Breaker, RateLimit, Auth>
+{
+    /// The methods served (or called), handed at [`build`](Self::build) to every slot's
+    /// builder that was given none of its own: `grpc_type` and bounded per-method label sets
+    /// in every layer, from one registry.
+    pub fn registry(mut self, registry: MethodRegistry) -> Self {
+        self.registry = Some(registry);
+        self
+    }
+
     /// The outermost slot: a CLIENT span, injected into the outgoing metadata.
-    pub fn trace<X>(self, trace: X) -> ClientLayers<X, L, M, B, R, A> {
+    pub fn trace<X: BuildLayer<Client>>(
+        self,
+        trace: X,
+    ) -> ClientLayers<X, Logging, Metrics, Breaker, RateLimit, Auth> {
         ClientLayers {
+            registry: self.registry,
             trace,
             logging: self.logging,
             metrics: self.metrics,
@@ -195,8 +384,12 @@ impl<T, L, M, B, R, A> ClientLayers<T, L, M, B, R, A> {
     }
 
     /// One log event per call, with the code the caller got (breaker and limiter included).
-    pub fn logging<X>(self, logging: X) -> ClientLayers<T, X, M, B, R, A> {
+    pub fn logging<X: BuildLayer<Client>>(
+        self,
+        logging: X,
+    ) -> ClientLayers<Trace, X, Metrics, Breaker, RateLimit, Auth> {
         ClientLayers {
+            registry: self.registry,
             trace: self.trace,
             logging,
             metrics: self.metrics,
@@ -207,8 +400,12 @@ impl<T, L, M, B, R, A> ClientLayers<T, L, M, B, R, A> {
     }
 
     /// Client metrics.
-    pub fn metrics<X>(self, metrics: X) -> ClientLayers<T, L, X, B, R, A> {
+    pub fn metrics<X: BuildLayer<Client>>(
+        self,
+        metrics: X,
+    ) -> ClientLayers<Trace, Logging, X, Breaker, RateLimit, Auth> {
         ClientLayers {
+            registry: self.registry,
             trace: self.trace,
             logging: self.logging,
             metrics,
@@ -219,8 +416,12 @@ impl<T, L, M, B, R, A> ClientLayers<T, L, M, B, R, A> {
     }
 
     /// A breaker that fails fast while the backend fails.
-    pub fn breaker<X>(self, breaker: X) -> ClientLayers<T, L, M, X, R, A> {
+    pub fn breaker<X: BuildLayer<Client>>(
+        self,
+        breaker: X,
+    ) -> ClientLayers<Trace, Logging, Metrics, X, RateLimit, Auth> {
         ClientLayers {
+            registry: self.registry,
             trace: self.trace,
             logging: self.logging,
             metrics: self.metrics,
@@ -231,8 +432,12 @@ impl<T, L, M, B, R, A> ClientLayers<T, L, M, B, R, A> {
     }
 
     /// A rate limit that waits for a token (never past the deadline).
-    pub fn ratelimit<X>(self, ratelimit: X) -> ClientLayers<T, L, M, B, X, A> {
+    pub fn ratelimit<X: BuildLayer<Client>>(
+        self,
+        ratelimit: X,
+    ) -> ClientLayers<Trace, Logging, Metrics, Breaker, X, Auth> {
         ClientLayers {
+            registry: self.registry,
             trace: self.trace,
             logging: self.logging,
             metrics: self.metrics,
@@ -243,8 +448,12 @@ impl<T, L, M, B, R, A> ClientLayers<T, L, M, B, R, A> {
     }
 
     /// The innermost slot: attaches the bearer token.
-    pub fn auth<X>(self, auth: X) -> ClientLayers<T, L, M, B, R, X> {
+    pub fn auth<X: BuildLayer<Client>>(
+        self,
+        auth: X,
+    ) -> ClientLayers<Trace, Logging, Metrics, Breaker, RateLimit, X> {
         ClientLayers {
+            registry: self.registry,
             trace: self.trace,
             logging: self.logging,
             metrics: self.metrics,
@@ -255,16 +464,78 @@ impl<T, L, M, B, R, A> ClientLayers<T, L, M, B, R, A> {
     }
 }
 
-impl<S, T, L, M, B, R, A> Layer<S> for ClientLayers<T, L, M, B, R, A>
-where
-    A: Layer<S>,
-    R: Layer<A::Service>,
-    B: Layer<R::Service>,
-    M: Layer<B::Service>,
-    L: Layer<M::Service>,
-    T: Layer<L::Service>,
+impl<
+    Trace: BuildLayer<Client>,
+    Logging: BuildLayer<Client>,
+    Metrics: BuildLayer<Client>,
+    Breaker: BuildLayer<Client>,
+    RateLimit: BuildLayer<Client>,
+    Auth: BuildLayer<Client>,
+> ClientLayers<Trace, Logging, Metrics, Breaker, RateLimit, Auth>
 {
-    type Service = T::Service;
+    /// Builds every slot, outermost first, each after taking the preset's registry if it has
+    /// none of its own.
+    ///
+    /// # Errors
+    ///
+    /// The first slot whose configuration is refused (a JWT layer without keys, a rate limit
+    /// without a limit, …), named in the [`Error`].
+    #[allow(clippy::type_complexity)] // each slot's layer, spelled out: what the stack holds
+    pub fn build(
+        self,
+    ) -> Result<
+        ClientStack<
+            Trace::Layer,
+            Logging::Layer,
+            Metrics::Layer,
+            Breaker::Layer,
+            RateLimit::Layer,
+            Auth::Layer,
+        >,
+        Error,
+    > {
+        let registry = self.registry.as_ref();
+        Ok(ClientStack {
+            trace: build_slot("trace", self.trace, registry)?,
+            logging: build_slot("logging", self.logging, registry)?,
+            metrics: build_slot("metrics", self.metrics, registry)?,
+            breaker: build_slot("breaker", self.breaker, registry)?,
+            ratelimit: build_slot("ratelimit", self.ratelimit, registry)?,
+            auth: build_slot("auth", self.auth, registry)?,
+        })
+    }
+}
+
+/// A built [`ClientLayers`]: the tower layer around a channel; [`service`](Self::service)
+/// wraps one.
+#[derive(Clone, Debug)]
+pub struct ClientStack<
+    Trace = Identity,
+    Logging = Identity,
+    Metrics = Identity,
+    Breaker = Identity,
+    RateLimit = Identity,
+    Auth = Identity,
+> {
+    trace: Trace,
+    logging: Logging,
+    metrics: Metrics,
+    breaker: Breaker,
+    ratelimit: RateLimit,
+    auth: Auth,
+}
+
+impl<S, Trace, Logging, Metrics, Breaker, RateLimit, Auth> Layer<S>
+    for ClientStack<Trace, Logging, Metrics, Breaker, RateLimit, Auth>
+where
+    Auth: Layer<S>,
+    RateLimit: Layer<Auth::Service>,
+    Breaker: Layer<RateLimit::Service>,
+    Metrics: Layer<Breaker::Service>,
+    Logging: Layer<Metrics::Service>,
+    Trace: Layer<Logging::Service>,
+{
+    type Service = Trace::Service;
 
     fn layer(&self, service: S) -> Self::Service {
         let service = self.auth.layer(service);
@@ -273,5 +544,15 @@ where
         let service = self.metrics.layer(service);
         let service = self.logging.layer(service);
         self.trace.layer(service)
+    }
+}
+
+impl<T, L, M, B, R, A> ClientStack<T, L, M, B, R, A> {
+    /// The channel wrapped in every layer: `GreeterClient::new(stack.service(channel))`.
+    pub fn service<S>(&self, channel: S) -> <Self as Layer<S>>::Service
+    where
+        Self: Layer<S>,
+    {
+        self.layer(channel)
     }
 }
