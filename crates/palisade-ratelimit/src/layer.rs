@@ -62,7 +62,7 @@ impl RateLimitLayer {
         RateLimitBuilder::new()
     }
 
-    /// Configures a client layer ([`ClientRateLimitLayer`]): over-quota calls wait for their
+    /// Configures a client layer ([`ClientRateLimitLayer`](crate::ClientRateLimitLayer)): over-quota calls wait for their
     /// tokens, within a maximum wait and their deadline, and honour the server's pushback.
     pub fn client() -> ClientRateLimitBuilder {
         ClientRateLimitBuilder::new()
