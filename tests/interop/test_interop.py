@@ -1,8 +1,10 @@
 """Interop: a Python gRPC client (grpcio) and tokens minted by PyJWT, against the `server`
 example, checking what crosses the wire: every rejection code, the reply's subject and trace id,
-streaming with and without the scope, public health and reflection, and /metrics."""
+streaming with and without the scope, public health and reflection, the access log's facts
+(who called, which layer said no, no secret anywhere), and /metrics."""
 
 import collections
+import json
 import re
 import time
 import urllib.request
@@ -136,6 +138,61 @@ def test_health_is_never_rate_limited(limited_server):
         assert health.Check(health_pb2.HealthCheckRequest(service=""), timeout=10).status == (
             health_pb2.HealthCheckResponse.SERVING
         )
+
+
+def access_lines(server, method, until, within=10.0):
+    """The server's `finished call` lines for `method`, once `until(lines)` holds: the log is
+    written by a writer thread of its own, so the lines arrive shortly after the replies. Waits
+    at most `within` seconds, re-reading the log file (no fixed sleep decides anything)."""
+    deadline = time.monotonic() + within
+    while True:
+        lines = []
+        for line in server.output().splitlines():
+            try:
+                fields = json.loads(line)
+            except ValueError:
+                continue
+            if fields.get("message") == "finished call" and fields.get("grpc.method") == method:
+                lines.append(fields)
+        if until(lines):
+            return lines
+        assert time.monotonic() < deadline, f"no such lines in:\n{server.output()}"
+        time.sleep(0.02)
+
+
+def test_access_log_names_the_caller_and_the_layer_that_said_no(server, pb):
+    good, forged = token(sub="grace"), token(sub="mallory", secret="not-the-server-secret-0123456789ab")
+    assert say_hello(server, pb, bearer(good), name="facts")[0] == grpc.StatusCode.OK
+    assert say_hello(server, pb, bearer(forged), name="facts")[0] == grpc.StatusCode.UNAUTHENTICATED
+    lines = access_lines(
+        server,
+        "SayHello",
+        lambda lines: any(l.get("enduser.id") == "grace" for l in lines)
+        and any(l.get("palisade.rejected_by") == "jwt" for l in lines),
+    )
+    verified = next(l for l in lines if l.get("enduser.id") == "grace")
+    assert verified["grpc.code"] == "OK" and "palisade.rejected_by" not in verified
+    rejected = next(l for l in lines if l.get("palisade.rejected_by") == "jwt")
+    assert rejected["grpc.code"] == "Unauthenticated"
+    assert "enduser.id" not in rejected, "a forged token's subject is never logged"
+    assert not any(l.get("enduser.id") == "mallory" for l in lines)
+    # No token and no secret in any line, nor in any series.
+    with urllib.request.urlopen(server.metrics_url, timeout=10) as response:
+        scrape = response.read().decode()
+    for text in (server.output(), scrape):
+        for secret in (good, forged, SECRET, good.split(".")[2]):
+            assert secret not in text
+
+
+def test_a_rate_limited_line_names_the_limiter(limited_server, pb):
+    for _ in range(6):
+        say_hello(limited_server, pb, bearer(token(sub="rate")), name="r2")
+    # The limiter answers after jwt verified the caller: the line says who was limited.
+    def limited(line):
+        return line.get("palisade.rejected_by") == "ratelimit" and line.get("enduser.id") == "rate"
+
+    lines = access_lines(limited_server, "SayHello", lambda lines: any(map(limited, lines)))
+    assert next(filter(limited, lines))["grpc.code"] == "ResourceExhausted"
 
 
 def test_metrics_count_what_the_client_saw(server):

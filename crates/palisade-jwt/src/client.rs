@@ -152,9 +152,13 @@ impl<F> fmt::Debug for FnSource<F> {
 /// A [`TokenSource`] calling `f`.
 ///
 /// ```
-/// use palisade_jwt::client::{token_fn, AttachTokenLayer, Token};
+/// use palisade_jwt::JwtAuthLayer;
+/// use palisade_jwt::client::{Token, token_fn};
 ///
-/// let layer = JwtAuthLayer::client().source(token_fn(|| async { Ok(Token::new("t")) })).build().unwrap();
+/// let layer = JwtAuthLayer::client()
+///     .source(token_fn(|| async { Ok(Token::new("t")) }))
+///     .build()
+///     .unwrap();
 /// # let _ = layer;
 /// ```
 pub fn token_fn<F, Fut>(f: F) -> FnSource<F>
@@ -704,10 +708,10 @@ impl<T> BuildLayer<Client> for AttachTokenLayer<T> {
 /// // …or one minted (or fetched) on demand and refreshed 30 s before it expires.
 /// let minted = JwtAuthLayer::client()
 ///     .source(HmacMinter::hs256("palisade-demo-secret").subject("demo-client").ttl(Duration::from_secs(300)))
-///     .build().unwrap()
+///     .build()
 ///     .unwrap();
 /// // A token that cannot be a header value is refused at build.
-/// assert!(JwtAuthLayer::client().bearer("line\nbreak").build().unwrap().is_err());
+/// assert!(JwtAuthLayer::client().bearer("line\nbreak").build().is_err());
 /// # let _ = (fixed, minted);
 /// ```
 pub struct AttachTokenLayer<T = StaticToken> {

@@ -225,18 +225,13 @@ impl<C: Claims> JwtAuthBuilder<C> {
     /// [`build`](Self::build) refuses them with [`ConfigError::ClaimsAfterPolicy`] otherwise).
     ///
     /// ```
-    /// use palisade_jwt::{Claims, JwtAuthLayer, Policy, StandardClaims};
+    /// use palisade_jwt::{JwtAuthLayer, Policy};
     ///
+    /// // Any `DeserializeOwned + Clone + Send + Sync` type is a claims type.
     /// #[derive(Clone, serde::Deserialize)]
     /// struct TenantClaims {
-    ///     #[serde(flatten)]
-    ///     standard: StandardClaims,
+    ///     sub: String,
     ///     tenant: String,
-    /// }
-    /// impl Claims for TenantClaims {
-    ///     fn standard(&self) -> &StandardClaims {
-    ///         &self.standard
-    ///     }
     /// }
     ///
     /// let layer = JwtAuthLayer::server()

@@ -68,7 +68,7 @@ use crate::{
 ///
 /// ```
 /// use std::{num::NonZeroU32, time::Duration};
-/// use palisade_ratelimit::{ClientRateLimitLayer, Limit, Quota};
+/// use palisade_ratelimit::{Limit, Quota, RateLimitLayer};
 ///
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {
 /// let channel = tonic::transport::Channel::from_static("http://127.0.0.1:50051").connect_lazy();
@@ -77,7 +77,8 @@ use crate::{
 ///         RateLimitLayer::client()
 ///             .limit(Limit::global(Quota::per_second(NonZeroU32::new(50).unwrap())))
 ///             .max_wait(Duration::from_millis(250))
-///             .build().unwrap(),
+///             .build()
+///             .unwrap(),
 ///     )
 ///     .service(channel);
 /// let client = palisade_demo::pb::greeter_client::GreeterClient::new(channel);

@@ -112,7 +112,8 @@ pub const DEFAULT_PREFIX: &str = "palisade:rl:";
 /// let service = RateLimitLayer::server()
 ///     .backend(redis.clone())
 ///     .limit(Limit::global(quota).named("api"))
-///     .build().unwrap()
+///     .build()
+///     .unwrap()
 ///     .layer(unary_service(tonic::Code::Ok));
 /// let call = || http::Request::post(palisade_demo::SAY_HELLO).body(GrpcBody::default()).unwrap();
 /// for _ in 0..3 {
