@@ -214,6 +214,24 @@ async fn server_drains_on_sigterm_and_every_span_arrives() {
         "server spans received: {:?}",
         receiver.all()
     );
+    // Each server span names the caller jwt verified (`enduser.id`, from the per-RPC record),
+    // and no span carries the token.
+    let all = receiver.all();
+    for span in all.iter().filter(|s| s.kind == SpanKind::Server as i32) {
+        if span.name.ends_with("SayHello") {
+            assert_eq!(
+                span.attribute("enduser.id"),
+                Some("programs-test"),
+                "{span:?}"
+            );
+        }
+    }
+    assert!(
+        !all.iter()
+            .flat_map(|s| &s.attributes)
+            .any(|(_, v)| v.contains(&token)),
+        "a token in a span: {all:?}"
+    );
 }
 
 /// `--grace-period` acts: a call still in flight when it is over is cut for real — its caller
@@ -676,6 +694,17 @@ struct Received {
     service: String,
     name: String,
     kind: i32,
+    /// The span's string attributes.
+    attributes: Vec<(String, String)>,
+}
+
+impl Received {
+    fn attribute(&self, key: &str) -> Option<&str> {
+        self.attributes
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
 }
 
 /// An OTLP/gRPC trace receiver on 127.0.0.1:0.
@@ -738,10 +767,19 @@ impl TraceService for Receiver {
                 .unwrap_or_default();
             for scope in resource_spans.scope_spans {
                 for span in scope.spans {
+                    let attributes = span
+                        .attributes
+                        .iter()
+                        .filter_map(|kv| match kv.value.as_ref()?.value.as_ref()? {
+                            any_value::Value::StringValue(s) => Some((kv.key.clone(), s.clone())),
+                            _ => None,
+                        })
+                        .collect();
                     spans.push(Received {
                         service: service.clone(),
                         name: span.name,
                         kind: span.kind,
+                        attributes,
                     });
                 }
             }
