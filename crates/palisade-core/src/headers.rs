@@ -3,6 +3,29 @@
 
 use http::HeaderName;
 
+/// Metadata that carries credentials: never logged, recorded on a span or used as a label,
+/// whatever a layer's allowlist says (`authorization`, `proxy-authorization`, `cookie`,
+/// `set-cookie`).
+///
+/// ```
+/// use palisade_core::headers::{SECRET, is_secret};
+///
+/// assert!(is_secret(&http::header::AUTHORIZATION));
+/// assert!(!is_secret(&http::HeaderName::from_static("x-request-id")));
+/// assert_eq!(SECRET.len(), 4);
+/// ```
+pub const SECRET: [HeaderName; 4] = [
+    http::header::AUTHORIZATION,
+    http::header::PROXY_AUTHORIZATION,
+    http::header::COOKIE,
+    http::header::SET_COOKIE,
+];
+
+/// Whether `name` is one of the [`SECRET`] headers.
+pub fn is_secret(name: &HeaderName) -> bool {
+    SECRET.contains(name)
+}
+
 /// `grpc-status`: the RPC's code, in trailers or trailers-only headers.
 pub const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 /// `grpc-message`: the percent-encoded status message.

@@ -18,14 +18,6 @@ use crate::{
     writer::LogWriter,
 };
 
-/// Metadata that is never logged, whatever the allowlist says.
-pub(crate) const ALWAYS_SECRET: [HeaderName; 4] = [
-    http::header::AUTHORIZATION,
-    http::header::PROXY_AUTHORIZATION,
-    http::header::COOKIE,
-    http::header::SET_COOKIE,
-];
-
 /// The default bound on `grpc.message` and on each logged metadata value, in bytes.
 pub(crate) const DEFAULT_MAX_MESSAGE_LEN: usize = 512;
 
@@ -44,7 +36,7 @@ pub(crate) struct Config {
     sampled: Arc<AtomicU64>,
     allowed: Vec<HeaderName>,
     secrets: Vec<HeaderName>,
-    /// `allowed` minus `ALWAYS_SECRET` and `secrets`.
+    /// `allowed` minus palisade-core's secret headers and `secrets`.
     metadata: Arc<[HeaderName]>,
     pub(crate) max_message_len: usize,
     /// The registry's methods, found by path, each with its line's fields rendered.
@@ -121,7 +113,7 @@ impl Config {
     fn update_metadata(&mut self) {
         let mut effective: Vec<HeaderName> = Vec::new();
         for name in &self.allowed {
-            if !ALWAYS_SECRET.contains(name)
+            if !palisade_core::headers::is_secret(name)
                 && !self.secrets.contains(name)
                 && !effective.contains(name)
             {

@@ -31,14 +31,6 @@ use crate::w3c::{
     W3cPropagator, is_traceparent,
 };
 
-/// Metadata that is never recorded, whatever the allowlist says.
-pub(crate) const NEVER_CAPTURED: [&str; 4] = [
-    "authorization",
-    "proxy-authorization",
-    "cookie",
-    "set-cookie",
-];
-
 /// The instrumentation scope of the spans this crate starts.
 pub(crate) fn scope() -> InstrumentationScope {
     InstrumentationScope::builder(env!("CARGO_PKG_NAME"))
@@ -275,7 +267,7 @@ impl Capture {
     /// `None` for names that are not valid metadata keys and for names never recorded.
     pub(crate) fn new(name: &str) -> Option<Self> {
         let name = HeaderName::from_bytes(name.trim().to_ascii_lowercase().as_bytes()).ok()?;
-        if NEVER_CAPTURED.contains(&name.as_str()) {
+        if palisade_core::headers::is_secret(&name) {
             return None;
         }
         let key: Arc<str> = format!("rpc.grpc.request.metadata.{}", name.as_str()).into();
