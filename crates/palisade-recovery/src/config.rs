@@ -45,10 +45,11 @@ impl RecoveryBuilder {
 
     /// The method registry: its methods get `palisade_panics_total` series of their own (made
     /// at zero when the layer is built); every other path is counted under
-    /// `grpc_service="unknown"`, `grpc_method="unknown"`. Without one, up to
-    /// [`max_dynamic_methods`](Self::max_dynamic_methods) methods earn series by panicking
-    /// repeatedly (palisade-core's [`Slots`](palisade_core::slots::Slots)): a method's first
-    /// few panics are counted under `unknown`.
+    /// `grpc_service="unknown"`, `grpc_method="unknown"` (the log line and the hook still name
+    /// it). Without one, up to [`max_dynamic_methods`](Self::max_dynamic_methods) methods earn
+    /// series by being called, as palisade-metrics' do (palisade-core's
+    /// [`Slots`](palisade_core::slots::Slots)): a panic in a method's first few calls is
+    /// counted under `unknown`.
     pub fn registry(mut self, registry: MethodRegistry) -> Self {
         self.registry = Some(registry);
         self

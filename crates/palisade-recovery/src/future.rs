@@ -23,7 +23,7 @@ pin_project! {
         Running { #[pin] future: F },
         // The inner service's `call` panicked (reported already): answer at the first poll.
         Panicked,
-        // Answered.
+        // Answered after a panic.
         Done,
     }
 }
@@ -64,34 +64,40 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         match this.kind.as_mut().project() {
-            KindProj::Running { future } => {
-                let polled = match this.watch.as_ref() {
+            KindProj::Running { mut future } => {
+                if this.watch.is_none() {
                     // Skipped: a panic goes on unwinding, as without this layer.
-                    None => future.poll(cx),
-                    // Unwind safety: if `poll` panics, the future it panicked in is dropped
-                    // just below and never polled again, so no broken invariant of it can be
-                    // observed; nothing else is borrowed across the call (`cx` is only read).
-                    Some(watch) => match catch_unwind(AssertUnwindSafe(|| future.poll(cx))) {
-                        Ok(polled) => polled,
-                        Err(payload) => {
+                    return future.poll(cx).map(|result| {
+                        result.map(|response| response.map(|body| ResponseBody::new(body, None)))
+                    });
+                }
+                let watch = &mut *this.watch;
+                // Unwind safety: if `poll` panics, the future it panicked in is dropped just
+                // below and never polled again, so no broken invariant of it can be observed;
+                // the watch is only taken once the inner future has answered, and `cx` is
+                // only read. (The response is wrapped inside the closure so that it is moved
+                // once, not once more through `catch_unwind`'s own storage.)
+                let polled = catch_unwind(AssertUnwindSafe(|| {
+                    future.as_mut().poll(cx).map(|result| {
+                        result.map(|response| {
+                            response.map(|body| ResponseBody::new(body, watch.take()))
+                        })
+                    })
+                }));
+                match polled {
+                    // After `Ready` the watch is gone: the future is not polled again (and if
+                    // it were, the inner future would answer for itself, uncaught).
+                    Ok(polled) => polled,
+                    Err(payload) => {
+                        if let Some(watch) = this.watch.take() {
                             watch.report(PanicStage::ResponseFuture, payload);
-                            // Dropping a future that panicked may panic again: not let out.
-                            let mut kind = this.kind;
-                            quietly(|| kind.set(Kind::Done));
-                            *this.watch = None;
-                            return Poll::Ready(Ok(rejection().into_response()));
                         }
-                    },
-                };
-                let response = match polled {
-                    Poll::Pending => return Poll::Pending,
-                    Poll::Ready(response) => response,
-                };
-                this.kind.set(Kind::Done);
-                let watch = this.watch.take();
-                Poll::Ready(
-                    response.map(|response| response.map(|body| ResponseBody::new(body, watch))),
-                )
+                        // Dropping a future that panicked may panic again: not let out.
+                        let mut kind = this.kind;
+                        quietly(|| kind.set(Kind::Done));
+                        Poll::Ready(Ok(rejection().into_response()))
+                    }
+                }
             }
             KindProj::Panicked => {
                 this.kind.set(Kind::Done);

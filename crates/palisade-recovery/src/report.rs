@@ -206,13 +206,23 @@ impl Shared {
             .with(|recorder| register(recorder, service, method))
     }
 
-    /// Where an RPC stands, found once at `call`: its slot, or (rare: a method without a slot)
-    /// its path, kept for the report.
+    /// Where an RPC stands, found once at `call`: its slot (a path without one earns it by
+    /// being called, as palisade-metrics' do), or (rare: a path without a slot) the path
+    /// itself, kept for the report.
     #[inline]
     pub(crate) fn site<B>(&self, request: &http::Request<B>) -> Site {
-        match self.slots.get(request.uri().path()) {
+        let path = request.uri().path();
+        match self.slots.get(path) {
             Some((id, _)) => Site::Slot(id),
-            None => Site::Path(request.uri().path_and_query().cloned()),
+            None => self.site_without_slot(request.uri()),
+        }
+    }
+
+    #[cold]
+    fn site_without_slot(&self, uri: &http::Uri) -> Site {
+        match self.slots.admit(uri.path(), Labels::of) {
+            Some((id, _)) => Site::Slot(id),
+            None => Site::Path(uri.path_and_query().map(|path| Box::new(path.clone()))),
         }
     }
 
@@ -252,7 +262,8 @@ fn register(recorder: &dyn Recorder, service: &str, method: &str) -> metrics::Co
 #[derive(Clone, Debug)]
 pub(crate) enum Site {
     Slot(SlotId),
-    Path(Option<PathAndQuery>),
+    // Boxed: rare, and it keeps every RPC's future and body small.
+    Path(Option<Box<PathAndQuery>>),
 }
 
 /// What a watched RPC carries from `call` to its end: enough to report a panic.
@@ -278,16 +289,13 @@ impl Watch {
                 None => (Cow::Borrowed(UNKNOWN), Cow::Borrowed(UNKNOWN), None),
             },
             Site::Path(path) => {
-                let path = path.as_ref().map_or("", PathAndQuery::path);
+                let path = path.as_deref().map_or("", PathAndQuery::path);
                 match Method::parse(path) {
-                    Some(method) => {
-                        let admitted = shared.slots.admit(path, Labels::of).map(|(_, l)| l);
-                        (
-                            bounded(method.service(), MAX_PATH_LEN),
-                            bounded(method.method(), MAX_PATH_LEN),
-                            admitted,
-                        )
-                    }
+                    Some(method) => (
+                        bounded(method.service(), MAX_PATH_LEN),
+                        bounded(method.method(), MAX_PATH_LEN),
+                        None,
+                    ),
                     None => (Cow::Borrowed(UNKNOWN), Cow::Borrowed(UNKNOWN), None),
                 }
             }

@@ -74,10 +74,17 @@ where
         // keep no per-call state in the service: each call gets its own future). A service
         // whose own state a panic in `call` can leave broken should not be behind this layer
         // for that method: `skip` it.
-        match catch_unwind(AssertUnwindSafe(|| self.inner.call(request))) {
-            Ok(future) => ResponseFuture::running(future, Some(watch)),
-            Err(payload) => {
-                watch.report(PanicStage::Call, payload);
+        let mut watch = Some(watch);
+        let called = catch_unwind(AssertUnwindSafe(|| {
+            // The watch is taken once `call` has returned: after a panic it is still here.
+            ResponseFuture::running(self.inner.call(request), watch.take())
+        }));
+        match (called, watch) {
+            (Ok(future), _) => future,
+            (Err(payload), watch) => {
+                if let Some(watch) = watch {
+                    watch.report(PanicStage::Call, payload);
+                }
                 ResponseFuture::panicked()
             }
         }
