@@ -75,8 +75,7 @@ where
                 // Unwind safety: if `poll` panics, the future it panicked in is dropped just
                 // below and never polled again, so no broken invariant of it can be observed;
                 // the watch is only taken once the inner future has answered, and `cx` is
-                // only read. (The response is wrapped inside the closure so that it is moved
-                // once, not once more through `catch_unwind`'s own storage.)
+                // only read.
                 let polled = catch_unwind(AssertUnwindSafe(|| {
                     future.as_mut().poll(cx).map(|result| {
                         result.map(|response| {
