@@ -507,6 +507,7 @@ pub fn peers() -> Vec<Group> {
         peers_ratelimit(),
         peers_breaker(),
         peers_jwt(),
+        peers_recovery(),
     ]
 }
 
@@ -741,6 +742,30 @@ fn peers_jwt() -> Group {
                     .expect("a valid token")
                 },
             )
+        })
+}
+
+fn peers_recovery() -> Group {
+    // The happy path (nothing panics), as almost every call in production: what each layer
+    // costs a call that does not need it.
+    bare(Group::new("peers/recovery"), Side::Server)
+        .case("palisade", || {
+            let layer = palisade_recovery::RecoveryLayer::server()
+                .registry(env::get().registry.clone())
+                .build();
+            rpc(layer.layer(Handler::ok()), Requests::server())
+        })
+        .case("tower_http_catch_panic", || {
+            // Its `ResponseForPanic` answering as palisade-recovery does before the head: a
+            // trailers-only INTERNAL (it cannot see the RPC, nor catch a panic mid-stream).
+            let layer = tower_http::catch_panic::CatchPanicLayer::custom(
+                |_: Box<dyn std::any::Any + Send>| {
+                    palisade_core::Rejection::new(Code::Internal, "internal error")
+                        .by("recovery")
+                        .into_response::<palisade_demo::frames::GrpcBody>()
+                },
+            );
+            rpc(layer.layer(Handler::ok()), Requests::server())
         })
 }
 

@@ -8,6 +8,7 @@ use palisade::prelude::*;
 use palisade_core::admit;
 use palisade_demo::{FILE_DESCRIPTOR_SET, Greeter};
 use palisade_ratelimit::{KeyValue, RateLimitAdmission, backend::Redis};
+use palisade_recovery::RecoveryLayer;
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use tonic::transport::{Server, server::TcpIncoming};
 use tower::util::{Either, MapResponseLayer};
@@ -255,10 +256,13 @@ fn check_rate_flags(args: &ServerArgs) -> Result<(), BoxError> {
     }
 }
 
+/// The body of the routes' responses as the rate limit gets them: through recovery.
+type RoutesBody = palisade_recovery::ResponseBody<tonic::body::Body>;
+
 /// The routes' responses as the rate limit returns them: the body in the layer's type.
 type Unlimited = fn(
-    http::Response<tonic::body::Body>,
-) -> http::Response<admit::ResponseBody<tonic::body::Body, RateLimitAdmission>>;
+    http::Response<RoutesBody>,
+) -> http::Response<admit::ResponseBody<RoutesBody, RateLimitAdmission>>;
 
 /// The rate limit in the stack, or (`--rate 0`) the routes as they are, their responses'
 /// bodies in the layer's type, so that the stack has one type either way.
@@ -411,10 +415,14 @@ pub async fn start(args: &ServerArgs, listener: TcpListener) -> Result<RunningSe
             redis.clone(),
         )?)))
         .build()?;
+    // Innermost, next to the routes (a later `.layer(..)` goes inside the earlier ones): every
+    // layer of the stack sees a handler's panic as an ordinary INTERNAL answer.
+    let recovery = RecoveryLayer::server().registry(registry).build();
     let task = tokio::spawn(
         Server::builder()
             .layer(tracker.layer())
             .layer(layers)
+            .layer(recovery)
             .add_routes(routes)
             .serve_with_incoming_shutdown(incoming, signal),
     );

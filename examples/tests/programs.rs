@@ -234,6 +234,102 @@ async fn server_drains_on_sigterm_and_every_span_arrives() {
     );
 }
 
+/// The `server` program answers a handler's panic with INTERNAL for that RPC alone (the
+/// recovery layer, innermost): the same channel goes on, the access-log line says `Internal`,
+/// rejected by `recovery`, the panic is logged once at ERROR and counted in
+/// `palisade_panics_total`; a stream sends its one reply, then ends with INTERNAL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_answers_a_panic_with_internal_and_goes_on() {
+    let mut server = DemoServer::start(&[]).await;
+    let token = HmacMinter::hs256(SECRET)
+        .subject("programs-test")
+        .scope("greeter.stream")
+        .mint()
+        .expect("a token")
+        .value()
+        .to_owned();
+    let mut client = server.client().await;
+    let panicking = HelloRequest {
+        name: "Ada".into(),
+        panic: true,
+        ..Default::default()
+    };
+    let status = client
+        .say_hello(with_token(panicking.clone(), &token))
+        .await
+        .expect_err("the handler panicked");
+    assert_eq!(status.code(), Code::Internal, "{status:?}");
+    assert_eq!(status.message(), "internal error");
+    let reply = client
+        .say_hello(with_token(hello("after", 0), &token))
+        .await
+        .expect("the same channel goes on");
+    assert_eq!(reply.into_inner().message, "Hello, after!");
+    let mut stream = client
+        .say_hello_stream(with_token(panicking, &token))
+        .await
+        .expect("the stream starts")
+        .into_inner();
+    let first = stream.message().await.expect("one reply").expect("a reply");
+    assert_eq!(first.message, "Hello, Ada!");
+    let status = stream.message().await.expect_err("then INTERNAL");
+    assert_eq!(status.code(), Code::Internal, "{status:?}");
+    assert_eq!(status.message(), "internal error");
+
+    let scrape = scrape(server.metrics).await;
+    assert_eq!(
+        metric_sum(
+            &scrape,
+            "palisade_panics_total",
+            r#"grpc_method="SayHello""#
+        ),
+        1.0,
+        "{scrape}"
+    );
+    assert_eq!(
+        metric_sum(
+            &scrape,
+            "palisade_panics_total",
+            r#"grpc_method="SayHelloStream""#
+        ),
+        1.0,
+        "{scrape}"
+    );
+    server.stop().await;
+    let logs: Vec<serde_json::Value> = server
+        .program
+        .rest()
+        .await
+        .iter()
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .collect();
+    let finished = |method: &str| {
+        logs.iter()
+            .filter(|fields| {
+                fields["message"] == "finished call" && fields["grpc.method"] == method
+            })
+            .collect::<Vec<_>>()
+    };
+    let unary = finished("SayHello");
+    assert_eq!(unary.len(), 2, "{logs:?}");
+    assert_eq!(unary[0]["grpc.code"], "Internal", "{}", unary[0]);
+    assert_eq!(unary[0]["palisade.rejected_by"], "recovery", "{}", unary[0]);
+    assert_eq!(unary[1]["grpc.code"], "OK", "{}", unary[1]);
+    let streamed = finished("SayHelloStream");
+    assert_eq!(streamed.len(), 1, "{logs:?}");
+    assert_eq!(streamed[0]["grpc.code"], "Internal", "{}", streamed[0]);
+    assert_eq!(streamed[0]["grpc.response.messages"], 1, "{}", streamed[0]);
+    let panics: Vec<_> = logs
+        .iter()
+        .filter(|fields| fields["target"] == "palisade_recovery")
+        .collect();
+    assert_eq!(panics.len(), 2, "one ERROR line per panic: {logs:?}");
+    assert!(
+        panics.iter().all(|fields| fields["level"] == "ERROR"),
+        "{panics:?}"
+    );
+}
+
 /// `--grace-period` acts: a call still in flight when it is over is cut for real — its caller
 /// sees the connection close at once, not at the end of its ten minutes, the call ends (its log
 /// line and its span are flushed with the rest), and the server exits 0.

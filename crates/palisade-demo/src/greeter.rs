@@ -1,6 +1,6 @@
 //! The reference Greeter service.
 
-use std::{fmt, pin::Pin, time::Duration};
+use std::{fmt, pin::Pin, task::Poll, time::Duration};
 
 use futures_util::Stream;
 use tonic::{Code, Request, Response, Status};
@@ -17,7 +17,10 @@ type ReplyStream = Pin<Box<dyn Stream<Item = Result<HelloReply, Status>> + Send>
 ///   `SayHelloStream` with `count` 0 fail at once (a trailers-only response); a
 ///   `SayHelloStream` with `count` > 0 sends its replies first, then ends with the code in the
 ///   trailers;
-/// - `delay_ms`: the handler sleeps this long first.
+/// - `delay_ms`: the handler sleeps this long first;
+/// - `panic` (v2): the handler panics — `SayHello` before answering (after `delay_ms`),
+///   `SayHelloStream` after sending exactly one reply (while its stream is polled for the
+///   second), as a handler with a bug would; behind no recovery layer, tonic drops the call.
 ///
 /// `trace_id` and `subject` in the replies come from hooks, so this crate depends on neither
 /// OpenTelemetry nor a JWT library: see [`Greeter::with_trace_id`] and
@@ -93,6 +96,9 @@ impl greeter_server::Greeter for Greeter {
         if hello.delay_ms > 0 {
             tokio::time::sleep(Duration::from_millis(hello.delay_ms.into())).await;
         }
+        if hello.panic {
+            panic!("demo panic: SayHello was asked to panic");
+        }
         if hello.fail_code != 0 {
             return Err(failure(hello.fail_code));
         }
@@ -110,10 +116,28 @@ impl greeter_server::Greeter for Greeter {
         if hello.delay_ms > 0 {
             tokio::time::sleep(Duration::from_millis(hello.delay_ms.into())).await;
         }
+        let greeter = *self;
+        if hello.panic {
+            // One reply; then `Pending` once, so that tonic's encoder sends the reply it
+            // buffered (it polls on while the stream is ready); then the panic, at the next poll.
+            let mut first = Some(greeter.reply(&hello.name, &subject));
+            let mut flushed = false;
+            let replies = futures_util::stream::poll_fn(move |cx| {
+                if let Some(reply) = first.take() {
+                    return Poll::Ready(Some(Ok(reply)));
+                }
+                if !flushed {
+                    flushed = true;
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
+                panic!("demo panic: SayHelloStream was asked to panic after one reply")
+            });
+            return Ok(Response::new(Box::pin(replies)));
+        }
         if hello.fail_code != 0 && hello.count == 0 {
             return Err(failure(hello.fail_code));
         }
-        let greeter = *self;
         let count = hello.count.max(1);
         let replies = futures_util::stream::iter(0..count)
             .map(move |_| Ok(greeter.reply(&hello.name, &subject)))
