@@ -15,6 +15,7 @@
 //! | `ratelimit` | `palisade-ratelimit` | [`ratelimit`] |
 //! | `ratelimit-redis` | `palisade-ratelimit` with `redis` | [`ratelimit::backend`] |
 //! | `breaker` | `palisade-breaker` | [`breaker`] |
+//! | `recovery` | `palisade-recovery` | [`recovery`] |
 //!
 //! # Example
 //!
@@ -64,6 +65,8 @@ pub use palisade_logging as logging;
 pub use palisade_metrics as metrics;
 #[cfg(feature = "ratelimit")]
 pub use palisade_ratelimit as ratelimit;
+#[cfg(feature = "recovery")]
+pub use palisade_recovery as recovery;
 #[cfg(feature = "trace")]
 pub use palisade_trace as trace;
 
@@ -95,6 +98,8 @@ pub mod prelude {
     pub use palisade_metrics::{MetricsLayer, prometheus::PrometheusExporter};
     #[cfg(feature = "ratelimit")]
     pub use palisade_ratelimit::{ClientRateLimitLayer, Limit, Quota, RateLimitLayer};
+    #[cfg(feature = "recovery")]
+    pub use palisade_recovery::RecoveryLayer;
     #[cfg(feature = "trace")]
     pub use palisade_trace::TraceLayer;
 }
