@@ -18,6 +18,7 @@ use palisade_core::{
 
 use crate::{
     gate::{Entry, Gate, Kind, Permit, QueueWait},
+    key::Keys,
     series::Registrar,
 };
 
@@ -46,6 +47,8 @@ pub(crate) enum Scope {
     Whole(Arc<Gate>),
     /// A gate per method, with its limit.
     PerMethod(Box<Methods>),
+    /// A gate per key, bounded.
+    PerKey(Box<Keys>),
 }
 
 /// What makes gates: the label's prefix, the queue every gate gets, where handles go.
@@ -121,6 +124,7 @@ impl Scope {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .clone(),
+            Scope::PerKey(keys) => keys.gates(),
         }
     }
 }
@@ -144,6 +148,14 @@ impl<K> LimitAdmission<K> {
         self.scope.gates().iter().map(|gate| gate.queued()).sum()
     }
 
+    /// How many keys a per-key limit keeps a count of now (0 for other limits).
+    pub fn keys(&self) -> usize {
+        match &self.scope {
+            Scope::PerKey(keys) => keys.len(),
+            _ => 0,
+        }
+    }
+
     /// The rejection answered to a call over the limit.
     pub fn rejection(&self) -> &Rejection {
         &self.rejection
@@ -162,7 +174,12 @@ impl<K: OnSide> Admission for LimitAdmission<K> {
 
     #[inline]
     fn admit(&self, call: &mut Call<'_>) -> Decision<Self> {
+        let keyed;
         let (gate, limit) = match &self.scope {
+            Scope::PerKey(keys) => {
+                keyed = keys.gate(call);
+                (&keyed, keys.limit)
+            }
             Scope::Whole(gate) => (gate, gate.limit()),
             Scope::PerMethod(methods) => match methods.gate(call.path()) {
                 Some(found) => found,

@@ -14,6 +14,7 @@ use palisade_core::{
 
 use crate::{
     admission::{GateMaker, LimitAdmission, Methods, OVERFLOW, Scope},
+    key::{DEFAULT_MAX_KEYS, Key, Keys},
     layer::LimitLayer,
     series::Registrar,
 };
@@ -47,6 +48,8 @@ pub enum ConfigError {
     QueueTooLong(usize),
     /// A queue whose calls may wait for nothing.
     ZeroMaxWait,
+    /// A per-key limit keeping no key.
+    ZeroMaxKeys,
 }
 
 impl fmt::Display for ConfigError {
@@ -67,6 +70,7 @@ impl fmt::Display for ConfigError {
             ConfigError::ZeroMaxWait => {
                 f.write_str("a queue with a max wait of zero: give the wait a duration")
             }
+            ConfigError::ZeroMaxKeys => f.write_str("a per-key limit of 0 keys: give at least 1"),
         }
     }
 }
@@ -78,6 +82,7 @@ impl std::error::Error for ConfigError {}
 enum Limits {
     Whole(u32),
     PerMethod(PerMethod<u32>),
+    PerKey(Key, u32),
 }
 
 /// Builds a [`LimitLayer`] of side `K`: a `LimitBuilder<Server>` from [`LimitLayer::server`],
@@ -120,6 +125,7 @@ pub struct LimitBuilder<K> {
     name: Arc<str>,
     limits: Option<Limits>,
     queue: Option<(usize, Duration)>,
+    max_keys: usize,
     code: Code,
     message: Cow<'static, str>,
     pushback: Duration,
@@ -135,6 +141,7 @@ impl<K: OnSide> LimitBuilder<K> {
             name: "default".into(),
             limits: None,
             queue: None,
+            max_keys: DEFAULT_MAX_KEYS,
             code: Code::ResourceExhausted,
             message: Cow::Borrowed(DEFAULT_MESSAGE),
             pushback: DEFAULT_PUSHBACK,
@@ -170,6 +177,26 @@ impl<K: OnSide> LimitBuilder<K> {
     /// methods share one count (the `"{name}/other"` series), each under its own limit.
     pub fn per_method(mut self, limits: PerMethod<u32>) -> Self {
         self.limits = Some(Limits::PerMethod(limits));
+        self
+    }
+
+    /// A limit per key: each key (a metadata value, the peer IP, the verified subject; see
+    /// [`Key`]) has `limit` calls in flight at most, counted apart from the other keys'.
+    /// Replaces [`max_in_flight`](Self::max_in_flight) and [`per_method`](Self::per_method).
+    ///
+    /// At most [`max_keys`](Self::max_keys) keys have a count at once; a key with nothing in
+    /// flight is dropped when room is needed. Calls without a key, and new keys while every
+    /// count is busy, share one overflow count, under the same limit. Every key shares the
+    /// limiter's series (`limiter` is the [`name`](Self::name)): no key is ever a label value.
+    pub fn per_key(mut self, key: Key, limit: u32) -> Self {
+        self.limits = Some(Limits::PerKey(key, limit));
+        self
+    }
+
+    /// How many keys a [`per_key`](Self::per_key) limit keeps a count of at once (default
+    /// [`DEFAULT_MAX_KEYS`]).
+    pub fn max_keys(mut self, max_keys: usize) -> Self {
+        self.max_keys = max_keys;
         self
     }
 
@@ -227,7 +254,10 @@ impl<K: OnSide> LimitBuilder<K> {
     fn check(&self) -> Result<(), ConfigError> {
         match &self.limits {
             None => return Err(ConfigError::NoLimit),
-            Some(Limits::Whole(0)) => return Err(ConfigError::ZeroLimit),
+            Some(Limits::Whole(0) | Limits::PerKey(_, 0)) => return Err(ConfigError::ZeroLimit),
+            Some(Limits::PerKey(..)) if self.max_keys == 0 => {
+                return Err(ConfigError::ZeroMaxKeys);
+            }
             Some(Limits::PerMethod(limits)) if limits.iter().any(|&limit| limit == 0) => {
                 return Err(ConfigError::ZeroLimit);
             }
@@ -268,6 +298,18 @@ impl<K: OnSide> LimitBuilder<K> {
         };
         let scope = match self.limits.expect("checked") {
             Limits::Whole(limit) => Scope::Whole(maker.gate(limit, &self.name)),
+            Limits::PerKey(key, limit) => {
+                let overflow = maker.gate(limit, &self.name);
+                Scope::PerKey(Box::new(Keys {
+                    key,
+                    limit,
+                    max_keys: self.max_keys,
+                    queue: self.queue,
+                    series: overflow.series().clone(),
+                    overflow,
+                    table: Default::default(),
+                }))
+            }
             Limits::PerMethod(limits) => {
                 let most = limits.iter().copied().max().unwrap_or(1);
                 let overflow = maker.gate(most, &format!("{}/{OVERFLOW}", self.name));
@@ -315,6 +357,7 @@ impl<K: OnSide> fmt::Debug for LimitBuilder<K> {
             .field("name", &self.name)
             .field("limits", &self.limits)
             .field("queue", &self.queue)
+            .field("max_keys", &self.max_keys)
             .field("code", &self.code)
             .field("message", &self.message)
             .field("pushback", &self.pushback)

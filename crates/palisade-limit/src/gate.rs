@@ -104,6 +104,11 @@ impl Gate {
         }
     }
 
+    /// The gate's series.
+    pub(crate) fn series(&self) -> &Series {
+        &self.series
+    }
+
     /// The calls holding a permit now.
     pub(crate) fn in_flight(&self) -> u32 {
         self.in_flight.load(Ordering::Acquire)

@@ -11,9 +11,12 @@
 //! ([`Outcome::rejected_by`](palisade_core::Outcome::rejected_by)), so palisade-logging writes
 //! `palisade.rejected_by=limit` and a breaker never counts it as a failure.
 //!
-//! - **Scope**: one limit for the whole service ([`LimitBuilder::max_in_flight`]) or one per
+//! - **Scope**: one limit for the whole service ([`LimitBuilder::max_in_flight`]), one per
 //!   method ([`LimitBuilder::per_method`], palisade-core's [`PerMethod`](palisade_core::PerMethod)),
-//!   each method's count in bounded slots ([`LimitBuilder::registry`]).
+//!   each method's count in bounded slots ([`LimitBuilder::registry`]), or one per key
+//!   ([`LimitBuilder::per_key`]: a metadata value, the peer IP, the verified subject), at most
+//!   [`LimitBuilder::max_keys`] keys at once with an overflow count, idle keys dropped, keys
+//!   never in labels.
 //! - **Queue** (optional, [`LimitBuilder::queue`]): calls over the limit wait in a bounded
 //!   FIFO queue, never past their own deadline (`grpc-timeout`) nor the max wait; a waiter
 //!   whose caller goes away leaves its place.
@@ -70,6 +73,7 @@
 mod admission;
 mod config;
 mod gate;
+mod key;
 mod layer;
 mod series;
 mod service;
@@ -80,6 +84,7 @@ pub use config::{
     MAX_QUEUE_LEN,
 };
 pub use gate::{Permit, QueueWait};
+pub use key::{DEFAULT_MAX_KEYS, Key, MAX_KEY_LEN};
 pub use layer::LimitLayer;
 pub use series::{CONCURRENCY_LIMIT, IN_FLIGHT, REJECTED_TOTAL};
 pub use service::{ConcurrencyLimit, ResponseBody, ResponseFuture};

@@ -76,7 +76,8 @@ impl fmt::Debug for Registrar {
     }
 }
 
-/// One gate's handles.
+/// One gate's handles (shared by every key of a per-key limit).
+#[derive(Clone)]
 pub(crate) struct Series {
     pub(crate) name: Arc<str>,
     pub(crate) in_flight: Gauge,

@@ -16,13 +16,16 @@ use std::{
 
 use bytes::Bytes;
 use futures_util::FutureExt;
+use http::HeaderName;
 use http::{HeaderMap, Request, Response};
 use http_body::{Body, Frame};
 use http_body_util::{BodyExt, Full};
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
-use palisade_core::{LocalRejection, Matcher, MethodRegistry, MethodType, PerMethod, side::Server};
+use palisade_core::{
+    LocalRejection, Matcher, MethodRegistry, MethodType, Peer, PerMethod, Rpc, side::Server,
+};
 use palisade_limit::{
-    CONCURRENCY_LIMIT, ConcurrencyLimit, ConfigError, IN_FLIGHT, LimitLayer, MAX_QUEUE_LEN,
+    CONCURRENCY_LIMIT, ConcurrencyLimit, ConfigError, IN_FLIGHT, Key, LimitLayer, MAX_QUEUE_LEN,
     REJECTED_TOTAL,
 };
 use tower::{Layer, Service, ServiceExt, service_fn};
@@ -542,6 +545,19 @@ fn bad_configurations_are_refused_at_build() {
             .build()
             .is_ok()
     );
+    let tenant = || Key::metadata(HeaderName::from_static("x-tenant"));
+    assert_eq!(
+        server().per_key(tenant(), 0).build().unwrap_err(),
+        ConfigError::ZeroLimit
+    );
+    assert_eq!(
+        server()
+            .per_key(tenant(), 4)
+            .max_keys(0)
+            .build()
+            .unwrap_err(),
+        ConfigError::ZeroMaxKeys
+    );
     assert!(ConfigError::NoLimit.to_string().contains("max_in_flight"));
 }
 
@@ -611,4 +627,101 @@ async fn twelve_calls_under_a_limit_of_four_over_the_wire() {
         assert!(reply.is_ok(), "{reply:?}");
     }
     server.shutdown().await;
+}
+
+/// Calls once with `tenant` in `x-tenant` (none when `None`), without polling.
+fn start_as<S>(service: &mut S, tenant: Option<&str>) -> S::Future
+where
+    S: Service<Request<Full<Bytes>>>,
+    S::Error: std::fmt::Debug,
+{
+    ServiceExt::<Request<Full<Bytes>>>::ready(service)
+        .now_or_never()
+        .expect("always ready")
+        .unwrap();
+    let mut request = request(HELLO);
+    if let Some(tenant) = tenant {
+        request
+            .headers_mut()
+            .insert("x-tenant", tenant.parse().unwrap());
+    }
+    service.call(request)
+}
+
+#[tokio::test(start_paused = true)]
+async fn per_key_limits_count_each_key_apart_within_a_bounded_table() {
+    let recorder = Arc::new(DebuggingRecorder::new());
+    let mut series = Series::new(recorder.snapshotter());
+    let layer = LimitLayer::server()
+        .name("tenants")
+        .per_key(Key::metadata(HeaderName::from_static("x-tenant")), 1)
+        .max_keys(2)
+        .recorder(recorder)
+        .build()
+        .unwrap();
+    let mut service = layer.layer(handler(None, End::Hang, Default::default()));
+    let a = start_as(&mut service, Some("a"));
+    let b = start_as(&mut service, Some("b"));
+    assert_eq!(layer.in_flight(), 2);
+    assert_refused(&start_as(&mut service, Some("a")).await.unwrap());
+    // The table is full: a new key shares the overflow count (limit 1), as keyless calls do.
+    let c = start_as(&mut service, Some("c"));
+    assert_refused(&start_as(&mut service, Some("d")).await.unwrap());
+    assert_refused(&start_as(&mut service, None).await.unwrap());
+    assert_eq!(layer.admission().keys(), 2);
+    drop((a, b, c));
+    assert_eq!(layer.in_flight(), 0);
+    // Idle keys are dropped when room is needed: new keys get counts of their own again.
+    let _e = start_as(&mut service, Some("e"));
+    let _f = start_as(&mut service, Some("f"));
+    let _g = start_as(&mut service, Some("g"));
+    assert_eq!(layer.in_flight(), 3);
+    assert!(layer.admission().keys() <= 2);
+    // One series for the limiter: keys are never label values.
+    assert_eq!(series.values(IN_FLIGHT), [("tenants".to_owned(), 3.0)]);
+    assert_eq!(
+        series.values(CONCURRENCY_LIMIT),
+        [("tenants".to_owned(), 1.0)]
+    );
+    assert_eq!(series.values(REJECTED_TOTAL), [("tenants".to_owned(), 3.0)]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn per_key_limits_by_subject_and_by_peer_ip() {
+    let by_subject = LimitLayer::server()
+        .per_key(Key::subject(), 1)
+        .build()
+        .unwrap();
+    let mut service = by_subject.layer(handler(None, End::Hang, Default::default()));
+    let as_subject = |subject: &str| {
+        let mut request = request(HELLO);
+        Rpc::get_or_insert(request.extensions_mut(), palisade_core::Side::Server)
+            .set_subject(subject.into());
+        request
+    };
+    ServiceExt::<Request<Full<Bytes>>>::ready(&mut service)
+        .await
+        .unwrap();
+    let _alice = service.call(as_subject("alice"));
+    let _bob = service.call(as_subject("bob"));
+    assert_eq!(by_subject.in_flight(), 2);
+    assert_refused(&service.call(as_subject("alice")).await.unwrap());
+
+    let by_peer = LimitLayer::server()
+        .per_key(Key::peer_ip(), 1)
+        .build()
+        .unwrap();
+    let mut service = by_peer.layer(handler(None, End::Hang, Default::default()));
+    let from = |addr: &str| {
+        let mut request = request(HELLO);
+        request
+            .extensions_mut()
+            .insert(Peer::from_addr(addr.parse().unwrap()));
+        request
+    };
+    let _one = service.call(from("10.0.0.1:1000"));
+    let _two = service.call(from("10.0.0.2:1000"));
+    assert_eq!(by_peer.in_flight(), 2);
+    // Another port, the same address: the same key.
+    assert_refused(&service.call(from("10.0.0.1:2000")).await.unwrap());
 }
