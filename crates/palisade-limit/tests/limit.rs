@@ -725,3 +725,24 @@ async fn per_key_limits_by_subject_and_by_peer_ip() {
     // Another port, the same address: the same key.
     assert_refused(&service.call(from("10.0.0.1:2000")).await.unwrap());
 }
+
+/// A refusal writes `rejected_by = "limit"` into the per-RPC record, which palisade-logging
+/// writes as `palisade.rejected_by=limit`; an admitted call's record names nobody.
+#[tokio::test(start_paused = true)]
+async fn a_refusal_is_recorded_as_made_by_limit() {
+    let (_, mut service, _) = limited(1, None, End::Hang);
+    let recorded = || {
+        let mut request = request(HELLO);
+        let rpc = Rpc::get_or_insert(request.extensions_mut(), palisade_core::Side::Server).clone();
+        (request, rpc)
+    };
+    ServiceExt::<Request<Full<Bytes>>>::ready(&mut service)
+        .await
+        .unwrap();
+    let (request, admitted) = recorded();
+    let _held = service.call(request);
+    let (request, refused) = recorded();
+    assert_refused(&service.call(request).await.unwrap());
+    assert_eq!(refused.rejected_by(), Some("limit"));
+    assert_eq!(admitted.rejected_by(), None);
+}
