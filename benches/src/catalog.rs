@@ -90,6 +90,16 @@ pub const BUDGETS: &[Budget] = &[
         Some("peers/ratelimit/governor_check_key"),
     ),
     budget(
+        "limit, fixed (under the limit)",
+        "server",
+        "layers/server/limit/fixed",
+        50.0,
+        "palisade-core's admission middleware with an observed future and body \
+         (`layers/core/observed`), one compare-and-swap taking the permit and one atomic \
+         subtraction giving it back at the end of the stream, the `palisade_inflight` gauge",
+        Some("layers/core/observed"),
+    ),
+    budget(
         "breaker, closed",
         "server",
         "layers/server/breaker/closed",

@@ -295,6 +295,21 @@ fn layer_groups(side: Side) -> Vec<Group> {
         })
     });
 
+    if server {
+        groups.push(
+            bare(Group::new("layers/server/limit"), side).case("fixed", || {
+                // One whole-service limit never reached (the happy path): a permit taken at
+                // admission and given back at the end of the stream.
+                let layer = palisade_limit::LimitLayer::server()
+                    .name("bench-server")
+                    .max_in_flight(1024)
+                    .build()
+                    .unwrap();
+                rpc(layer.layer(Handler::ok()), Requests::server())
+            }),
+        );
+    }
+
     groups.push(
         bare(
             Group::new(side_name(

@@ -7,11 +7,15 @@ use clap::Args;
 use palisade::prelude::*;
 use palisade_core::admit;
 use palisade_demo::{FILE_DESCRIPTOR_SET, Greeter};
+use palisade_limit::LimitAdmission;
 use palisade_ratelimit::{KeyValue, RateLimitAdmission, backend::Redis};
 use palisade_recovery::RecoveryLayer;
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use tonic::transport::{Server, server::TcpIncoming};
-use tower::util::{Either, MapResponseLayer};
+use tower::{
+    ServiceBuilder,
+    util::{Either, MapResponseLayer},
+};
 
 use crate::{
     BoxError,
@@ -59,6 +63,10 @@ pub struct ServerArgs {
     /// by every server using it. By default they live in this process.
     #[arg(long)]
     pub rate_redis: Option<String>,
+    /// Calls in flight at most; the others get RESOURCE_EXHAUSTED at once. 0 turns the limit
+    /// off.
+    #[arg(long, visible_alias = "max-in-flight", default_value_t = 0)]
+    pub max_concurrent: u32,
     /// Log format, to stdout.
     #[arg(long, value_enum, default_value_t = LogFormat::Json)]
     pub log_format: LogFormat,
@@ -81,7 +89,7 @@ pub struct ServerArgs {
 }
 
 /// The flags that configure a layer, which `--bare` has none of.
-const BARE_IGNORES: [&str; 11] = [
+const BARE_IGNORES: [&str; 12] = [
     "metrics_addr",
     "jwt_secret",
     "jwks_file",
@@ -91,6 +99,7 @@ const BARE_IGNORES: [&str; 11] = [
     "burst",
     "rate_key",
     "rate_redis",
+    "max_concurrent",
     "otlp_endpoint",
     "log_start",
 ];
@@ -256,19 +265,56 @@ fn check_rate_flags(args: &ServerArgs) -> Result<(), BoxError> {
     }
 }
 
-/// The body of the routes' responses as the rate limit gets them: through recovery.
+/// The body of the routes' responses as the layers inside the preset get them: through
+/// recovery.
 type RoutesBody = palisade_recovery::ResponseBody<tonic::body::Body>;
 
-/// The routes' responses as the rate limit returns them: the body in the layer's type.
-type Unlimited = fn(
-    http::Response<RoutesBody>,
-) -> http::Response<admit::ResponseBody<RoutesBody, RateLimitAdmission>>;
+/// The routes' responses as the in-flight limit returns them: the body in the layer's type.
+type LimitedBody = admit::ResponseBody<RoutesBody, LimitAdmission<palisade_core::side::Server>>;
 
-/// The rate limit in the stack, or (`--rate 0`) the routes as they are, their responses'
+/// The routes' responses, `--max-concurrent 0`, in the in-flight limit's body type.
+type NotLimited = fn(http::Response<RoutesBody>) -> http::Response<LimitedBody>;
+
+/// The in-flight limit's responses as the rate limit returns them: the body in its type.
+type Unlimited = fn(
+    http::Response<LimitedBody>,
+) -> http::Response<admit::ResponseBody<LimitedBody, RateLimitAdmission>>;
+
+/// The rate limit in the stack, or (`--rate 0`) the responses as they are, their
 /// bodies in the layer's type, so that the stack has one type either way.
 fn rate_limit_in_stack(
     layer: Option<RateLimitLayer>,
 ) -> Either<RateLimitLayer, MapResponseLayer<Unlimited>> {
+    match layer {
+        Some(layer) => Either::Left(layer),
+        None => Either::Right(MapResponseLayer::new(|response: http::Response<_>| {
+            response.map(admit::ResponseBody::passed)
+        })),
+    }
+}
+
+/// The in-flight limit `--max-concurrent` asks for; `None` when 0. Health checks and
+/// reflection are never limited.
+pub fn in_flight_limit(
+    args: &ServerArgs,
+) -> Result<Option<LimitLayer<palisade_core::side::Server>>, BoxError> {
+    if args.max_concurrent == 0 {
+        return Ok(None);
+    }
+    Ok(Some(
+        LimitLayer::server()
+            .name("server")
+            .max_in_flight(args.max_concurrent)
+            .skip(Matcher::health_and_reflection())
+            .build()?,
+    ))
+}
+
+/// The in-flight limit in the stack, or (`--max-concurrent 0`) the routes as they are, their
+/// responses' bodies in the layer's type.
+fn in_flight_limit_in_stack(
+    layer: Option<LimitLayer<palisade_core::side::Server>>,
+) -> Either<LimitLayer<palisade_core::side::Server>, MapResponseLayer<NotLimited>> {
     match layer {
         Some(layer) => Either::Left(layer),
         None => Either::Right(MapResponseLayer::new(|response: http::Response<_>| {
@@ -409,11 +455,18 @@ pub async fn start(args: &ServerArgs, listener: TcpListener) -> Result<RunningSe
         ))
         .metrics(MetricsLayer::server())
         .auth(auth(args)?)
-        .ratelimit(Custom(rate_limit_in_stack(rate_limit_on(
-            args,
-            &registry,
-            redis.clone(),
-        )?)))
+        // The preset has no slot for the in-flight limit yet: it goes in the ratelimit slot,
+        // right after the rate limit (… → jwt → ratelimit → limit → routes).
+        .ratelimit(Custom(
+            ServiceBuilder::new()
+                .layer(rate_limit_in_stack(rate_limit_on(
+                    args,
+                    &registry,
+                    redis.clone(),
+                )?))
+                .layer(in_flight_limit_in_stack(in_flight_limit(args)?))
+                .into_inner(),
+        ))
         .build()?;
     // Innermost, next to the routes (a later `.layer(..)` goes inside the earlier ones): every
     // layer of the stack sees a handler's panic as an ordinary INTERNAL answer.

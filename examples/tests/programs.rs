@@ -123,6 +123,49 @@ async fn two_servers_on_one_redis_share_one_quota() {
     );
 }
 
+/// `server --max-concurrent 2`: of 5 simultaneous slow calls, 2 are served and 3 refused at
+/// once with RESOURCE_EXHAUSTED and the pushback — every refusal before the first answer —
+/// and /metrics shows the limit and the refusals.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_sheds_calls_over_max_concurrent() {
+    let mut server = DemoServer::start(&["--max-concurrent", "2"]).await;
+    let token = token();
+    let client = server.client().await;
+    let (events, mut arrived) = tokio::sync::mpsc::unbounded_channel();
+    for call in 0..5 {
+        let mut client = client.clone();
+        let events = events.clone();
+        let request = with_token(hello(&format!("call {call}"), 500), &token);
+        tokio::spawn(async move {
+            let _ = events.send(client.say_hello(request).await);
+        });
+    }
+    drop(events);
+    let mut order = Vec::new();
+    while let Some(result) = arrived.recv().await {
+        order.push(result);
+    }
+    let (refused, served) = order.split_at(3);
+    for status in refused {
+        let status = status.as_ref().expect_err("refused first");
+        assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+        assert_eq!(status.message(), "too many requests in flight");
+        assert!(status.metadata().get("grpc-retry-pushback-ms").is_some());
+    }
+    assert!(served.iter().all(Result::is_ok), "{served:?}");
+    let scrape = scrape(server.metrics).await;
+    let limiter = "limiter=\"server\"";
+    assert_eq!(
+        metric_sum(&scrape, "palisade_concurrency_limit", limiter),
+        2.0
+    );
+    assert_eq!(
+        metric_sum(&scrape, "palisade_concurrency_rejected_total", limiter),
+        3.0
+    );
+    server.stop().await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Stopping like a pod stops.
 
@@ -470,6 +513,8 @@ fn bare_refuses_the_flags_it_would_ignore() {
         &["--burst", "5"],
         &["--rate-key", "peer"],
         &["--rate-redis", "redis://127.0.0.1:1/"],
+        &["--max-concurrent", "4"],
+        &["--max-in-flight", "4"],
         &["--jwt-secret", "s"],
         &["--jwks-file", "jwks.json"],
         &["--jwt-issuer", "i"],

@@ -14,6 +14,7 @@
 //! | `jwt` | `palisade-jwt` | [`jwt`] |
 //! | `ratelimit` | `palisade-ratelimit` | [`ratelimit`] |
 //! | `ratelimit-redis` | `palisade-ratelimit` with `redis` | [`ratelimit::backend`] |
+//! | `limit` | `palisade-limit` | [`limit`] |
 //! | `breaker` | `palisade-breaker` | [`breaker`] |
 //! | `recovery` | `palisade-recovery` | [`recovery`] |
 //!
@@ -59,6 +60,8 @@ pub use palisade_core as core;
 pub use palisade_breaker as breaker;
 #[cfg(feature = "jwt")]
 pub use palisade_jwt as jwt;
+#[cfg(feature = "limit")]
+pub use palisade_limit as limit;
 #[cfg(feature = "logging")]
 pub use palisade_logging as logging;
 #[cfg(feature = "metrics")]
@@ -92,6 +95,8 @@ pub mod prelude {
     pub use palisade_breaker::{Backoff, BreakerLayer};
     #[cfg(feature = "jwt")]
     pub use palisade_jwt::{JwtAuthLayer, StandardClaims, client::AttachTokenLayer};
+    #[cfg(feature = "limit")]
+    pub use palisade_limit::LimitLayer;
     #[cfg(feature = "logging")]
     pub use palisade_logging::LoggingLayer;
     #[cfg(feature = "metrics")]

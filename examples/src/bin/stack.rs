@@ -61,6 +61,7 @@ async fn main() -> Result<(), BoxError> {
         burst: 10,
         rate_key: "subject".into(),
         rate_redis: None,
+        max_concurrent: 0,
         log_format: LogFormat::Text,
         log_start: false,
         otlp_endpoint: None,
