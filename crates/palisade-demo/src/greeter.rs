@@ -19,6 +19,11 @@ type ReplyStream = Pin<Box<dyn Stream<Item = Result<HelloReply, Status>> + Send>
 ///   trailers;
 /// - `delay_ms`: the handler sleeps this long first.
 ///
+/// `deadline_ms` in the replies is what was left of the call's deadline when the handler
+/// started: `palisade_deadline::current()` when a deadline layer made it current, else the
+/// request's `grpc-timeout` header, else 0; `previous_attempts` is the request's
+/// `grpc-previous-rpc-attempts` (0 if absent); `hops` is 1.
+///
 /// `trace_id` and `subject` in the replies come from hooks, so this crate depends on neither
 /// OpenTelemetry nor a JWT library: see [`Greeter::with_trace_id`] and
 /// [`Greeter::with_subject`].
@@ -53,11 +58,26 @@ impl Greeter {
         greeter_server::GreeterServer::new(self)
     }
 
-    fn reply(&self, name: &str, subject: &str) -> HelloReply {
+    fn reply(&self, name: &str, call: &CallFacts) -> HelloReply {
         HelloReply {
             message: format!("Hello, {name}!"),
             trace_id: self.trace_id.map(|f| f()).unwrap_or_default(),
-            subject: subject.to_owned(),
+            subject: call.subject.clone(),
+            previous_attempts: call.previous_attempts,
+            deadline_ms: call.deadline_ms,
+            hops: 1,
+        }
+    }
+
+    fn facts_of<T>(&self, request: &Request<T>) -> CallFacts {
+        CallFacts {
+            subject: self.subject_of(request),
+            previous_attempts: request
+                .metadata()
+                .get("grpc-previous-rpc-attempts")
+                .and_then(|value| value.to_str().ok()?.parse().ok())
+                .unwrap_or(0),
+            deadline_ms: deadline_ms(request),
         }
     }
 
@@ -77,6 +97,30 @@ impl fmt::Debug for Greeter {
     }
 }
 
+/// What a reply says of the call it answers, read when the handler starts.
+#[derive(Clone, Debug)]
+struct CallFacts {
+    subject: String,
+    previous_attempts: u32,
+    deadline_ms: u64,
+}
+
+/// Milliseconds left of the call's deadline: the current one when a deadline layer made it
+/// current, else the caller's `grpc-timeout`; 0 when there is none.
+fn deadline_ms<T>(request: &Request<T>) -> u64 {
+    let left = palisade_deadline::current()
+        .map(|deadline| deadline.remaining())
+        .or_else(|| {
+            let value = request.metadata().get("grpc-timeout")?;
+            let value = http::HeaderValue::from_bytes(value.as_bytes()).ok()?;
+            let mut headers = http::HeaderMap::new();
+            headers.insert(palisade_core::headers::GRPC_TIMEOUT, value);
+            palisade_core::deadline::grpc_timeout(&headers)
+        })
+        .unwrap_or_default();
+    u64::try_from(left.as_millis()).unwrap_or(u64::MAX)
+}
+
 fn failure(fail_code: i32) -> Status {
     let code = Code::from_i32(fail_code);
     Status::new(code, format!("demo failure: {}", code.description()))
@@ -88,7 +132,7 @@ impl greeter_server::Greeter for Greeter {
         &self,
         request: Request<HelloRequest>,
     ) -> Result<Response<HelloReply>, Status> {
-        let subject = self.subject_of(&request);
+        let facts = self.facts_of(&request);
         let hello = request.into_inner();
         if hello.delay_ms > 0 {
             tokio::time::sleep(Duration::from_millis(hello.delay_ms.into())).await;
@@ -96,7 +140,7 @@ impl greeter_server::Greeter for Greeter {
         if hello.fail_code != 0 {
             return Err(failure(hello.fail_code));
         }
-        Ok(Response::new(self.reply(&hello.name, &subject)))
+        Ok(Response::new(self.reply(&hello.name, &facts)))
     }
 
     type SayHelloStreamStream = ReplyStream;
@@ -105,7 +149,7 @@ impl greeter_server::Greeter for Greeter {
         &self,
         request: Request<HelloRequest>,
     ) -> Result<Response<Self::SayHelloStreamStream>, Status> {
-        let subject = self.subject_of(&request);
+        let facts = self.facts_of(&request);
         let hello = request.into_inner();
         if hello.delay_ms > 0 {
             tokio::time::sleep(Duration::from_millis(hello.delay_ms.into())).await;
@@ -116,7 +160,7 @@ impl greeter_server::Greeter for Greeter {
         let greeter = *self;
         let count = hello.count.max(1);
         let replies = futures_util::stream::iter(0..count)
-            .map(move |_| Ok(greeter.reply(&hello.name, &subject)))
+            .map(move |_| Ok(greeter.reply(&hello.name, &facts)))
             .chain(futures_util::stream::iter(
                 (hello.fail_code != 0).then(|| Err(failure(hello.fail_code))),
             ));

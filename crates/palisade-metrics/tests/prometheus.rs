@@ -72,6 +72,7 @@ async fn prometheus_sees_exactly_the_codes_the_client_saw() {
         count: 0,
         fail_code: code as i32,
         delay_ms,
+        ..Default::default()
     };
     for (code, n) in [
         (Code::Ok, 5),

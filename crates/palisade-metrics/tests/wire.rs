@@ -81,7 +81,7 @@ fn hello(count: u32, fail_code: Code) -> HelloRequest {
         name: "Ada".into(),
         count,
         fail_code: fail_code as i32,
-        delay_ms: 0,
+        ..Default::default()
     }
 }
 
