@@ -116,3 +116,50 @@ pub fn connect(
         layers(&endpoint, options)?.service(channel),
     ))
 }
+
+/// The stack `server --upstream` forwards through: the client stack above, with the caller's
+/// token relayed instead of one minted here, and no client rate limit.
+pub type UpstreamStack = palisade::preset::ClientStack<
+    TraceLayer<Client>,
+    LoggingLayer<Client>,
+    Stack<DeadlineLayer<Client>, Stack<MetricsLayer<Client>, Identity>>,
+    BreakerLayer<Client>,
+    Identity,
+    Identity,
+>;
+
+/// What `forward = true` calls on a `server --upstream target`: the upstream Greeter's
+/// `SayHello` through trace (inject) → logging → metrics → deadline (what is left of the
+/// handler's) → breaker → channel; the Greeter relays its caller's `authorization`. Build it
+/// after the metrics recorder is installed.
+pub fn upstream(target: &str) -> Result<palisade_demo::Upstream, BoxError> {
+    let endpoint =
+        Endpoint::from_shared(target.to_owned())?.connect_timeout(Duration::from_secs(2));
+    let registry = MethodRegistry::from_encoded_file_descriptor_set(crate::FILE_DESCRIPTOR_SET)?;
+    let uri = endpoint.uri();
+    let trace = match (uri.host(), uri.port_u16()) {
+        (Some(host), Some(port)) => TraceLayer::client()
+            .propagator(palisade_trace::W3cPropagator::new())
+            .server_address(host, port),
+        _ => TraceLayer::client().propagator(palisade_trace::W3cPropagator::new()),
+    };
+    let stack: UpstreamStack = ClientLayers::new()
+        .registry(registry.clone())
+        .trace(trace)
+        .logging(crate::telemetry::access_log(LoggingLayer::client()))
+        .metrics(Custom(
+            tower::ServiceBuilder::new()
+                .layer(MetricsLayer::client().registry(registry).build())
+                .layer(deadline(None))
+                .into_inner(),
+        ))
+        .breaker(BreakerLayer::client().name("upstream").build())
+        .ratelimit(Identity::new())
+        .auth(Identity::new())
+        .build()?;
+    let client = GreeterClient::new(stack.service(endpoint.connect_lazy()));
+    Ok(std::sync::Arc::new(move |request| {
+        let mut client = client.clone();
+        Box::pin(async move { client.say_hello(request).await })
+    }))
+}

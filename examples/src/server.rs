@@ -86,10 +86,14 @@ pub struct ServerArgs {
     /// The deadline of a call that brings none, in ms.
     #[arg(long, value_name = "MS")]
     pub default_deadline: Option<u64>,
+    /// The Greeter that a `SayHello` with `forward = true` calls, through the client stack,
+    /// with the caller's token and what is left of its deadline.
+    #[arg(long, value_name = "URL")]
+    pub upstream: Option<String>,
 }
 
 /// The flags that configure a layer, which `--bare` has none of.
-const BARE_IGNORES: [&str; 13] = [
+const BARE_IGNORES: [&str; 14] = [
     "metrics_addr",
     "jwt_secret",
     "jwks_file",
@@ -103,6 +107,7 @@ const BARE_IGNORES: [&str; 13] = [
     "log_start",
     "max_deadline",
     "default_deadline",
+    "upstream",
 ];
 
 /// How long calls cut after the grace period may take to end (hyper drops them as soon as their
@@ -380,7 +385,6 @@ pub fn auth(args: &ServerArgs) -> Result<JwtAuthLayer, BoxError> {
 /// Install the tracer provider and the log subscriber first.
 pub async fn start(args: &ServerArgs, listener: TcpListener) -> Result<RunningServer, BoxError> {
     let addr = listener.local_addr()?;
-    let routes = palisade_demo::routes(greeter()).await;
     let (tx, rx) = oneshot::channel::<()>();
     // Nagle off, as `Server::serve` sets it: streamed replies would wait for ACKs.
     let tracker = Tracker::new();
@@ -389,6 +393,7 @@ pub async fn start(args: &ServerArgs, listener: TcpListener) -> Result<RunningSe
         let _ = rx.await;
     };
     if args.bare {
+        let routes = palisade_demo::routes(greeter()).await;
         let task = tokio::spawn(
             // Connections tracked (to cut them), not calls: no layer here, even that one, and
             // without layers there are no spans or log lines to wait for.
@@ -422,6 +427,12 @@ pub async fn start(args: &ServerArgs, listener: TcpListener) -> Result<RunningSe
     }
     let registry = MethodRegistry::from_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)?
         .with_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)?;
+    // After the recorder: the upstream's client layers register their series when built.
+    let greeter = match &args.upstream {
+        Some(upstream) => greeter().with_upstream(crate::client::upstream(upstream)?),
+        None => greeter(),
+    };
+    let routes = palisade_demo::routes(greeter).await;
     let layers = ServerLayers::new()
         .registry(registry.clone())
         .trace(TraceLayer::server().propagator(palisade_trace::W3cPropagator::new()))

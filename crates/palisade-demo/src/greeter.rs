@@ -1,6 +1,6 @@
 //! The reference Greeter service.
 
-use std::{fmt, pin::Pin, time::Duration};
+use std::{fmt, future::Future, pin::Pin, sync::Arc, time::Duration};
 
 use futures_util::Stream;
 use tonic::{Code, Request, Response, Status};
@@ -8,6 +8,16 @@ use tonic::{Code, Request, Response, Status};
 use crate::pb::{HelloReply, HelloRequest, greeter_server};
 
 type ReplyStream = Pin<Box<dyn Stream<Item = Result<HelloReply, Status>> + Send>>;
+
+/// The upstream Greeter's `SayHello`, as a `forward = true` call makes it: see
+/// [`Greeter::with_upstream`].
+pub type Upstream = Arc<
+    dyn Fn(
+            Request<HelloRequest>,
+        ) -> Pin<Box<dyn Future<Output = Result<Response<HelloReply>, Status>> + Send>>
+        + Send
+        + Sync,
+>;
 
 /// The demo Greeter, honouring every request field:
 ///
@@ -17,7 +27,10 @@ type ReplyStream = Pin<Box<dyn Stream<Item = Result<HelloReply, Status>> + Send>
 ///   `SayHelloStream` with `count` 0 fail at once (a trailers-only response); a
 ///   `SayHelloStream` with `count` > 0 sends its replies first, then ends with the code in the
 ///   trailers;
-/// - `delay_ms`: the handler sleeps this long first.
+/// - `delay_ms`: the handler sleeps this long first;
+/// - `forward`: with an upstream ([`Greeter::with_upstream`]), `SayHello` then makes the same
+///   call (`forward` cleared, the caller's `authorization` relayed) to the upstream Greeter and
+///   answers with its reply, `hops` + 1; without one it answers `FAILED_PRECONDITION`.
 ///
 /// `deadline_ms` in the replies is what was left of the call's deadline when the handler
 /// started: `palisade_deadline::current()` when a deadline layer made it current, else the
@@ -27,10 +40,11 @@ type ReplyStream = Pin<Box<dyn Stream<Item = Result<HelloReply, Status>> + Send>
 /// `trace_id` and `subject` in the replies come from hooks, so this crate depends on neither
 /// OpenTelemetry nor a JWT library: see [`Greeter::with_trace_id`] and
 /// [`Greeter::with_subject`].
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Default)]
 pub struct Greeter {
     trace_id: Option<fn() -> String>,
     subject: Option<fn(&http::Extensions) -> Option<String>>,
+    upstream: Option<Upstream>,
 }
 
 impl Greeter {
@@ -50,6 +64,14 @@ impl Greeter {
     #[must_use]
     pub fn with_subject(mut self, subject: fn(&http::Extensions) -> Option<String>) -> Self {
         self.subject = Some(subject);
+        self
+    }
+
+    /// Where `forward = true` calls go: the upstream Greeter's `SayHello` (through whatever
+    /// client stack `upstream` calls it with).
+    #[must_use]
+    pub fn with_upstream(mut self, upstream: Upstream) -> Self {
+        self.upstream = Some(upstream);
         self
     }
 
@@ -93,6 +115,7 @@ impl fmt::Debug for Greeter {
         f.debug_struct("Greeter")
             .field("trace_id", &self.trace_id.is_some())
             .field("subject", &self.subject.is_some())
+            .field("upstream", &self.upstream.is_some())
             .finish()
     }
 }
@@ -133,9 +156,27 @@ impl greeter_server::Greeter for Greeter {
         request: Request<HelloRequest>,
     ) -> Result<Response<HelloReply>, Status> {
         let facts = self.facts_of(&request);
+        let authorization = request.metadata().get("authorization").cloned();
         let hello = request.into_inner();
         if hello.delay_ms > 0 {
             tokio::time::sleep(Duration::from_millis(hello.delay_ms.into())).await;
+        }
+        if hello.forward {
+            let Some(upstream) = &self.upstream else {
+                return Err(Status::failed_precondition("no upstream to forward to"));
+            };
+            let mut forwarded = Request::new(HelloRequest {
+                forward: false,
+                ..hello
+            });
+            if let Some(authorization) = authorization {
+                forwarded
+                    .metadata_mut()
+                    .insert("authorization", authorization);
+            }
+            let mut reply = upstream(forwarded).await?.into_inner();
+            reply.hops += 1;
+            return Ok(Response::new(reply));
         }
         if hello.fail_code != 0 {
             return Err(failure(hello.fail_code));
@@ -157,7 +198,7 @@ impl greeter_server::Greeter for Greeter {
         if hello.fail_code != 0 && hello.count == 0 {
             return Err(failure(hello.fail_code));
         }
-        let greeter = *self;
+        let greeter = self.clone();
         let count = hello.count.max(1);
         let replies = futures_util::stream::iter(0..count)
             .map(move |_| Ok(greeter.reply(&hello.name, &facts)))

@@ -68,6 +68,7 @@ async fn main() -> Result<(), BoxError> {
         bare: false,
         max_deadline: None,
         default_deadline: None,
+        upstream: None,
     };
     let listener = tokio::net::TcpListener::bind(server_args.addr).await?;
     let running = server::start(&server_args, listener).await?;
