@@ -25,7 +25,18 @@
 //!   `DEADLINE_EXCEEDED` at once, marked `by("deadline")`. The client enforces what it sent
 //!   too, so a hung channel still ends at the deadline.
 //!
-//! Time is tokio's clock: `tokio::time::pause` drives every deadline in tests.
+//! A server that capped the caller's deadline or gave it the default rewrites the request's
+//! `grpc-timeout` to match, so inner layers and handlers reading the header agree with
+//! [`current()`]. Time is tokio's clock: `tokio::time::pause` drives every deadline in tests.
+//!
+//! **With tonic.** tonic enforces `grpc-timeout` itself, outside every layer, and ends an
+//! expired call with `CANCELLED` ("Timeout expired"): its server before the routes, its
+//! `Channel` under the client's layers. On a client, the layer answers an error of the channel
+//! at or after the deadline it sent as `DEADLINE_EXCEEDED`. On a server, tonic's timer starts a
+//! moment before the layer's: when both fire in the same timer tick (always with paused time,
+//! nearly always otherwise) the layer's `DEADLINE_EXCEEDED` wins, since tonic polls the call
+//! before its timer; when the two straddle a millisecond tick, the caller sees tonic's
+//! `CANCELLED` — the handler is dropped at the deadline either way.
 //!
 //! # Example
 //!
