@@ -750,3 +750,40 @@ async fn a_handler_calling_another_server_sends_what_is_left_of_its_deadline() {
     assert_eq!(reply.deadline_ms, 895);
     assert!(reply.deadline_ms < 900);
 }
+
+#[tokio::test(start_paused = true)]
+async fn over_the_wire_with_the_real_header_a_palisade_client_sees_deadline_exceeded() {
+    // No renaming: tonic's own timers (its Channel's and its server's) run beside the layers'.
+    let drops = DropWatch::default();
+    let server = spawn(
+        ServiceBuilder::new()
+            .layer(DeadlineLayer::server().build().unwrap())
+            .layer(drops.clone()),
+    )
+    .await;
+    let channel = server.channel().await;
+    let client = ServiceBuilder::new()
+        .layer(
+            DeadlineLayer::client()
+                .default(Duration::from_millis(100))
+                .build()
+                .unwrap(),
+        )
+        .service(channel);
+    let mut client = GreeterClient::new(client);
+    let start = Instant::now();
+    let status = client.say_hello(hello(500)).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
+    assert_eq!(
+        start.elapsed(),
+        Duration::from_millis(95),
+        "100 ms less the margin"
+    );
+    let reply = client.say_hello(hello(0)).await.unwrap().into_inner();
+    assert_eq!(reply.deadline_ms, 95);
+    // The server dropped the slow handler at its deadline too.
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let drops = drops.0.lock().unwrap().clone();
+    assert!(!drops[0].1, "the slow handler was dropped, not finished");
+    assert_eq!(drops[0].0 - start, Duration::from_millis(95));
+}
