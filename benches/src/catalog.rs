@@ -119,6 +119,17 @@ pub const BUDGETS: &[Budget] = &[
         Some("layers/core/observed"),
     ),
     budget(
+        "deadline",
+        "server",
+        "layers/server/deadline/within_deadline",
+        50.0,
+        "parsing the caller's `grpc-timeout`, reading tokio's clock, the `Deadline` into the \
+         request extensions (the first insert allocates the extensions' map) and the current \
+         deadline entered around the call and each poll of the future and body; no timer on \
+         this path (the handler answers at once)",
+        None,
+    ),
+    budget(
         "trace, sampled with a no-op exporter",
         "server",
         "layers/server/trace/sampled",

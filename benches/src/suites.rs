@@ -11,6 +11,7 @@ use palisade_core::{
     Code, Counts, ObservedFuture, Outcome, Side,
     side::{Client, OnSide, Server},
 };
+use palisade_deadline::DeadlineLayer;
 use palisade_jwt::{JwtAuthLayer, client::AttachTokenLayer};
 use palisade_logging::{LoggingBuilder, LoggingLayer, writer::LogWriter};
 use palisade_metrics::MetricsLayer;
@@ -308,6 +309,19 @@ fn layer_groups(side: Side) -> Vec<Group> {
                 rpc(layer.layer(Handler::ok()), Requests::server())
             }),
         );
+        // The caller's 1 s `grpc-timeout` (every bench request has it), never reached: the
+        // header parsed, the `Deadline` in the extensions, the deadline current around the
+        // call and each poll; the handler answers at once, so no timer is made.
+        groups.push(bare(Group::new("layers/server/deadline"), side).case(
+            "within_deadline",
+            || {
+                let layer = DeadlineLayer::server()
+                    .max(Duration::from_secs(30))
+                    .build()
+                    .expect("a valid deadline configuration");
+                rpc(layer.layer(Handler::ok()), Requests::server())
+            },
+        ));
     }
 
     groups.push(

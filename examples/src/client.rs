@@ -1,12 +1,14 @@
 //! The demo client's full stack, shared by the `client` and `stack` programs: trace (inject) →
-//! logging → metrics → breaker → ratelimit (wait) → jwt (attach) → channel.
+//! logging → metrics → deadline → breaker → ratelimit (wait) → jwt (attach) → channel.
 
 use std::{num::NonZeroU32, time::Duration};
 
 use palisade::prelude::*;
-use palisade_core::side::Client;
+use palisade_core::{build::Custom, side::Client};
+use palisade_deadline::DeadlineLayer;
 use palisade_jwt::mint::HmacMinter;
 use tonic::transport::{Channel, Endpoint};
+use tower::layer::util::{Identity, Stack};
 
 use crate::{BoxError, pb::greeter_client::GreeterClient};
 
@@ -17,7 +19,8 @@ pub const CLIENT_SUBJECT: &str = "demo-client";
 pub type DemoClientStack = palisade::preset::ClientStack<
     TraceLayer<Client>,
     LoggingLayer<Client>,
-    MetricsLayer<Client>,
+    // The preset has no deadline slot yet: metrics → deadline, in the metrics slot.
+    Stack<DeadlineLayer<Client>, Stack<MetricsLayer<Client>, Identity>>,
     BreakerLayer<Client>,
     ClientRateLimitLayer,
     AttachTokenLayer<HmacMinter>,
@@ -37,6 +40,8 @@ pub struct ClientOptions {
     /// Calls per second the client allows itself (it waits for a token, never past the
     /// deadline or 250 ms).
     pub rate: NonZeroU32,
+    /// Each call's deadline when it has none of its own (and none inherited from a handler).
+    pub deadline: Option<Duration>,
 }
 
 /// The minter of the client's short-lived HS256 tokens (`sub` = [`CLIENT_SUBJECT`]).
@@ -63,10 +68,15 @@ pub fn layers(
         _ => TraceLayer::client().propagator(palisade_trace::W3cPropagator::new()),
     };
     ClientLayers::new()
-        .registry(registry)
+        .registry(registry.clone())
         .trace(trace)
         .logging(crate::telemetry::access_log(LoggingLayer::client()))
-        .metrics(MetricsLayer::client())
+        .metrics(Custom(
+            tower::ServiceBuilder::new()
+                .layer(MetricsLayer::client().registry(registry.clone()).build())
+                .layer(deadline(options.deadline))
+                .into_inner(),
+        ))
         .breaker(options.breaker.clone())
         .ratelimit(
             RateLimitLayer::client()
@@ -81,6 +91,18 @@ pub fn layers(
         .build()
 }
 
+/// The client's deadline layer: `default` (a zero one is none) for calls without a deadline
+/// of their own; the deadline of a handler making the call is carried either way.
+pub fn deadline(default: Option<Duration>) -> DeadlineLayer<Client> {
+    let builder = DeadlineLayer::client();
+    match default.filter(|default| !default.is_zero()) {
+        Some(default) => builder.default(default),
+        None => builder,
+    }
+    .build()
+    .expect("a client's deadline layer with a non-zero default builds")
+}
+
 /// A Greeter client through the full stack on a lazily connected channel, so that a server
 /// that is down shows up as a gRPC status on each call.
 pub fn connect(
@@ -93,4 +115,51 @@ pub fn connect(
     Ok(GreeterClient::new(
         layers(&endpoint, options)?.service(channel),
     ))
+}
+
+/// The stack `server --upstream` forwards through: the client stack above, with the caller's
+/// token relayed instead of one minted here, and no client rate limit.
+pub type UpstreamStack = palisade::preset::ClientStack<
+    TraceLayer<Client>,
+    LoggingLayer<Client>,
+    Stack<DeadlineLayer<Client>, Stack<MetricsLayer<Client>, Identity>>,
+    BreakerLayer<Client>,
+    Identity,
+    Identity,
+>;
+
+/// What `forward = true` calls on a `server --upstream target`: the upstream Greeter's
+/// `SayHello` through trace (inject) → logging → metrics → deadline (what is left of the
+/// handler's) → breaker → channel; the Greeter relays its caller's `authorization`. Build it
+/// after the metrics recorder is installed.
+pub fn upstream(target: &str) -> Result<palisade_demo::Upstream, BoxError> {
+    let endpoint =
+        Endpoint::from_shared(target.to_owned())?.connect_timeout(Duration::from_secs(2));
+    let registry = MethodRegistry::from_encoded_file_descriptor_set(crate::FILE_DESCRIPTOR_SET)?;
+    let uri = endpoint.uri();
+    let trace = match (uri.host(), uri.port_u16()) {
+        (Some(host), Some(port)) => TraceLayer::client()
+            .propagator(palisade_trace::W3cPropagator::new())
+            .server_address(host, port),
+        _ => TraceLayer::client().propagator(palisade_trace::W3cPropagator::new()),
+    };
+    let stack: UpstreamStack = ClientLayers::new()
+        .registry(registry.clone())
+        .trace(trace)
+        .logging(crate::telemetry::access_log(LoggingLayer::client()))
+        .metrics(Custom(
+            tower::ServiceBuilder::new()
+                .layer(MetricsLayer::client().registry(registry).build())
+                .layer(deadline(None))
+                .into_inner(),
+        ))
+        .breaker(BreakerLayer::client().name("upstream").build())
+        .ratelimit(Identity::new())
+        .auth(Identity::new())
+        .build()?;
+    let client = GreeterClient::new(stack.service(endpoint.connect_lazy()));
+    Ok(std::sync::Arc::new(move |request| {
+        let mut client = client.clone();
+        Box::pin(async move { client.say_hello(request).await })
+    }))
 }

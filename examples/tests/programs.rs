@@ -522,6 +522,9 @@ fn bare_refuses_the_flags_it_would_ignore() {
         &["--metrics-addr", "127.0.0.1:0"],
         &["--otlp-endpoint", "http://127.0.0.1:4317"],
         &["--log-start"],
+        &["--max-deadline", "100"],
+        &["--default-deadline", "100"],
+        &["--upstream", "http://127.0.0.1:1"],
     ] {
         let mut args = vec!["--bare"];
         args.extend_from_slice(flags);
@@ -601,6 +604,107 @@ fn grace_period_takes_ms_or_seconds() {
     assert_eq!(args.grace_period, shutdown::DEFAULT_GRACE_PERIOD);
     let args = server_args(&["--grace-period", "3s"]).unwrap();
     assert_eq!(args.grace_period, Duration::from_secs(3));
+}
+
+/// `--max-deadline` cuts a caller's longer deadline, `--default-deadline` gives one to a
+/// call without: the server answers DEADLINE_EXCEEDED, and the Greeter saw what was left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deadline_flags_cap_and_default_the_calls_deadline() {
+    let mut server =
+        DemoServer::start(&["--max-deadline", "300", "--default-deadline", "200"]).await;
+    let mut client = server.client().await;
+    let token = token();
+
+    // The caller's 10 s, capped to 300 ms.
+    let mut request = with_token(hello("capped", 0), &token);
+    request.set_timeout(Duration::from_secs(10));
+    let reply = client.say_hello(request).await.unwrap().into_inner();
+    assert!(
+        (200..=300).contains(&reply.deadline_ms),
+        "{}",
+        reply.deadline_ms
+    );
+    let mut request = with_token(hello("capped", 2_000), &token);
+    request.set_timeout(Duration::from_secs(10));
+    let start = Instant::now();
+    let status = client.say_hello(request).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
+    assert!(
+        start.elapsed() < Duration::from_millis(1_500),
+        "{:?}",
+        start.elapsed()
+    );
+
+    // None sent: 200 ms.
+    let reply = client
+        .say_hello(with_token(hello("default", 0), &token))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        (100..=200).contains(&reply.deadline_ms),
+        "{}",
+        reply.deadline_ms
+    );
+    let status = client
+        .say_hello(with_token(hello("default", 2_000), &token))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
+    server.stop().await;
+
+    // Refused at start: a default over the max.
+    let args = server_args(&["--max-deadline", "100", "--default-deadline", "200"]).unwrap();
+    let error = palisade_examples::server::deadline(&args).unwrap_err();
+    assert!(error.to_string().contains("--max-deadline"), "{error}");
+}
+
+/// Issue #17: a 1 s deadline through two hops, the first spending 100 ms — the second hop sees
+/// less than 900 ms left, the same trace id and the same subject (the caller's token relayed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deadline_trace_and_subject_carried_through_two_hops() {
+    let mut second = DemoServer::start(&[]).await;
+    let upstream = format!("http://{}", second.addr);
+    let mut first = DemoServer::start(&["--upstream", &upstream]).await;
+    let mut client = first.client().await;
+
+    const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let mut request = with_token(
+        HelloRequest {
+            name: "two hops".into(),
+            delay_ms: 100,
+            forward: true,
+            ..Default::default()
+        },
+        &token(),
+    );
+    request.set_timeout(Duration::from_secs(1));
+    request.metadata_mut().insert(
+        "traceparent",
+        format!("00-{TRACE_ID}-00f067aa0ba902b7-01")
+            .parse()
+            .unwrap(),
+    );
+    let reply = client.say_hello(request).await.unwrap().into_inner();
+    assert_eq!(reply.hops, 2);
+    assert_eq!(reply.message, "Hello, two hops!");
+    assert!(
+        reply.deadline_ms > 0 && reply.deadline_ms < 900,
+        "the second hop saw {} ms",
+        reply.deadline_ms
+    );
+    assert_eq!(reply.trace_id, TRACE_ID);
+    assert_eq!(reply.subject, "programs-test");
+
+    // Without an upstream, forward is refused rather than ignored.
+    let mut direct = second.client().await;
+    let mut request = with_token(hello("nowhere", 0), &token());
+    request.get_mut().forward = true;
+    let status = direct.say_hello(request).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+
+    first.stop().await;
+    second.stop().await;
 }
 
 // ---------------------------------------------------------------------------------------------

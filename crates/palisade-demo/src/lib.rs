@@ -27,7 +27,7 @@ mod greeter;
 pub mod raw;
 mod server;
 
-pub use greeter::Greeter;
+pub use greeter::{Greeter, Upstream};
 pub use server::{TestServer, routes, spawn, spawn_with};
 
 /// The generated `palisade.demo.v1` messages, client and server.

@@ -123,7 +123,7 @@ impl GreeterTrait for Relay {
         Ok(Response::new(HelloReply {
             message: from_b.trace_id,
             trace_id: in_a,
-            subject: String::new(),
+            ..Default::default()
         }))
     }
 

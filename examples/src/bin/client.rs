@@ -50,6 +50,10 @@ struct Args {
     /// client stops anyway: milliseconds, or with a unit (`500ms`, `10s`).
     #[arg(long, default_value = "10s", value_parser = shutdown::parse_grace_period)]
     grace_period: Duration,
+    /// Each call's deadline, in ms (sent as `grpc-timeout`, less a 5 ms margin, and enforced
+    /// by the client too); none by default.
+    #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..))]
+    deadline: Option<u64>,
 }
 
 #[tokio::main]
@@ -75,6 +79,7 @@ async fn main() -> Result<(), BoxError> {
             ))
             .build(),
         rate: NonZeroU32::new(100).expect("non-zero"),
+        deadline: args.deadline.map(Duration::from_millis),
     };
     let mut greeter = client::connect(&args.target, &options)?;
     for call in 1..=args.calls {

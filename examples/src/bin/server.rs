@@ -1,5 +1,5 @@
 //! The demo server: Greeter, `grpc.health.v1.Health` and server reflection on `--addr`, behind
-//! Palisade's full server stack (trace → logging → metrics → jwt → ratelimit), with
+//! Palisade's full server stack (trace → logging → metrics → deadline → jwt → ratelimit), with
 //! `GET /metrics` on `--metrics-addr`. On SIGTERM or SIGINT it drains: no new calls, calls in
 //! flight finish (up to `--grace-period`), every span and log line is flushed, exit 0.
 //!

@@ -67,6 +67,9 @@ async fn main() -> Result<(), BoxError> {
         otlp_endpoint: None,
         grace_period: shutdown::DEFAULT_GRACE_PERIOD,
         bare: false,
+        max_deadline: None,
+        default_deadline: None,
+        upstream: None,
     };
     let listener = tokio::net::TcpListener::bind(server_args.addr).await?;
     let running = server::start(&server_args, listener).await?;
@@ -76,10 +79,10 @@ async fn main() -> Result<(), BoxError> {
         .expect("the full stack serves /metrics");
     println!("Palisade stack story");
     println!(
-        "  server {target}: trace → logging → metrics → jwt → ratelimit (5/s per subject, burst 10) → Greeter"
+        "  server {target}: trace → logging → metrics → deadline → jwt → ratelimit (5/s per subject, burst 10) → Greeter"
     );
     println!(
-        "  client: trace → logging → metrics → breaker (3 failures, 500 ms open) → ratelimit (wait) → jwt (attach)"
+        "  client: trace → logging → metrics → deadline → breaker (3 failures, 500 ms open) → ratelimit (wait) → jwt (attach)"
     );
 
     let breaker = BreakerLayer::client()
@@ -93,6 +96,7 @@ async fn main() -> Result<(), BoxError> {
         token_ttl: Duration::from_secs(300),
         breaker: breaker.clone(),
         rate: NonZeroU32::new(1000).expect("non-zero"),
+        deadline: None,
     };
     let mut greeter = client::connect(&target, &options)?;
     let channel = Channel::from_shared(target.clone())?.connect().await?;
