@@ -17,7 +17,7 @@ use palisade_logging::{LoggingBuilder, LoggingLayer, writer::LogWriter};
 use palisade_metrics::MetricsLayer;
 use palisade_ratelimit::{ClientRateLimitLayer, Key, Limit, Quota, RateLimitLayer};
 use palisade_trace::TraceLayer;
-use tower::{Layer, service_fn};
+use tower::{Layer, layer::util::Identity, service_fn};
 use tracing::{Dispatch, Level};
 
 use crate::{
@@ -400,12 +400,16 @@ pub fn server_stack_logged(sampled: bool, logging: LoggingBuilder<Server>) -> Se
 }
 
 /// The layers of [`server_stack`].
+/// (The first round's six layers; the deadline, in-flight limit and recovery slots are empty,
+/// so the stack's figures stay comparable across rounds.)
 pub type ServerStack = preset::ServerStack<
     TraceLayer<palisade_core::side::Server, opentelemetry_sdk::trace::SdkTracer>,
     LoggingLayer<palisade_core::side::Server>,
     MetricsLayer<Server>,
+    Identity,
     JwtAuthLayer,
     RateLimitLayer,
+    Identity,
     BreakerLayer<Server>,
 >;
 
@@ -452,11 +456,14 @@ fn client_stack_with(sampled: bool, port: u16, access_log: Option<LogWriter>) ->
 }
 
 /// The layers of [`client_stack`].
+/// (The first round's six layers; the deadline and in-flight limit slots are empty.)
 pub type ClientStack = preset::ClientStack<
     TraceLayer<palisade_core::side::Client, opentelemetry_sdk::trace::SdkTracer>,
     LoggingLayer<palisade_core::side::Client>,
     MetricsLayer<Client>,
+    Identity,
     BreakerLayer<Client>,
+    Identity,
     ClientRateLimitLayer,
     AttachTokenLayer,
 >;

@@ -4,11 +4,11 @@
 use std::{num::NonZeroU32, time::Duration};
 
 use palisade::prelude::*;
-use palisade_core::{build::Custom, side::Client};
+use palisade_core::side::Client;
 use palisade_deadline::DeadlineLayer;
 use palisade_jwt::mint::HmacMinter;
 use tonic::transport::{Channel, Endpoint};
-use tower::layer::util::{Identity, Stack};
+use tower::layer::util::Identity;
 
 use crate::{BoxError, pb::greeter_client::GreeterClient};
 
@@ -19,9 +19,10 @@ pub const CLIENT_SUBJECT: &str = "demo-client";
 pub type DemoClientStack = palisade::preset::ClientStack<
     TraceLayer<Client>,
     LoggingLayer<Client>,
-    // The preset has no deadline slot yet: metrics → deadline, in the metrics slot.
-    Stack<DeadlineLayer<Client>, Stack<MetricsLayer<Client>, Identity>>,
+    MetricsLayer<Client>,
+    DeadlineLayer<Client>,
     BreakerLayer<Client>,
+    Identity,
     ClientRateLimitLayer,
     AttachTokenLayer<HmacMinter>,
 >;
@@ -71,12 +72,8 @@ pub fn layers(
         .registry(registry.clone())
         .trace(trace)
         .logging(crate::telemetry::access_log(LoggingLayer::client()))
-        .metrics(Custom(
-            tower::ServiceBuilder::new()
-                .layer(MetricsLayer::client().registry(registry.clone()).build())
-                .layer(deadline(options.deadline))
-                .into_inner(),
-        ))
+        .metrics(MetricsLayer::client())
+        .deadline(deadline(options.deadline))
         .breaker(options.breaker.clone())
         .ratelimit(
             RateLimitLayer::client()
@@ -122,10 +119,9 @@ pub fn connect(
 pub type UpstreamStack = palisade::preset::ClientStack<
     TraceLayer<Client>,
     LoggingLayer<Client>,
-    Stack<DeadlineLayer<Client>, Stack<MetricsLayer<Client>, Identity>>,
+    MetricsLayer<Client>,
+    DeadlineLayer<Client>,
     BreakerLayer<Client>,
-    Identity,
-    Identity,
 >;
 
 /// What `forward = true` calls on a `server --upstream target`: the upstream Greeter's
@@ -144,18 +140,12 @@ pub fn upstream(target: &str) -> Result<palisade_demo::Upstream, BoxError> {
         _ => TraceLayer::client().propagator(palisade_trace::W3cPropagator::new()),
     };
     let stack: UpstreamStack = ClientLayers::new()
-        .registry(registry.clone())
+        .registry(registry)
         .trace(trace)
         .logging(crate::telemetry::access_log(LoggingLayer::client()))
-        .metrics(Custom(
-            tower::ServiceBuilder::new()
-                .layer(MetricsLayer::client().registry(registry).build())
-                .layer(deadline(None))
-                .into_inner(),
-        ))
-        .breaker(BreakerLayer::client().name("upstream").build())
-        .ratelimit(Identity::new())
-        .auth(Identity::new())
+        .metrics(MetricsLayer::client())
+        .deadline(deadline(None))
+        .breaker(BreakerLayer::client().name("upstream"))
         .build()?;
     let client = GreeterClient::new(stack.service(endpoint.connect_lazy()));
     Ok(std::sync::Arc::new(move |request| {

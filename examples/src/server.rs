@@ -14,10 +14,7 @@ use palisade_ratelimit::{KeyValue, RateLimitAdmission, backend::Redis};
 use palisade_recovery::RecoveryLayer;
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use tonic::transport::{Server, server::TcpIncoming};
-use tower::{
-    ServiceBuilder,
-    util::{Either, MapResponseLayer},
-};
+use tower::util::{Either, MapResponseLayer};
 
 use crate::{
     BoxError,
@@ -491,36 +488,23 @@ pub async fn start(args: &ServerArgs, listener: TcpListener) -> Result<RunningSe
                 .skip(Matcher::health_and_reflection())
                 .log_start(args.log_start),
         ))
-        // The preset has no deadline slot yet: metrics → deadline in the metrics slot, as
-        // DESIGN.md orders them (metrics counts the deadline's rejections with their code).
-        .metrics(Custom(
-            tower::ServiceBuilder::new()
-                .layer(MetricsLayer::server().registry(registry.clone()).build())
-                .layer(deadline(args)?)
-                .into_inner(),
-        ))
+        .metrics(MetricsLayer::server())
+        .deadline(deadline(args)?)
         .auth(auth(args)?)
-        // The preset has no slot for the in-flight limit yet: it goes in the ratelimit slot,
-        // right after the rate limit (… → jwt → ratelimit → limit → routes).
-        .ratelimit(Custom(
-            ServiceBuilder::new()
-                .layer(rate_limit_in_stack(rate_limit_on(
-                    args,
-                    &registry,
-                    redis.clone(),
-                )?))
-                .layer(in_flight_limit_in_stack(in_flight_limit(args)?))
-                .into_inner(),
-        ))
+        .ratelimit(Custom(rate_limit_in_stack(rate_limit_on(
+            args,
+            &registry,
+            redis.clone(),
+        )?)))
+        .limit(Custom(in_flight_limit_in_stack(in_flight_limit(args)?)))
+        // Innermost, next to the routes: every layer outside sees a handler's panic as an
+        // ordinary INTERNAL answer.
+        .recovery(RecoveryLayer::server())
         .build()?;
-    // Innermost, next to the routes (a later `.layer(..)` goes inside the earlier ones): every
-    // layer of the stack sees a handler's panic as an ordinary INTERNAL answer.
-    let recovery = RecoveryLayer::server().registry(registry).build();
     let task = tokio::spawn(
         Server::builder()
             .layer(tracker.layer())
             .layer(layers)
-            .layer(recovery)
             .add_routes(routes)
             .serve_with_incoming_shutdown(incoming, signal),
     );

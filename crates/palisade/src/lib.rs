@@ -15,6 +15,7 @@
 //! | `ratelimit` | `palisade-ratelimit` | [`ratelimit`] |
 //! | `ratelimit-redis` | `palisade-ratelimit` with `redis` | [`ratelimit::backend`] |
 //! | `limit` | `palisade-limit` | [`limit`] |
+//! | `deadline` | `palisade-deadline` | [`deadline`] |
 //! | `breaker` | `palisade-breaker` | [`breaker`] |
 //! | `recovery` | `palisade-recovery` | [`recovery`] |
 //!
@@ -58,6 +59,8 @@ pub use palisade_core as core;
 
 #[cfg(feature = "breaker")]
 pub use palisade_breaker as breaker;
+#[cfg(feature = "deadline")]
+pub use palisade_deadline as deadline;
 #[cfg(feature = "jwt")]
 pub use palisade_jwt as jwt;
 #[cfg(feature = "limit")]
@@ -93,6 +96,8 @@ pub mod prelude {
 
     #[cfg(feature = "breaker")]
     pub use palisade_breaker::{Backoff, BreakerLayer};
+    #[cfg(feature = "deadline")]
+    pub use palisade_deadline::DeadlineLayer;
     #[cfg(feature = "jwt")]
     pub use palisade_jwt::{JwtAuthLayer, StandardClaims, client::AttachTokenLayer};
     #[cfg(feature = "limit")]

@@ -1,7 +1,9 @@
 //! Presets: Palisade's layers composed in the recommended order, each slot optional.
 //!
-//! [`ServerLayers`] stacks, outermost first, `trace → logging → metrics → auth → ratelimit →
-//! breaker`; [`ClientLayers`] stacks `trace → logging → metrics → breaker → ratelimit → auth`.
+//! [`ServerLayers`] stacks, outermost first,
+//! `trace → logging → metrics → deadline → auth → ratelimit → limit → breaker → recovery`;
+//! [`ClientLayers`] stacks
+//! `trace → logging → metrics → deadline → breaker → limit → ratelimit → auth`.
 //! A preset is a builder: give it the method registry once ([`registry`](ServerLayers::registry)),
 //! fill the slots with Palisade builders (`MetricsLayer::server()`) or built layers, and
 //! [`build`](ServerLayers::build) it: every builder that has no registry of its own gets the
@@ -24,6 +26,13 @@
 //!   slot as `Custom(ServiceBuilder::new().layer(limit).layer(auth).into_inner())` for that. (A
 //!   limit keyed on the claims that finds none at its first call says so in a `tracing`
 //!   warning: every caller would share one bucket.);
+//! - the deadline sits right inside metrics: a call past its deadline is answered before any
+//!   signature check or token, and metrics still counts it as `DeadlineExceeded`; on a client,
+//!   before the breaker, so the outgoing `grpc-timeout` is set before anything waits;
+//! - the in-flight limit comes after the cheaper refusals (a bad token, an exhausted rate
+//!   limit) so their calls never hold a permit; the breaker after it;
+//! - recovery is innermost, next to the handler, so every layer outside sees a panic as an
+//!   ordinary `INTERNAL`;
 //! - on a client, the breaker fails fast before a call waits for a rate-limit token, and the token
 //!   is attached last, right before the channel.
 //!
@@ -108,26 +117,32 @@ fn build_slot<K: OnSide, P: BuildLayer<K>>(
     part.build_layer().map_err(|source| Error { slot, source })
 }
 
-/// A server's layers in the recommended order, outermost first: `trace → logging → metrics →
-/// auth → ratelimit → breaker → service`, to [`build`](Self::build) into a [`ServerStack`].
-/// See the [module docs](self).
+/// A server's layers in the recommended order, outermost first:
+/// `trace → logging → metrics → deadline → auth → ratelimit → limit → breaker → recovery → service`,
+/// to [`build`](Self::build) into a [`ServerStack`]. See the [module docs](self).
 #[derive(Clone, Debug, Default)]
 #[must_use = "a preset does nothing until it is built"]
 pub struct ServerLayers<
     Trace = Identity,
     Logging = Identity,
     Metrics = Identity,
+    Deadline = Identity,
     Auth = Identity,
     RateLimit = Identity,
+    Limit = Identity,
     Breaker = Identity,
+    Recovery = Identity,
 > {
     registry: Option<MethodRegistry>,
     trace: Trace,
     logging: Logging,
     metrics: Metrics,
+    deadline: Deadline,
     auth: Auth,
     ratelimit: RateLimit,
+    limit: Limit,
     breaker: Breaker,
+    recovery: Recovery,
 }
 
 impl ServerLayers {
@@ -137,8 +152,8 @@ impl ServerLayers {
     }
 }
 
-impl<Trace, Logging, Metrics, Auth, RateLimit, Breaker>
-    ServerLayers<Trace, Logging, Metrics, Auth, RateLimit, Breaker>
+impl<Trace, Logging, Metrics, Deadline, Auth, RateLimit, Limit, Breaker, Recovery>
+    ServerLayers<Trace, Logging, Metrics, Deadline, Auth, RateLimit, Limit, Breaker, Recovery>
 {
     /// The methods served (or called), handed at [`build`](Self::build) to every slot's
     /// builder that was given none of its own: `grpc_type` and bounded per-method label sets
@@ -152,15 +167,19 @@ impl<Trace, Logging, Metrics, Auth, RateLimit, Breaker>
     pub fn trace<X: BuildLayer<Server>>(
         self,
         trace: X,
-    ) -> ServerLayers<X, Logging, Metrics, Auth, RateLimit, Breaker> {
+    ) -> ServerLayers<X, Logging, Metrics, Deadline, Auth, RateLimit, Limit, Breaker, Recovery>
+    {
         ServerLayers {
             registry: self.registry,
             trace,
             logging: self.logging,
             metrics: self.metrics,
+            deadline: self.deadline,
             auth: self.auth,
             ratelimit: self.ratelimit,
+            limit: self.limit,
             breaker: self.breaker,
+            recovery: self.recovery,
         }
     }
 
@@ -168,15 +187,18 @@ impl<Trace, Logging, Metrics, Auth, RateLimit, Breaker>
     pub fn logging<X: BuildLayer<Server>>(
         self,
         logging: X,
-    ) -> ServerLayers<Trace, X, Metrics, Auth, RateLimit, Breaker> {
+    ) -> ServerLayers<Trace, X, Metrics, Deadline, Auth, RateLimit, Limit, Breaker, Recovery> {
         ServerLayers {
             registry: self.registry,
             trace: self.trace,
             logging,
             metrics: self.metrics,
+            deadline: self.deadline,
             auth: self.auth,
             ratelimit: self.ratelimit,
+            limit: self.limit,
             breaker: self.breaker,
+            recovery: self.recovery,
         }
     }
 
@@ -184,15 +206,37 @@ impl<Trace, Logging, Metrics, Auth, RateLimit, Breaker>
     pub fn metrics<X: BuildLayer<Server>>(
         self,
         metrics: X,
-    ) -> ServerLayers<Trace, Logging, X, Auth, RateLimit, Breaker> {
+    ) -> ServerLayers<Trace, Logging, X, Deadline, Auth, RateLimit, Limit, Breaker, Recovery> {
         ServerLayers {
             registry: self.registry,
             trace: self.trace,
             logging: self.logging,
             metrics,
+            deadline: self.deadline,
             auth: self.auth,
             ratelimit: self.ratelimit,
+            limit: self.limit,
             breaker: self.breaker,
+            recovery: self.recovery,
+        }
+    }
+
+    /// The caller's deadline enforced (capped, defaulted) and made current, outside auth so a call past its deadline costs no signature check.
+    pub fn deadline<X: BuildLayer<Server>>(
+        self,
+        deadline: X,
+    ) -> ServerLayers<Trace, Logging, Metrics, X, Auth, RateLimit, Limit, Breaker, Recovery> {
+        ServerLayers {
+            registry: self.registry,
+            trace: self.trace,
+            logging: self.logging,
+            metrics: self.metrics,
+            deadline,
+            auth: self.auth,
+            ratelimit: self.ratelimit,
+            limit: self.limit,
+            breaker: self.breaker,
+            recovery: self.recovery,
         }
     }
 
@@ -200,15 +244,19 @@ impl<Trace, Logging, Metrics, Auth, RateLimit, Breaker>
     pub fn auth<X: BuildLayer<Server>>(
         self,
         auth: X,
-    ) -> ServerLayers<Trace, Logging, Metrics, X, RateLimit, Breaker> {
+    ) -> ServerLayers<Trace, Logging, Metrics, Deadline, X, RateLimit, Limit, Breaker, Recovery>
+    {
         ServerLayers {
             registry: self.registry,
             trace: self.trace,
             logging: self.logging,
             metrics: self.metrics,
+            deadline: self.deadline,
             auth,
             ratelimit: self.ratelimit,
+            limit: self.limit,
             breaker: self.breaker,
+            recovery: self.recovery,
         }
     }
 
@@ -216,31 +264,76 @@ impl<Trace, Logging, Metrics, Auth, RateLimit, Breaker>
     pub fn ratelimit<X: BuildLayer<Server>>(
         self,
         ratelimit: X,
-    ) -> ServerLayers<Trace, Logging, Metrics, Auth, X, Breaker> {
+    ) -> ServerLayers<Trace, Logging, Metrics, Deadline, Auth, X, Limit, Breaker, Recovery> {
         ServerLayers {
             registry: self.registry,
             trace: self.trace,
             logging: self.logging,
             metrics: self.metrics,
+            deadline: self.deadline,
             auth: self.auth,
             ratelimit,
+            limit: self.limit,
             breaker: self.breaker,
+            recovery: self.recovery,
         }
     }
 
-    /// The innermost slot: a breaker that sheds calls while the service fails.
-    pub fn breaker<X: BuildLayer<Server>>(
+    /// An in-flight limit: calls past it are shed at once, after the cheaper refusals.
+    pub fn limit<X: BuildLayer<Server>>(
         self,
-        breaker: X,
-    ) -> ServerLayers<Trace, Logging, Metrics, Auth, RateLimit, X> {
+        limit: X,
+    ) -> ServerLayers<Trace, Logging, Metrics, Deadline, Auth, RateLimit, X, Breaker, Recovery>
+    {
         ServerLayers {
             registry: self.registry,
             trace: self.trace,
             logging: self.logging,
             metrics: self.metrics,
+            deadline: self.deadline,
             auth: self.auth,
             ratelimit: self.ratelimit,
+            limit,
+            breaker: self.breaker,
+            recovery: self.recovery,
+        }
+    }
+
+    /// A breaker that sheds calls while the service fails.
+    pub fn breaker<X: BuildLayer<Server>>(
+        self,
+        breaker: X,
+    ) -> ServerLayers<Trace, Logging, Metrics, Deadline, Auth, RateLimit, Limit, X, Recovery> {
+        ServerLayers {
+            registry: self.registry,
+            trace: self.trace,
+            logging: self.logging,
+            metrics: self.metrics,
+            deadline: self.deadline,
+            auth: self.auth,
+            ratelimit: self.ratelimit,
+            limit: self.limit,
             breaker,
+            recovery: self.recovery,
+        }
+    }
+
+    /// The innermost slot: a panic in the handler answered as `INTERNAL`, so every layer outside sees that code.
+    pub fn recovery<X: BuildLayer<Server>>(
+        self,
+        recovery: X,
+    ) -> ServerLayers<Trace, Logging, Metrics, Deadline, Auth, RateLimit, Limit, Breaker, X> {
+        ServerLayers {
+            registry: self.registry,
+            trace: self.trace,
+            logging: self.logging,
+            metrics: self.metrics,
+            deadline: self.deadline,
+            auth: self.auth,
+            ratelimit: self.ratelimit,
+            limit: self.limit,
+            breaker: self.breaker,
+            recovery,
         }
     }
 }
@@ -249,10 +342,13 @@ impl<
     Trace: BuildLayer<Server>,
     Logging: BuildLayer<Server>,
     Metrics: BuildLayer<Server>,
+    Deadline: BuildLayer<Server>,
     Auth: BuildLayer<Server>,
     RateLimit: BuildLayer<Server>,
+    Limit: BuildLayer<Server>,
     Breaker: BuildLayer<Server>,
-> ServerLayers<Trace, Logging, Metrics, Auth, RateLimit, Breaker>
+    Recovery: BuildLayer<Server>,
+> ServerLayers<Trace, Logging, Metrics, Deadline, Auth, RateLimit, Limit, Breaker, Recovery>
 {
     /// Builds every slot, outermost first, each after taking the preset's registry if it has
     /// none of its own.
@@ -269,9 +365,12 @@ impl<
             Trace::Layer,
             Logging::Layer,
             Metrics::Layer,
+            Deadline::Layer,
             Auth::Layer,
             RateLimit::Layer,
+            Limit::Layer,
             Breaker::Layer,
+            Recovery::Layer,
         >,
         Error,
     > {
@@ -280,9 +379,12 @@ impl<
             trace: build_slot("trace", self.trace, registry)?,
             logging: build_slot("logging", self.logging, registry)?,
             metrics: build_slot("metrics", self.metrics, registry)?,
+            deadline: build_slot("deadline", self.deadline, registry)?,
             auth: build_slot("auth", self.auth, registry)?,
             ratelimit: build_slot("ratelimit", self.ratelimit, registry)?,
+            limit: build_slot("limit", self.limit, registry)?,
             breaker: build_slot("breaker", self.breaker, registry)?,
+            recovery: build_slot("recovery", self.recovery, registry)?,
         })
     }
 }
@@ -293,50 +395,64 @@ pub struct ServerStack<
     Trace = Identity,
     Logging = Identity,
     Metrics = Identity,
+    Deadline = Identity,
     Auth = Identity,
     RateLimit = Identity,
+    Limit = Identity,
     Breaker = Identity,
+    Recovery = Identity,
 > {
     trace: Trace,
     logging: Logging,
     metrics: Metrics,
+    deadline: Deadline,
     auth: Auth,
     ratelimit: RateLimit,
+    limit: Limit,
     breaker: Breaker,
+    recovery: Recovery,
 }
 
-impl<S, Trace, Logging, Metrics, Auth, RateLimit, Breaker> Layer<S>
-    for ServerStack<Trace, Logging, Metrics, Auth, RateLimit, Breaker>
+impl<S, Trace, Logging, Metrics, Deadline, Auth, RateLimit, Limit, Breaker, Recovery> Layer<S>
+    for ServerStack<Trace, Logging, Metrics, Deadline, Auth, RateLimit, Limit, Breaker, Recovery>
 where
-    Breaker: Layer<S>,
-    RateLimit: Layer<Breaker::Service>,
+    Recovery: Layer<S>,
+    Breaker: Layer<Recovery::Service>,
+    Limit: Layer<Breaker::Service>,
+    RateLimit: Layer<Limit::Service>,
     Auth: Layer<RateLimit::Service>,
-    Metrics: Layer<Auth::Service>,
+    Deadline: Layer<Auth::Service>,
+    Metrics: Layer<Deadline::Service>,
     Logging: Layer<Metrics::Service>,
     Trace: Layer<Logging::Service>,
 {
     type Service = Trace::Service;
 
     fn layer(&self, service: S) -> Self::Service {
+        let service = self.recovery.layer(service);
         let service = self.breaker.layer(service);
+        let service = self.limit.layer(service);
         let service = self.ratelimit.layer(service);
         let service = self.auth.layer(service);
+        let service = self.deadline.layer(service);
         let service = self.metrics.layer(service);
         let service = self.logging.layer(service);
         self.trace.layer(service)
     }
 }
 
-/// A client's layers in the recommended order, outermost first: `trace → logging → metrics →
-/// breaker → ratelimit → auth → channel`, to [`build`](Self::build) into a [`ClientStack`].
-/// See the [module docs](self).
+/// A client's layers in the recommended order, outermost first:
+/// `trace → logging → metrics → deadline → breaker → limit → ratelimit → auth → channel`,
+/// to [`build`](Self::build) into a [`ClientStack`]. See the [module docs](self).
 #[derive(Clone, Debug, Default)]
 #[must_use = "a preset does nothing until it is built"]
 pub struct ClientLayers<
     Trace = Identity,
     Logging = Identity,
     Metrics = Identity,
+    Deadline = Identity,
     Breaker = Identity,
+    Limit = Identity,
     RateLimit = Identity,
     Auth = Identity,
 > {
@@ -344,7 +460,9 @@ pub struct ClientLayers<
     trace: Trace,
     logging: Logging,
     metrics: Metrics,
+    deadline: Deadline,
     breaker: Breaker,
+    limit: Limit,
     ratelimit: RateLimit,
     auth: Auth,
 }
@@ -356,8 +474,8 @@ impl ClientLayers {
     }
 }
 
-impl<Trace, Logging, Metrics, Breaker, RateLimit, Auth>
-    ClientLayers<Trace, Logging, Metrics, Breaker, RateLimit, Auth>
+impl<Trace, Logging, Metrics, Deadline, Breaker, Limit, RateLimit, Auth>
+    ClientLayers<Trace, Logging, Metrics, Deadline, Breaker, Limit, RateLimit, Auth>
 {
     /// The methods served (or called), handed at [`build`](Self::build) to every slot's
     /// builder that was given none of its own: `grpc_type` and bounded per-method label sets
@@ -371,13 +489,15 @@ impl<Trace, Logging, Metrics, Breaker, RateLimit, Auth>
     pub fn trace<X: BuildLayer<Client>>(
         self,
         trace: X,
-    ) -> ClientLayers<X, Logging, Metrics, Breaker, RateLimit, Auth> {
+    ) -> ClientLayers<X, Logging, Metrics, Deadline, Breaker, Limit, RateLimit, Auth> {
         ClientLayers {
             registry: self.registry,
             trace,
             logging: self.logging,
             metrics: self.metrics,
+            deadline: self.deadline,
             breaker: self.breaker,
+            limit: self.limit,
             ratelimit: self.ratelimit,
             auth: self.auth,
         }
@@ -387,13 +507,15 @@ impl<Trace, Logging, Metrics, Breaker, RateLimit, Auth>
     pub fn logging<X: BuildLayer<Client>>(
         self,
         logging: X,
-    ) -> ClientLayers<Trace, X, Metrics, Breaker, RateLimit, Auth> {
+    ) -> ClientLayers<Trace, X, Metrics, Deadline, Breaker, Limit, RateLimit, Auth> {
         ClientLayers {
             registry: self.registry,
             trace: self.trace,
             logging,
             metrics: self.metrics,
+            deadline: self.deadline,
             breaker: self.breaker,
+            limit: self.limit,
             ratelimit: self.ratelimit,
             auth: self.auth,
         }
@@ -403,13 +525,33 @@ impl<Trace, Logging, Metrics, Breaker, RateLimit, Auth>
     pub fn metrics<X: BuildLayer<Client>>(
         self,
         metrics: X,
-    ) -> ClientLayers<Trace, Logging, X, Breaker, RateLimit, Auth> {
+    ) -> ClientLayers<Trace, Logging, X, Deadline, Breaker, Limit, RateLimit, Auth> {
         ClientLayers {
             registry: self.registry,
             trace: self.trace,
             logging: self.logging,
             metrics,
+            deadline: self.deadline,
             breaker: self.breaker,
+            limit: self.limit,
+            ratelimit: self.ratelimit,
+            auth: self.auth,
+        }
+    }
+
+    /// The call's deadline: the smallest of its own, a default and the handler's, less a margin; a passed one is not sent.
+    pub fn deadline<X: BuildLayer<Client>>(
+        self,
+        deadline: X,
+    ) -> ClientLayers<Trace, Logging, Metrics, X, Breaker, Limit, RateLimit, Auth> {
+        ClientLayers {
+            registry: self.registry,
+            trace: self.trace,
+            logging: self.logging,
+            metrics: self.metrics,
+            deadline,
+            breaker: self.breaker,
+            limit: self.limit,
             ratelimit: self.ratelimit,
             auth: self.auth,
         }
@@ -419,13 +561,33 @@ impl<Trace, Logging, Metrics, Breaker, RateLimit, Auth>
     pub fn breaker<X: BuildLayer<Client>>(
         self,
         breaker: X,
-    ) -> ClientLayers<Trace, Logging, Metrics, X, RateLimit, Auth> {
+    ) -> ClientLayers<Trace, Logging, Metrics, Deadline, X, Limit, RateLimit, Auth> {
         ClientLayers {
             registry: self.registry,
             trace: self.trace,
             logging: self.logging,
             metrics: self.metrics,
+            deadline: self.deadline,
             breaker,
+            limit: self.limit,
+            ratelimit: self.ratelimit,
+            auth: self.auth,
+        }
+    }
+
+    /// An in-flight limit on the calls this client makes.
+    pub fn limit<X: BuildLayer<Client>>(
+        self,
+        limit: X,
+    ) -> ClientLayers<Trace, Logging, Metrics, Deadline, Breaker, X, RateLimit, Auth> {
+        ClientLayers {
+            registry: self.registry,
+            trace: self.trace,
+            logging: self.logging,
+            metrics: self.metrics,
+            deadline: self.deadline,
+            breaker: self.breaker,
+            limit,
             ratelimit: self.ratelimit,
             auth: self.auth,
         }
@@ -435,13 +597,15 @@ impl<Trace, Logging, Metrics, Breaker, RateLimit, Auth>
     pub fn ratelimit<X: BuildLayer<Client>>(
         self,
         ratelimit: X,
-    ) -> ClientLayers<Trace, Logging, Metrics, Breaker, X, Auth> {
+    ) -> ClientLayers<Trace, Logging, Metrics, Deadline, Breaker, Limit, X, Auth> {
         ClientLayers {
             registry: self.registry,
             trace: self.trace,
             logging: self.logging,
             metrics: self.metrics,
+            deadline: self.deadline,
             breaker: self.breaker,
+            limit: self.limit,
             ratelimit,
             auth: self.auth,
         }
@@ -451,13 +615,15 @@ impl<Trace, Logging, Metrics, Breaker, RateLimit, Auth>
     pub fn auth<X: BuildLayer<Client>>(
         self,
         auth: X,
-    ) -> ClientLayers<Trace, Logging, Metrics, Breaker, RateLimit, X> {
+    ) -> ClientLayers<Trace, Logging, Metrics, Deadline, Breaker, Limit, RateLimit, X> {
         ClientLayers {
             registry: self.registry,
             trace: self.trace,
             logging: self.logging,
             metrics: self.metrics,
+            deadline: self.deadline,
             breaker: self.breaker,
+            limit: self.limit,
             ratelimit: self.ratelimit,
             auth,
         }
@@ -468,10 +634,12 @@ impl<
     Trace: BuildLayer<Client>,
     Logging: BuildLayer<Client>,
     Metrics: BuildLayer<Client>,
+    Deadline: BuildLayer<Client>,
     Breaker: BuildLayer<Client>,
+    Limit: BuildLayer<Client>,
     RateLimit: BuildLayer<Client>,
     Auth: BuildLayer<Client>,
-> ClientLayers<Trace, Logging, Metrics, Breaker, RateLimit, Auth>
+> ClientLayers<Trace, Logging, Metrics, Deadline, Breaker, Limit, RateLimit, Auth>
 {
     /// Builds every slot, outermost first, each after taking the preset's registry if it has
     /// none of its own.
@@ -488,7 +656,9 @@ impl<
             Trace::Layer,
             Logging::Layer,
             Metrics::Layer,
+            Deadline::Layer,
             Breaker::Layer,
+            Limit::Layer,
             RateLimit::Layer,
             Auth::Layer,
         >,
@@ -499,7 +669,9 @@ impl<
             trace: build_slot("trace", self.trace, registry)?,
             logging: build_slot("logging", self.logging, registry)?,
             metrics: build_slot("metrics", self.metrics, registry)?,
+            deadline: build_slot("deadline", self.deadline, registry)?,
             breaker: build_slot("breaker", self.breaker, registry)?,
+            limit: build_slot("limit", self.limit, registry)?,
             ratelimit: build_slot("ratelimit", self.ratelimit, registry)?,
             auth: build_slot("auth", self.auth, registry)?,
         })
@@ -513,25 +685,31 @@ pub struct ClientStack<
     Trace = Identity,
     Logging = Identity,
     Metrics = Identity,
+    Deadline = Identity,
     Breaker = Identity,
+    Limit = Identity,
     RateLimit = Identity,
     Auth = Identity,
 > {
     trace: Trace,
     logging: Logging,
     metrics: Metrics,
+    deadline: Deadline,
     breaker: Breaker,
+    limit: Limit,
     ratelimit: RateLimit,
     auth: Auth,
 }
 
-impl<S, Trace, Logging, Metrics, Breaker, RateLimit, Auth> Layer<S>
-    for ClientStack<Trace, Logging, Metrics, Breaker, RateLimit, Auth>
+impl<S, Trace, Logging, Metrics, Deadline, Breaker, Limit, RateLimit, Auth> Layer<S>
+    for ClientStack<Trace, Logging, Metrics, Deadline, Breaker, Limit, RateLimit, Auth>
 where
     Auth: Layer<S>,
     RateLimit: Layer<Auth::Service>,
-    Breaker: Layer<RateLimit::Service>,
-    Metrics: Layer<Breaker::Service>,
+    Limit: Layer<RateLimit::Service>,
+    Breaker: Layer<Limit::Service>,
+    Deadline: Layer<Breaker::Service>,
+    Metrics: Layer<Deadline::Service>,
     Logging: Layer<Metrics::Service>,
     Trace: Layer<Logging::Service>,
 {
@@ -540,14 +718,18 @@ where
     fn layer(&self, service: S) -> Self::Service {
         let service = self.auth.layer(service);
         let service = self.ratelimit.layer(service);
+        let service = self.limit.layer(service);
         let service = self.breaker.layer(service);
+        let service = self.deadline.layer(service);
         let service = self.metrics.layer(service);
         let service = self.logging.layer(service);
         self.trace.layer(service)
     }
 }
 
-impl<T, L, M, B, R, A> ClientStack<T, L, M, B, R, A> {
+impl<Trace, Logging, Metrics, Deadline, Breaker, Limit, RateLimit, Auth>
+    ClientStack<Trace, Logging, Metrics, Deadline, Breaker, Limit, RateLimit, Auth>
+{
     /// The channel wrapped in every layer: `GreeterClient::new(stack.service(channel))`.
     pub fn service<S>(&self, channel: S) -> <Self as Layer<S>>::Service
     where
