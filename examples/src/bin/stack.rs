@@ -2,7 +2,8 @@
 //! with the full client stack, walking through what each layer does — authorized calls;
 //! missing, forged and expired tokens; a stream that needs a scope; a burst past the rate
 //! limit; a backend outage that opens the client's breaker, and its recovery; one call traced
-//! across both — then the final `/metrics` scrape.
+//! across both; a panic answered as INTERNAL while other calls go on; a flood shed by the
+//! in-flight limit; a deadline carried across two hops — then the final `/metrics` scrape.
 //!
 //! ```text
 //! cargo run --release -p palisade-examples --bin stack
@@ -50,6 +51,33 @@ async fn main() -> Result<(), BoxError> {
     let log_guard = telemetry::init_logs(LogFormat::Text, args.logs.as_deref().unwrap_or("off"));
     let provider = telemetry::install_tracer("palisade-stack", None)?;
 
+    // The second hop of the deadline step: the server program bare (one process holds one
+    // metrics recorder), which the first forwards `forward = true` calls to; its Greeter reads
+    // what is left of the deadline from the `grpc-timeout` the first hop sent.
+    let upstream_args = ServerArgs {
+        addr: "127.0.0.1:0".parse()?,
+        metrics_addr: "127.0.0.1:0".parse()?,
+        jwt_secret: SECRET.into(),
+        jwks_file: None,
+        jwt_issuer: None,
+        jwt_audience: None,
+        rate: 0,
+        burst: 1,
+        rate_key: "global".into(),
+        rate_redis: None,
+        max_concurrent: 0,
+        log_format: LogFormat::Text,
+        log_start: false,
+        otlp_endpoint: None,
+        grace_period: shutdown::DEFAULT_GRACE_PERIOD,
+        bare: true,
+        max_deadline: None,
+        default_deadline: None,
+        upstream: None,
+    };
+    let upstream_listener = tokio::net::TcpListener::bind(upstream_args.addr).await?;
+    let upstream = server::start(&upstream_args, upstream_listener).await?;
+
     let server_args = ServerArgs {
         addr: "127.0.0.1:0".parse()?,
         metrics_addr: "127.0.0.1:0".parse()?,
@@ -61,7 +89,7 @@ async fn main() -> Result<(), BoxError> {
         burst: 10,
         rate_key: "subject".into(),
         rate_redis: None,
-        max_concurrent: 0,
+        max_concurrent: 4,
         log_format: LogFormat::Text,
         log_start: false,
         otlp_endpoint: None,
@@ -69,7 +97,7 @@ async fn main() -> Result<(), BoxError> {
         bare: false,
         max_deadline: None,
         default_deadline: None,
-        upstream: None,
+        upstream: Some(format!("http://{}", upstream.addr)),
     };
     let listener = tokio::net::TcpListener::bind(server_args.addr).await?;
     let running = server::start(&server_args, listener).await?;
@@ -79,7 +107,7 @@ async fn main() -> Result<(), BoxError> {
         .expect("the full stack serves /metrics");
     println!("Palisade stack story");
     println!(
-        "  server {target}: trace → logging → metrics → deadline → jwt → ratelimit (5/s per subject, burst 10) → Greeter"
+        "  server {target}: trace → logging → metrics → deadline → jwt → ratelimit (5/s per subject, burst 10) → limit (4 in flight) → recovery → Greeter"
     );
     println!(
         "  client: trace → logging → metrics → deadline → breaker (3 failures, 500 ms open) → ratelimit (wait) → jwt (attach)"
@@ -256,13 +284,111 @@ async fn main() -> Result<(), BoxError> {
     );
     ok &= reply.trace_id == story_trace;
 
-    step("7. The final /metrics scrape (non-zero Palisade and gRPC series)");
+    step("7. A panic is INTERNAL for that call alone: the calls beside it go on");
+    // One line instead of the default hook's backtrace: this panic is the story's own.
+    std::panic::set_hook(Box::new(|info| {
+        println!(
+            "    (the handler panics, as asked: {:?})",
+            info.payload()
+                .downcast_ref::<&str>()
+                .copied()
+                .unwrap_or("a panic")
+        );
+    }));
+    let panicking = HelloRequest {
+        name: "panic".into(),
+        panic: true,
+        ..Default::default()
+    };
+    let (mut first, mut second) = (greeter.clone(), greeter.clone());
+    let (panicked, beside) = tokio::join!(
+        first.say_hello(panicking),
+        second.say_hello(hello("beside the panic")),
+    );
+    ok &= report(
+        "SayHello asked to panic",
+        &panicked.map(|_| "answered".to_owned()),
+        &[Code::Internal],
+    );
+    ok &= report(
+        "a call beside it, same channel",
+        &beside.map(|_| "OK".to_owned()),
+        &[Code::Ok],
+    );
+
+    step("8. A flood past the in-flight limit: 12 slow calls at once, 4 in flight at most");
+    // Each call its own subject, so the per-subject rate limit lets every one through: what
+    // answers is the in-flight limit alone.
+    let mut flood = tokio::task::JoinSet::new();
+    for call in 0..12 {
+        let token = HmacMinter::hs256(SECRET)
+            .subject(format!("flood-{call}"))
+            .mint()?;
+        let mut raw = raw.clone();
+        flood.spawn(async move {
+            let request = HelloRequest {
+                name: "flood".into(),
+                delay_ms: 300,
+                ..Default::default()
+            };
+            raw.say_hello(with_token(request, Some(token.value())))
+                .await
+                .map(|_| ())
+        });
+    }
+    let (mut served, mut shed) = (0, 0);
+    while let Some(result) = flood.join_next().await {
+        match result? {
+            Ok(()) => served += 1,
+            Err(status) if status.code() == Code::ResourceExhausted => shed += 1,
+            Err(status) => {
+                ok &= report(
+                    "a flood call",
+                    &Err(status),
+                    &[Code::Ok, Code::ResourceExhausted],
+                );
+            }
+        }
+    }
+    println!("    served {served}, shed at once with RESOURCE_EXHAUSTED {shed}");
+    ok &= served == 4 && shed == 8;
+
+    step("9. A 1 s deadline across two hops: the second sees what the first left of it");
+    let forwarded = HelloRequest {
+        name: "two hops".into(),
+        forward: true,
+        delay_ms: 100,
+        ..Default::default()
+    };
+    let mut request = with_token(
+        forwarded,
+        Some(
+            client::minter(SECRET, None, Duration::from_secs(60))
+                .mint()?
+                .value(),
+        ),
+    );
+    request.set_timeout(Duration::from_secs(1));
+    match raw.say_hello(request).await {
+        Ok(reply) => {
+            let reply = reply.into_inner();
+            println!(
+                "    hops {}, the second hop's deadline {} ms (the first spent 100 ms of 1000)",
+                reply.hops, reply.deadline_ms
+            );
+            ok &= reply.hops == 2 && reply.deadline_ms > 0 && reply.deadline_ms < 900;
+        }
+        Err(status) => ok &= report("the forwarded call", &Err(status), &[Code::Ok]),
+    }
+
+    step("10. The final /metrics scrape (non-zero Palisade and gRPC series)");
     let scrape = scrape(metrics_addr).await?;
     for line in scrape.lines().filter(|line| interesting(line)) {
         println!("    {line}");
     }
 
     running.stop().await?;
+    upstream.stop().await?;
     provider.shutdown()?;
     drop(log_guard);
     if !ok {
