@@ -66,6 +66,10 @@ pub struct ServerArgs {
     /// off.
     #[arg(long, visible_alias = "max-in-flight", default_value_t = 0)]
     pub max_concurrent: u32,
+    /// Find the in-flight limit from latency instead (Envoy's adaptive-concurrency gradient),
+    /// at most `--max-concurrent` when that is given.
+    #[arg(long)]
+    pub adaptive_concurrency: bool,
     /// Log format, to stdout.
     #[arg(long, value_enum, default_value_t = LogFormat::Json)]
     pub log_format: LogFormat,
@@ -99,7 +103,7 @@ pub struct ServerArgs {
 }
 
 /// The flags that configure a layer, which `--bare` has none of.
-const BARE_IGNORES: [&str; 15] = [
+const BARE_IGNORES: [&str; 16] = [
     "metrics_addr",
     "jwt_secret",
     "jwks_file",
@@ -110,6 +114,7 @@ const BARE_IGNORES: [&str; 15] = [
     "rate_key",
     "rate_redis",
     "max_concurrent",
+    "adaptive_concurrency",
     "otlp_endpoint",
     "log_start",
     "max_deadline",
@@ -327,16 +332,24 @@ fn rate_limit_in_stack(
 pub fn in_flight_limit(
     args: &ServerArgs,
 ) -> Result<Option<LimitLayer<palisade_core::side::Server>>, BoxError> {
-    if args.max_concurrent == 0 {
-        return Ok(None);
-    }
-    Ok(Some(
-        LimitLayer::server()
-            .name("server")
-            .max_in_flight(args.max_concurrent)
-            .skip(Matcher::health_and_reflection())
-            .build()?,
-    ))
+    let builder = LimitLayer::server()
+        .name("server")
+        .skip(Matcher::health_and_reflection());
+    let builder = match (args.adaptive_concurrency, args.max_concurrent) {
+        (false, 0) => return Ok(None),
+        (false, limit) => builder.max_in_flight(limit),
+        (true, max) => {
+            let defaults = palisade_limit::adaptive::GradientConfig::default();
+            let max_limit = if max == 0 { defaults.max_limit } else { max };
+            builder.adaptive(palisade_limit::adaptive::GradientConfig {
+                max_limit,
+                initial_limit: defaults.initial_limit.min(max_limit),
+                min_concurrency: defaults.min_concurrency.min(max_limit),
+                ..defaults
+            })
+        }
+    };
+    Ok(Some(builder.build()?))
 }
 
 /// The in-flight limit in the stack, or (`--max-concurrent 0`) the routes as they are, their

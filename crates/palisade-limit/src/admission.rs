@@ -17,7 +17,8 @@ use palisade_core::{
 };
 
 use crate::{
-    gate::{Entry, Gate, Kind, Permit, QueueWait},
+    adaptive::GradientConfig,
+    gate::{Adaptive, Entry, Gate, Kind, Permit, QueueWait},
     key::Keys,
     series::Registrar,
 };
@@ -63,6 +64,20 @@ impl GateMaker {
     pub(crate) fn gate(&self, limit: u32, label: &str) -> Arc<Gate> {
         let series = self.registrar.series(label.into());
         let gate = Arc::new(Gate::new(Kind::Fixed(limit), self.queue, series));
+        self.made
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(gate.clone());
+        gate
+    }
+
+    pub(crate) fn adaptive_gate(&self, config: GradientConfig, label: &str) -> Arc<Gate> {
+        let series = self.registrar.series(label.into());
+        let gate = Arc::new(Gate::new(
+            Kind::Adaptive(Adaptive::new(config)),
+            self.queue,
+            series,
+        ));
         self.made
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -141,6 +156,15 @@ impl<K> LimitAdmission<K> {
     /// The calls holding a permit now, over every gate of the layer.
     pub fn in_flight(&self) -> u32 {
         self.scope.gates().iter().map(|gate| gate.in_flight()).sum()
+    }
+
+    /// The whole-service limit now — the one set, or the one an adaptive limit found — or
+    /// `None` for per-method and per-key limits.
+    pub fn limit(&self) -> Option<u32> {
+        match &self.scope {
+            Scope::Whole(gate) => Some(gate.limit()),
+            _ => None,
+        }
     }
 
     /// The calls waiting in a queue now, over every gate of the layer.

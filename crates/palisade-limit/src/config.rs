@@ -13,6 +13,7 @@ use palisade_core::{
 };
 
 use crate::{
+    adaptive::GradientConfig,
     admission::{GateMaker, LimitAdmission, Methods, OVERFLOW, Scope},
     key::{DEFAULT_MAX_KEYS, Key, Keys},
     layer::LimitLayer,
@@ -50,6 +51,10 @@ pub enum ConfigError {
     ZeroMaxWait,
     /// A per-key limit keeping no key.
     ZeroMaxKeys,
+    /// Adaptive settings that cannot work: a zero `min_concurrency` or `probe_samples`, an
+    /// `initial_limit` outside `[min_concurrency, max_limit]`, a zero `window`, a
+    /// `probe_interval` not longer than the window, a negative or non-finite `buffer`.
+    Adaptive,
 }
 
 impl fmt::Display for ConfigError {
@@ -71,16 +76,40 @@ impl fmt::Display for ConfigError {
                 f.write_str("a queue with a max wait of zero: give the wait a duration")
             }
             ConfigError::ZeroMaxKeys => f.write_str("a per-key limit of 0 keys: give at least 1"),
+            ConfigError::Adaptive => f.write_str(
+                "adaptive limit settings that cannot work: min_concurrency and probe_samples \
+                 above 0, initial_limit within [min_concurrency, max_limit], a non-zero window \
+                 shorter than probe_interval, a finite buffer of 0 or more",
+            ),
         }
     }
 }
 
 impl std::error::Error for ConfigError {}
 
+/// An adaptive limit's settings that cannot work.
+fn check_adaptive(config: &GradientConfig) -> Result<(), ConfigError> {
+    let valid = config.min_concurrency > 0
+        && config.min_concurrency <= config.max_limit
+        && config.initial_limit >= config.min_concurrency
+        && config.initial_limit <= config.max_limit
+        && config.probe_samples > 0
+        && !config.window.is_zero()
+        && config.probe_interval > config.window
+        && config.buffer.is_finite()
+        && config.buffer >= 0.0;
+    if valid {
+        Ok(())
+    } else {
+        Err(ConfigError::Adaptive)
+    }
+}
+
 /// The limit of a layer, before it is built.
 #[derive(Clone, Debug)]
 enum Limits {
     Whole(u32),
+    Adaptive(GradientConfig),
     PerMethod(PerMethod<u32>),
     PerKey(Key, u32),
 }
@@ -164,6 +193,30 @@ impl<K: OnSide> LimitBuilder<K> {
     /// whatever their method. Replaces [`per_method`](Self::per_method).
     pub fn max_in_flight(mut self, limit: u32) -> Self {
         self.limits = Some(Limits::Whole(limit));
+        self
+    }
+
+    /// One limit for the whole service (or client), found from latency instead of set: Envoy's
+    /// adaptive-concurrency gradient ([`Gradient`](crate::adaptive::Gradient)) — the limit
+    /// follows `limit × no-load latency × (1 + buffer) / latency + √limit` every window, and
+    /// the no-load latency is measured again every `probe_interval` by holding the limit at
+    /// `min_concurrency` for `probe_samples` calls. Every call's latency from admission to the
+    /// end of its response is a sample (cancelled calls are not). Replaces
+    /// [`max_in_flight`](Self::max_in_flight); the `palisade_concurrency_limit` gauge shows the
+    /// limit it finds.
+    ///
+    /// ```
+    /// use palisade_limit::{LimitLayer, adaptive::GradientConfig};
+    ///
+    /// let layer = LimitLayer::server()
+    ///     .name("greeter")
+    ///     .adaptive(GradientConfig { max_limit: 500, ..GradientConfig::default() })
+    ///     .build()
+    ///     .unwrap();
+    /// # let _ = layer;
+    /// ```
+    pub fn adaptive(mut self, config: GradientConfig) -> Self {
+        self.limits = Some(Limits::Adaptive(config));
         self
     }
 
@@ -255,6 +308,7 @@ impl<K: OnSide> LimitBuilder<K> {
         match &self.limits {
             None => return Err(ConfigError::NoLimit),
             Some(Limits::Whole(0) | Limits::PerKey(_, 0)) => return Err(ConfigError::ZeroLimit),
+            Some(Limits::Adaptive(config)) => check_adaptive(config)?,
             Some(Limits::PerKey(..)) if self.max_keys == 0 => {
                 return Err(ConfigError::ZeroMaxKeys);
             }
@@ -298,6 +352,7 @@ impl<K: OnSide> LimitBuilder<K> {
         };
         let scope = match self.limits.expect("checked") {
             Limits::Whole(limit) => Scope::Whole(maker.gate(limit, &self.name)),
+            Limits::Adaptive(config) => Scope::Whole(maker.adaptive_gate(config, &self.name)),
             Limits::PerKey(key, limit) => {
                 let overflow = maker.gate(limit, &self.name);
                 Scope::PerKey(Box::new(Keys {

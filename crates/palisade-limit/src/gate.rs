@@ -14,20 +14,55 @@ use std::{
     time::Duration,
 };
 
-use palisade_core::Outcome;
 use palisade_core::observe::{Counts, Observer};
+use palisade_core::{Code, Outcome};
 use pin_project_lite::pin_project;
-use tokio::time::Sleep;
+use tokio::time::{Instant, Sleep};
 
-use crate::series::Series;
+use crate::{
+    adaptive::{Gradient, GradientConfig, Sample},
+    series::Series,
+};
 
-/// What decides how many calls a gate lets in at once. Only the fixed kind is built; an
-/// adaptive kind (a limit found from latency) would hold its limit in an atomic and move it
-/// from its permits' ends.
+/// What decides how many calls a gate lets in at once.
 #[derive(Debug)]
 pub(crate) enum Kind {
     /// A limit set at build.
     Fixed(u32),
+    /// A limit found from latency: the controller moves it at its permits' ends.
+    Adaptive(Adaptive),
+}
+
+/// An adaptive gate's controller and the limit it last set.
+#[derive(Debug)]
+pub(crate) struct Adaptive {
+    controller: Mutex<Gradient>,
+    limit: AtomicU32,
+    /// The controller's time 0 (tokio's clock, so paused time drives it in tests).
+    epoch: Instant,
+}
+
+impl Adaptive {
+    pub(crate) fn new(config: GradientConfig) -> Self {
+        let controller = Gradient::new(config);
+        Self {
+            limit: AtomicU32::new(controller.limit()),
+            controller: Mutex::new(controller),
+            epoch: Instant::now(),
+        }
+    }
+
+    /// One call's end: a sample for the controller, the limit it gives back stored.
+    fn sample(&self, sample: Sample) -> u32 {
+        let now = self.epoch.elapsed();
+        let limit = self
+            .controller
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .on_sample(now, sample);
+        self.limit.store(limit, Ordering::Release);
+        limit
+    }
 }
 
 /// One in-flight count with its limit: the whole service's, one method's, or the overflow
@@ -83,7 +118,10 @@ pub(crate) enum Entry {
 
 impl Gate {
     pub(crate) fn new(kind: Kind, queue: Option<(usize, Duration)>, series: Series) -> Self {
-        let Kind::Fixed(limit) = kind;
+        let limit = match &kind {
+            Kind::Fixed(limit) => *limit,
+            Kind::Adaptive(adaptive) => adaptive.limit.load(Ordering::Relaxed),
+        };
         series.limit.set(f64::from(limit));
         Self {
             kind,
@@ -99,8 +137,9 @@ impl Gate {
 
     /// The most calls this gate lets in at once, now.
     pub(crate) fn limit(&self) -> u32 {
-        match self.kind {
-            Kind::Fixed(limit) => limit,
+        match &self.kind {
+            Kind::Fixed(limit) => *limit,
+            Kind::Adaptive(adaptive) => adaptive.limit.load(Ordering::Acquire),
         }
     }
 
@@ -226,16 +265,39 @@ impl fmt::Debug for Gate {
 /// not looked at).
 pub struct Permit {
     gate: Arc<Gate>,
+    /// Under an adaptive limit: when the call was admitted, and how many were in flight then.
+    timed: Option<(Instant, u32)>,
 }
 
 impl Permit {
     fn new(gate: Arc<Gate>) -> Self {
-        Self { gate }
+        let timed = match gate.kind {
+            Kind::Fixed(_) => None,
+            Kind::Adaptive(_) => Some((Instant::now(), gate.in_flight())),
+        };
+        Self { gate, timed }
     }
 }
 
 impl Observer for Permit {
-    fn on_end(self, _: Outcome, _: Counts) {
+    fn on_end(self, outcome: Outcome, _: Counts) {
+        if let (Kind::Adaptive(adaptive), Some((admitted, inflight))) =
+            (&self.gate.kind, self.timed)
+        {
+            // A call its caller gave up on says nothing of the backend's latency; one that ran
+            // out of time (or was shed further in) is a sign of overload.
+            if outcome.code() != Code::Cancelled {
+                let limit = adaptive.sample(Sample {
+                    rtt: admitted.elapsed(),
+                    inflight,
+                    dropped: matches!(
+                        outcome.code(),
+                        Code::DeadlineExceeded | Code::ResourceExhausted | Code::Unavailable
+                    ),
+                });
+                self.gate.series.limit.set(f64::from(limit));
+            }
+        }
         // Dropped here: the permit goes back.
     }
 }

@@ -70,6 +70,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod adaptive;
 mod admission;
 mod config;
 mod gate;

@@ -505,6 +505,39 @@ async fn the_series_show_in_flight_limit_and_refusals() {
 fn bad_configurations_are_refused_at_build() {
     let server = LimitLayer::server;
     assert_eq!(server().build().unwrap_err(), ConfigError::NoLimit);
+    {
+        use palisade_limit::adaptive::GradientConfig;
+        let adaptive = |config: GradientConfig| server().adaptive(config).build();
+        assert!(adaptive(GradientConfig::default()).is_ok());
+        for bad in [
+            GradientConfig {
+                min_concurrency: 0,
+                ..GradientConfig::default()
+            },
+            GradientConfig {
+                initial_limit: 2000,
+                ..GradientConfig::default()
+            },
+            GradientConfig {
+                probe_samples: 0,
+                ..GradientConfig::default()
+            },
+            GradientConfig {
+                window: Duration::ZERO,
+                ..GradientConfig::default()
+            },
+            GradientConfig {
+                buffer: f64::NAN,
+                ..GradientConfig::default()
+            },
+            GradientConfig {
+                probe_interval: Duration::from_millis(1),
+                ..GradientConfig::default()
+            },
+        ] {
+            assert_eq!(adaptive(bad).unwrap_err(), ConfigError::Adaptive);
+        }
+    }
     assert_eq!(
         server().max_in_flight(0).build().unwrap_err(),
         ConfigError::ZeroLimit
@@ -745,4 +778,66 @@ async fn a_refusal_is_recorded_as_made_by_limit() {
     assert_refused(&service.call(request).await.unwrap());
     assert_eq!(refused.rejected_by(), Some("limit"));
     assert_eq!(admitted.rejected_by(), None);
+}
+
+/// An adaptive limit in front of a handler whose latency climbs past `K` calls in flight
+/// (10 ms alone, 10 ms × n / K with n > K in flight), under more callers than it can serve:
+/// the limit it finds settles within [K/2, 2K], and refused calls come back at once.
+#[tokio::test(start_paused = true)]
+async fn an_adaptive_limit_finds_the_handlers_capacity() {
+    use palisade_limit::adaptive::GradientConfig;
+
+    const K: usize = 10;
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    let seen = in_flight.clone();
+    let handler = service_fn(move |_: Request<Full<Bytes>>| {
+        let in_flight = seen.clone();
+        async move {
+            let n = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+            let latency = Duration::from_millis(10) * u32::try_from(n.max(K)).unwrap() / K as u32;
+            tokio::time::sleep(latency).await;
+            in_flight.fetch_sub(1, Ordering::SeqCst);
+            Ok::<_, std::convert::Infallible>(Response::new(TestBody {
+                sent: false,
+                end: End::Trailers,
+            }))
+        }
+    });
+    let layer = LimitLayer::server()
+        .adaptive(GradientConfig {
+            initial_limit: 100,
+            ..GradientConfig::default()
+        })
+        .build()
+        .unwrap();
+    let service = layer.layer(handler);
+    let mut callers = tokio::task::JoinSet::new();
+    let end = tokio::time::Instant::now() + Duration::from_secs(3);
+    let refused = Arc::new(AtomicUsize::new(0));
+    for _ in 0..3 * K {
+        let service = service.clone();
+        let refused = refused.clone();
+        callers.spawn(async move {
+            while tokio::time::Instant::now() < end {
+                let response = service.clone().oneshot(request(HELLO)).await.unwrap();
+                if response.headers().contains_key("grpc-status") {
+                    refused.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                } else {
+                    response.into_body().collect().await.unwrap();
+                }
+            }
+        });
+    }
+    while callers.join_next().await.is_some() {}
+    let limit = layer.admission().limit().unwrap();
+    assert!(
+        (K as u32 / 2..=2 * K as u32).contains(&limit),
+        "settled at {limit}"
+    );
+    assert!(
+        refused.load(Ordering::Relaxed) > 0,
+        "30 callers over a limit near 10"
+    );
+    assert_eq!(layer.in_flight(), 0, "every permit back");
 }
