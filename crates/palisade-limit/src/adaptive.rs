@@ -1,7 +1,7 @@
 //! The adaptive limit's controller: the limit found from the latencies measured, as Envoy's
 //! adaptive-concurrency filter finds it ([`Gradient`]). Pure arithmetic over samples (no clock,
-//! no I/O), so a simulation drives it deterministically; [`LimitBuilder::adaptive`]
-//! (crate::LimitBuilder::adaptive) puts it behind a layer.
+//! no I/O), so a simulation drives it deterministically;
+//! [`LimitBuilder::adaptive`](crate::LimitBuilder::adaptive) puts it behind a layer.
 //!
 //! Why this controller: in a simulation of a backend whose latency climbs once more than K
 //! calls are in flight (processor sharing over K workers, 10 ms a call), offered 1.5 to 5
