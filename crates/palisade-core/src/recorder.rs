@@ -1,5 +1,6 @@
-//! Whether a [`metrics`] recorder is installed, for layers that register their handles when
-//! they are built (feature `metrics`).
+//! Where a layer registers its [`metrics`] handles ([`Registrar`]), and whether a recorder is
+//! installed ([`installed`]), for layers that register their handles when they are built
+//! (feature `metrics`).
 //!
 //! A handle registered while the facade has no recorder is a no-op for good: a layer built
 //! before the exporter is installed records nothing, ever, and `/metrics` never shows its
@@ -18,7 +19,59 @@ use std::sync::{
     atomic::{AtomicU64, Ordering},
 };
 
+use std::fmt;
+
 use metrics::{KeyName, Recorder, SharedString};
+
+/// Where a layer registers its handles: the `metrics` facade's recorder of the moment (the
+/// default), or one given to its builder (`.recorder(..)`).
+///
+/// ```
+/// use std::sync::Arc;
+/// use palisade_core::recorder::Registrar;
+///
+/// let given = Registrar::new(Some(Arc::new(metrics::NoopRecorder)));
+/// assert!(!given.is_unrecorded(), "a recorder given is used as it is");
+/// assert!(Registrar::new(None).is_unrecorded(), "no recorder installed in this doctest");
+/// ```
+#[derive(Clone, Default)]
+pub enum Registrar {
+    /// The facade's recorder at the time of each registration.
+    #[default]
+    Facade,
+    /// This recorder.
+    Recorder(Arc<dyn Recorder + Send + Sync>),
+}
+
+impl Registrar {
+    /// The recorder given, or the facade's.
+    pub fn new(recorder: Option<Arc<dyn Recorder + Send + Sync>>) -> Self {
+        recorder.map_or(Registrar::Facade, Registrar::Recorder)
+    }
+
+    /// Runs `f` with the recorder.
+    pub fn with<T>(&self, f: impl FnOnce(&dyn Recorder) -> T) -> T {
+        match self {
+            Registrar::Facade => metrics::with_recorder(f),
+            Registrar::Recorder(recorder) => f(recorder.as_ref()),
+        }
+    }
+
+    /// Whether handles registered now would be no-ops for good: the facade's, while no recorder
+    /// is [`installed`]. A builder that registers at build warns when this says yes.
+    pub fn is_unrecorded(&self) -> bool {
+        matches!(self, Registrar::Facade) && !installed()
+    }
+}
+
+impl fmt::Debug for Registrar {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Registrar::Facade => f.write_str("Facade"),
+            Registrar::Recorder(_) => f.write_str("Recorder(..)"),
+        }
+    }
+}
 
 /// Whether the recorder the `metrics` facade hands out now (the thread's local one, else the
 /// global one) is a real recorder rather than the facade's no-op stand-in.

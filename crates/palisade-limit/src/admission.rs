@@ -20,7 +20,7 @@ use crate::{
     adaptive::GradientConfig,
     gate::{Adaptive, Entry, Gate, Kind, Permit, QueueWait},
     key::Keys,
-    series::Registrar,
+    series::{self, Registrar},
 };
 
 /// The limiter label of the bucket per-method limits share for methods without a gate of
@@ -62,7 +62,7 @@ pub(crate) struct GateMaker {
 
 impl GateMaker {
     pub(crate) fn gate(&self, limit: u32, label: &str) -> Arc<Gate> {
-        let series = self.registrar.series(label.into());
+        let series = series::series(&self.registrar, label.into());
         let gate = Arc::new(Gate::new(Kind::Fixed(limit), self.queue, series));
         self.made
             .lock()
@@ -72,7 +72,7 @@ impl GateMaker {
     }
 
     pub(crate) fn adaptive_gate(&self, config: GradientConfig, label: &str) -> Arc<Gate> {
-        let series = self.registrar.series(label.into());
+        let series = series::series(&self.registrar, label.into());
         let gate = Arc::new(Gate::new(
             Kind::Adaptive(Adaptive::new(config)),
             self.queue,

@@ -17,7 +17,7 @@ use crate::{
     admission::{GateMaker, LimitAdmission, Methods, OVERFLOW, Scope},
     key::{DEFAULT_MAX_KEYS, Key, Keys},
     layer::LimitLayer,
-    series::Registrar,
+    series::{self, Registrar},
 };
 
 /// The `grpc-message` of a refused call unless configured: short, and leaking nothing.
@@ -331,11 +331,8 @@ impl<K: OnSide> LimitBuilder<K> {
     /// [`recorder`](Self::recorder).
     pub fn build(self) -> Result<LimitLayer<K>, ConfigError> {
         self.check()?;
-        let registrar = match self.recorder {
-            Some(recorder) => Registrar::Recorder(recorder),
-            None => Registrar::Facade,
-        };
-        if matches!(registrar, Registrar::Facade) && !palisade_core::recorder::installed() {
+        let registrar = Registrar::new(self.recorder);
+        if registrar.is_unrecorded() {
             tracing::warn!(
                 "palisade-limit: an in-flight limit was built while no `metrics` recorder is \
                  installed, so its series are no-ops and /metrics will never show them; \
@@ -343,7 +340,7 @@ impl<K: OnSide> LimitBuilder<K> {
                  `.recorder(..)`"
             );
         }
-        registrar.describe();
+        series::describe(&registrar);
         let maker = GateMaker {
             name: self.name.clone(),
             queue: self.queue,

@@ -1,8 +1,9 @@
 //! The layer's series: per gate, its in-flight gauge, its limit gauge and its refusals.
 
-use std::{fmt, sync::Arc};
+use std::sync::Arc;
 
-use metrics::{Counter, Gauge, Key, Label, Level, Metadata, Recorder};
+use metrics::{Counter, Gauge, Key, Label, Level, Metadata};
+pub(crate) use palisade_core::recorder::Registrar;
 
 /// `palisade_inflight{limiter}`: calls holding a permit now.
 pub const IN_FLIGHT: &str = "palisade_inflight";
@@ -15,65 +16,39 @@ pub const REJECTED_TOTAL: &str = "palisade_concurrency_rejected_total";
 static METADATA: Metadata<'static> =
     Metadata::new(module_path!(), Level::INFO, Some(module_path!()));
 
-/// Where handles are registered: the `metrics` facade's recorder of the moment, or one given.
-#[derive(Clone)]
-pub(crate) enum Registrar {
-    Facade,
-    Recorder(Arc<dyn Recorder + Send + Sync>),
+/// Describes the layer's series to the recorder.
+pub(crate) fn describe(registrar: &Registrar) {
+    registrar.with(|recorder| {
+        recorder.describe_gauge(
+            IN_FLIGHT.into(),
+            None,
+            "Calls in flight under the in-flight limit.".into(),
+        );
+        recorder.describe_gauge(
+            CONCURRENCY_LIMIT.into(),
+            None,
+            "The most calls the in-flight limit lets in at once.".into(),
+        );
+        recorder.describe_counter(
+            REJECTED_TOTAL.into(),
+            None,
+            "Calls the in-flight limit refused.".into(),
+        );
+    });
 }
 
-impl Registrar {
-    fn with<T>(&self, f: impl FnOnce(&dyn Recorder) -> T) -> T {
-        match self {
-            Registrar::Facade => metrics::with_recorder(f),
-            Registrar::Recorder(recorder) => f(recorder.as_ref()),
-        }
-    }
-
-    pub(crate) fn describe(&self) {
-        self.with(|recorder| {
-            recorder.describe_gauge(
-                IN_FLIGHT.into(),
-                None,
-                "Calls in flight under the in-flight limit.".into(),
-            );
-            recorder.describe_gauge(
-                CONCURRENCY_LIMIT.into(),
-                None,
-                "The most calls the in-flight limit lets in at once.".into(),
-            );
-            recorder.describe_counter(
-                REJECTED_TOTAL.into(),
-                None,
-                "Calls the in-flight limit refused.".into(),
-            );
-        });
-    }
-
-    /// The handles of the gate labelled `limiter`.
-    pub(crate) fn series(&self, limiter: Arc<str>) -> Series {
-        let labels = vec![Label::new("limiter", limiter.to_string())];
-        self.with(|recorder| Series {
-            in_flight: recorder
-                .register_gauge(&Key::from_parts(IN_FLIGHT, labels.clone()), &METADATA),
-            limit: recorder.register_gauge(
-                &Key::from_parts(CONCURRENCY_LIMIT, labels.clone()),
-                &METADATA,
-            ),
-            rejected: recorder
-                .register_counter(&Key::from_parts(REJECTED_TOTAL, labels), &METADATA),
-            name: limiter,
-        })
-    }
-}
-
-impl fmt::Debug for Registrar {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Registrar::Facade => f.write_str("Facade"),
-            Registrar::Recorder(_) => f.write_str("Recorder(..)"),
-        }
-    }
+/// The handles of the gate labelled `limiter`.
+pub(crate) fn series(registrar: &Registrar, limiter: Arc<str>) -> Series {
+    let labels = vec![Label::new("limiter", limiter.to_string())];
+    registrar.with(|recorder| Series {
+        in_flight: recorder.register_gauge(&Key::from_parts(IN_FLIGHT, labels.clone()), &METADATA),
+        limit: recorder.register_gauge(
+            &Key::from_parts(CONCURRENCY_LIMIT, labels.clone()),
+            &METADATA,
+        ),
+        rejected: recorder.register_counter(&Key::from_parts(REJECTED_TOTAL, labels), &METADATA),
+        name: limiter,
+    })
 }
 
 /// One gate's handles (shared by every key of a per-key limit).

@@ -229,12 +229,9 @@ impl<K: OnSide, R> MetricsBuilder<K, R> {
             names: Names::new(self.naming, side, self.namespace.as_deref()),
             constant_labels: self.constant_labels,
             duration_by_code: self.histogram_with_code || self.naming == Naming::OpenTelemetry,
-            registrar: match self.recorder {
-                Some(recorder) => Registrar::Recorder(recorder),
-                None => Registrar::Facade,
-            },
+            registrar: Registrar::new(self.recorder),
         });
-        if matches!(family.registrar, Registrar::Facade) && !palisade_core::recorder::installed() {
+        if family.registrar.is_unrecorded() {
             // Refusing would break `build`'s signature; the handles registered now are no-ops
             // for good, so say it once, here.
             tracing::warn!(

@@ -7,7 +7,8 @@ use std::{
     time::Duration,
 };
 
-use metrics::{Counter, Histogram, Key, Label, Level, Metadata, Recorder, Unit};
+use metrics::{Counter, Histogram, Key, Label, Level, Metadata, Unit};
+pub(crate) use palisade_core::recorder::Registrar;
 use palisade_core::{
     Code, MethodType,
     slots::{AdmissionRule, Slots},
@@ -17,31 +18,6 @@ use crate::naming::{Metric, Names, Naming, code_label, method_labels};
 
 static METADATA: Metadata<'static> =
     Metadata::new(module_path!(), Level::INFO, Some(module_path!()));
-
-/// Where handles are registered: the `metrics` facade's current recorder, or one given.
-#[derive(Clone)]
-pub(crate) enum Registrar {
-    Facade,
-    Recorder(Arc<dyn Recorder + Send + Sync>),
-}
-
-impl Registrar {
-    fn with<T>(&self, f: impl FnOnce(&dyn Recorder) -> T) -> T {
-        match self {
-            Registrar::Facade => metrics::with_recorder(f),
-            Registrar::Recorder(recorder) => f(recorder.as_ref()),
-        }
-    }
-}
-
-impl fmt::Debug for Registrar {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Registrar::Facade => f.write_str("Facade"),
-            Registrar::Recorder(_) => f.write_str("Recorder(..)"),
-        }
-    }
-}
 
 /// What every method's handles share: names, constant labels, the recorder.
 #[derive(Debug)]

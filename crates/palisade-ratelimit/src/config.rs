@@ -115,11 +115,8 @@ impl Common {
         max_wait: Duration,
         pushback: bool,
     ) -> Arc<Shared> {
-        let registrar = match self.recorder {
-            Some(recorder) => Registrar::Recorder(recorder),
-            None => Registrar::Facade,
-        };
-        if matches!(registrar, Registrar::Facade) && !palisade_core::recorder::installed() {
+        let registrar = Registrar::new(self.recorder);
+        if registrar.is_unrecorded() {
             // The handles registered now are no-ops for good: say it once, here.
             tracing::warn!(
                 "palisade-ratelimit: a rate-limit layer was built while no `metrics` recorder \
@@ -128,7 +125,7 @@ impl Common {
                  `.recorder(..)`"
             );
         }
-        registrar.describe();
+        crate::series::describe(&registrar);
         let limits: Box<[LimitState]> = self
             .limits
             .into_iter()

@@ -7,7 +7,8 @@ use std::{
     sync::{Arc, atomic::AtomicU64},
 };
 
-use metrics::{Counter, Key, Label, Level, Metadata, Recorder, SharedString};
+use metrics::{Counter, Key, Label, Level, Metadata, SharedString};
+pub(crate) use palisade_core::recorder::Registrar;
 use palisade_core::{
     Method, MethodRegistry, MethodType, Side,
     slots::{AdmissionRule, SlotId, Slots},
@@ -33,45 +34,21 @@ pub const DEFAULT_MAX_DYNAMIC_METHODS: usize = 100;
 static METADATA: Metadata<'static> =
     Metadata::new(module_path!(), Level::INFO, Some(module_path!()));
 
-/// Where handles are registered: the `metrics` facade's recorder of the moment, or one given.
-#[derive(Clone)]
-pub(crate) enum Registrar {
-    Facade,
-    Recorder(Arc<dyn Recorder + Send + Sync>),
-}
-
-impl Registrar {
-    fn with<T>(&self, f: impl FnOnce(&dyn Recorder) -> T) -> T {
-        match self {
-            Registrar::Facade => metrics::with_recorder(f),
-            Registrar::Recorder(recorder) => f(recorder.as_ref()),
-        }
-    }
-
-    pub(crate) fn describe(&self) {
-        self.with(|recorder| {
-            recorder.describe_counter(
-                ALLOWED_TOTAL.into(),
-                None,
-                "Calls the rate limit let through.".into(),
-            );
-            recorder.describe_counter(
-                REJECTED_TOTAL.into(),
-                None,
-                "Calls the rate limit rejected (would have, in shadow mode), streams cut included."
-                    .into(),
-            );
-        });
-    }
-}
-
-impl fmt::Debug for Registrar {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Registrar::Facade => f.write_str("Facade"),
-            Registrar::Recorder(_) => f.write_str("Recorder(..)"),
-        }
-    }
+/// Describes the layer's series to the recorder.
+pub(crate) fn describe(registrar: &Registrar) {
+    registrar.with(|recorder| {
+        recorder.describe_counter(
+            ALLOWED_TOTAL.into(),
+            None,
+            "Calls the rate limit let through.".into(),
+        );
+        recorder.describe_counter(
+            REJECTED_TOTAL.into(),
+            None,
+            "Calls the rate limit rejected (would have, in shadow mode), streams cut included."
+                .into(),
+        );
+    });
 }
 
 /// The counters of one method.

@@ -105,10 +105,16 @@ impl RecoveryBuilder {
         let known = registry
             .iter()
             .map(|info| (info.service.clone(), info.method.clone()));
-        let registrar = match self.recorder {
-            Some(recorder) => Registrar::Recorder(recorder),
-            None => Registrar::Facade,
-        };
+        let registrar = Registrar::new(self.recorder);
+        if registrar.is_unrecorded() {
+            // The counter registered now is a no-op for good: say it once, here.
+            tracing::warn!(
+                "palisade-recovery: a RecoveryLayer was built while no `metrics` recorder is \
+                 installed, so palisade_panics_total is a no-op and /metrics will never show it; \
+                 install the recorder first and build the layer after it, or give it one with \
+                 `.recorder(..)`"
+            );
+        }
         RecoveryLayer::from_shared(Shared::new(
             self.skip,
             self.max_message_len,

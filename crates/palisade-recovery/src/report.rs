@@ -11,6 +11,7 @@ use std::{
 use foldhash::fast::RandomState;
 use http::uri::PathAndQuery;
 use metrics::{Key, Label, Level, Metadata, Recorder};
+pub(crate) use palisade_core::recorder::Registrar;
 use palisade_core::{
     Code, Matcher, Method, Rejection,
     slots::{MAX_PATH_LEN, SlotId, Slots},
@@ -107,31 +108,6 @@ impl<'a> PanicReport<'a> {
 
 /// The hook called once per panic.
 pub(crate) type OnPanic = Arc<dyn Fn(&PanicReport<'_>) + Send + Sync>;
-
-/// Where the counter is registered: the `metrics` facade's current recorder, or one given.
-#[derive(Clone)]
-pub(crate) enum Registrar {
-    Facade,
-    Recorder(Arc<dyn Recorder + Send + Sync>),
-}
-
-impl Registrar {
-    fn with<T>(&self, f: impl FnOnce(&dyn Recorder) -> T) -> T {
-        match self {
-            Registrar::Facade => metrics::with_recorder(f),
-            Registrar::Recorder(recorder) => f(recorder.as_ref()),
-        }
-    }
-}
-
-impl fmt::Debug for Registrar {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Registrar::Facade => f.write_str("Facade"),
-            Registrar::Recorder(_) => f.write_str("Recorder(..)"),
-        }
-    }
-}
 
 /// A method's label values.
 #[derive(Debug)]
