@@ -781,9 +781,17 @@ async fn over_the_wire_with_the_real_header_a_palisade_client_sees_deadline_exce
     );
     let reply = client.say_hello(hello(0)).await.unwrap().into_inner();
     assert_eq!(reply.deadline_ms, 95);
-    // The server dropped the slow handler at its deadline too.
-    tokio::time::sleep(Duration::from_millis(10)).await;
-    let drops = drops.0.lock().unwrap().clone();
+    // The server dropped the slow handler at its deadline too: wait for the drop to be seen.
+    let mut turns = 0;
+    let drops = loop {
+        let seen = drops.0.lock().unwrap().clone();
+        if !seen.is_empty() {
+            break seen;
+        }
+        turns += 1;
+        assert!(turns < 10_000, "the slow handler was never dropped");
+        tokio::task::yield_now().await;
+    };
     assert!(!drops[0].1, "the slow handler was dropped, not finished");
     assert_eq!(drops[0].0 - start, Duration::from_millis(95));
 }

@@ -18,7 +18,7 @@
 //!
 //! let mut gradient = Gradient::new(GradientConfig::default());
 //! assert_eq!(gradient.limit(), 3, "it starts by measuring the no-load latency");
-//! let sample = |ms| Sample { rtt: Duration::from_millis(ms), inflight: 3, dropped: false };
+//! let sample = |ms| Sample { rtt: Duration::from_millis(ms), inflight: 3 };
 //! for i in 0..50 {
 //!     gradient.on_sample(Duration::from_millis(i), sample(10));
 //! }
@@ -27,16 +27,13 @@
 
 use std::time::Duration;
 
-/// One measured call: how long it took, how many calls were in flight when it started, and
-/// whether it was dropped (an error that means overload: a timeout, `RESOURCE_EXHAUSTED`).
+/// One measured call: how long it took, and how many calls were in flight when it started.
 #[derive(Clone, Copy, Debug)]
 pub struct Sample {
     /// From admission to the end of the response.
     pub rtt: Duration,
     /// Calls in flight when this one was admitted (itself included).
     pub inflight: u32,
-    /// The call failed in a way that means overload.
-    pub dropped: bool,
 }
 
 /// The gradient controller of Envoy's adaptive-concurrency filter: the limit follows the ratio

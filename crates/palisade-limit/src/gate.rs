@@ -284,16 +284,11 @@ impl Observer for Permit {
         if let (Kind::Adaptive(adaptive), Some((admitted, inflight))) =
             (&self.gate.kind, self.timed)
         {
-            // A call its caller gave up on says nothing of the backend's latency; one that ran
-            // out of time (or was shed further in) is a sign of overload.
+            // A call its caller gave up on says nothing of the backend's latency.
             if outcome.code() != Code::Cancelled {
                 let limit = adaptive.sample(Sample {
                     rtt: admitted.elapsed(),
                     inflight,
-                    dropped: matches!(
-                        outcome.code(),
-                        Code::DeadlineExceeded | Code::ResourceExhausted | Code::Unavailable
-                    ),
                 });
                 self.gate.series.limit.set(f64::from(limit));
             }

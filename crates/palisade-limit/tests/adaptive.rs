@@ -20,6 +20,15 @@ use std::{fmt, time::Duration};
 
 use palisade_limit::adaptive::{Gradient, GradientConfig, Sample};
 
+/// What the simulation measured of one call: palisade's [`Sample`], and whether the call ran
+/// out of time (which Vegas reads; Envoy's gradient does not).
+#[derive(Clone, Copy, Debug)]
+struct Observed {
+    rtt: Duration,
+    inflight: u32,
+    dropped: bool,
+}
+
 struct Backend {
     k: u32,
     base: Duration,
@@ -60,10 +69,14 @@ impl Limiter {
         }
     }
 
-    fn sample(&mut self, now: f64, sample: Sample) {
+    fn sample(&mut self, now: f64, sample: Observed) {
         match self {
             Limiter::Fixed(_) => {}
             Limiter::Gradient(g) => {
+                let sample = Sample {
+                    rtt: sample.rtt,
+                    inflight: sample.inflight,
+                };
                 g.on_sample(Duration::from_secs_f64(now), sample);
             }
             Limiter::Gradient2(g) => {
@@ -156,7 +169,7 @@ fn run(backend: &Backend, load: f64, mut limiter: Limiter, seconds: f64, seed: u
                 let timed_out = done.work_left > 0.0;
                 limiter.sample(
                     now,
-                    Sample {
+                    Observed {
                         rtt: Duration::from_secs_f64(age),
                         inflight: done.inflight_at_start,
                         dropped: timed_out,
@@ -262,7 +275,7 @@ impl Gradient2 {
     }
 
     /// Takes one sample; at the end of each window the limit moves.
-    fn on_sample(&mut self, sample: Sample) -> u32 {
+    fn on_sample(&mut self, sample: Observed) -> u32 {
         let Some(window) = self.window.add(sample) else {
             return self.limit();
         };
@@ -320,7 +333,7 @@ impl Vegas {
     }
 
     /// Takes one sample; at the end of each window the limit moves.
-    fn on_sample(&mut self, sample: Sample) -> u32 {
+    fn on_sample(&mut self, sample: Observed) -> u32 {
         let Some(window) = self.window.add(sample) else {
             return self.limit();
         };
@@ -426,7 +439,7 @@ impl Window {
         }
     }
 
-    fn add(&mut self, sample: Sample) -> Option<Seen> {
+    fn add(&mut self, sample: Observed) -> Option<Seen> {
         let rtt = sample.rtt.as_secs_f64().max(1e-9);
         self.count += 1;
         self.sum_rtt += rtt;
