@@ -130,6 +130,14 @@ pub const BUDGETS: &[Budget] = &[
         None,
     ),
     budget(
+        "retry, unary happy path",
+        "client",
+        "layers/client/retry/retry_ok",
+        150.0,
+        "the request head kept for later attempts (method, URI, headers and extensions cloned),          the body read into the replay buffer (one copy of the request message, behind a          mutex) and boxed into tonic's body, the channel cloned, the answer's head read for its          verdict; the budget's allows one copy of the body on top",
+        None,
+    ),
+    budget(
         "trace, sampled with a no-op exporter",
         "server",
         "layers/server/trace/sampled",

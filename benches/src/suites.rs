@@ -324,6 +324,35 @@ fn layer_groups(side: Side) -> Vec<Group> {
         ));
     }
 
+    if !server {
+        // A retry policy on every method, the backend answering OK at once (the happy path):
+        // the request head kept and the body copied into the replay buffer, the channel
+        // cloned, the first answer's head read. `pass` is a method no policy selects.
+        groups.push(
+            bare(Group::new("layers/client/retry"), side)
+                .case("retry_ok", || {
+                    let layer = palisade_retry::RetryLayer::client()
+                        .retry(
+                            palisade_core::Matcher::any(),
+                            palisade_retry::RetryPolicy::new(3),
+                        )
+                        .build()
+                        .expect("a valid retry policy");
+                    rpc(layer.layer(Handler::ok()), Requests::client())
+                })
+                .case("pass", || {
+                    let layer = palisade_retry::RetryLayer::client()
+                        .retry(
+                            palisade_core::Matcher::service("other.Service"),
+                            palisade_retry::RetryPolicy::new(3),
+                        )
+                        .build()
+                        .expect("a valid retry policy");
+                    rpc(layer.layer(Handler::ok()), Requests::client())
+                }),
+        );
+    }
+
     groups.push(
         bare(
             Group::new(side_name(
@@ -456,11 +485,12 @@ fn client_stack_with(sampled: bool, port: u16, access_log: Option<LogWriter>) ->
 }
 
 /// The layers of [`client_stack`].
-/// (The first round's six layers; the deadline and in-flight limit slots are empty.)
+/// (The first round's six layers; the deadline, retry and in-flight limit slots are empty.)
 pub type ClientStack = preset::ClientStack<
     TraceLayer<palisade_core::side::Client, opentelemetry_sdk::trace::SdkTracer>,
     LoggingLayer<palisade_core::side::Client>,
     MetricsLayer<Client>,
+    Identity,
     Identity,
     BreakerLayer<Client>,
     Identity,

@@ -1,5 +1,5 @@
 //! The demo client's full stack, shared by the `client` and `stack` programs: trace (inject) →
-//! logging → metrics → deadline → breaker → ratelimit (wait) → jwt (attach) → channel.
+//! logging → metrics → deadline → retry → breaker → ratelimit (wait) → jwt (attach) → channel.
 
 use std::{num::NonZeroU32, time::Duration};
 
@@ -7,6 +7,7 @@ use palisade::prelude::*;
 use palisade_core::side::Client;
 use palisade_deadline::DeadlineLayer;
 use palisade_jwt::mint::HmacMinter;
+use palisade_retry::{HedgePolicy, RetryBudget, RetryLayer, RetryPolicy};
 use tonic::transport::{Channel, Endpoint};
 use tower::layer::util::Identity;
 
@@ -21,6 +22,7 @@ pub type DemoClientStack = palisade::preset::ClientStack<
     LoggingLayer<Client>,
     MetricsLayer<Client>,
     DeadlineLayer<Client>,
+    RetryLayer,
     BreakerLayer<Client>,
     Identity,
     ClientRateLimitLayer,
@@ -36,6 +38,8 @@ pub struct ClientOptions {
     pub scope: Option<String>,
     /// How long a minted token lives (it is refreshed before it expires).
     pub token_ttl: Duration,
+    /// Retries (or hedges) outside the breaker: [`retry`].
+    pub retry: RetryLayer,
     /// The breaker around the channel.
     pub breaker: BreakerLayer<palisade_core::side::Client>,
     /// Calls per second the client allows itself (it waits for a token, never past the
@@ -74,6 +78,7 @@ pub fn layers(
         .logging(crate::telemetry::access_log(LoggingLayer::client()))
         .metrics(MetricsLayer::client())
         .deadline(deadline(options.deadline))
+        .retry(options.retry.clone())
         .breaker(options.breaker.clone())
         .ratelimit(
             RateLimitLayer::client()
@@ -86,6 +91,37 @@ pub fn layers(
             options.token_ttl,
         )))
         .build()
+}
+
+/// The client's retry layer: at most `attempts` attempts of every call, the first included
+/// (1: none), retried on `UNAVAILABLE` with the gRPC retry design's backoff (100 ms, ×2, at
+/// most 1 s) — or, with `hedge_delay`, hedged that far apart.
+///
+/// Its budget (10 tokens) earns `attempts - 1` tokens per call that succeeds, so it refuses
+/// retries only to a backend whose calls fail outright: a flaky one that answers on a later
+/// attempt keeps its retries, a dead one sees about 5 retries in all, then one attempt a call.
+///
+/// # Errors
+///
+/// `attempts` of 0 or above 5, or a hedging delay with fewer than 2 attempts.
+pub fn retry(attempts: u32, hedge_delay: Option<Duration>) -> Result<RetryLayer, BoxError> {
+    let registry = MethodRegistry::from_encoded_file_descriptor_set(crate::FILE_DESCRIPTOR_SET)?;
+    let builder = RetryLayer::client().registry(registry);
+    let builder = match hedge_delay {
+        Some(_) if attempts < 2 => {
+            return Err(
+                "--hedge-delay hedges with --retries 2 or more: one attempt has nothing to hedge"
+                    .into(),
+            );
+        }
+        Some(delay) => builder.hedge(
+            palisade_core::Matcher::any(),
+            HedgePolicy::new(attempts, delay),
+        ),
+        None => builder.retry(palisade_core::Matcher::any(), RetryPolicy::new(attempts)),
+    };
+    let budget = RetryBudget::new(10, f64::from(attempts.saturating_sub(1).max(1)))?;
+    Ok(builder.budget(budget).build()?)
 }
 
 /// The client's deadline layer: `default` (a zero one is none) for calls without a deadline
@@ -121,6 +157,7 @@ pub type UpstreamStack = palisade::preset::ClientStack<
     LoggingLayer<Client>,
     MetricsLayer<Client>,
     DeadlineLayer<Client>,
+    Identity,
     BreakerLayer<Client>,
 >;
 

@@ -38,7 +38,10 @@
 use std::{
     fmt,
     marker::PhantomData,
-    sync::{Arc, OnceLock},
+    sync::{
+        Arc, OnceLock,
+        atomic::{AtomicU32, Ordering},
+    },
     task::{Context, Poll},
     time::Instant,
 };
@@ -54,12 +57,14 @@ use crate::side::{OnSide, Server, Side};
 #[derive(Clone)]
 pub struct Rpc(Arc<RpcRecord>);
 
-/// What a [`Rpc`] holds. Fields written after creation are each written once.
+/// What a [`Rpc`] holds. Fields written after creation are each written once, but for the
+/// count of attempts, which a retry layer raises as it makes them.
 pub struct RpcRecord {
     side: Side,
     start: Instant,
     subject: OnceLock<Arc<str>>,
     rejected_by: OnceLock<&'static str>,
+    attempts: AtomicU32,
 }
 
 impl Rpc {
@@ -76,6 +81,7 @@ impl Rpc {
             start,
             subject: OnceLock::new(),
             rejected_by: OnceLock::new(),
+            attempts: AtomicU32::new(1),
         }))
     }
 
@@ -139,6 +145,19 @@ impl Rpc {
         self.0.rejected_by.set(layer).is_ok()
     }
 
+    /// How many attempts the call took: 1 unless a retry layer (palisade-retry) retried or
+    /// hedged it — then every attempt it started, the first included (the access log's
+    /// `grpc.attempts`).
+    pub fn attempts(&self) -> u32 {
+        self.0.attempts.load(Ordering::Relaxed)
+    }
+
+    /// Writes how many attempts the call has started so far (a retry layer, as it starts
+    /// them); the count only grows: a smaller one is ignored.
+    pub fn set_attempts(&self, attempts: u32) {
+        self.0.attempts.fetch_max(attempts, Ordering::Relaxed);
+    }
+
     /// The record itself.
     pub fn record(&self) -> &RpcRecord {
         &self.0
@@ -158,6 +177,7 @@ impl fmt::Debug for RpcRecord {
             .field("start", &self.start)
             .field("subject", &self.subject.get())
             .field("rejected_by", &self.rejected_by.get())
+            .field("attempts", &self.attempts.load(Ordering::Relaxed))
             .finish()
     }
 }

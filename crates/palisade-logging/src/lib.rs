@@ -84,6 +84,7 @@
 //! | `trace_id`, `span_id` | the active OpenTelemetry span when the call started (feature `opentelemetry`) |
 //! | `enduser.id` | the caller's subject as a layer inside verified it (jwt writes it into the per-RPC [`Rpc`](palisade_core::Rpc) record), at most [`max_message_len`](LoggingBuilder::max_message_len) bytes |
 //! | `palisade.rejected_by` | the Palisade layer that answered the call itself (`jwt`, `ratelimit`, `breaker`, …): the record's, else the response's [`LocalRejection`](palisade_core::rejection::LocalRejection) mark |
+//! | `grpc.attempts` | client, end line: how many attempts a retry layer inside (palisade-retry) made of the call, when it made more than one |
 //!
 //! The span is named `grpc` and carries `grpc.service` and `grpc.method`; it is opened at
 //! `INFO` on a server (the handler's events nest under it) and at `DEBUG` on a client, the level

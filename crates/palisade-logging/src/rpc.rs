@@ -229,6 +229,7 @@ impl Logged {
             grpc.request.metadata = self.metadata_field(),
             enduser.id = self.subject().as_deref(),
             palisade.rejected_by = self.rejected_by(Some(outcome)),
+            grpc.attempts = self.attempts(),
             trace_id = ids.map(|(trace_id, _)| trace_id),
             span_id = ids.map(|(_, span_id)| span_id),
             "finished call"
@@ -298,6 +299,11 @@ impl Logged {
             if let Some(layer) = self.rejected_by(end.map(|(outcome, _)| outcome)) {
                 json.str(key!("palisade.rejected_by"), layer);
             }
+            if end.is_some()
+                && let Some(attempts) = self.attempts()
+            {
+                json.u64(key!("grpc.attempts"), attempts.into());
+            }
             if let Some(trace) = &self.trace {
                 json.plain(key!("trace_id"), trace.trace_hex());
                 json.plain(key!("span_id"), trace.span_hex());
@@ -322,6 +328,12 @@ impl Logged {
         self.record
             .rejected_by()
             .or_else(|| outcome.and_then(Outcome::rejected_by))
+    }
+
+    /// `grpc.attempts`: how many attempts a retry layer inside made of the call, when it made
+    /// more than one.
+    fn attempts(&self) -> Option<u32> {
+        Some(self.record.attempts()).filter(|attempts| *attempts > 1)
     }
 
     fn metadata_field(&self) -> Option<tracing::field::DebugValue<LoggedMetadata<'_>>> {

@@ -303,3 +303,24 @@ async fn a_subject_known_at_the_start_is_in_both_lines() {
         assert!(line.get("palisade.rejected_by").is_none(), "{line}");
     }
 }
+
+#[tokio::test]
+async fn attempts_are_logged_when_a_retry_layer_made_more_than_one() {
+    let token = token("carol");
+    // What palisade-retry writes into the record as it starts each attempt.
+    let retried: Handler = Arc::new(|request| {
+        Rpc::of(request).unwrap().set_attempts(3);
+        ok()
+    });
+    let (line, event) = logged_both_ways(retried, || request(Some(&token))).await;
+    for record in [&line, &event] {
+        assert_eq!(record["grpc.attempts"], 3, "{record}");
+    }
+    let (line, event) = logged_both_ways(writes_subject(ok), || request(Some(&token))).await;
+    for record in [&line, &event] {
+        assert!(
+            record.get("grpc.attempts").is_none(),
+            "one attempt: {record}"
+        );
+    }
+}

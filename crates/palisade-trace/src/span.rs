@@ -45,6 +45,9 @@ pub mod attribute {
     /// `palisade.rejected_by`: the Palisade layer that answered the call itself (`jwt`,
     /// `ratelimit`, `breaker`, …), when one did.
     pub const PALISADE_REJECTED_BY: &str = "palisade.rejected_by";
+    /// `palisade.attempts`: how many attempts a retry layer inside made of the call, when it
+    /// made more than one (client spans; each attempt is a server span under this one).
+    pub const PALISADE_ATTEMPTS: &str = "palisade.attempts";
 }
 
 use attribute::*;
@@ -67,8 +70,8 @@ pub(crate) struct Started {
 /// The attributes a span may carry besides the allow-listed metadata: `rpc.system`,
 /// `rpc.service`, `rpc.method`, `server.address`, `server.port`, `network.peer.address`,
 /// `network.peer.port` at the start; `rpc.grpc.status_code`, `enduser.id`,
-/// `palisade.rejected_by` at the end.
-const MAX_ATTRIBUTES: usize = 10;
+/// `palisade.rejected_by`, `palisade.attempts` at the end.
+const MAX_ATTRIBUTES: usize = 11;
 
 /// Starts the span of the RPC whose request head is `request` (the layer's skip matcher has
 /// already passed it).
@@ -422,6 +425,9 @@ impl Observer for SpanEnd {
             .or_else(|| record.and_then(Rpc::rejected_by))
         {
             span.set_attribute(KeyValue::new(PALISADE_REJECTED_BY, layer));
+        }
+        if let Some(attempts) = record.map(Rpc::attempts).filter(|attempts| *attempts > 1) {
+            span.set_attribute(KeyValue::new(PALISADE_ATTEMPTS, i64::from(attempts)));
         }
         if is_error(self.side, code) {
             let description = outcome.message().map(Cow::into_owned).unwrap_or_default();

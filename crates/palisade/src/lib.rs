@@ -1,5 +1,5 @@
 //! Palisade: gRPC middleware for tonic and tower — access logs, Prometheus metrics,
-//! OpenTelemetry traces, JWT authentication, rate limiting and circuit breaking — as small
+//! OpenTelemetry traces, JWT authentication, rate limiting, circuit breaking and retries — as small
 //! tower layers that run in-process on any tonic server or client.
 //!
 //! This facade re-exports every layer crate behind a feature of its own (all on by default)
@@ -18,6 +18,7 @@
 //! | `deadline` | `palisade-deadline` | [`deadline`] |
 //! | `breaker` | `palisade-breaker` | [`breaker`] |
 //! | `recovery` | `palisade-recovery` | [`recovery`] |
+//! | `retry` | `palisade-retry` | [`retry`] |
 //!
 //! # Example
 //!
@@ -73,6 +74,8 @@ pub use palisade_metrics as metrics;
 pub use palisade_ratelimit as ratelimit;
 #[cfg(feature = "recovery")]
 pub use palisade_recovery as recovery;
+#[cfg(feature = "retry")]
+pub use palisade_retry as retry;
 #[cfg(feature = "trace")]
 pub use palisade_trace as trace;
 
@@ -110,6 +113,8 @@ pub mod prelude {
     pub use palisade_ratelimit::{ClientRateLimitLayer, Limit, Quota, RateLimitLayer};
     #[cfg(feature = "recovery")]
     pub use palisade_recovery::RecoveryLayer;
+    #[cfg(feature = "retry")]
+    pub use palisade_retry::{HedgePolicy, RetryBudget, RetryLayer, RetryPolicy};
     #[cfg(feature = "trace")]
     pub use palisade_trace::TraceLayer;
 }

@@ -3,7 +3,7 @@
 //! [`ServerLayers`] stacks, outermost first,
 //! `trace → logging → metrics → deadline → auth → ratelimit → limit → breaker → recovery`;
 //! [`ClientLayers`] stacks
-//! `trace → logging → metrics → deadline → breaker → limit → ratelimit → auth`.
+//! `trace → logging → metrics → deadline → retry → breaker → limit → ratelimit → auth`.
 //! A preset is a builder: give it the method registry once ([`registry`](ServerLayers::registry)),
 //! fill the slots with Palisade builders (`MetricsLayer::server()`) or built layers, and
 //! [`build`](ServerLayers::build) it: every builder that has no registry of its own gets the
@@ -33,6 +33,10 @@
 //!   limit) so their calls never hold a permit; the breaker after it;
 //! - recovery is innermost, next to the handler, so every layer outside sees a panic as an
 //!   ordinary `INTERNAL`;
+//! - on a client, retry sits inside the deadline (each attempt carries what is left of it) and
+//!   outside the breaker and limits: every attempt asks them, and their rejections are never
+//!   retried nor counted as the backend's failure; logging and metrics outside it see one call,
+//!   with its attempts counted;
 //! - on a client, the breaker fails fast before a call waits for a rate-limit token, and the token
 //!   is attached last, right before the channel.
 //!
@@ -86,7 +90,8 @@ pub struct Error {
 }
 
 impl Error {
-    /// The slot: `"trace"`, `"logging"`, `"metrics"`, `"auth"`, `"ratelimit"` or `"breaker"`.
+    /// The slot: `"trace"`, `"logging"`, `"metrics"`, `"deadline"`, `"retry"`, `"auth"`,
+    /// `"ratelimit"`, `"limit"`, `"breaker"` or `"recovery"`.
     pub fn slot(&self) -> &'static str {
         self.slot
     }
@@ -442,7 +447,7 @@ where
 }
 
 /// A client's layers in the recommended order, outermost first:
-/// `trace → logging → metrics → deadline → breaker → limit → ratelimit → auth → channel`,
+/// `trace → logging → metrics → deadline → retry → breaker → limit → ratelimit → auth → channel`,
 /// to [`build`](Self::build) into a [`ClientStack`]. See the [module docs](self).
 #[derive(Clone, Debug, Default)]
 #[must_use = "a preset does nothing until it is built"]
@@ -451,6 +456,7 @@ pub struct ClientLayers<
     Logging = Identity,
     Metrics = Identity,
     Deadline = Identity,
+    Retry = Identity,
     Breaker = Identity,
     Limit = Identity,
     RateLimit = Identity,
@@ -461,6 +467,7 @@ pub struct ClientLayers<
     logging: Logging,
     metrics: Metrics,
     deadline: Deadline,
+    retry: Retry,
     breaker: Breaker,
     limit: Limit,
     ratelimit: RateLimit,
@@ -474,8 +481,8 @@ impl ClientLayers {
     }
 }
 
-impl<Trace, Logging, Metrics, Deadline, Breaker, Limit, RateLimit, Auth>
-    ClientLayers<Trace, Logging, Metrics, Deadline, Breaker, Limit, RateLimit, Auth>
+impl<Trace, Logging, Metrics, Deadline, Retry, Breaker, Limit, RateLimit, Auth>
+    ClientLayers<Trace, Logging, Metrics, Deadline, Retry, Breaker, Limit, RateLimit, Auth>
 {
     /// The methods served (or called), handed at [`build`](Self::build) to every slot's
     /// builder that was given none of its own: `grpc_type` and bounded per-method label sets
@@ -489,13 +496,14 @@ impl<Trace, Logging, Metrics, Deadline, Breaker, Limit, RateLimit, Auth>
     pub fn trace<X: BuildLayer<Client>>(
         self,
         trace: X,
-    ) -> ClientLayers<X, Logging, Metrics, Deadline, Breaker, Limit, RateLimit, Auth> {
+    ) -> ClientLayers<X, Logging, Metrics, Deadline, Retry, Breaker, Limit, RateLimit, Auth> {
         ClientLayers {
             registry: self.registry,
             trace,
             logging: self.logging,
             metrics: self.metrics,
             deadline: self.deadline,
+            retry: self.retry,
             breaker: self.breaker,
             limit: self.limit,
             ratelimit: self.ratelimit,
@@ -503,17 +511,18 @@ impl<Trace, Logging, Metrics, Deadline, Breaker, Limit, RateLimit, Auth>
         }
     }
 
-    /// One log event per call, with the code the caller got (breaker and limiter included).
+    /// One log event per call, with the code the caller got (breaker and limiter included) and how many attempts it took.
     pub fn logging<X: BuildLayer<Client>>(
         self,
         logging: X,
-    ) -> ClientLayers<Trace, X, Metrics, Deadline, Breaker, Limit, RateLimit, Auth> {
+    ) -> ClientLayers<Trace, X, Metrics, Deadline, Retry, Breaker, Limit, RateLimit, Auth> {
         ClientLayers {
             registry: self.registry,
             trace: self.trace,
             logging,
             metrics: self.metrics,
             deadline: self.deadline,
+            retry: self.retry,
             breaker: self.breaker,
             limit: self.limit,
             ratelimit: self.ratelimit,
@@ -525,13 +534,14 @@ impl<Trace, Logging, Metrics, Deadline, Breaker, Limit, RateLimit, Auth>
     pub fn metrics<X: BuildLayer<Client>>(
         self,
         metrics: X,
-    ) -> ClientLayers<Trace, Logging, X, Deadline, Breaker, Limit, RateLimit, Auth> {
+    ) -> ClientLayers<Trace, Logging, X, Deadline, Retry, Breaker, Limit, RateLimit, Auth> {
         ClientLayers {
             registry: self.registry,
             trace: self.trace,
             logging: self.logging,
             metrics,
             deadline: self.deadline,
+            retry: self.retry,
             breaker: self.breaker,
             limit: self.limit,
             ratelimit: self.ratelimit,
@@ -543,13 +553,33 @@ impl<Trace, Logging, Metrics, Deadline, Breaker, Limit, RateLimit, Auth>
     pub fn deadline<X: BuildLayer<Client>>(
         self,
         deadline: X,
-    ) -> ClientLayers<Trace, Logging, Metrics, X, Breaker, Limit, RateLimit, Auth> {
+    ) -> ClientLayers<Trace, Logging, Metrics, X, Retry, Breaker, Limit, RateLimit, Auth> {
         ClientLayers {
             registry: self.registry,
             trace: self.trace,
             logging: self.logging,
             metrics: self.metrics,
             deadline,
+            retry: self.retry,
+            breaker: self.breaker,
+            limit: self.limit,
+            ratelimit: self.ratelimit,
+            auth: self.auth,
+        }
+    }
+
+    /// Retries and hedges, per method: each attempt asks the breaker and limits inside, carries what is left of the deadline, and is never made for their rejections.
+    pub fn retry<X: BuildLayer<Client>>(
+        self,
+        retry: X,
+    ) -> ClientLayers<Trace, Logging, Metrics, Deadline, X, Breaker, Limit, RateLimit, Auth> {
+        ClientLayers {
+            registry: self.registry,
+            trace: self.trace,
+            logging: self.logging,
+            metrics: self.metrics,
+            deadline: self.deadline,
+            retry,
             breaker: self.breaker,
             limit: self.limit,
             ratelimit: self.ratelimit,
@@ -561,13 +591,14 @@ impl<Trace, Logging, Metrics, Deadline, Breaker, Limit, RateLimit, Auth>
     pub fn breaker<X: BuildLayer<Client>>(
         self,
         breaker: X,
-    ) -> ClientLayers<Trace, Logging, Metrics, Deadline, X, Limit, RateLimit, Auth> {
+    ) -> ClientLayers<Trace, Logging, Metrics, Deadline, Retry, X, Limit, RateLimit, Auth> {
         ClientLayers {
             registry: self.registry,
             trace: self.trace,
             logging: self.logging,
             metrics: self.metrics,
             deadline: self.deadline,
+            retry: self.retry,
             breaker,
             limit: self.limit,
             ratelimit: self.ratelimit,
@@ -579,13 +610,14 @@ impl<Trace, Logging, Metrics, Deadline, Breaker, Limit, RateLimit, Auth>
     pub fn limit<X: BuildLayer<Client>>(
         self,
         limit: X,
-    ) -> ClientLayers<Trace, Logging, Metrics, Deadline, Breaker, X, RateLimit, Auth> {
+    ) -> ClientLayers<Trace, Logging, Metrics, Deadline, Retry, Breaker, X, RateLimit, Auth> {
         ClientLayers {
             registry: self.registry,
             trace: self.trace,
             logging: self.logging,
             metrics: self.metrics,
             deadline: self.deadline,
+            retry: self.retry,
             breaker: self.breaker,
             limit,
             ratelimit: self.ratelimit,
@@ -597,13 +629,14 @@ impl<Trace, Logging, Metrics, Deadline, Breaker, Limit, RateLimit, Auth>
     pub fn ratelimit<X: BuildLayer<Client>>(
         self,
         ratelimit: X,
-    ) -> ClientLayers<Trace, Logging, Metrics, Deadline, Breaker, Limit, X, Auth> {
+    ) -> ClientLayers<Trace, Logging, Metrics, Deadline, Retry, Breaker, Limit, X, Auth> {
         ClientLayers {
             registry: self.registry,
             trace: self.trace,
             logging: self.logging,
             metrics: self.metrics,
             deadline: self.deadline,
+            retry: self.retry,
             breaker: self.breaker,
             limit: self.limit,
             ratelimit,
@@ -615,13 +648,14 @@ impl<Trace, Logging, Metrics, Deadline, Breaker, Limit, RateLimit, Auth>
     pub fn auth<X: BuildLayer<Client>>(
         self,
         auth: X,
-    ) -> ClientLayers<Trace, Logging, Metrics, Deadline, Breaker, Limit, RateLimit, X> {
+    ) -> ClientLayers<Trace, Logging, Metrics, Deadline, Retry, Breaker, Limit, RateLimit, X> {
         ClientLayers {
             registry: self.registry,
             trace: self.trace,
             logging: self.logging,
             metrics: self.metrics,
             deadline: self.deadline,
+            retry: self.retry,
             breaker: self.breaker,
             limit: self.limit,
             ratelimit: self.ratelimit,
@@ -635,11 +669,12 @@ impl<
     Logging: BuildLayer<Client>,
     Metrics: BuildLayer<Client>,
     Deadline: BuildLayer<Client>,
+    Retry: BuildLayer<Client>,
     Breaker: BuildLayer<Client>,
     Limit: BuildLayer<Client>,
     RateLimit: BuildLayer<Client>,
     Auth: BuildLayer<Client>,
-> ClientLayers<Trace, Logging, Metrics, Deadline, Breaker, Limit, RateLimit, Auth>
+> ClientLayers<Trace, Logging, Metrics, Deadline, Retry, Breaker, Limit, RateLimit, Auth>
 {
     /// Builds every slot, outermost first, each after taking the preset's registry if it has
     /// none of its own.
@@ -657,6 +692,7 @@ impl<
             Logging::Layer,
             Metrics::Layer,
             Deadline::Layer,
+            Retry::Layer,
             Breaker::Layer,
             Limit::Layer,
             RateLimit::Layer,
@@ -670,6 +706,7 @@ impl<
             logging: build_slot("logging", self.logging, registry)?,
             metrics: build_slot("metrics", self.metrics, registry)?,
             deadline: build_slot("deadline", self.deadline, registry)?,
+            retry: build_slot("retry", self.retry, registry)?,
             breaker: build_slot("breaker", self.breaker, registry)?,
             limit: build_slot("limit", self.limit, registry)?,
             ratelimit: build_slot("ratelimit", self.ratelimit, registry)?,
@@ -686,6 +723,7 @@ pub struct ClientStack<
     Logging = Identity,
     Metrics = Identity,
     Deadline = Identity,
+    Retry = Identity,
     Breaker = Identity,
     Limit = Identity,
     RateLimit = Identity,
@@ -695,20 +733,22 @@ pub struct ClientStack<
     logging: Logging,
     metrics: Metrics,
     deadline: Deadline,
+    retry: Retry,
     breaker: Breaker,
     limit: Limit,
     ratelimit: RateLimit,
     auth: Auth,
 }
 
-impl<S, Trace, Logging, Metrics, Deadline, Breaker, Limit, RateLimit, Auth> Layer<S>
-    for ClientStack<Trace, Logging, Metrics, Deadline, Breaker, Limit, RateLimit, Auth>
+impl<S, Trace, Logging, Metrics, Deadline, Retry, Breaker, Limit, RateLimit, Auth> Layer<S>
+    for ClientStack<Trace, Logging, Metrics, Deadline, Retry, Breaker, Limit, RateLimit, Auth>
 where
     Auth: Layer<S>,
     RateLimit: Layer<Auth::Service>,
     Limit: Layer<RateLimit::Service>,
     Breaker: Layer<Limit::Service>,
-    Deadline: Layer<Breaker::Service>,
+    Retry: Layer<Breaker::Service>,
+    Deadline: Layer<Retry::Service>,
     Metrics: Layer<Deadline::Service>,
     Logging: Layer<Metrics::Service>,
     Trace: Layer<Logging::Service>,
@@ -720,6 +760,7 @@ where
         let service = self.ratelimit.layer(service);
         let service = self.limit.layer(service);
         let service = self.breaker.layer(service);
+        let service = self.retry.layer(service);
         let service = self.deadline.layer(service);
         let service = self.metrics.layer(service);
         let service = self.logging.layer(service);
@@ -727,8 +768,8 @@ where
     }
 }
 
-impl<Trace, Logging, Metrics, Deadline, Breaker, Limit, RateLimit, Auth>
-    ClientStack<Trace, Logging, Metrics, Deadline, Breaker, Limit, RateLimit, Auth>
+impl<Trace, Logging, Metrics, Deadline, Retry, Breaker, Limit, RateLimit, Auth>
+    ClientStack<Trace, Logging, Metrics, Deadline, Retry, Breaker, Limit, RateLimit, Auth>
 {
     /// The channel wrapped in every layer: `GreeterClient::new(stack.service(channel))`.
     pub fn service<S>(&self, channel: S) -> <Self as Layer<S>>::Service

@@ -1,7 +1,7 @@
 //! The demo client: calls `SayHello` on a server, one call after another, through Palisade's
-//! full client stack (trace, logging, metrics, breaker, rate limit, token attachment), and
-//! prints one line per call with the code it got — from the server, or from a client layer
-//! such as an open breaker. Exits 0 when every call got a gRPC status. On SIGTERM or SIGINT
+//! full client stack (trace, logging, metrics, deadline, retry, breaker, rate limit, token
+//! attachment), and prints one line per call with the code it got — from the server, or from a
+//! client layer such as an open breaker. Exits 0 when every call got a gRPC status. On SIGTERM or SIGINT
 //! it makes no new call, lets the one in flight finish (up to `--grace-period`), flushes its
 //! spans and logs, and exits 0.
 //!
@@ -54,6 +54,14 @@ struct Args {
     /// by the client too); none by default.
     #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..))]
     deadline: Option<u64>,
+    /// Attempts of each call at most, the first included (1: no retry; at most 5): retried on
+    /// UNAVAILABLE, with backoff, the server's pushback and the deadline obeyed.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=5))]
+    retries: u32,
+    /// With `--retries 2` or more: hedge instead of retry, starting the next attempt this many
+    /// ms after the last while none has answered.
+    #[arg(long, value_name = "MS")]
+    hedge_delay: Option<u64>,
 }
 
 #[tokio::main]
@@ -66,7 +74,9 @@ async fn main() -> Result<(), BoxError> {
         telemetry::install_tracer("palisade-demo-client", args.otlp_endpoint.as_deref())?;
     // Client metrics are recorded into a recorder of their own; the client prints no scrape.
     let _metrics = PrometheusExporter::new().install()?;
+    let retry = client::retry(args.retries, args.hedge_delay.map(Duration::from_millis))?;
     let options = ClientOptions {
+        retry,
         jwt_secret: args.jwt_secret,
         scope: args.scope,
         token_ttl: Duration::from_secs(300),
@@ -111,8 +121,11 @@ async fn main() -> Result<(), BoxError> {
             Some(Ok(reply)) => {
                 let reply = reply.into_inner();
                 println!(
-                    "call {call}: OK {:?} (subject {:?}, trace {})",
-                    reply.message, reply.subject, reply.trace_id
+                    "call {call}: OK {:?} (subject {:?}, trace {}, attempt {})",
+                    reply.message,
+                    reply.subject,
+                    reply.trace_id,
+                    reply.previous_attempts + 1
                 );
             }
             Some(Err(status)) => println!(

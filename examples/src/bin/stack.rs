@@ -3,7 +3,8 @@
 //! missing, forged and expired tokens; a stream that needs a scope; a burst past the rate
 //! limit; a backend outage that opens the client's breaker, and its recovery; one call traced
 //! across both; a panic answered as INTERNAL while other calls go on; a flood shed by the
-//! in-flight limit; a deadline carried across two hops — then the final `/metrics` scrape.
+//! in-flight limit; a deadline carried across two hops; a flaky backend that retries hide —
+//! then the final `/metrics` scrape.
 //!
 //! ```text
 //! cargo run --release -p palisade-examples --bin stack
@@ -112,7 +113,7 @@ async fn main() -> Result<(), BoxError> {
         "  server {target}: trace → logging → metrics → deadline → jwt → ratelimit (5/s per subject, burst 10) → limit (4 in flight) → recovery → Greeter"
     );
     println!(
-        "  client: trace → logging → metrics → deadline → breaker (3 failures, 500 ms open) → ratelimit (wait) → jwt (attach)"
+        "  client: trace → logging → metrics → deadline → retry → breaker (3 failures, 500 ms open) → ratelimit (wait) → jwt (attach)"
     );
 
     let breaker = BreakerLayer::client()
@@ -121,6 +122,8 @@ async fn main() -> Result<(), BoxError> {
         .backoff(Backoff::constant(Duration::from_millis(500)))
         .build();
     let options = ClientOptions {
+        // One attempt a call: steps 1–9 show each layer's own answer (step 10 retries).
+        retry: client::retry(1, None)?,
         jwt_secret: SECRET.into(),
         scope: None,
         token_ttl: Duration::from_secs(300),
@@ -383,7 +386,46 @@ async fn main() -> Result<(), BoxError> {
         Err(status) => ok &= report("the forwarded call", &Err(status), &[Code::Ok]),
     }
 
-    step("10. The final /metrics scrape (non-zero Palisade and gRPC series)");
+    step(
+        "10. A flaky backend that retries hide: UNAVAILABLE to the first two attempts of every call",
+    );
+    let flaky = flaky_backend().await?;
+    let flaky_target = format!("http://{flaky}");
+    let once = ClientOptions {
+        retry: client::retry(1, None)?,
+        breaker: BreakerLayer::client().name("flaky").build(),
+        ..options.clone()
+    };
+    let result = client::connect(&flaky_target, &once)?
+        .say_hello(hello("no retries"))
+        .await
+        .map(|_| "OK".to_owned());
+    ok &= report("one attempt (--retries 1)", &result, &[Code::Unavailable]);
+    let retried = ClientOptions {
+        retry: client::retry(3, None)?,
+        breaker: BreakerLayer::client()
+            .name("flaky")
+            .consecutive_failures(3)
+            .build(),
+        ..options.clone()
+    };
+    let mut retrying = client::connect(&flaky_target, &retried)?;
+    for call in 1..=3 {
+        let result = retrying.say_hello(hello("retried")).await.map(|reply| {
+            format!(
+                "answered by attempt {}",
+                reply.get_ref().previous_attempts + 1
+            )
+        });
+        ok &= report(
+            &format!("three attempts (--retries 3), call {call}"),
+            &result,
+            &[Code::Ok],
+        );
+        ok &= result.is_ok_and(|detail| detail.ends_with('3'));
+    }
+
+    step("11. The final /metrics scrape (non-zero Palisade and gRPC series)");
     let scrape = scrape(metrics_addr).await?;
     for line in scrape.lines().filter(|line| interesting(line)) {
         println!("    {line}");
@@ -400,6 +442,39 @@ async fn main() -> Result<(), BoxError> {
     }
     println!("\nDone: every step got the gRPC status it should.");
     Ok(())
+}
+
+/// A Greeter that answers `UNAVAILABLE` (trailers-only) to every attempt whose
+/// `grpc-previous-rpc-attempts` is below 2, on `127.0.0.1:0`; it lives until the process ends.
+async fn flaky_backend() -> Result<SocketAddr, BoxError> {
+    use tower::Service as _;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let flaky = tower::layer::layer_fn(|inner: tonic::service::Routes| {
+        tower::service_fn(move |request: http::Request<tonic::body::Body>| {
+            let mut inner = inner.clone();
+            async move {
+                let previous: u32 = request
+                    .headers()
+                    .get("grpc-previous-rpc-attempts")
+                    .and_then(|value| value.to_str().ok()?.parse().ok())
+                    .unwrap_or(0);
+                if previous < 2 {
+                    let rejection = Rejection::new(Code::Unavailable, "flaky: try again");
+                    return Ok(rejection.into_response());
+                }
+                inner.call(request).await
+            }
+        })
+    });
+    let greeter = palisade_demo::Greeter::new().into_service();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .layer(flaky)
+            .add_service(greeter)
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+    );
+    Ok(addr)
 }
 
 fn step(title: &str) {
