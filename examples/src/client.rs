@@ -95,7 +95,8 @@ pub fn layers(
 
 /// The client's retry layer: at most `attempts` attempts of every call, the first included
 /// (1: none), retried on `UNAVAILABLE` with the gRPC retry design's backoff (100 ms, ×2, at
-/// most 1 s) — or, with `hedge_delay`, hedged that far apart.
+/// most 1 s) — or, with `hedge_delay`, hedged that far apart (an `UNAVAILABLE` hedge starts
+/// the next one at once).
 ///
 /// Its budget (10 tokens) earns `attempts - 1` tokens per call that succeeds, so it refuses
 /// retries only to a backend whose calls fail outright: a flaky one that answers on a later
@@ -116,7 +117,9 @@ pub fn retry(attempts: u32, hedge_delay: Option<Duration>) -> Result<RetryLayer,
         }
         Some(delay) => builder.hedge(
             palisade_core::Matcher::any(),
-            HedgePolicy::new(attempts, delay),
+            HedgePolicy::new(attempts, delay).non_fatal(palisade_core::CodeSet::of(&[
+                palisade_core::Code::Unavailable,
+            ])),
         ),
         None => builder.retry(palisade_core::Matcher::any(), RetryPolicy::new(attempts)),
     };

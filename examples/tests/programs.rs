@@ -491,6 +491,137 @@ async fn client_stops_on_sigterm_after_the_call_in_flight() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// `client --retries`, `--hedge-delay`: issue #18 from outside.
+
+/// A Greeter that answers `UNAVAILABLE` to every attempt whose `grpc-previous-rpc-attempts` is
+/// below 2, and counts the attempts it sees.
+async fn flaky_greeter() -> (palisade_demo::TestServer, Arc<AtomicUsize>) {
+    use tower::Service as _;
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::clone(&attempts);
+    let server = palisade_demo::spawn(tower::layer::layer_fn(
+        move |routes: tonic::service::Routes| {
+            let seen = Arc::clone(&seen);
+            tower::service_fn(move |request: http::Request<tonic::body::Body>| {
+                let mut routes = routes.clone();
+                seen.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    let previous: u32 = request
+                        .headers()
+                        .get("grpc-previous-rpc-attempts")
+                        .and_then(|value| value.to_str().ok()?.parse().ok())
+                        .unwrap_or(0);
+                    if previous < 2 {
+                        return Ok(palisade_core::Rejection::new(Code::Unavailable, "flaky")
+                            .into_response());
+                    }
+                    routes.call(request).await
+                }
+            })
+        },
+    ))
+    .await;
+    (server, attempts)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_retries_hide_a_flaky_backend_and_one_attempt_does_not() {
+    let (server, attempts) = flaky_greeter().await;
+    let url = server.url();
+    let mut client = Program::spawn(
+        CLIENT,
+        &[
+            "--target",
+            &url,
+            "--calls",
+            "5",
+            "--jwt-secret",
+            SECRET,
+            "--retries",
+            "3",
+        ],
+    );
+    let status = client.exit().await;
+    let lines = client.rest().await;
+    assert!(status.success(), "client exited with {status}: {lines:?}");
+    let answered: Vec<_> = lines.iter().filter(|line| line.contains(": OK")).collect();
+    assert_eq!(answered.len(), 5, "{lines:?}");
+    assert!(
+        answered.iter().all(|line| line.ends_with("attempt 3)")),
+        "{lines:?}"
+    );
+    assert_eq!(attempts.load(Ordering::SeqCst), 15, "three attempts a call");
+
+    let mut once = Program::spawn(
+        CLIENT,
+        &["--target", &url, "--calls", "2", "--jwt-secret", SECRET],
+    );
+    assert!(once.exit().await.success());
+    let lines = once.rest().await;
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|line| line.contains(": Unavailable"))
+            .count(),
+        2,
+        "{lines:?}"
+    );
+    assert_eq!(attempts.load(Ordering::SeqCst), 17, "no retry by default");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_hedges_with_hedge_delay_and_refuses_it_alone() {
+    let (server, attempts) = flaky_greeter().await;
+    let url = server.url();
+    // Hedged a second apart; the demo's hedges treat UNAVAILABLE as non-fatal, so each
+    // failed hedge starts the next at once and the third answers — long before a second.
+    let mut hedged = Program::spawn(
+        CLIENT,
+        &[
+            "--target",
+            &url,
+            "--calls",
+            "2",
+            "--jwt-secret",
+            SECRET,
+            "--retries",
+            "3",
+            "--hedge-delay",
+            "1000",
+        ],
+    );
+    assert!(hedged.exit().await.success());
+    let lines = hedged.rest().await;
+    let answered: Vec<_> = lines.iter().filter(|line| line.contains(": OK")).collect();
+    assert_eq!(answered.len(), 2, "{lines:?}");
+    assert!(
+        answered.iter().all(|line| line.ends_with("attempt 3)")),
+        "{lines:?}"
+    );
+    assert_eq!(attempts.load(Ordering::SeqCst), 6);
+
+    let mut alone = Program::spawn(
+        CLIENT,
+        &[
+            "--target",
+            &url,
+            "--calls",
+            "1",
+            "--jwt-secret",
+            SECRET,
+            "--hedge-delay",
+            "20",
+        ],
+    );
+    assert!(
+        !alone.exit().await.success(),
+        "--hedge-delay without --retries is refused"
+    );
+    server.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------------------------
 // Flags: a flag that is accepted acts.
 
 #[derive(Debug, Parser)]

@@ -47,6 +47,7 @@ struct Seen {
 struct Backend {
     seen: Mutex<Vec<Seen>>,
     cancelled: Notify,
+    cancellations: std::sync::atomic::AtomicUsize,
 }
 
 impl Backend {
@@ -64,7 +65,24 @@ struct OnDrop(Arc<Backend>);
 
 impl Drop for OnDrop {
     fn drop(&mut self) {
+        self.0
+            .cancellations
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         self.0.cancelled.notify_one();
+    }
+}
+
+impl Backend {
+    /// Waits until `n` hung attempts have been cancelled.
+    async fn cancelled(&self, n: usize) {
+        let wait = async {
+            while self.cancellations.load(std::sync::atomic::Ordering::SeqCst) < n {
+                self.cancelled.notified().await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), wait)
+            .await
+            .unwrap_or_else(|_| panic!("{n} attempts cancelled"));
     }
 }
 
@@ -316,9 +334,7 @@ async fn a_hedge_answers_when_the_first_attempt_hangs_and_the_hung_one_is_cancel
         "about the hedging delay: {took:?}"
     );
     // The backend sees the hung attempt cancelled (its handler dropped).
-    tokio::time::timeout(Duration::from_secs(10), backend.cancelled.notified())
-        .await
-        .expect("the hung attempt is cancelled");
+    backend.cancelled(1).await;
     assert_eq!(
         backend.previous(),
         [0, 1],
@@ -633,4 +649,45 @@ fn bad_configurations_are_refused_at_build() {
     ));
     let message = build(RetryPolicy::new(9)).unwrap_err().to_string();
     assert!(message.contains("at most 5"), "{message}");
+}
+
+#[tokio::test]
+async fn no_attempt_outlives_the_deadline_the_layer_outside_enforces() {
+    let (server, backend) = backend(|_| Action::Hang).await;
+    let stack = ServiceBuilder::new()
+        .layer(
+            palisade_deadline::DeadlineLayer::client()
+                .default(Duration::from_millis(200))
+                .build()
+                .unwrap(),
+        )
+        .layer(
+            RetryLayer::client()
+                .hedge(
+                    Matcher::any(),
+                    HedgePolicy::new(3, Duration::from_millis(50)),
+                )
+                .build()
+                .unwrap(),
+        )
+        .service(server.channel().await);
+    let start = Instant::now();
+    let status = GreeterClient::new(stack)
+        .say_hello(hello("late"))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::DeadlineExceeded);
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        start.elapsed()
+    );
+    // Three hedges (at 0, 50 and 100 ms), each carrying less of the deadline, all cancelled.
+    backend.cancelled(3).await;
+    let seen = backend.seen();
+    assert_eq!(
+        seen.iter().map(|seen| seen.previous).collect::<Vec<_>>(),
+        [0, 1, 2]
+    );
+    assert!(seen.iter().all(|seen| seen.timeout.is_some()));
 }

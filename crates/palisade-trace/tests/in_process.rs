@@ -488,3 +488,31 @@ async fn an_unsampled_rpc_makes_no_record() {
     response.into_body().collect().await.unwrap();
     assert!(telemetry.spans().is_empty());
 }
+
+#[tokio::test]
+async fn a_client_span_says_how_many_attempts_a_retry_layer_made() {
+    use palisade_core::Rpc;
+
+    for (attempts, expected) in [(3, Some(Value::I64(3))), (1, None)] {
+        let telemetry = Telemetry::new();
+        // What palisade-retry writes into the record as it starts each attempt.
+        let channel = tower::service_fn(move |request: Request<()>| async move {
+            let rpc = Rpc::of(&request).expect("a recording span made the record");
+            rpc.set_attempts(attempts);
+            Ok::<_, std::convert::Infallible>(Response::new(http_body_util::Full::new(
+                Bytes::from_static(b""),
+            )))
+        });
+        let service = telemetry
+            .client_layer("127.0.0.1:50051".parse().unwrap())
+            .layer(channel);
+        let response = service
+            .oneshot(request(&format!("/{SAY_HELLO}")))
+            .await
+            .unwrap();
+        response.into_body().collect().await.unwrap();
+        let spans = telemetry.spans();
+        let span = only(&spans, SpanKind::Client);
+        assert_eq!(attr(span, attribute::PALISADE_ATTEMPTS), expected.as_ref());
+    }
+}
