@@ -128,6 +128,12 @@ impl Matcher {
         }
     }
 
+    /// Whether this is [`Matcher::any`] itself: it selects every request without reading the
+    /// path, so a policy keyed on it can skip parsing the path.
+    pub fn is_any(&self) -> bool {
+        matches!(self.0, Kind::Any)
+    }
+
     /// Whether the matcher selects the request path.
     pub fn matches_path(&self, path: &str) -> bool {
         self.matches(Method::parse(path).as_ref())

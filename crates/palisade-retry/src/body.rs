@@ -15,6 +15,7 @@ use bytes::{Buf, Bytes};
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use palisade_core::build::BoxError;
+use smallvec::SmallVec;
 
 /// Why an attempt's body could not be sent; the attempt fails, the call does not retry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -89,7 +90,8 @@ enum End {
 
 struct State<B> {
     source: Option<Pin<Box<B>>>,
-    frames: Vec<Bytes>,
+    /// The frames read so far: one, inline, for a unary call.
+    frames: SmallVec<[Bytes; 1]>,
     trailers: Option<HeaderMap>,
     buffered: usize,
     end: End,
@@ -109,7 +111,7 @@ impl<B> Replay<B> {
         Arc::new(Replay {
             state: Mutex::new(State {
                 source: Some(Box::pin(source)),
-                frames: Vec::new(),
+                frames: SmallVec::new(),
                 trailers: None,
                 buffered: 0,
                 end: End::Open,
@@ -304,7 +306,7 @@ where
         } else {
             accounting.release(state.buffered);
             state.buffered = 0;
-            state.frames = Vec::new();
+            state.frames = SmallVec::new();
             state.end = End::Overflowed { owner: self.id };
             self.position = 0;
         }

@@ -85,6 +85,8 @@ impl std::error::Error for ConfigError {}
 pub struct RetryBuilder {
     policies: PerMethod<Policy>,
     rules: usize,
+    /// The first rule's policy, when its matcher is `Matcher::any()`.
+    first_any: Option<Policy>,
     skip: Option<Matcher>,
     budget: Option<RetryBudget>,
     max_buffer: usize,
@@ -100,6 +102,7 @@ impl RetryBuilder {
         RetryBuilder {
             policies: PerMethod::new(),
             rules: 0,
+            first_any: None,
             skip: None,
             budget: Some(RetryBudget::default_budget()),
             max_buffer: DEFAULT_MAX_BUFFER,
@@ -114,15 +117,20 @@ impl RetryBuilder {
     /// Retries the calls `matcher` selects with `policy`. Rules are tried in the order they
     /// were added (a method's first matching rule, retry or hedge, is its policy); methods no
     /// rule selects are sent once, as they are.
-    pub fn retry(mut self, matcher: Matcher, policy: RetryPolicy) -> Self {
-        self.policies = self.policies.rule(matcher, Policy::Retry(policy));
-        self.rules += 1;
-        self
+    pub fn retry(self, matcher: Matcher, policy: RetryPolicy) -> Self {
+        self.rule(matcher, Policy::Retry(policy))
     }
 
     /// Hedges the calls `matcher` selects with `policy`; see [`retry`](Self::retry).
-    pub fn hedge(mut self, matcher: Matcher, policy: HedgePolicy) -> Self {
-        self.policies = self.policies.rule(matcher, Policy::Hedge(policy));
+    pub fn hedge(self, matcher: Matcher, policy: HedgePolicy) -> Self {
+        self.rule(matcher, Policy::Hedge(policy))
+    }
+
+    fn rule(mut self, matcher: Matcher, policy: Policy) -> Self {
+        if self.rules == 0 && matcher.is_any() {
+            self.first_any = Some(policy);
+        }
+        self.policies = self.policies.rule(matcher, policy);
         self.rules += 1;
         self
     }
@@ -229,6 +237,7 @@ impl RetryBuilder {
             );
         }
         Ok(RetryLayer::from_shared(Shared {
+            for_every_call: self.first_any.filter(|_| self.skip.is_none()),
             policies: self.policies,
             skip: self.skip,
             budget: self.budget,

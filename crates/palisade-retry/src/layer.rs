@@ -89,6 +89,9 @@ impl BuildLayer<Client> for RetryLayer {
 /// What every service of one layer shares.
 pub(crate) struct Shared {
     pub(crate) policies: PerMethod<Policy>,
+    /// The policy of every call, when nothing is skipped and the first rule is
+    /// `Matcher::any()`: no path to parse.
+    pub(crate) for_every_call: Option<Policy>,
     pub(crate) skip: Option<Matcher>,
     pub(crate) budget: Option<RetryBudget>,
     pub(crate) accounting: Arc<Accounting>,
@@ -100,6 +103,9 @@ impl Shared {
     /// The policy of the call to `path`, unless it is skipped or may make one attempt only.
     #[inline]
     pub(crate) fn policy_for(&self, path: &str) -> Option<Policy> {
+        if let Some(policy) = self.for_every_call {
+            return Some(policy).filter(|policy| policy.max_attempts() > 1);
+        }
         let method = Method::parse(path);
         if self
             .skip
@@ -119,6 +125,7 @@ impl fmt::Debug for Shared {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Shared")
             .field("policies", &self.policies)
+            .field("for_every_call", &self.for_every_call)
             .field("skip", &self.skip)
             .field("budget", &self.budget)
             .field("accounting", &self.accounting)
