@@ -10,7 +10,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use http::{Extensions, HeaderMap, HeaderName, HeaderValue, Method, Request, Uri, Version};
+use http::{HeaderName, HeaderValue, Request};
 use palisade_core::{
     Rpc, Side,
     build::BoxError,
@@ -24,6 +24,7 @@ use tower_service::Service;
 
 use crate::{
     body::Replay,
+    head::Head,
     layer::Shared,
     policy::Policy,
     verdict::{Pushback, Verdict, verdict},
@@ -178,15 +179,6 @@ enum Start<E> {
     Failed(E),
 }
 
-/// The request as the caller made it, for the attempts after the first.
-struct Head {
-    method: Method,
-    uri: Uri,
-    version: Version,
-    headers: HeaderMap,
-    extensions: Extensions,
-}
-
 /// One call's state beyond its first attempt: what later attempts need, and the attempts in
 /// flight after the first.
 pub(crate) struct Attempts<S, B>
@@ -236,13 +228,7 @@ where
             .filter(|rpc| rpc.side() == Side::Client)
             .cloned();
         let replay = Replay::new(body, Arc::clone(&shared.accounting));
-        let head = Head {
-            method: parts.method.clone(),
-            uri: parts.uri.clone(),
-            version: parts.version,
-            headers: parts.headers.clone(),
-            extensions: parts.extensions.clone(),
-        };
+        let head = Head::of(&parts);
         let first = service.call(Request::from_parts(parts, Body::new(replay.reader())));
         let mut attempts = Box::new(Attempts {
             service,
@@ -366,14 +352,17 @@ where
             Poll::Pending => Start::Waiting,
             Poll::Ready(Err(error)) => Start::Failed(error),
             Poll::Ready(Ok(())) => {
-                let request = self.request();
+                let Some(request) = self.request() else {
+                    self.stop();
+                    return Start::Refused;
+                };
                 self.started += 1;
                 self.others.push(Box::pin(self.service.call(request)));
                 self.due = false;
                 if let Some(rpc) = &self.rpc {
                     rpc.set_attempts(self.started);
                 }
-                self.shared.counters.attempt(self.head.uri.path());
+                self.shared.counters.attempt(self.head.path());
                 self.arm_hedge();
                 Start::Started
             }
@@ -381,21 +370,21 @@ where
     }
 
     /// The next attempt's request: the caller's, with `grpc-previous-rpc-attempts` and what
-    /// is left of the deadline.
-    fn request(&self) -> Request<Body> {
-        let mut request = Request::new(Body::new(self.replay.reader()));
-        *request.method_mut() = self.head.method.clone();
-        *request.uri_mut() = self.head.uri.clone();
-        *request.version_mut() = self.head.version;
-        let headers = request.headers_mut();
-        *headers = self.head.headers.clone();
+    /// is left of the deadline; `None` if the caller's head cannot be made again.
+    fn request(&self) -> Option<Request<Body>> {
+        let (method, uri, version, mut headers, extensions) = self.head.parts()?;
         headers.insert(GRPC_PREVIOUS_RPC_ATTEMPTS, HeaderValue::from(self.started));
         if let Some(deadline) = self.deadline {
             let left = deadline.saturating_duration_since(Instant::now());
             headers.insert(GRPC_TIMEOUT, timeout_value(left));
         }
-        *request.extensions_mut() = self.head.extensions.clone();
-        request
+        let mut request = Request::new(Body::new(self.replay.reader()));
+        *request.method_mut() = method;
+        *request.uri_mut() = uri;
+        *request.version_mut() = version;
+        *request.headers_mut() = headers;
+        *request.extensions_mut() = extensions;
+        Some(request)
     }
 
     /// Hedging: the next hedge is due after the delay, while attempts are left.

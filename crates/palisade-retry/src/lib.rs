@@ -83,6 +83,7 @@ mod budget;
 mod config;
 mod counters;
 mod future;
+mod head;
 mod layer;
 mod policy;
 mod service;
