@@ -19,6 +19,7 @@
 //! | `breaker` | `palisade-breaker` | [`breaker`] |
 //! | `recovery` | `palisade-recovery` | [`recovery`] |
 //! | `retry` | `palisade-retry` | [`retry`] |
+//! | `reload` | — | [`reload`]: stacks swapped live, configuration files watched |
 //!
 //! # Example
 //!
@@ -80,6 +81,8 @@ pub use palisade_retry as retry;
 pub use palisade_trace as trace;
 
 pub mod preset;
+#[cfg(feature = "reload")]
+pub mod reload;
 
 /// The README's snippets, compiled (and run where they can) as doctests, so they cannot drift
 /// from the API.
