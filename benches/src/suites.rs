@@ -113,6 +113,14 @@ pub fn layers() -> Vec<Group> {
     groups
 }
 
+/// A rate limit never reached, as a reloaded configuration would build it.
+fn per_second_limit() -> RateLimitLayer {
+    RateLimitLayer::server()
+        .limit(Limit::global(unlimited()))
+        .build()
+        .expect("a valid rate limit")
+}
+
 /// Watches every RPC with a no-op observer: the floor of the observing middleware.
 struct WatchAll;
 
@@ -308,6 +316,28 @@ fn layer_groups(side: Side) -> Vec<Group> {
                     .unwrap();
                 rpc(layer.layer(Handler::ok()), Requests::server())
             }),
+        );
+        // A stack behind palisade's reload layer (issue #19): the per-call cost of reading
+        // the policy in force — one generation compare while no swap happens — beside the same
+        // stack built in code; and `swap`, the cost of a reload (a stack rebuilt over the one
+        // service the layer wraps), as a floor.
+        groups.push(
+            bare(Group::new("layers/server/reload"), side)
+                .case("in_code", || {
+                    rpc(per_second_limit().layer(Handler::ok()), Requests::server())
+                })
+                .case("reloadable", || {
+                    let (layer, _reloader) = palisade::reload::ReloadLayer::new(per_second_limit());
+                    rpc(layer.layer(Handler::ok()), Requests::server())
+                })
+                .case("swap", || {
+                    let (layer, reloader) = palisade::reload::ReloadLayer::new(per_second_limit());
+                    let service = layer.layer(Handler::ok());
+                    floor(per_second_limit, move |stack| {
+                        std::hint::black_box(&service);
+                        reloader.swap(stack)
+                    })
+                }),
         );
         // The caller's 1 s `grpc-timeout` (every bench request has it), never reached: the
         // header parsed, the `Deadline` in the extensions, the deadline current around the
