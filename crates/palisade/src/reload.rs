@@ -16,7 +16,8 @@
 //!
 //! [`changes`] yields once per change of a configuration file — written in place, replaced
 //! by a rename, or swapped by a Kubernetes ConfigMap update (its `..data` symlink) — and once
-//! per SIGHUP.
+//! per SIGHUP. [`Reloads`] counts what came of each: `palisade_config_reload_total{result}`
+//! and the gauge `palisade_config_generation`, and logs a refused file once, at ERROR.
 //!
 //! # Example
 //!
@@ -57,8 +58,10 @@ use arc_swap::ArcSwap;
 use tower_layer::Layer;
 use tower_service::Service;
 
+mod count;
 mod watch;
 
+pub use count::{GENERATION, RELOAD_TOTAL, Reloads};
 pub use watch::{Change, Changes, changes};
 
 /// A stack built over one inner service, with the generation it belongs to.
