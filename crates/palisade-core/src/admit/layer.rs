@@ -11,7 +11,7 @@ use http::{Request, Response};
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::{Admission, Decision, ResponseBody, ResponseFuture};
+use super::{Admission, Admitted, Decision, ResponseBody, ResponseFuture};
 use crate::{call::Call, matcher::Matcher, method::Method};
 
 /// Makes [`Admit`] services asking the admission `A` about every RPC; see the
@@ -159,19 +159,28 @@ where
             .is_some_and(|skip| skip.matches(Method::from_uri(request.uri()).as_ref()));
         let side = shared.admission.side();
         if skipped {
-            return ResponseFuture::called(side, &mut self.inner, request, Decision::Pass);
+            return ResponseFuture::passed(self.inner.call(request), None);
         }
         let (mut parts, body) = request.into_parts();
-        let decision = shared.admission.admit(&mut Call::new(side, &mut parts));
-        let request = Request::from_parts(parts, body);
-        match decision {
+        match shared.admission.admit(&mut Call::new(side, &mut parts)) {
+            // The light path: the inner future as it is, nothing watched.
+            Decision::Pass => {
+                ResponseFuture::passed(self.inner.call(Request::from_parts(parts, body)), None)
+            }
+            Decision::Admit(Admitted {
+                observer: None,
+                head,
+            }) => ResponseFuture::passed(self.inner.call(Request::from_parts(parts, body)), head),
             Decision::Wait(wait) => {
                 // The ready service goes with the call; this one gets a clone.
                 let clone = self.inner.clone();
                 let service = std::mem::replace(&mut self.inner, clone);
-                ResponseFuture::waiting(shared.clone(), wait, request, service)
+                ResponseFuture::waiting(shared.clone(), wait, (parts, body), service)
             }
-            decision => ResponseFuture::called(side, &mut self.inner, request, decision),
+            decision => {
+                let request = Request::from_parts(parts, body);
+                ResponseFuture::called(side, &mut self.inner, request, decision)
+            }
         }
     }
 }

@@ -69,15 +69,16 @@ impl<B, P: Policy> ResponseBody<B, P> {
         }
     }
 
-    pub(crate) fn parse(
+    /// A body whose end `observer` hears (when there is one), `scope` entered around it.
+    pub(crate) fn watching(
         inner: B,
         side: Side,
-        observer: P::Observer,
+        observer: Option<P::Observer>,
         scope: Option<P::Scope>,
     ) -> Self {
         Self {
             inner: Some(inner),
-            observer: Some(observer),
+            observer,
             scope,
             counter: MessageCounter::default(),
             bytes: 0,
