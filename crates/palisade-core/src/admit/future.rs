@@ -113,6 +113,20 @@ where
         }
     }
 
+    /// The future of an admitted RPC watched by `observer`.
+    #[inline]
+    pub(crate) fn watched(
+        side: Side,
+        service: &mut S,
+        request: Request<B>,
+        observer: A::Observer,
+        head: Option<A::Head>,
+    ) -> Self {
+        Self {
+            state: State::watched(side, service, request, observer, head),
+        }
+    }
+
     /// The future of an admitted RPC with nothing watched: the inner future as it is.
     #[inline]
     pub(crate) fn passed(future: S::Future, head: Option<A::Head>) -> Self {
@@ -173,24 +187,34 @@ where
             Decision::Admit(Admitted {
                 observer: Some(observer),
                 head,
-            }) => {
-                let mut observer = Some(observer);
-                let future = {
-                    // A panic in the inner service's own `call` (an interceptor, a
-                    // `service_fn` closure) ends the watched RPC here, while it unwinds.
-                    let _unwind = OnUnwind {
-                        observer: &mut observer,
-                        counts: Counts::default(),
-                    };
-                    service.call(request)
-                };
-                State::Called {
-                    future: observe::ResponseFuture::watched(future, side, observer, ()),
-                    head,
-                }
-            }
+            }) => Self::watched(side, service, request, observer, head),
             Decision::Reject(rejection) => Self::rejected(side, rejection, request.extensions()),
             Decision::Wait(_) => unreachable!("a wait is made into State::Waiting"),
+        }
+    }
+
+    /// The inner call, watched by `observer`.
+    #[inline]
+    fn watched(
+        side: Side,
+        service: &mut S,
+        request: Request<B>,
+        observer: A::Observer,
+        head: Option<A::Head>,
+    ) -> Self {
+        let mut observer = Some(observer);
+        let future = {
+            // A panic in the inner service's own `call` (an interceptor, a `service_fn`
+            // closure) ends the watched RPC here, while it unwinds.
+            let _unwind = OnUnwind {
+                observer: &mut observer,
+                counts: Counts::default(),
+            };
+            service.call(request)
+        };
+        State::Called {
+            future: observe::ResponseFuture::watched(future, side, observer, ()),
+            head,
         }
     }
 
@@ -224,6 +248,12 @@ where
         loop {
             let next = match self.as_mut().project().state.project() {
                 StateProj::Passed { future, head } => {
+                    if head.is_none() {
+                        // Built in place: nothing to do with the response.
+                        return future
+                            .poll(cx)
+                            .map_ok(|response| response.map(ResponseBody::passed));
+                    }
                     let mut polled = future
                         .poll(cx)
                         .map_ok(|response| response.map(ResponseBody::passed));
@@ -235,6 +265,9 @@ where
                     return polled;
                 }
                 StateProj::Called { future, head } => {
+                    if head.is_none() {
+                        return future.poll(cx);
+                    }
                     let mut polled = future.poll(cx);
                     if let Poll::Ready(Ok(response)) = &mut polled
                         && let Some(head) = head.take()

@@ -14,7 +14,7 @@ use crate::{
     body::{ObservedBody, Role, classify},
     counter::MessageCounter,
     future::OnUnwind,
-    outcome::Outcome,
+    outcome::{Outcome, Source},
 };
 
 pin_project! {
@@ -137,7 +137,21 @@ where
         };
         let role = Role::Response(*this.side);
         let ended = inner.is_end_stream();
-        if let Some(outcome) = classify(&frame, ended, role, this.counter, this.bytes, observer) {
+        let outcome = if observer.reads_outcome() {
+            classify(&frame, ended, role, this.counter, this.bytes, observer)
+        } else {
+            // Only the end matters: nothing counted, no status read.
+            match &frame {
+                Some(Ok(frame)) if !ended && !frame.is_trailers() => None,
+                Some(Err(error)) => Some(Outcome::from_error(
+                    error,
+                    Source::BodyError,
+                    this.side.error_fallback(),
+                )),
+                _ => Some(Outcome::unread()),
+            }
+        };
+        if let Some(outcome) = outcome {
             let counts = Counts {
                 messages: this.counter.messages(),
                 bytes: *this.bytes,

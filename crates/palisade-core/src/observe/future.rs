@@ -142,16 +142,25 @@ where
             }
         };
         if let Some(watching) = observer.take() {
-            match Outcome::from_response(&response) {
-                // No status at the head and nothing after it: hyper ends such a stream
-                // without polling the body, so its end is told here, not at a drop.
-                None if response.body().is_end_stream() => {
-                    let outcome = Outcome::new(Code::Unknown, Source::MissingStatus);
-                    watching.on_end(outcome, Counts::default());
+            if !watching.reads_outcome() {
+                // Only the end matters: the head is not read.
+                if response.body().is_end_stream() {
+                    watching.on_end(Outcome::unread(), Counts::default());
+                } else {
+                    observer = Some(watching);
                 }
-                Some(outcome) => watching.on_end(outcome, Counts::default()),
-                // The end is the body's to tell.
-                None => observer = Some(watching),
+            } else {
+                match Outcome::from_response(&response) {
+                    // No status at the head and nothing after it: hyper ends such a stream
+                    // without polling the body, so its end is told here, not at a drop.
+                    None if response.body().is_end_stream() => {
+                        let outcome = Outcome::new(Code::Unknown, Source::MissingStatus);
+                        watching.on_end(outcome, Counts::default());
+                    }
+                    Some(outcome) => watching.on_end(outcome, Counts::default()),
+                    // The end is the body's to tell.
+                    None => observer = Some(watching),
+                }
             }
         }
         let scope = if observer.is_some() { scope } else { None };
