@@ -25,9 +25,10 @@ use crate::{
 };
 
 pin_project! {
-    /// The response future of [`Admit`](super::Admit): the inner service's future (watched
-    /// when the admission asked for it, through [`observe`]'s future, so every end path
-    /// reaches its observer), a rejection, or the wait for a later decision.
+    /// The response future of [`Admit`](super::Admit): the inner service's future — polled
+    /// as it is when nothing is watched, through [`observe`]'s future when the admission
+    /// asked for an observer, so every end path reaches it — a rejection, or the wait for a
+    /// later decision.
     pub struct ResponseFuture<S, A, B>
     where
         S: Service<Request<B>>,
