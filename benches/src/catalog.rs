@@ -94,9 +94,10 @@ pub const BUDGETS: &[Budget] = &[
         "server",
         "layers/server/limit/fixed",
         50.0,
-        "palisade-core's admission middleware with an observed future and body \
-         (`layers/core/observed`), one compare-and-swap taking the permit and one atomic \
-         subtraction giving it back at the end of the stream, the `palisade_inflight` gauge",
+        "palisade-core's admission middleware with a watched future and body that read no \
+         status and count nothing (a fixed limit's permit reads no outcome), one \
+         compare-and-swap taking the permit and one atomic subtraction giving it back at the \
+         end of the stream, the `palisade_inflight` gauge",
         Some("layers/core/observed"),
     ),
     budget(

@@ -294,6 +294,13 @@ fn layer_groups(side: Side) -> Vec<Group> {
                     .unwrap();
                 rpc(layer.layer(Handler::ok()), Requests::server())
             })
+            .case("disabled", || {
+                // `RateLimitLayer::disabled()`: a stack's rate limit turned off.
+                rpc(
+                    RateLimitLayer::disabled().layer(Handler::ok()),
+                    Requests::server(),
+                )
+            })
     } else {
         bare(Group::new("layers/client/ratelimit"), side).case("direct", || {
             let layer = RateLimitLayer::client()
@@ -306,16 +313,24 @@ fn layer_groups(side: Side) -> Vec<Group> {
 
     if server {
         groups.push(
-            bare(Group::new("layers/server/limit"), side).case("fixed", || {
-                // One whole-service limit never reached (the happy path): a permit taken at
-                // admission and given back at the end of the stream.
-                let layer = palisade_limit::LimitLayer::server()
-                    .name("bench-server")
-                    .max_in_flight(1024)
-                    .build()
-                    .unwrap();
-                rpc(layer.layer(Handler::ok()), Requests::server())
-            }),
+            bare(Group::new("layers/server/limit"), side)
+                .case("fixed", || {
+                    // One whole-service limit never reached (the happy path): a permit taken at
+                    // admission and given back at the end of the stream.
+                    let layer = palisade_limit::LimitLayer::server()
+                        .name("bench-server")
+                        .max_in_flight(1024)
+                        .build()
+                        .unwrap();
+                    rpc(layer.layer(Handler::ok()), Requests::server())
+                })
+                .case("disabled", || {
+                    // `LimitLayer::disabled()`: a stack's in-flight limit turned off.
+                    rpc(
+                        palisade_limit::LimitLayer::<Server>::disabled().layer(Handler::ok()),
+                        Requests::server(),
+                    )
+                }),
         );
         // A stack behind palisade's reload layer (issue #19): the per-call cost of reading
         // the policy in force — one generation compare while no swap happens — beside the same

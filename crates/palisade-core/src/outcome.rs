@@ -35,6 +35,10 @@ pub enum Source {
     /// poll, or (on the server) the call was dropped while its thread unwound. Read as
     /// `Internal`, never as the caller's cancellation.
     Panicked,
+    /// The response ended normally and its status was not read: its observer does not read
+    /// outcomes ([`Observer::reads_outcome`](crate::Observer::reads_outcome)). Read as
+    /// `Unknown`.
+    Unread,
 }
 
 /// The result of one RPC: its gRPC code, where that code came from, its message, and — when a
@@ -98,6 +102,12 @@ impl Outcome {
     /// The caller dropped the call before it ended.
     pub const fn cancelled() -> Self {
         Self::new(Code::Cancelled, Source::Dropped)
+    }
+
+    /// A response that ended normally, its status not read (its observer does not read
+    /// outcomes): `Unknown`, from [`Source::Unread`].
+    pub const fn unread() -> Self {
+        Self::new(Code::Unknown, Source::Unread)
     }
 
     /// The inner service panicked while the call was in flight: `Internal`, from

@@ -954,3 +954,126 @@ async fn the_inner_future_and_body_drop_in_the_scope() {
     assert_eq!(recorder.single().0.code(), Code::Cancelled);
     assert!(!IN_SCOPE.get(), "left after the drop");
 }
+
+/// An observer that only hears *that* the RPC ended ([`Observer::reads_outcome`] is `false`),
+/// and counts how many messages it was told of (none: nothing is counted for it).
+struct EndOnly(Recorder, Arc<Mutex<u64>>);
+
+impl Observer for EndOnly {
+    fn on_message(&mut self) {
+        *self.1.lock().unwrap() += 1;
+    }
+
+    fn on_end(self, outcome: Outcome, counts: Counts) {
+        self.0.on_end(outcome, counts);
+    }
+
+    fn reads_outcome(&self) -> bool {
+        false
+    }
+}
+
+struct EndOnlyPolicy(Recorder, Arc<Mutex<u64>>);
+
+impl Policy for EndOnlyPolicy {
+    type Observer = EndOnly;
+    type RequestObserver = ();
+    type Scope = ();
+
+    fn side(&self) -> Side {
+        Side::Server
+    }
+
+    fn start(&self, _: &mut Call<'_>) -> Option<Watch<EndOnly, (), ()>> {
+        Some(Watch::new(EndOnly(self.0.clone(), self.1.clone())))
+    }
+}
+
+/// The response of an `EndOnlyPolicy` service answering with `response`, and its recorder and
+/// message count.
+async fn end_only<B: Body>(
+    response: Response<B>,
+) -> (
+    Response<palisade_core::observe::ResponseBody<B, EndOnlyPolicy>>,
+    Recorder,
+    Arc<Mutex<u64>>,
+) {
+    let recorder = Recorder::default();
+    let messages = Arc::new(Mutex::new(0));
+    let mut response = Some(response);
+    let mut service = ObserveLayer::new(EndOnlyPolicy(recorder.clone(), messages.clone())).layer(
+        tower::service_fn(move |_: Request<RequestBody<String, EndOnlyPolicy>>| {
+            std::future::ready(Ok::<_, Infallible>(response.take().expect("called once")))
+        }),
+    );
+    let response = service.call(Request::new(String::new())).await.unwrap();
+    (response, recorder, messages)
+}
+
+#[tokio::test]
+async fn an_end_only_observer_hears_the_end_unread_and_nothing_counted() {
+    let body = GrpcBody::new(
+        [frames::message(b"one"), frames::message(b"two")],
+        Some(frames::trailers(Code::Aborted, Some("not read"))),
+    );
+    let (response, recorder, messages) = end_only(Response::new(body)).await;
+    assert!(
+        recorder.ends().is_empty(),
+        "a streaming response ends at its body's end"
+    );
+    let collected = collect(response.into_body()).await.unwrap();
+    // Every frame forwarded as it came.
+    assert_eq!(collected.trailers.unwrap()["grpc-status"], "10");
+    let (outcome, counts) = recorder.single();
+    assert_eq!(
+        (outcome.code(), outcome.source()),
+        (Code::Unknown, Source::Unread)
+    );
+    assert_eq!((counts.messages, counts.bytes), (0, 0));
+    assert_eq!(*messages.lock().unwrap(), 0, "no message told");
+}
+
+#[tokio::test]
+async fn an_end_only_observer_of_a_trailers_only_answer_ends_at_the_head() {
+    let rejection = Rejection::new(Code::PermissionDenied, "no").into_response::<GrpcBody>();
+    let (response, recorder, _) = end_only(rejection).await;
+    let (outcome, _) = recorder.single();
+    assert_eq!(outcome.source(), Source::Unread);
+    drop(response);
+    assert_eq!(
+        recorder.ends().len(),
+        1,
+        "one end, not a second at the drop"
+    );
+}
+
+#[tokio::test]
+async fn an_end_only_observer_still_hears_drops_and_errors() {
+    let body = GrpcBody::new(
+        [frames::message(b"a"), frames::message(b"b")],
+        Some(frames::trailers(Code::Ok, None)),
+    );
+    let (response, recorder, _) = end_only(Response::new(body)).await;
+    let mut body = response.into_body();
+    body.frame().await.unwrap().unwrap();
+    assert!(recorder.ends().is_empty());
+    drop(body);
+    let (outcome, _) = recorder.single();
+    assert_eq!(
+        (outcome.code(), outcome.source()),
+        (Code::Cancelled, Source::Dropped)
+    );
+
+    let frames = vec![
+        Ok(Frame::data(frames::message(b"first"))),
+        Err(tonic::Status::data_loss("stream broke")),
+    ];
+    let (response, recorder, _) =
+        end_only(Response::new(StreamBody::new(stream::iter(frames)))).await;
+    assert!(collect(response.into_body()).await.is_err());
+    let (outcome, _) = recorder.single();
+    assert_eq!(
+        (outcome.code(), outcome.source()),
+        (Code::DataLoss, Source::BodyError)
+    );
+}

@@ -27,43 +27,67 @@ pin_project! {
     /// `grpc-timeout` with an error) is answered the same way.
     pub struct ResponseFuture<F> {
         #[pin]
-        inner: Option<F>,
-        #[pin]
-        sleep: Option<Sleep>,
-        deadline: Option<Deadline>,
-        server: bool,
-        rejection: Option<Rejection>,
+        kind: Kind<F>,
+    }
+}
+
+pin_project! {
+    // One of three: the rejection (a header value and a map) is not carried by every call's
+    // future, only by the one answered here.
+    #[project = KindProj]
+    enum Kind<F> {
+        // No deadline: the inner future as it is.
+        Passed {
+            #[pin]
+            inner: F,
+        },
+        // Answered here.
+        Rejected {
+            rejection: Option<Rejection>,
+        },
+        // Raced against the deadline.
+        Enforced {
+            // `None` once it answered, or was dropped at the deadline.
+            #[pin]
+            inner: Option<F>,
+            #[pin]
+            sleep: Option<Sleep>,
+            deadline: Deadline,
+            server: bool,
+        },
     }
 }
 
 impl<F> ResponseFuture<F> {
     pub(crate) fn passed(inner: F) -> Self {
         Self {
-            inner: Some(inner),
-            sleep: None,
-            deadline: None,
-            server: false,
-            rejection: None,
+            kind: Kind::Passed { inner },
         }
     }
 
     pub(crate) fn rejected(rejection: Rejection) -> Self {
         Self {
-            inner: None,
-            sleep: None,
-            deadline: None,
-            server: false,
-            rejection: Some(rejection),
+            kind: Kind::Rejected {
+                rejection: Some(rejection),
+            },
         }
     }
 
     pub(crate) fn enforced(inner: F, deadline: Deadline, server: bool) -> Self {
         Self {
-            inner: Some(inner),
-            sleep: None,
-            deadline: Some(deadline),
-            server,
-            rejection: None,
+            kind: Kind::Enforced {
+                inner: Some(inner),
+                sleep: None,
+                deadline,
+                server,
+            },
+        }
+    }
+
+    fn deadline(&self) -> Option<Deadline> {
+        match &self.kind {
+            Kind::Enforced { deadline, .. } => Some(*deadline),
+            _ => None,
         }
     }
 }
@@ -75,53 +99,58 @@ where
     type Output = Result<Response<ResponseBody<B>>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut this = self.project();
-        if let Some(rejection) = this.rejection.take() {
-            return Poll::Ready(Ok(rejection.into_response()));
-        }
-        let Some(deadline) = *this.deadline else {
-            let Some(inner) = this.inner.as_pin_mut() else {
-                panic!("ResponseFuture polled after it completed")
-            };
-            let response = ready!(inner.poll(cx))?;
-            return Poll::Ready(Ok(response.map(ResponseBody::passed)));
+        let (mut inner, mut sleep, deadline, server) = match self.project().kind.project() {
+            KindProj::Passed { inner } => {
+                return inner
+                    .poll(cx)
+                    .map_ok(|response| response.map(ResponseBody::passed));
+            }
+            KindProj::Rejected { rejection } => {
+                let rejection = rejection.take().expect("polled after completion");
+                return Poll::Ready(Ok(rejection.into_response()));
+            }
+            KindProj::Enforced {
+                inner,
+                sleep,
+                deadline,
+                server,
+            } => (inner, sleep, *deadline, *server),
         };
-        let server = *this.server;
         let polled = {
             let _entered = server.then(|| deadline.enter());
-            let Some(inner) = this.inner.as_mut().as_pin_mut() else {
+            let Some(inner) = inner.as_mut().as_pin_mut() else {
                 panic!("ResponseFuture polled after it completed")
             };
             inner.poll(cx)
         };
         match polled {
             Poll::Ready(Ok(response)) => {
-                this.inner.set(None);
+                inner.set(None);
                 Poll::Ready(Ok(
                     response.map(|body| ResponseBody::enforced(body, deadline, server))
                 ))
             }
             Poll::Ready(Err(error)) => {
-                this.inner.set(None);
+                inner.set(None);
                 if !server && deadline.instant() <= Instant::now() {
                     return Poll::Ready(Ok(exceeded().into_response()));
                 }
                 Poll::Ready(Err(error))
             }
             Poll::Pending => {
-                if this.sleep.is_none() {
-                    this.sleep.set(Some(sleep_until(deadline.instant())));
+                if sleep.is_none() {
+                    sleep.set(Some(sleep_until(deadline.instant())));
                 }
-                let Some(sleep) = this.sleep.as_mut().as_pin_mut() else {
+                let Some(sleeping) = sleep.as_mut().as_pin_mut() else {
                     unreachable!("made above")
                 };
-                ready!(sleep.poll(cx));
+                ready!(sleeping.poll(cx));
                 {
                     // What the handler does as it is dropped still sees its deadline.
                     let _entered = server.then(|| deadline.enter());
-                    this.inner.set(None);
+                    inner.set(None);
                 }
-                this.sleep.set(None);
+                sleep.set(None);
                 Poll::Ready(Ok(exceeded().into_response()))
             }
         }
@@ -131,7 +160,7 @@ where
 impl<F> fmt::Debug for ResponseFuture<F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ResponseFuture")
-            .field("deadline", &self.deadline)
+            .field("deadline", &self.deadline())
             .finish_non_exhaustive()
     }
 }

@@ -50,6 +50,8 @@ pub(crate) enum Scope {
     PerMethod(Box<Methods>),
     /// A gate per key, bounded.
     PerKey(Box<Keys>),
+    /// No gate: every call passes ([`LimitLayer::disabled`](crate::LimitLayer::disabled)).
+    Disabled,
 }
 
 /// What makes gates: the label's prefix, the queue every gate gets, where handles go.
@@ -140,6 +142,7 @@ impl Scope {
                 .unwrap_or_else(PoisonError::into_inner)
                 .clone(),
             Scope::PerKey(keys) => keys.gates(),
+            Scope::Disabled => Vec::new(),
         }
     }
 }
@@ -151,6 +154,11 @@ impl<K> LimitAdmission<K> {
             rejection,
             _side: PhantomData,
         }
+    }
+
+    /// Whether this limit lets every call through ([`LimitLayer::disabled`](crate::LimitLayer::disabled)).
+    pub fn is_disabled(&self) -> bool {
+        matches!(self.scope, Scope::Disabled)
     }
 
     /// The calls holding a permit now, over every gate of the layer.
@@ -209,6 +217,7 @@ impl<K: OnSide> Admission for LimitAdmission<K> {
                 Some(found) => found,
                 None => return Decision::Pass,
             },
+            Scope::Disabled => return Decision::Pass,
         };
         match gate.enter(limit, || call.timeout()) {
             Entry::Admitted(permit) => Decision::observe(permit),

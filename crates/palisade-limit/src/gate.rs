@@ -295,6 +295,12 @@ impl Observer for Permit {
         }
         // Dropped here: the permit goes back.
     }
+
+    /// A fixed limit's permit only needs the end (the middleware then reads no status and
+    /// counts nothing); an adaptive one reads the code, to leave out cancelled calls.
+    fn reads_outcome(&self) -> bool {
+        self.timed.is_some()
+    }
 }
 
 impl Drop for Permit {

@@ -55,6 +55,32 @@ impl LimitLayer<Client> {
 }
 
 impl<K: OnSide> LimitLayer<K> {
+    /// A layer that limits nothing: every call passes on, untouched; no gate, no series. For a
+    /// stack whose configuration turns the limit off (the `server` example's
+    /// `--max-concurrent 0`): the stack has the same type either way, and the layer costs one
+    /// branch a call.
+    ///
+    /// ```
+    /// use palisade_core::side::Server;
+    /// use palisade_limit::LimitLayer;
+    ///
+    /// let off = LimitLayer::<Server>::disabled();
+    /// assert!(off.admission().is_disabled());
+    /// assert_eq!(off.in_flight(), 0);
+    /// ```
+    pub fn disabled() -> Self {
+        let rejection = palisade_core::Rejection::new(
+            palisade_core::Code::ResourceExhausted,
+            crate::DEFAULT_MESSAGE,
+        );
+        Self {
+            inner: AdmitLayer::disabled(LimitAdmission::new(
+                crate::admission::Scope::Disabled,
+                rejection,
+            )),
+        }
+    }
+
     pub(crate) fn new(admission: LimitAdmission<K>, skip: Option<Matcher>) -> Self {
         Self {
             inner: AdmitLayer::with_skip(admission, skip),

@@ -841,3 +841,16 @@ async fn an_adaptive_limit_finds_the_handlers_capacity() {
     );
     assert_eq!(layer.in_flight(), 0, "every permit back");
 }
+
+/// `LimitLayer::disabled()`: every call goes through, none counted, whatever is in flight.
+#[tokio::test(start_paused = true)]
+async fn a_disabled_limit_lets_every_call_through() {
+    let layer = LimitLayer::<Server>::disabled();
+    assert!(layer.admission().is_disabled());
+    let calls = Arc::new(AtomicUsize::new(0));
+    let mut service = layer.layer(handler(None, End::Hang, calls.clone()));
+    let in_flight: Vec<_> = (0..100).map(|_| start(&mut service, HELLO)).collect();
+    assert_eq!(calls.load(Ordering::Relaxed), 100);
+    assert_eq!(layer.in_flight(), 0);
+    assert!(in_flight.iter().all(|future| !future.is_rejected()));
+}

@@ -122,6 +122,10 @@ impl Admission for RateLimitAdmission {
     #[inline]
     fn admit(&self, call: &mut Call<'_>) -> Decision<Self> {
         let shared = &*self.shared;
+        if shared.limits.is_empty() {
+            // Disabled (`RateLimitLayer::disabled`).
+            return Decision::Pass;
+        }
         let lookup = shared.table.lookup(shared, call.parts().uri.path());
         let entry = lookup.entry();
         if entry.plan.is_empty() {

@@ -60,7 +60,7 @@ impl std::error::Error for ConfigError {}
 
 /// What both builders configure.
 #[derive(Clone)]
-struct Common {
+pub(crate) struct Common {
     limits: Vec<Limit>,
     skip: Matcher,
     code: Code,
@@ -73,6 +73,14 @@ struct Common {
 }
 
 impl Common {
+    /// What a disabled layer runs on: no limit, so every call passes; its counters (of no
+    /// method: there is no registry) go to a no-op recorder, and nothing is described.
+    pub(crate) fn disabled(side: Side) -> Arc<Shared> {
+        let mut common = Self::new();
+        common.recorder = Some(Arc::new(metrics::NoopRecorder));
+        common.build(side, RateLimitHeaders::default(), Duration::ZERO, false)
+    }
+
     fn new() -> Self {
         Self {
             limits: Vec::new(),
@@ -116,7 +124,9 @@ impl Common {
         pushback: bool,
     ) -> Arc<Shared> {
         let registrar = Registrar::new(self.recorder);
-        if registrar.is_unrecorded() {
+        if self.limits.is_empty() {
+            // Disabled: nothing to count or to describe.
+        } else if registrar.is_unrecorded() {
             // The handles registered now are no-ops for good: say it once, here.
             tracing::warn!(
                 "palisade-ratelimit: a rate-limit layer was built while no `metrics` recorder \
@@ -125,7 +135,9 @@ impl Common {
                  `.recorder(..)`"
             );
         }
-        crate::series::describe(&registrar);
+        if !self.limits.is_empty() {
+            crate::series::describe(&registrar);
+        }
         let limits: Box<[LimitState]> = self
             .limits
             .into_iter()

@@ -6,7 +6,7 @@ use palisade_core::{
     MethodRegistry,
     admit::{Admit, AdmitLayer},
     build::{BoxError, BuildLayer},
-    side::Server,
+    side::{OnSide, Server},
 };
 use tower_layer::Layer;
 
@@ -51,6 +51,11 @@ impl<M> RateLimitLayer<M> {
         }
     }
 
+    /// Whether the layer limits nothing ([`RateLimitLayer::disabled`]).
+    pub fn is_disabled(&self) -> bool {
+        self.shared().limits.is_empty()
+    }
+
     fn shared(&self) -> &Shared {
         &self.admit.admission().shared
     }
@@ -60,6 +65,25 @@ impl RateLimitLayer {
     /// Configures a server layer: it answers over-quota calls at once.
     pub fn server() -> RateLimitBuilder {
         RateLimitBuilder::new()
+    }
+
+    /// A server layer that limits nothing: every call passes on, untouched, and no series is
+    /// registered. For a stack whose rate limit configuration turns it off (the `server`
+    /// example's `--rate 0`): the stack has the same type either way, and the layer costs
+    /// one branch a call.
+    ///
+    /// ```
+    /// use palisade_ratelimit::RateLimitLayer;
+    ///
+    /// let off = RateLimitLayer::disabled();
+    /// assert!(off.is_disabled());
+    /// ```
+    pub fn disabled() -> RateLimitLayer {
+        let shared = crate::config::Common::disabled(Server::SIDE);
+        RateLimitLayer {
+            admit: AdmitLayer::disabled(RateLimitAdmission { shared }),
+            _mode: PhantomData,
+        }
     }
 
     /// Configures a client layer ([`ClientRateLimitLayer`](crate::ClientRateLimitLayer)): over-quota calls wait for their

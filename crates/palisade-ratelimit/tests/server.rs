@@ -458,3 +458,17 @@ async fn building_before_any_recorder_is_installed_warns_once_per_build() {
     });
     assert!(!text.contains(WARNING), "{text}");
 }
+
+/// `RateLimitLayer::disabled()`: every call passes, nothing is registered or described with
+/// the recorder of the moment.
+#[tokio::test(start_paused = true)]
+async fn a_disabled_layer_lets_every_call_through_and_registers_nothing() {
+    let (recorder, snapshotter) = recorder();
+    let layer = metrics::with_local_recorder(&*recorder, RateLimitLayer::disabled);
+    assert!(layer.is_disabled());
+    let mut service = layer.layer(unary_service(Code::Ok));
+    for _ in 0..1000 {
+        assert!(passes(&mut service, request(HELLO, None)).await);
+    }
+    assert!(snapshotter.snapshot().into_vec().is_empty());
+}

@@ -13,7 +13,7 @@ use http::{Request, Response, StatusCode, request::Parts};
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
-use super::{Admission, Decision, OnHead, ResponseBody, Watched, layer::Shared};
+use super::{Admission, Admitted, Decision, OnHead, ResponseBody, Watched, layer::Shared};
 use crate::{
     call::Call,
     future::OnUnwind,
@@ -25,9 +25,10 @@ use crate::{
 };
 
 pin_project! {
-    /// The response future of [`Admit`](super::Admit): the inner service's future (watched
-    /// when the admission asked for it, through [`observe`]'s future, so every end path
-    /// reaches its observer), a rejection, or the wait for a later decision.
+    /// The response future of [`Admit`](super::Admit): the inner service's future — polled
+    /// as it is when nothing is watched, through [`observe`]'s future when the admission
+    /// asked for an observer, so every end path reaches it — a rejection, or the wait for a
+    /// later decision.
     pub struct ResponseFuture<S, A, B>
     where
         S: Service<Request<B>>,
@@ -45,6 +46,13 @@ pin_project! {
         S: Service<Request<B>>,
         A: Admission,
     {
+        // Admitted with nothing watched: the inner future as it is, polled directly.
+        Passed {
+            #[pin]
+            future: S::Future,
+            head: Option<A::Head>,
+        },
+        // Admitted and watched to its end.
         Called {
             #[pin]
             future: observe::ResponseFuture<S::Future, Watched<A>>,
@@ -106,11 +114,33 @@ where
         }
     }
 
+    /// The future of an admitted RPC watched by `observer`.
+    #[inline]
+    pub(crate) fn watched(
+        side: Side,
+        service: &mut S,
+        request: Request<B>,
+        observer: A::Observer,
+        head: Option<A::Head>,
+    ) -> Self {
+        Self {
+            state: State::watched(side, service, request, observer, head),
+        }
+    }
+
+    /// The future of an admitted RPC with nothing watched: the inner future as it is.
+    #[inline]
+    pub(crate) fn passed(future: S::Future, head: Option<A::Head>) -> Self {
+        Self {
+            state: State::Passed { future, head },
+        }
+    }
+
     /// The future of an RPC whose admission waits, with the ready service it will call.
     pub(crate) fn waiting(
         shared: Arc<Shared<A>>,
         wait: A::Wait,
-        request: Request<B>,
+        request: (Parts, B),
         service: S,
     ) -> Self {
         Self {
@@ -118,7 +148,7 @@ where
                 waiting: Box::pin(Waiting {
                     shared,
                     wait,
-                    request: Some(request.into_parts()),
+                    request: Some(request),
                     service,
                 }),
             },
@@ -144,34 +174,48 @@ where
     /// The state of an RPC once its admission decided (anything but a wait).
     fn decided(side: Side, service: &mut S, request: Request<B>, decision: Decision<A>) -> Self {
         match decision {
-            Decision::Pass => State::Called {
-                future: observe::ResponseFuture::passed(service.call(request), side),
+            Decision::Pass => State::Passed {
+                future: service.call(request),
                 head: None,
             },
-            Decision::Admit(admitted) => {
-                let mut observer = admitted.observer;
-                let future = {
-                    // A panic in the inner service's own `call` (an interceptor, a
-                    // `service_fn` closure) ends the watched RPC here, while it unwinds.
-                    let _unwind = OnUnwind {
-                        observer: &mut observer,
-                        counts: Counts::default(),
-                    };
-                    service.call(request)
-                };
-                let future = match observer {
-                    Some(observer) => {
-                        observe::ResponseFuture::watched(future, side, Some(observer), ())
-                    }
-                    None => observe::ResponseFuture::passed(future, side),
-                };
-                State::Called {
-                    future,
-                    head: admitted.head,
-                }
-            }
+            Decision::Admit(Admitted {
+                observer: None,
+                head,
+            }) => State::Passed {
+                future: service.call(request),
+                head,
+            },
+            Decision::Admit(Admitted {
+                observer: Some(observer),
+                head,
+            }) => Self::watched(side, service, request, observer, head),
             Decision::Reject(rejection) => Self::rejected(side, rejection, request.extensions()),
             Decision::Wait(_) => unreachable!("a wait is made into State::Waiting"),
+        }
+    }
+
+    /// The inner call, watched by `observer`.
+    #[inline]
+    fn watched(
+        side: Side,
+        service: &mut S,
+        request: Request<B>,
+        observer: A::Observer,
+        head: Option<A::Head>,
+    ) -> Self {
+        let mut observer = Some(observer);
+        let future = {
+            // A panic in the inner service's own `call` (an interceptor, a `service_fn`
+            // closure) ends the watched RPC here, while it unwinds.
+            let _unwind = OnUnwind {
+                observer: &mut observer,
+                counts: Counts::default(),
+            };
+            service.call(request)
+        };
+        State::Called {
+            future: observe::ResponseFuture::watched(future, side, observer, ()),
+            head,
         }
     }
 
@@ -204,17 +248,34 @@ where
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         loop {
             let next = match self.as_mut().project().state.project() {
-                StateProj::Called { future, head } => {
-                    let mut result = ready!(future.poll(cx));
-                    if let (Some(head), Ok(response)) = (head.take(), result.as_mut()) {
-                        // An empty 200 without `grpc-status` ended at its head too (the
-                        // observer heard `MissingStatus` there).
-                        let streaming = response.status() == StatusCode::OK
-                            && !response.headers().contains_key(GRPC_STATUS)
-                            && !response.body().get_ref().is_end_stream();
-                        head.on_head(response.headers_mut(), streaming);
+                StateProj::Passed { future, head } => {
+                    if head.is_none() {
+                        // Built in place: nothing to do with the response.
+                        return future
+                            .poll(cx)
+                            .map_ok(|response| response.map(ResponseBody::passed));
                     }
-                    return Poll::Ready(result);
+                    let mut polled = future
+                        .poll(cx)
+                        .map_ok(|response| response.map(ResponseBody::passed));
+                    if let Poll::Ready(Ok(response)) = &mut polled
+                        && let Some(head) = head.take()
+                    {
+                        tell_head(head, response);
+                    }
+                    return polled;
+                }
+                StateProj::Called { future, head } => {
+                    if head.is_none() {
+                        return future.poll(cx);
+                    }
+                    let mut polled = future.poll(cx);
+                    if let Poll::Ready(Ok(response)) = &mut polled
+                        && let Some(head) = head.take()
+                    {
+                        tell_head(head, response);
+                    }
+                    return polled;
                 }
                 StateProj::Rejected { rejection } => {
                     let rejection = rejection.take().expect("polled after completion");
@@ -225,6 +286,19 @@ where
             self.as_mut().project().state.set(next);
         }
     }
+}
+
+/// Tells `head` of an admitted RPC's response head.
+fn tell_head<H: OnHead, B: http_body::Body, P: observe::Policy>(
+    head: H,
+    response: &mut Response<observe::ResponseBody<B, P>>,
+) {
+    // An empty 200 without `grpc-status` ended at its head too (the observer heard
+    // `MissingStatus` there).
+    let streaming = response.status() == StatusCode::OK
+        && !response.headers().contains_key(GRPC_STATUS)
+        && !response.body().get_ref().is_end_stream();
+    head.on_head(response.headers_mut(), streaming);
 }
 
 impl<S, A, B> Waiting<S, A, B>
@@ -263,7 +337,7 @@ where
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let state = match &self.state {
-            State::Called { .. } => "Called",
+            State::Passed { .. } | State::Called { .. } => "Called",
             State::Rejected { .. } => "Rejected",
             State::Waiting { .. } => "Waiting",
         };

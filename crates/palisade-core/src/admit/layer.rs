@@ -11,7 +11,7 @@ use http::{Request, Response};
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::{Admission, Decision, ResponseBody, ResponseFuture};
+use super::{Admission, Admitted, Decision, ResponseBody, ResponseFuture};
 use crate::{call::Call, matcher::Matcher, method::Method};
 
 /// Makes [`Admit`] services asking the admission `A` about every RPC; see the
@@ -26,6 +26,8 @@ pub struct AdmitLayer<A> {
 pub(crate) struct Shared<A> {
     pub(crate) admission: A,
     skip: Option<Matcher>,
+    /// Every RPC passes, the admission never asked ([`AdmitLayer::disabled`]).
+    disabled: bool,
 }
 
 impl<A: Admission> AdmitLayer<A> {
@@ -38,7 +40,42 @@ impl<A: Admission> AdmitLayer<A> {
     /// through untouched, and the admission never sees them.
     pub fn with_skip(admission: A, skip: Option<Matcher>) -> Self {
         Self {
-            shared: Arc::new(Shared { admission, skip }),
+            shared: Arc::new(Shared {
+                admission,
+                skip,
+                disabled: false,
+            }),
+        }
+    }
+
+    /// A layer that asks nothing: every RPC passes on to the inner service as it is, and
+    /// `admission` is never asked. For a layer that configuration turns off, so that a stack
+    /// has the same type with it on or off (no `Either`, no mapped bodies), at the cost of one
+    /// branch a call.
+    ///
+    /// ```
+    /// # use std::future::Ready;
+    /// # use palisade_core::{Call, Side, admit::{Admission, AdmitLayer, Decision}};
+    /// # struct Refuse;
+    /// # impl Admission for Refuse {
+    /// #     const NAME: &'static str = "refuse";
+    /// #     type Observer = ();
+    /// #     type Head = ();
+    /// #     type Wait = Ready<()>;
+    /// #     fn side(&self) -> Side { Side::Server }
+    /// #     fn admit(&self, _: &mut Call<'_>) -> Decision<Self> { unreachable!("never asked") }
+    /// #     fn resume(&self, _: (), _: &mut Call<'_>) -> Decision<Self> { unreachable!() }
+    /// # }
+    /// let off = AdmitLayer::disabled(Refuse);
+    /// assert!(off.is_disabled());
+    /// ```
+    pub fn disabled(admission: A) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                admission,
+                skip: None,
+                disabled: true,
+            }),
         }
     }
 }
@@ -52,6 +89,11 @@ impl<A> AdmitLayer<A> {
     /// The RPCs the admission never sees.
     pub fn skip(&self) -> Option<&Matcher> {
         self.shared.skip.as_ref()
+    }
+
+    /// Whether every RPC passes unasked ([`AdmitLayer::disabled`]).
+    pub fn is_disabled(&self) -> bool {
+        self.shared.disabled
     }
 }
 
@@ -68,6 +110,7 @@ impl<A: fmt::Debug> fmt::Debug for AdmitLayer<A> {
         f.debug_struct("AdmitLayer")
             .field("admission", &self.shared.admission)
             .field("skip", &self.shared.skip)
+            .field("disabled", &self.shared.disabled)
             .finish()
     }
 }
@@ -152,6 +195,9 @@ where
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        if self.layer.shared.disabled {
+            return ResponseFuture::passed(self.inner.call(request), None);
+        }
         let shared = &self.layer.shared;
         let skipped = shared
             .skip
@@ -159,19 +205,35 @@ where
             .is_some_and(|skip| skip.matches(Method::from_uri(request.uri()).as_ref()));
         let side = shared.admission.side();
         if skipped {
-            return ResponseFuture::called(side, &mut self.inner, request, Decision::Pass);
+            return ResponseFuture::passed(self.inner.call(request), None);
         }
         let (mut parts, body) = request.into_parts();
-        let decision = shared.admission.admit(&mut Call::new(side, &mut parts));
-        let request = Request::from_parts(parts, body);
-        match decision {
+        match shared.admission.admit(&mut Call::new(side, &mut parts)) {
+            // The light path: the inner future as it is, nothing watched.
+            Decision::Pass => {
+                ResponseFuture::passed(self.inner.call(Request::from_parts(parts, body)), None)
+            }
+            Decision::Admit(Admitted {
+                observer: None,
+                head,
+            }) => ResponseFuture::passed(self.inner.call(Request::from_parts(parts, body)), head),
             Decision::Wait(wait) => {
                 // The ready service goes with the call; this one gets a clone.
                 let clone = self.inner.clone();
                 let service = std::mem::replace(&mut self.inner, clone);
-                ResponseFuture::waiting(shared.clone(), wait, request, service)
+                ResponseFuture::waiting(shared.clone(), wait, (parts, body), service)
             }
-            decision => ResponseFuture::called(side, &mut self.inner, request, decision),
+            Decision::Admit(Admitted {
+                observer: Some(observer),
+                head,
+            }) => {
+                let request = Request::from_parts(parts, body);
+                ResponseFuture::watched(side, &mut self.inner, request, observer, head)
+            }
+            decision @ Decision::Reject(_) => {
+                let request = Request::from_parts(parts, body);
+                ResponseFuture::called(side, &mut self.inner, request, decision)
+            }
         }
     }
 }

@@ -138,6 +138,7 @@ pub enum Decision<A: Admission> {
 
 impl<A: Admission> Decision<A> {
     /// Admits the RPC and watches it to its end with `observer`.
+    #[inline]
     pub fn observe(observer: A::Observer) -> Self {
         Decision::Admit(Admitted::new().observe(observer))
     }
@@ -164,6 +165,7 @@ pub struct Admitted<A: Admission> {
 
 impl<A: Admission> Admitted<A> {
     /// Admitted, with nothing watched (what [`Decision::Pass`] does).
+    #[inline]
     pub fn new() -> Self {
         Self {
             observer: None,
@@ -173,6 +175,7 @@ impl<A: Admission> Admitted<A> {
 
     /// Watches the RPC's end with `observer`.
     #[must_use]
+    #[inline]
     pub fn observe(mut self, observer: A::Observer) -> Self {
         self.observer = Some(observer);
         self
@@ -180,6 +183,7 @@ impl<A: Admission> Admitted<A> {
 
     /// Tells `head` of the response head when the inner service answers.
     #[must_use]
+    #[inline]
     pub fn on_head(mut self, head: A::Head) -> Self {
         self.head = Some(head);
         self

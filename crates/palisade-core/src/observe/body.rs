@@ -14,7 +14,7 @@ use crate::{
     body::{ObservedBody, Role, classify},
     counter::MessageCounter,
     future::OnUnwind,
-    outcome::Outcome,
+    outcome::{Outcome, Source},
 };
 
 pin_project! {
@@ -69,15 +69,16 @@ impl<B, P: Policy> ResponseBody<B, P> {
         }
     }
 
-    pub(crate) fn parse(
+    /// A body whose end `observer` hears (when there is one), `scope` entered around it.
+    pub(crate) fn watching(
         inner: B,
         side: Side,
-        observer: P::Observer,
+        observer: Option<P::Observer>,
         scope: Option<P::Scope>,
     ) -> Self {
         Self {
             inner: Some(inner),
-            observer: Some(observer),
+            observer,
             scope,
             counter: MessageCounter::default(),
             bytes: 0,
@@ -136,7 +137,21 @@ where
         };
         let role = Role::Response(*this.side);
         let ended = inner.is_end_stream();
-        if let Some(outcome) = classify(&frame, ended, role, this.counter, this.bytes, observer) {
+        let outcome = if observer.reads_outcome() {
+            classify(&frame, ended, role, this.counter, this.bytes, observer)
+        } else {
+            // Only the end matters: nothing counted, no status read.
+            match &frame {
+                Some(Ok(frame)) if !ended && !frame.is_trailers() => None,
+                Some(Err(error)) => Some(Outcome::from_error(
+                    error,
+                    Source::BodyError,
+                    this.side.error_fallback(),
+                )),
+                _ => Some(Outcome::unread()),
+            }
+        };
+        if let Some(outcome) = outcome {
             let counts = Counts {
                 messages: this.counter.messages(),
                 bytes: *this.bytes,

@@ -104,6 +104,15 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
+        if this.observer.is_none() && this.scope.is_none() {
+            // Passed through (or polled after completion): nothing to watch or enter.
+            let Some(inner) = this.inner.as_pin_mut() else {
+                unreachable!("the inner future is only taken in the drop")
+            };
+            return inner
+                .poll(cx)
+                .map_ok(|response| response.map(ResponseBody::passed));
+        }
         let result = {
             // A panic in the inner future ends the RPC here, while it unwinds; the scope guard,
             // declared after, is left first, so the observer hears it outside the scope.
@@ -119,32 +128,45 @@ where
         };
         let side = *this.side;
         let scope = this.scope.take();
-        let Some(observer) = this.observer.take() else {
-            // Passed through, or polled after completion.
-            return Poll::Ready(result.map(|response| response.map(ResponseBody::passed)));
-        };
-        Poll::Ready(match result {
-            Ok(response) => match Outcome::from_response(&response) {
-                // No status at the head and nothing after it: hyper ends such a stream
-                // without polling the body, so its end is told here, not at a drop.
-                None if response.body().is_end_stream() => {
-                    let outcome = Outcome::new(Code::Unknown, Source::MissingStatus);
-                    observer.on_end(outcome, Counts::default());
-                    Ok(response.map(ResponseBody::passed))
-                }
-                Some(outcome) => {
-                    observer.on_end(outcome, Counts::default());
-                    Ok(response.map(ResponseBody::passed))
-                }
-                None => Ok(response.map(|body| ResponseBody::parse(body, side, observer, scope))),
-            },
+        let mut observer = this.observer.take();
+        // One construction of the response below, so that it is moved once.
+        let response = match result {
+            Ok(response) => response,
             Err(error) => {
-                let outcome =
-                    Outcome::from_error(&error, Source::ServiceError, side.error_fallback());
-                observer.on_end(outcome, Counts::default());
-                Err(error)
+                if let Some(observer) = observer {
+                    let outcome =
+                        Outcome::from_error(&error, Source::ServiceError, side.error_fallback());
+                    observer.on_end(outcome, Counts::default());
+                }
+                return Poll::Ready(Err(error));
             }
-        })
+        };
+        if let Some(watching) = observer.take() {
+            if !watching.reads_outcome() {
+                // Only the end matters: the head is not read.
+                if response.body().is_end_stream() {
+                    watching.on_end(Outcome::unread(), Counts::default());
+                } else {
+                    observer = Some(watching);
+                }
+            } else {
+                match Outcome::from_response(&response) {
+                    // No status at the head and nothing after it: hyper ends such a stream
+                    // without polling the body, so its end is told here, not at a drop.
+                    None if response.body().is_end_stream() => {
+                        let outcome = Outcome::new(Code::Unknown, Source::MissingStatus);
+                        watching.on_end(outcome, Counts::default());
+                    }
+                    Some(outcome) => watching.on_end(outcome, Counts::default()),
+                    // The end is the body's to tell.
+                    None => observer = Some(watching),
+                }
+            }
+        }
+        let scope = if observer.is_some() { scope } else { None };
+        Poll::Ready(Ok(
+            response.map(|body| ResponseBody::watching(body, side, observer, scope))
+        ))
     }
 }
 

@@ -119,6 +119,19 @@ pub trait Observer {
 
     /// The RPC (or request body) ended, with this outcome and these counts.
     fn on_end(self, outcome: Outcome, counts: Counts);
+
+    /// Whether [`on_end`](Self::on_end) reads the outcome of a response that ended normally,
+    /// and the counts (the default: yes). An observer that only needs to hear *that* the RPC
+    /// ended, on every path — an in-flight limit's permit — says `false`, and the observing
+    /// and admission middlewares then neither count its response messages nor read the
+    /// status at the head or in the trailers: a response that ends (its body at its end, its
+    /// trailers, an end without them) is told as
+    /// [`Source::Unread`](crate::outcome::Source::Unread) (code `Unknown`, counts zero).
+    /// Drops, panics and errors are told as to any observer. Asked once per frame: a field
+    /// read at most.
+    fn reads_outcome(&self) -> bool {
+        true
+    }
 }
 
 impl Observer for () {
