@@ -126,9 +126,16 @@ where
                 match attempts.poll_start(cx) {
                     Start::Started => continue,
                     Start::Failed(error) => {
-                        this.first.set(Slot::Empty);
-                        attempts.finish();
-                        return Poll::Ready(Err(error));
+                        // The service is broken: no more attempts start, but those in flight
+                        // (hedges) may still answer; the error is the answer only without them.
+                        attempts.stop();
+                        let first_running =
+                            matches!(this.first.as_ref().get_ref(), Slot::Running { .. });
+                        if !first_running && attempts.others.is_empty() {
+                            attempts.finish();
+                            return Poll::Ready(Err(error));
+                        }
+                        attempts.last = Some(Err(error));
                     }
                     Start::Waiting | Start::Refused => {}
                 }

@@ -691,3 +691,64 @@ async fn no_attempt_outlives_the_deadline_the_layer_outside_enforces() {
     );
     assert!(seen.iter().all(|seen| seen.timeout.is_some()));
 }
+
+/// A mock channel: the first attempt answers `OK` after `answer_after`; every readiness check
+/// after the first fails (a broken connection seen when the hedge asks for it).
+#[derive(Clone)]
+struct BreaksAfterFirst {
+    ready_calls: Arc<std::sync::atomic::AtomicUsize>,
+    answer_after: Duration,
+}
+
+impl Service<http::Request<Body>> for BreaksAfterFirst {
+    type Response = http::Response<Body>;
+    type Error = &'static str;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<http::Response<Body>, &'static str>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), &'static str>> {
+        let n = self
+            .ready_calls
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        std::task::Poll::Ready(if n == 0 { Ok(()) } else { Err("broken") })
+    }
+
+    fn call(&mut self, _: http::Request<Body>) -> Self::Future {
+        let after = self.answer_after;
+        Box::pin(async move {
+            tokio::time::sleep(after).await;
+            let mut response = http::Response::new(Body::empty());
+            response
+                .headers_mut()
+                .insert("grpc-status", HeaderValue::from_static("0"));
+            Ok(response)
+        })
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hedge_that_cannot_start_does_not_fail_the_attempt_in_flight() {
+    let retry = RetryLayer::client()
+        .hedge(
+            Matcher::any(),
+            HedgePolicy::new(3, Duration::from_millis(10)),
+        )
+        .build()
+        .unwrap();
+    let service = retry.layer(BreaksAfterFirst {
+        ready_calls: Arc::default(),
+        answer_after: Duration::from_millis(100),
+    });
+    let request = http::Request::post("/helloworld.Greeter/SayHello")
+        .body(Body::empty())
+        .unwrap();
+    let response = service
+        .oneshot(request)
+        .await
+        .expect("the first attempt's OK, not the hedge's readiness error");
+    assert_eq!(response.headers()["grpc-status"], "0");
+}
