@@ -43,6 +43,8 @@ pin_project! {
     {
         #[pin]
         first: Slot<S::Future>,
+        // The first attempt's body reader (see `Replay::commit`).
+        first_reader: u32,
         attempts: Option<Box<Attempts<S, B>>>,
     }
 }
@@ -63,14 +65,17 @@ where
     pub(crate) fn passed(future: S::Future) -> Self {
         ResponseFuture {
             first: Slot::Running { future },
+            first_reader: 0,
             attempts: None,
         }
     }
 
     /// A call whose first attempt is `first`, retried or hedged by `attempts`.
-    pub(crate) fn managed(first: S::Future, attempts: Box<Attempts<S, B>>) -> Self {
+    pub(crate) fn managed(first: (u32, S::Future), attempts: Box<Attempts<S, B>>) -> Self {
+        let (first_reader, first) = first;
         ResponseFuture {
             first: Slot::Running { future: first },
+            first_reader,
             attempts: Some(attempts),
         }
     }
@@ -97,17 +102,17 @@ where
                 && let Poll::Ready(result) = future.poll(cx)
             {
                 this.first.set(Slot::Empty);
-                if let Some(answer) = attempts.ended(result) {
+                if let Some(answer) = attempts.ended(result, *this.first_reader) {
                     attempts.finish();
                     return Poll::Ready(answer);
                 }
             }
             let mut i = 0;
             while i < attempts.others.len() {
-                match attempts.others[i].as_mut().poll(cx) {
+                match attempts.others[i].1.as_mut().poll(cx) {
                     Poll::Ready(result) => {
-                        drop(attempts.others.swap_remove(i));
-                        if let Some(answer) = attempts.ended(result) {
+                        let (reader, _) = attempts.others.swap_remove(i);
+                        if let Some(answer) = attempts.ended(result, reader) {
                             this.first.set(Slot::Empty);
                             attempts.finish();
                             return Poll::Ready(answer);
@@ -203,7 +208,8 @@ where
     backoff_retries: u32,
     deadline: Option<Instant>,
     rpc: Option<Rpc>,
-    others: Vec<Pin<Box<S::Future>>>,
+    /// The attempts in flight after the first, with their body readers' ids.
+    others: Vec<(u32, Pin<Box<S::Future>>)>,
     /// When the next attempt is due (a backoff, a hedging delay or a pushback).
     timer: Option<Pin<Box<Sleep>>>,
     /// The next attempt starts as soon as the service is ready.
@@ -228,7 +234,7 @@ where
         request: Request<B>,
         policy: Policy,
         shared: &Arc<Shared>,
-    ) -> (Box<Self>, S::Future) {
+    ) -> (Box<Self>, (u32, S::Future)) {
         let (parts, body) = request.into_parts();
         let deadline = grpc_timeout(&parts.headers).map(deadline_after);
         let rpc = Rpc::from_extensions(&parts.extensions)
@@ -236,7 +242,9 @@ where
             .cloned();
         let replay = Replay::new(body, Arc::clone(&shared.accounting));
         let head = Head::of(&parts);
-        let first = service.call(Request::from_parts(parts, Body::new(replay.reader())));
+        let reader = replay.reader();
+        let first_reader = reader.id();
+        let first = service.call(Request::from_parts(parts, Body::new(reader)));
         let mut attempts = Box::new(Attempts {
             service,
             head,
@@ -255,13 +263,15 @@ where
             last: None,
         });
         attempts.arm_hedge();
-        (attempts, first)
+        (attempts, (first_reader, first))
     }
 
-    /// What an attempt's result means: `Some` when it is the call's answer.
+    /// What the result of the attempt whose body is read by `reader` means: `Some` when it
+    /// is the call's answer (committed: its body is kept no more).
     fn ended<ResBody>(
         &mut self,
         result: Result<http::Response<ResBody>, S::Error>,
+        reader: u32,
     ) -> Option<Result<http::Response<ResBody>, S::Error>>
     where
         S: Service<Request<tonic::body::Body>, Response = http::Response<ResBody>>,
@@ -271,9 +281,13 @@ where
                 if let Some(budget) = &self.shared.budget {
                     budget.on_success();
                 }
+                self.replay.commit(reader);
                 Some(result)
             }
-            Verdict::Final => Some(result),
+            Verdict::Final => {
+                self.replay.commit(reader);
+                Some(result)
+            }
             Verdict::Local => {
                 // Never retried; with hedges in flight, they may still answer.
                 self.stop();
@@ -359,12 +373,13 @@ where
             Poll::Pending => Start::Waiting,
             Poll::Ready(Err(error)) => Start::Failed(error),
             Poll::Ready(Ok(())) => {
-                let Some(request) = self.request() else {
+                let Some((reader, request)) = self.request() else {
                     self.stop();
                     return Start::Refused;
                 };
                 self.started += 1;
-                self.others.push(Box::pin(self.service.call(request)));
+                self.others
+                    .push((reader, Box::pin(self.service.call(request))));
                 self.due = false;
                 if let Some(rpc) = &self.rpc {
                     rpc.set_attempts(self.started);
@@ -378,20 +393,22 @@ where
 
     /// The next attempt's request: the caller's, with `grpc-previous-rpc-attempts` and what
     /// is left of the deadline; `None` if the caller's head cannot be made again.
-    fn request(&self) -> Option<Request<Body>> {
+    fn request(&self) -> Option<(u32, Request<Body>)> {
         let (method, uri, version, mut headers, extensions) = self.head.parts()?;
         headers.insert(GRPC_PREVIOUS_RPC_ATTEMPTS, HeaderValue::from(self.started));
         if let Some(deadline) = self.deadline {
             let left = deadline.saturating_duration_since(Instant::now());
             headers.insert(GRPC_TIMEOUT, timeout_value(left));
         }
-        let mut request = Request::new(Body::new(self.replay.reader()));
+        let reader = self.replay.reader();
+        let id = reader.id();
+        let mut request = Request::new(Body::new(reader));
         *request.method_mut() = method;
         *request.uri_mut() = uri;
         *request.version_mut() = version;
         *request.headers_mut() = headers;
         *request.extensions_mut() = extensions;
-        Some(request)
+        Some((id, request))
     }
 
     /// Hedging: the next hedge is due after the delay, while attempts are left.

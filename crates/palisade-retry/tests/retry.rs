@@ -752,3 +752,71 @@ async fn a_hedge_that_cannot_start_does_not_fail_the_attempt_in_flight() {
         .expect("the first attempt's OK, not the hedge's readiness error");
     assert_eq!(response.headers()["grpc-status"], "0");
 }
+
+/// A mock channel that answers with response headers at once (the call is committed) and
+/// reads the request body on its own, telling `read` the size of each frame.
+#[derive(Clone)]
+struct ReadsOn {
+    read: tokio::sync::mpsc::UnboundedSender<usize>,
+}
+
+impl Service<http::Request<Body>> for ReadsOn {
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<http::Response<Body>, Infallible>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        let read = self.read.clone();
+        tokio::spawn(async move {
+            use http_body_util::BodyExt;
+            let mut body = request.into_body();
+            while let Some(Ok(frame)) = body.frame().await {
+                if let Ok(data) = frame.into_data() {
+                    let _ = read.send(data.len());
+                }
+            }
+        });
+        std::future::ready(Ok(http::Response::new(Body::empty())))
+    }
+}
+
+#[tokio::test]
+async fn a_committed_stream_buffers_nothing_more() {
+    use http_body_util::StreamBody;
+    let retry = RetryLayer::client()
+        .retry(Matcher::any(), fast(3))
+        .build()
+        .unwrap();
+    let (read_tx, mut read) = tokio::sync::mpsc::unbounded_channel();
+    let service = retry.layer(ReadsOn { read: read_tx });
+    let (tx, mut rx) =
+        tokio::sync::mpsc::channel::<Result<http_body::Frame<bytes::Bytes>, Infallible>>(1);
+    let body = StreamBody::new(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)));
+    let request = http::Request::post("/helloworld.Greeter/SayHello")
+        .body(body)
+        .unwrap();
+    let response = service.oneshot(request).await.unwrap();
+    assert!(response.headers().get("grpc-status").is_none(), "committed");
+    for _ in 0..10 {
+        tx.send(Ok(http_body::Frame::data(bytes::Bytes::from(vec![
+            0;
+            1000
+        ]))))
+        .await
+        .unwrap();
+        assert_eq!(read.recv().await, Some(1000));
+    }
+    assert_eq!(
+        retry.buffered_bytes(),
+        0,
+        "a committed call is never replayed: nothing of its stream is kept (A6)"
+    );
+    drop(tx);
+}
