@@ -330,7 +330,9 @@ where
             return self.stop();
         }
         if let Some(deadline) = self.deadline
-            && Instant::now() + delay >= deadline
+            && Instant::now()
+                .checked_add(delay)
+                .is_none_or(|at| at >= deadline)
         {
             return self.stop();
         }

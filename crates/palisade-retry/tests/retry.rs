@@ -820,3 +820,80 @@ async fn a_committed_stream_buffers_nothing_more() {
     );
     drop(tx);
 }
+
+/// A mock channel whose every attempt is a trailers-only `UNAVAILABLE`, with this pushback if
+/// any.
+#[derive(Clone)]
+struct PushesBack(Option<&'static str>);
+
+impl Service<http::Request<Body>> for PushesBack {
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<http::Response<Body>, Infallible>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: http::Request<Body>) -> Self::Future {
+        let mut response = http::Response::new(Body::empty());
+        let headers = response.headers_mut();
+        headers.insert("grpc-status", HeaderValue::from_static("14"));
+        if let Some(pushback) = self.0 {
+            headers.insert("grpc-retry-pushback-ms", HeaderValue::from_static(pushback));
+        }
+        std::future::ready(Ok(response))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_longest_pushback_with_no_bound_and_a_deadline_does_not_panic() {
+    let retry = RetryLayer::client()
+        .retry(Matcher::any(), fast(3))
+        .max_pushback(Duration::MAX)
+        .build()
+        .unwrap();
+    let request = http::Request::post("/helloworld.Greeter/SayHello")
+        .header("grpc-timeout", "1S")
+        .body(Body::empty())
+        .unwrap();
+    let response = retry
+        .layer(PushesBack(Some("18446744073709551615")))
+        .oneshot(request)
+        .await
+        .unwrap();
+    assert_eq!(
+        response.headers()["grpc-status"],
+        "14",
+        "a pushback past the deadline ends the call with its answer"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_backoff_without_bound_does_not_panic() {
+    let retry = RetryLayer::client()
+        .retry(
+            Matcher::any(),
+            RetryPolicy::new(2)
+                .initial_backoff(Duration::from_millis(1))
+                .max_backoff(Duration::MAX)
+                .multiplier(1e300),
+        )
+        .build()
+        .expect("accepted at build, so it must act");
+    let attempts = Attempts::default();
+    let request = http::Request::post("/helloworld.Greeter/SayHello")
+        .header("grpc-timeout", "1S")
+        .body(Body::empty())
+        .unwrap();
+    let response = retry
+        .layer(attempts.layer(PushesBack(None)))
+        .oneshot(request)
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["grpc-status"], "14");
+    assert_eq!(attempts.count(), 1, "a backoff past the deadline: no retry");
+}
