@@ -569,6 +569,32 @@ mod tests {
         assert_eq!(accounting.buffered(), 0, "no underflow at the end");
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn a_reader_dropped_while_it_holds_the_source_waker_lets_the_other_read() {
+        let (tx, rx) =
+            tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::convert::Infallible>>(4);
+        let replay = Replay::new(
+            StreamBody::new(tokio_stream_from(rx)),
+            accounting(1024, 4096),
+        );
+        let waiting = tokio::spawn(collect(replay.reader()));
+        tokio::task::yield_now().await; // it waits at the tip
+        let mut last = replay.reader();
+        // The source now holds this reader's waker only.
+        assert!(futures_util::FutureExt::now_or_never(last.frame()).is_none());
+        drop(last);
+        tx.send(Ok(Frame::data(Bytes::from_static(b"ab"))))
+            .await
+            .unwrap();
+        drop(tx);
+        let body = tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
+            .await
+            .expect("the waiting reader was woken")
+            .unwrap()
+            .unwrap();
+        assert_eq!(body.0, "ab");
+    }
+
     fn tokio_stream_from<T>(
         mut rx: tokio::sync::mpsc::Receiver<T>,
     ) -> impl futures_util::Stream<Item = T> {
