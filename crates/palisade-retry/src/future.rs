@@ -106,17 +106,20 @@ where
                     attempts.finish();
                     return Poll::Ready(answer);
                 }
+                attempts.last_record = None;
             }
             let mut i = 0;
             while i < attempts.others.len() {
-                match attempts.others[i].1.as_mut().poll(cx) {
+                match attempts.others[i].future.as_mut().poll(cx) {
                     Poll::Ready(result) => {
-                        let (reader, _) = attempts.others.swap_remove(i);
-                        if let Some(answer) = attempts.ended(result, reader) {
+                        let other = attempts.others.swap_remove(i);
+                        if let Some(answer) = attempts.ended(result, other.reader) {
+                            attempts.adopt(other.record.as_ref());
                             this.first.set(Slot::Empty);
                             attempts.finish();
                             return Poll::Ready(answer);
                         }
+                        attempts.last_record = other.record;
                     }
                     Poll::Pending => i += 1,
                 }
@@ -141,6 +144,7 @@ where
                             return Poll::Ready(Err(error));
                         }
                         attempts.last = Some(Err(error));
+                        attempts.last_record = None;
                     }
                     Start::Waiting | Start::Refused => {}
                 }
@@ -155,6 +159,7 @@ where
                     .last
                     .take()
                     .expect("every attempt that ended without answering left its result");
+                attempts.adopt(attempts.last_record.as_ref());
                 attempts.finish();
                 return Poll::Ready(answer);
             }
@@ -208,8 +213,8 @@ where
     backoff_retries: u32,
     deadline: Option<Instant>,
     rpc: Option<Rpc>,
-    /// The attempts in flight after the first, with their body readers' ids.
-    others: Vec<(u32, Pin<Box<S::Future>>)>,
+    /// The attempts in flight after the first.
+    others: Vec<Other<S::Future>>,
     /// When the next attempt is due (a backoff, a hedging delay or a pushback).
     timer: Option<Pin<Box<Sleep>>>,
     /// The next attempt starts as soon as the service is ready.
@@ -220,6 +225,8 @@ where
     refused: bool,
     /// The result of the last attempt that ended without being the answer.
     last: Option<Result<S::Response, S::Error>>,
+    /// The record of the hedge `last` came from (see `adopt`).
+    last_record: Option<Rpc>,
 }
 
 impl<S, B> Attempts<S, B>
@@ -261,6 +268,7 @@ where
             stopped: false,
             refused: false,
             last: None,
+            last_record: None,
         });
         attempts.arm_hedge();
         (attempts, (first_reader, first))
@@ -375,13 +383,16 @@ where
             Poll::Pending => Start::Waiting,
             Poll::Ready(Err(error)) => Start::Failed(error),
             Poll::Ready(Ok(())) => {
-                let Some((reader, request)) = self.request() else {
+                let Some((reader, record, request)) = self.request() else {
                     self.stop();
                     return Start::Refused;
                 };
                 self.started += 1;
-                self.others
-                    .push((reader, Box::pin(self.service.call(request))));
+                self.others.push(Other {
+                    reader,
+                    record,
+                    future: Box::pin(self.service.call(request)),
+                });
                 self.due = false;
                 if let Some(rpc) = &self.rpc {
                     rpc.set_attempts(self.started);
@@ -395,8 +406,19 @@ where
 
     /// The next attempt's request: the caller's, with `grpc-previous-rpc-attempts` and what
     /// is left of the deadline; `None` if the caller's head cannot be made again.
-    fn request(&self) -> Option<(u32, Request<Body>)> {
-        let (method, uri, version, mut headers, extensions) = self.head.parts()?;
+    fn request(&self) -> Option<(u32, Option<Rpc>, Request<Body>)> {
+        let (method, uri, version, mut headers, mut extensions) = self.head.parts()?;
+        // Hedges run beside the first attempt: each writes into a record of its own (a
+        // limit inside that rejects a hedge must not mark a call another attempt answers);
+        // the answering one's facts are the call's (`adopt`).
+        let record = match (self.policy, &self.rpc) {
+            (Policy::Hedge(_), Some(rpc)) => {
+                let own = Rpc::starting_at(Side::Client, rpc.start());
+                extensions.insert(own.clone());
+                Some(own)
+            }
+            _ => None,
+        };
         headers.insert(GRPC_PREVIOUS_RPC_ATTEMPTS, HeaderValue::from(self.started));
         if let Some(deadline) = self.deadline {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -410,7 +432,7 @@ where
         *request.version_mut() = version;
         *request.headers_mut() = headers;
         *request.extensions_mut() = extensions;
-        Some((id, request))
+        Some((id, record, request))
     }
 
     /// Hedging: the next hedge is due after the delay, while attempts are left.
@@ -427,6 +449,19 @@ where
         }
     }
 
+    /// The answering hedge's record: what the layers inside wrote into it becomes the call's.
+    fn adopt(&self, record: Option<&Rpc>) {
+        let (Some(own), Some(call)) = (record, &self.rpc) else {
+            return;
+        };
+        if let Some(layer) = own.rejected_by() {
+            call.set_rejected_by(layer);
+        }
+        if let Some(subject) = own.shared_subject() {
+            call.set_subject(Arc::clone(subject));
+        }
+    }
+
     fn stop(&mut self) {
         self.stopped = true;
         self.due = false;
@@ -438,6 +473,15 @@ where
         self.stop();
         self.others.clear();
     }
+}
+
+/// An attempt in flight after the first.
+struct Other<F> {
+    /// Its body reader's id (see `Replay::commit`).
+    reader: u32,
+    /// Its own record, for a hedge.
+    record: Option<Rpc>,
+    future: Pin<Box<F>>,
 }
 
 /// The instant `timeout` from now, or as far as tokio's clock reaches.

@@ -899,3 +899,72 @@ async fn a_backoff_without_bound_does_not_panic() {
     // the one as long as a Duration goes.
     assert_eq!(attempts.count(), 2);
 }
+
+/// A mock channel behind a mock local limit: the first attempt passes and answers `OK` after
+/// 50 ms; every later one is rejected by the "limit", which writes its name into the call's
+/// record as core's admit does.
+#[derive(Clone, Default)]
+struct LimitsHedges(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Service<http::Request<Body>> for LimitsHedges {
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<http::Response<Body>, Infallible>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        let n = self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if n > 0 {
+            if let Some(record) = palisade_core::Rpc::of(&request) {
+                record.set_rejected_by("limit");
+            }
+            let rejection = Rejection::new(Code::ResourceExhausted, "too many in flight")
+                .by("limit")
+                .into_response::<Body>();
+            return Box::pin(std::future::ready(Ok(rejection)));
+        }
+        Box::pin(async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let mut response = http::Response::new(Body::empty());
+            response
+                .headers_mut()
+                .insert("grpc-status", HeaderValue::from_static("0"));
+            Ok(response)
+        })
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hedge_rejected_inside_does_not_mark_a_call_another_attempt_answered() {
+    let retry = RetryLayer::client()
+        .hedge(
+            Matcher::any(),
+            HedgePolicy::new(2, Duration::from_millis(10)),
+        )
+        .build()
+        .unwrap();
+    let mut request = http::Request::post("/helloworld.Greeter/SayHello")
+        .body(Body::empty())
+        .unwrap();
+    let record =
+        palisade_core::Rpc::get_or_insert(request.extensions_mut(), palisade_core::Side::Client)
+            .clone();
+    let limited = LimitsHedges::default();
+    let response = retry.layer(limited.clone()).oneshot(request).await.unwrap();
+    assert_eq!(response.headers()["grpc-status"], "0", "the first attempt");
+    assert_eq!(limited.0.load(std::sync::atomic::Ordering::Relaxed), 2);
+    assert_eq!(record.attempts(), 2);
+    assert_eq!(
+        record.rejected_by(),
+        None,
+        "the log and the span would say `palisade.rejected_by=limit` for an OK call"
+    );
+}
