@@ -26,6 +26,8 @@ pub enum ReplayError {
     TooLarge,
     /// Reading the caller's body failed (the attempt that read it got the error itself).
     SourceFailed,
+    /// Another attempt's answer is the call's: this attempt was cancelled.
+    Committed,
 }
 
 impl fmt::Display for ReplayError {
@@ -33,6 +35,7 @@ impl fmt::Display for ReplayError {
         f.write_str(match self {
             ReplayError::TooLarge => "request body too large to replay",
             ReplayError::SourceFailed => "reading the request body failed",
+            ReplayError::Committed => "another attempt answered the call",
         })
     }
 }
@@ -98,6 +101,12 @@ struct State<B> {
     /// Readers waiting at the tip while another one reads the caller's body.
     waiting: Vec<Waker>,
     next_reader: u32,
+    /// The reader of the attempt that answered the call: only it reads on, and nothing more
+    /// is kept (a committed call is never replayed).
+    committed: Option<u32>,
+    /// The frames before this one were given back (after the commit, as its reader passed
+    /// them).
+    released: usize,
 }
 
 /// One call's replay buffer, shared by its attempts' bodies.
@@ -117,6 +126,8 @@ impl<B> Replay<B> {
                 end: End::Open,
                 waiting: Vec::new(),
                 next_reader: 0,
+                committed: None,
+                released: 0,
             }),
             accounting,
         })
@@ -144,7 +155,16 @@ impl<B> Replay<B> {
     /// Whether a new attempt could send the whole body: it did not outgrow the buffer and
     /// reading it did not fail.
     pub(crate) fn replayable(&self) -> bool {
-        matches!(self.lock().end, End::Open | End::Ended)
+        let state = self.lock();
+        state.committed.is_none() && matches!(state.end, End::Open | End::Ended)
+    }
+
+    /// The attempt read by reader `winner` answered the call: nothing more is kept, what is
+    /// kept goes as that reader passes it, and the other readers fail.
+    pub(crate) fn commit(&self, winner: u32) {
+        let mut state = self.lock();
+        state.committed = Some(winner);
+        wake_all(&mut state);
     }
 }
 
@@ -209,13 +229,29 @@ where
     B: Body,
     B::Error: Into<BoxError>,
 {
+    /// This reader's id, which [`Replay::commit`] names.
+    pub(crate) fn id(&self) -> u32 {
+        self.id
+    }
+
     fn read(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let replay = Arc::clone(&self.replay);
         let mut state = replay.lock();
+        match state.committed {
+            Some(winner) if winner != self.id => {
+                return Poll::Ready(Some(Err(ReplayError::Committed.into())));
+            }
+            Some(_) => self.release_passed(&mut state),
+            None => {}
+        }
         loop {
             if let Some(data) = state.frames.get(self.position) {
+                let data = data.clone();
                 self.position += 1;
-                return Poll::Ready(Some(Ok(Frame::data(data.clone()))));
+                if state.committed.is_some() {
+                    self.release_passed(&mut state);
+                }
+                return Poll::Ready(Some(Ok(Frame::data(data))));
             }
             match state.end {
                 End::Ended => return Poll::Ready(self.trailers(&state)),
@@ -294,7 +330,7 @@ where
     /// Keeps a frame this reader read from the caller's body, if the limits allow; past them,
     /// drops the buffer and goes on alone.
     fn keep(&mut self, state: &mut State<B>, data: &Bytes) {
-        if matches!(state.end, End::Overflowed { .. }) {
+        if matches!(state.end, End::Overflowed { .. }) || state.committed.is_some() {
             return;
         }
         let accounting = &self.replay.accounting;
@@ -310,6 +346,23 @@ where
             state.end = End::Overflowed { owner: self.id };
             self.position = 0;
         }
+    }
+
+    /// The winner's frames before its position are needed by no one: given back.
+    fn release_passed(&self, state: &mut State<B>) {
+        let upto = self.position.min(state.frames.len());
+        let mut given_back = 0;
+        for data in state
+            .frames
+            .get_mut(state.released..upto)
+            .unwrap_or_default()
+        {
+            given_back += data.len();
+            *data = Bytes::new();
+        }
+        state.released = state.released.max(upto);
+        state.buffered -= given_back;
+        self.replay.accounting.release(given_back);
     }
 
     fn trailers(&mut self, state: &State<B>) -> Option<Result<Frame<Bytes>, BoxError>> {
@@ -465,6 +518,81 @@ mod tests {
         drop(tx);
         assert_eq!(a.await.unwrap().unwrap().0, "ab");
         assert_eq!(b.await.unwrap().unwrap().0, "ab");
+    }
+
+    #[tokio::test]
+    async fn after_the_commit_only_the_winner_reads_and_what_it_passed_is_given_back() {
+        let frames: Vec<Result<Frame<Bytes>, std::convert::Infallible>> = vec![
+            Ok(Frame::data(Bytes::from_static(b"one"))),
+            Ok(Frame::data(Bytes::from_static(b"two"))),
+            Ok(Frame::data(Bytes::from_static(b"three"))),
+        ];
+        let accounting = accounting(1024, 4096);
+        let replay = Replay::new(
+            StreamBody::new(futures_util::stream::iter(frames)),
+            Arc::clone(&accounting),
+        );
+        let mut ahead = replay.reader();
+        let mut winner = replay.reader();
+        assert_eq!(
+            ahead.frame().await.unwrap().unwrap().into_data().unwrap(),
+            "one"
+        );
+        assert_eq!(
+            ahead.frame().await.unwrap().unwrap().into_data().unwrap(),
+            "two"
+        );
+        assert_eq!(
+            winner.frame().await.unwrap().unwrap().into_data().unwrap(),
+            "one"
+        );
+        assert_eq!(accounting.buffered(), 6);
+        replay.commit(winner.id());
+        assert!(!replay.replayable());
+        let error = ahead.frame().await.unwrap().unwrap_err();
+        assert_eq!(error.downcast_ref(), Some(&ReplayError::Committed));
+        assert_eq!(
+            winner.frame().await.unwrap().unwrap().into_data().unwrap(),
+            "two"
+        );
+        assert_eq!(
+            winner.frame().await.unwrap().unwrap().into_data().unwrap(),
+            "three"
+        );
+        assert_eq!(
+            accounting.buffered(),
+            0,
+            "passed frames given back, new ones not kept"
+        );
+        assert!(winner.frame().await.is_none());
+        drop((ahead, winner, replay));
+        assert_eq!(accounting.buffered(), 0, "no underflow at the end");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reader_dropped_while_it_holds_the_source_waker_lets_the_other_read() {
+        let (tx, rx) =
+            tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::convert::Infallible>>(4);
+        let replay = Replay::new(
+            StreamBody::new(tokio_stream_from(rx)),
+            accounting(1024, 4096),
+        );
+        let waiting = tokio::spawn(collect(replay.reader()));
+        tokio::task::yield_now().await; // it waits at the tip
+        let mut last = replay.reader();
+        // The source now holds this reader's waker only.
+        assert!(futures_util::FutureExt::now_or_never(last.frame()).is_none());
+        drop(last);
+        tx.send(Ok(Frame::data(Bytes::from_static(b"ab"))))
+            .await
+            .unwrap();
+        drop(tx);
+        let body = tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
+            .await
+            .expect("the waiting reader was woken")
+            .unwrap()
+            .unwrap();
+        assert_eq!(body.0, "ab");
     }
 
     fn tokio_stream_from<T>(

@@ -43,6 +43,8 @@ pin_project! {
     {
         #[pin]
         first: Slot<S::Future>,
+        // The first attempt's body reader (see `Replay::commit`).
+        first_reader: u32,
         attempts: Option<Box<Attempts<S, B>>>,
     }
 }
@@ -63,14 +65,17 @@ where
     pub(crate) fn passed(future: S::Future) -> Self {
         ResponseFuture {
             first: Slot::Running { future },
+            first_reader: 0,
             attempts: None,
         }
     }
 
     /// A call whose first attempt is `first`, retried or hedged by `attempts`.
-    pub(crate) fn managed(first: S::Future, attempts: Box<Attempts<S, B>>) -> Self {
+    pub(crate) fn managed(first: (u32, S::Future), attempts: Box<Attempts<S, B>>) -> Self {
+        let (first_reader, first) = first;
         ResponseFuture {
             first: Slot::Running { future: first },
+            first_reader,
             attempts: Some(attempts),
         }
     }
@@ -97,21 +102,24 @@ where
                 && let Poll::Ready(result) = future.poll(cx)
             {
                 this.first.set(Slot::Empty);
-                if let Some(answer) = attempts.ended(result) {
+                if let Some(answer) = attempts.ended(result, *this.first_reader) {
                     attempts.finish();
                     return Poll::Ready(answer);
                 }
+                attempts.last_record = None;
             }
             let mut i = 0;
             while i < attempts.others.len() {
-                match attempts.others[i].as_mut().poll(cx) {
+                match attempts.others[i].future.as_mut().poll(cx) {
                     Poll::Ready(result) => {
-                        drop(attempts.others.swap_remove(i));
-                        if let Some(answer) = attempts.ended(result) {
+                        let other = attempts.others.swap_remove(i);
+                        if let Some(answer) = attempts.ended(result, other.reader) {
+                            attempts.adopt(other.record.as_ref());
                             this.first.set(Slot::Empty);
                             attempts.finish();
                             return Poll::Ready(answer);
                         }
+                        attempts.last_record = other.record;
                     }
                     Poll::Pending => i += 1,
                 }
@@ -126,9 +134,17 @@ where
                 match attempts.poll_start(cx) {
                     Start::Started => continue,
                     Start::Failed(error) => {
-                        this.first.set(Slot::Empty);
-                        attempts.finish();
-                        return Poll::Ready(Err(error));
+                        // The service is broken: no more attempts start, but those in flight
+                        // (hedges) may still answer; the error is the answer only without them.
+                        attempts.stop();
+                        let first_running =
+                            matches!(this.first.as_ref().get_ref(), Slot::Running { .. });
+                        if !first_running && attempts.others.is_empty() {
+                            attempts.finish();
+                            return Poll::Ready(Err(error));
+                        }
+                        attempts.last = Some(Err(error));
+                        attempts.last_record = None;
                     }
                     Start::Waiting | Start::Refused => {}
                 }
@@ -143,6 +159,7 @@ where
                     .last
                     .take()
                     .expect("every attempt that ended without answering left its result");
+                attempts.adopt(attempts.last_record.as_ref());
                 attempts.finish();
                 return Poll::Ready(answer);
             }
@@ -196,7 +213,8 @@ where
     backoff_retries: u32,
     deadline: Option<Instant>,
     rpc: Option<Rpc>,
-    others: Vec<Pin<Box<S::Future>>>,
+    /// The attempts in flight after the first.
+    others: Vec<Other<S::Future>>,
     /// When the next attempt is due (a backoff, a hedging delay or a pushback).
     timer: Option<Pin<Box<Sleep>>>,
     /// The next attempt starts as soon as the service is ready.
@@ -207,6 +225,8 @@ where
     refused: bool,
     /// The result of the last attempt that ended without being the answer.
     last: Option<Result<S::Response, S::Error>>,
+    /// The record of the hedge `last` came from (see `adopt`).
+    last_record: Option<Rpc>,
 }
 
 impl<S, B> Attempts<S, B>
@@ -221,7 +241,7 @@ where
         request: Request<B>,
         policy: Policy,
         shared: &Arc<Shared>,
-    ) -> (Box<Self>, S::Future) {
+    ) -> (Box<Self>, (u32, S::Future)) {
         let (parts, body) = request.into_parts();
         let deadline = grpc_timeout(&parts.headers).map(deadline_after);
         let rpc = Rpc::from_extensions(&parts.extensions)
@@ -229,7 +249,9 @@ where
             .cloned();
         let replay = Replay::new(body, Arc::clone(&shared.accounting));
         let head = Head::of(&parts);
-        let first = service.call(Request::from_parts(parts, Body::new(replay.reader())));
+        let reader = replay.reader();
+        let first_reader = reader.id();
+        let first = service.call(Request::from_parts(parts, Body::new(reader)));
         let mut attempts = Box::new(Attempts {
             service,
             head,
@@ -246,15 +268,18 @@ where
             stopped: false,
             refused: false,
             last: None,
+            last_record: None,
         });
         attempts.arm_hedge();
-        (attempts, first)
+        (attempts, (first_reader, first))
     }
 
-    /// What an attempt's result means: `Some` when it is the call's answer.
+    /// What the result of the attempt whose body is read by `reader` means: `Some` when it
+    /// is the call's answer (committed: its body is kept no more).
     fn ended<ResBody>(
         &mut self,
         result: Result<http::Response<ResBody>, S::Error>,
+        reader: u32,
     ) -> Option<Result<http::Response<ResBody>, S::Error>>
     where
         S: Service<Request<tonic::body::Body>, Response = http::Response<ResBody>>,
@@ -264,9 +289,13 @@ where
                 if let Some(budget) = &self.shared.budget {
                     budget.on_success();
                 }
+                self.replay.commit(reader);
                 Some(result)
             }
-            Verdict::Final => Some(result),
+            Verdict::Final => {
+                self.replay.commit(reader);
+                Some(result)
+            }
             Verdict::Local => {
                 // Never retried; with hedges in flight, they may still answer.
                 self.stop();
@@ -309,7 +338,9 @@ where
             return self.stop();
         }
         if let Some(deadline) = self.deadline
-            && Instant::now() + delay >= deadline
+            && Instant::now()
+                .checked_add(delay)
+                .is_none_or(|at| at >= deadline)
         {
             return self.stop();
         }
@@ -352,12 +383,16 @@ where
             Poll::Pending => Start::Waiting,
             Poll::Ready(Err(error)) => Start::Failed(error),
             Poll::Ready(Ok(())) => {
-                let Some(request) = self.request() else {
+                let Some((reader, record, request)) = self.request() else {
                     self.stop();
                     return Start::Refused;
                 };
                 self.started += 1;
-                self.others.push(Box::pin(self.service.call(request)));
+                self.others.push(Other {
+                    reader,
+                    record,
+                    future: Box::pin(self.service.call(request)),
+                });
                 self.due = false;
                 if let Some(rpc) = &self.rpc {
                     rpc.set_attempts(self.started);
@@ -371,20 +406,33 @@ where
 
     /// The next attempt's request: the caller's, with `grpc-previous-rpc-attempts` and what
     /// is left of the deadline; `None` if the caller's head cannot be made again.
-    fn request(&self) -> Option<Request<Body>> {
-        let (method, uri, version, mut headers, extensions) = self.head.parts()?;
+    fn request(&self) -> Option<(u32, Option<Rpc>, Request<Body>)> {
+        let (method, uri, version, mut headers, mut extensions) = self.head.parts()?;
+        // Hedges run beside the first attempt: each writes into a record of its own (a
+        // limit inside that rejects a hedge must not mark a call another attempt answers);
+        // the answering one's facts are the call's (`adopt`).
+        let record = match (self.policy, &self.rpc) {
+            (Policy::Hedge(_), Some(rpc)) => {
+                let own = Rpc::starting_at(Side::Client, rpc.start());
+                extensions.insert(own.clone());
+                Some(own)
+            }
+            _ => None,
+        };
         headers.insert(GRPC_PREVIOUS_RPC_ATTEMPTS, HeaderValue::from(self.started));
         if let Some(deadline) = self.deadline {
             let left = deadline.saturating_duration_since(Instant::now());
             headers.insert(GRPC_TIMEOUT, timeout_value(left));
         }
-        let mut request = Request::new(Body::new(self.replay.reader()));
+        let reader = self.replay.reader();
+        let id = reader.id();
+        let mut request = Request::new(Body::new(reader));
         *request.method_mut() = method;
         *request.uri_mut() = uri;
         *request.version_mut() = version;
         *request.headers_mut() = headers;
         *request.extensions_mut() = extensions;
-        Some(request)
+        Some((id, record, request))
     }
 
     /// Hedging: the next hedge is due after the delay, while attempts are left.
@@ -401,6 +449,19 @@ where
         }
     }
 
+    /// The answering hedge's record: what the layers inside wrote into it becomes the call's.
+    fn adopt(&self, record: Option<&Rpc>) {
+        let (Some(own), Some(call)) = (record, &self.rpc) else {
+            return;
+        };
+        if let Some(layer) = own.rejected_by() {
+            call.set_rejected_by(layer);
+        }
+        if let Some(subject) = own.shared_subject() {
+            call.set_subject(Arc::clone(subject));
+        }
+    }
+
     fn stop(&mut self) {
         self.stopped = true;
         self.due = false;
@@ -412,6 +473,15 @@ where
         self.stop();
         self.others.clear();
     }
+}
+
+/// An attempt in flight after the first.
+struct Other<F> {
+    /// Its body reader's id (see `Replay::commit`).
+    reader: u32,
+    /// Its own record, for a hedge.
+    record: Option<Rpc>,
+    future: Pin<Box<F>>,
 }
 
 /// The instant `timeout` from now, or as far as tokio's clock reaches.

@@ -67,7 +67,8 @@
 //!   carries what is left of it. Enforcing it is the deadline layer's job.
 //! - The request body is kept up to [`max_buffer`](RetryBuilder::max_buffer) per call and
 //!   [`max_buffer_total`](RetryBuilder::max_buffer_total) for the layer; a larger body is sent
-//!   once, unretried, and the buffer goes with the call.
+//!   once, unretried, and the buffer goes with the call. Once the call is committed, nothing
+//!   more of the body is kept and what the answering attempt has sent is given back.
 //! - Each attempt after the first sends `grpc-previous-rpc-attempts`, is counted in
 //!   `palisade_retry_attempts_total{grpc_service,grpc_method}`, and raises the per-RPC
 //!   record's [`attempts`](palisade_core::Rpc::attempts), which the access log writes as

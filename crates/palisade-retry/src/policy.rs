@@ -113,12 +113,11 @@ impl RetryPolicy {
     pub(crate) fn backoff_bound(&self, retry: u32) -> Duration {
         let exponent = retry.saturating_sub(1).min(64) as i32;
         let bound = self.initial_backoff.as_secs_f64() * self.multiplier.powi(exponent);
-        let max = self.max_backoff.as_secs_f64();
-        Duration::from_secs_f64(if bound.is_finite() {
-            bound.min(max)
-        } else {
-            max
-        })
+        // Not `from_secs_f64(max)`: a max near `Duration::MAX` rounds past it as an f64.
+        if bound.is_nan() || bound >= self.max_backoff.as_secs_f64() {
+            return self.max_backoff;
+        }
+        Duration::try_from_secs_f64(bound).unwrap_or(self.max_backoff)
     }
 }
 
@@ -248,6 +247,9 @@ mod tests {
         // A huge multiplier saturates at the max instead of overflowing.
         let wild = policy.multiplier(1e300);
         assert_eq!(wild.backoff_bound(60), Duration::from_millis(350));
+        // A max as long as a Duration goes is a bound, not a panic.
+        let unbounded = wild.max_backoff(Duration::MAX);
+        assert_eq!(unbounded.backoff_bound(60), Duration::MAX);
     }
 
     #[test]

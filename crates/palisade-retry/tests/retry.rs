@@ -691,3 +691,280 @@ async fn no_attempt_outlives_the_deadline_the_layer_outside_enforces() {
     );
     assert!(seen.iter().all(|seen| seen.timeout.is_some()));
 }
+
+/// A mock channel: the first attempt answers `OK` after `answer_after`; every readiness check
+/// after the first fails (a broken connection seen when the hedge asks for it).
+#[derive(Clone)]
+struct BreaksAfterFirst {
+    ready_calls: Arc<std::sync::atomic::AtomicUsize>,
+    answer_after: Duration,
+}
+
+impl Service<http::Request<Body>> for BreaksAfterFirst {
+    type Response = http::Response<Body>;
+    type Error = &'static str;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<http::Response<Body>, &'static str>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), &'static str>> {
+        let n = self
+            .ready_calls
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        std::task::Poll::Ready(if n == 0 { Ok(()) } else { Err("broken") })
+    }
+
+    fn call(&mut self, _: http::Request<Body>) -> Self::Future {
+        let after = self.answer_after;
+        Box::pin(async move {
+            tokio::time::sleep(after).await;
+            let mut response = http::Response::new(Body::empty());
+            response
+                .headers_mut()
+                .insert("grpc-status", HeaderValue::from_static("0"));
+            Ok(response)
+        })
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hedge_that_cannot_start_does_not_fail_the_attempt_in_flight() {
+    let retry = RetryLayer::client()
+        .hedge(
+            Matcher::any(),
+            HedgePolicy::new(3, Duration::from_millis(10)),
+        )
+        .build()
+        .unwrap();
+    let service = retry.layer(BreaksAfterFirst {
+        ready_calls: Arc::default(),
+        answer_after: Duration::from_millis(100),
+    });
+    let request = http::Request::post("/helloworld.Greeter/SayHello")
+        .body(Body::empty())
+        .unwrap();
+    let response = service
+        .oneshot(request)
+        .await
+        .expect("the first attempt's OK, not the hedge's readiness error");
+    assert_eq!(response.headers()["grpc-status"], "0");
+}
+
+/// A mock channel that answers with response headers at once (the call is committed) and
+/// reads the request body on its own, telling `read` the size of each frame.
+#[derive(Clone)]
+struct ReadsOn {
+    read: tokio::sync::mpsc::UnboundedSender<usize>,
+}
+
+impl Service<http::Request<Body>> for ReadsOn {
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<http::Response<Body>, Infallible>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        let read = self.read.clone();
+        tokio::spawn(async move {
+            use http_body_util::BodyExt;
+            let mut body = request.into_body();
+            while let Some(Ok(frame)) = body.frame().await {
+                if let Ok(data) = frame.into_data() {
+                    let _ = read.send(data.len());
+                }
+            }
+        });
+        std::future::ready(Ok(http::Response::new(Body::empty())))
+    }
+}
+
+#[tokio::test]
+async fn a_committed_stream_buffers_nothing_more() {
+    use http_body_util::StreamBody;
+    let retry = RetryLayer::client()
+        .retry(Matcher::any(), fast(3))
+        .build()
+        .unwrap();
+    let (read_tx, mut read) = tokio::sync::mpsc::unbounded_channel();
+    let service = retry.layer(ReadsOn { read: read_tx });
+    let (tx, mut rx) =
+        tokio::sync::mpsc::channel::<Result<http_body::Frame<bytes::Bytes>, Infallible>>(1);
+    let body = StreamBody::new(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)));
+    let request = http::Request::post("/helloworld.Greeter/SayHello")
+        .body(body)
+        .unwrap();
+    let response = service.oneshot(request).await.unwrap();
+    assert!(response.headers().get("grpc-status").is_none(), "committed");
+    for _ in 0..10 {
+        tx.send(Ok(http_body::Frame::data(bytes::Bytes::from(vec![
+            0;
+            1000
+        ]))))
+        .await
+        .unwrap();
+        assert_eq!(read.recv().await, Some(1000));
+    }
+    assert_eq!(
+        retry.buffered_bytes(),
+        0,
+        "a committed call is never replayed: nothing of its stream is kept (A6)"
+    );
+    drop(tx);
+}
+
+/// A mock channel whose every attempt is a trailers-only `UNAVAILABLE`, with this pushback if
+/// any.
+#[derive(Clone)]
+struct PushesBack(Option<&'static str>);
+
+impl Service<http::Request<Body>> for PushesBack {
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<http::Response<Body>, Infallible>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: http::Request<Body>) -> Self::Future {
+        let mut response = http::Response::new(Body::empty());
+        let headers = response.headers_mut();
+        headers.insert("grpc-status", HeaderValue::from_static("14"));
+        if let Some(pushback) = self.0 {
+            headers.insert("grpc-retry-pushback-ms", HeaderValue::from_static(pushback));
+        }
+        std::future::ready(Ok(response))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_longest_pushback_with_no_bound_and_a_deadline_does_not_panic() {
+    let retry = RetryLayer::client()
+        .retry(Matcher::any(), fast(3))
+        .max_pushback(Duration::MAX)
+        .build()
+        .unwrap();
+    let request = http::Request::post("/helloworld.Greeter/SayHello")
+        .header("grpc-timeout", "1S")
+        .body(Body::empty())
+        .unwrap();
+    let response = retry
+        .layer(PushesBack(Some("18446744073709551615")))
+        .oneshot(request)
+        .await
+        .unwrap();
+    assert_eq!(
+        response.headers()["grpc-status"],
+        "14",
+        "a pushback past the deadline ends the call with its answer"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_backoff_without_bound_does_not_panic() {
+    let retry = RetryLayer::client()
+        .retry(
+            Matcher::any(),
+            RetryPolicy::new(2)
+                .initial_backoff(Duration::from_millis(1))
+                .max_backoff(Duration::MAX)
+                .multiplier(1e300),
+        )
+        .build()
+        .expect("accepted at build, so it must act");
+    let attempts = Attempts::default();
+    let request = http::Request::post("/helloworld.Greeter/SayHello")
+        .header("grpc-timeout", "1S")
+        .body(Body::empty())
+        .unwrap();
+    let response = retry
+        .layer(attempts.layer(PushesBack(None)))
+        .oneshot(request)
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["grpc-status"], "14");
+    // The delay after the second attempt (computed before the policy says no more) is
+    // the one as long as a Duration goes.
+    assert_eq!(attempts.count(), 2);
+}
+
+/// A mock channel behind a mock local limit: the first attempt passes and answers `OK` after
+/// 50 ms; every later one is rejected by the "limit", which writes its name into the call's
+/// record as core's admit does.
+#[derive(Clone, Default)]
+struct LimitsHedges(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Service<http::Request<Body>> for LimitsHedges {
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<http::Response<Body>, Infallible>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        let n = self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if n > 0 {
+            if let Some(record) = palisade_core::Rpc::of(&request) {
+                record.set_rejected_by("limit");
+            }
+            let rejection = Rejection::new(Code::ResourceExhausted, "too many in flight")
+                .by("limit")
+                .into_response::<Body>();
+            return Box::pin(std::future::ready(Ok(rejection)));
+        }
+        Box::pin(async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let mut response = http::Response::new(Body::empty());
+            response
+                .headers_mut()
+                .insert("grpc-status", HeaderValue::from_static("0"));
+            Ok(response)
+        })
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hedge_rejected_inside_does_not_mark_a_call_another_attempt_answered() {
+    let retry = RetryLayer::client()
+        .hedge(
+            Matcher::any(),
+            HedgePolicy::new(2, Duration::from_millis(10)),
+        )
+        .build()
+        .unwrap();
+    let mut request = http::Request::post("/helloworld.Greeter/SayHello")
+        .body(Body::empty())
+        .unwrap();
+    let record =
+        palisade_core::Rpc::get_or_insert(request.extensions_mut(), palisade_core::Side::Client)
+            .clone();
+    let limited = LimitsHedges::default();
+    let response = retry.layer(limited.clone()).oneshot(request).await.unwrap();
+    assert_eq!(response.headers()["grpc-status"], "0", "the first attempt");
+    assert_eq!(limited.0.load(std::sync::atomic::Ordering::Relaxed), 2);
+    assert_eq!(record.attempts(), 2);
+    assert_eq!(
+        record.rejected_by(),
+        None,
+        "the log and the span would say `palisade.rejected_by=limit` for an OK call"
+    );
+}
