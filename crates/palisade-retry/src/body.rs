@@ -100,6 +100,8 @@ struct State<B> {
     end: End,
     /// Readers waiting at the tip while another one reads the caller's body.
     waiting: Vec<Waker>,
+    /// Waiting readers to wake once the read holding the lock lets it go.
+    woken: Vec<Waker>,
     next_reader: u32,
     /// The reader of the attempt that answered the call: only it reads on, and nothing more
     /// is kept (a committed call is never replayed).
@@ -125,6 +127,7 @@ impl<B> Replay<B> {
                 buffered: 0,
                 end: End::Open,
                 waiting: Vec::new(),
+                woken: Vec::new(),
                 next_reader: 0,
                 committed: None,
                 released: 0,
@@ -164,7 +167,9 @@ impl<B> Replay<B> {
     pub(crate) fn commit(&self, winner: u32) {
         let mut state = self.lock();
         state.committed = Some(winner);
-        wake_all(&mut state);
+        let waiting = std::mem::take(&mut state.waiting);
+        drop(state);
+        wake(waiting);
     }
 }
 
@@ -237,11 +242,25 @@ where
     fn read(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let replay = Arc::clone(&self.replay);
         let mut state = replay.lock();
+        let polled = self.read_locked(&mut state, cx);
+        // Readers to wake are woken once the lock is let go: a waker that runs (or drops) a
+        // task inline must not find it held.
+        let woken = std::mem::take(&mut state.woken);
+        drop(state);
+        wake(woken);
+        polled
+    }
+
+    fn read_locked(
+        &mut self,
+        state: &mut State<B>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match state.committed {
             Some(winner) if winner != self.id => {
                 return Poll::Ready(Some(Err(ReplayError::Committed.into())));
             }
-            Some(_) => self.release_passed(&mut state),
+            Some(_) => self.release_passed(state),
             None => {}
         }
         loop {
@@ -249,12 +268,12 @@ where
                 let data = data.clone();
                 self.position += 1;
                 if state.committed.is_some() {
-                    self.release_passed(&mut state);
+                    self.release_passed(state);
                 }
                 return Poll::Ready(Some(Ok(Frame::data(data))));
             }
             match state.end {
-                End::Ended => return Poll::Ready(self.trailers(&state)),
+                End::Ended => return Poll::Ready(self.trailers(state)),
                 End::Failed => return Poll::Ready(Some(Err(ReplayError::SourceFailed.into()))),
                 End::Overflowed { owner } if owner != self.id => {
                     return Poll::Ready(Some(Err(ReplayError::TooLarge.into())));
@@ -288,7 +307,7 @@ where
                         state.end = End::Ended;
                     }
                     state.source = None;
-                    wake_all(&mut state);
+                    wake_later(state);
                     return Poll::Ready(None);
                 }
                 Poll::Ready(Some(Err(error))) => {
@@ -296,14 +315,14 @@ where
                         state.end = End::Failed;
                     }
                     state.source = None;
-                    wake_all(&mut state);
+                    wake_later(state);
                     return Poll::Ready(Some(Err(error.into())));
                 }
                 Poll::Ready(Some(Ok(frame))) => {
                     let frame = match frame.into_data() {
                         Ok(mut data) => {
                             let data = data.copy_to_bytes(data.remaining());
-                            self.keep(&mut state, &data);
+                            self.keep(state, &data);
                             Frame::data(data)
                         }
                         Err(frame) => match frame.into_trailers() {
@@ -320,7 +339,7 @@ where
                             Err(_) => continue,
                         },
                     };
-                    wake_all(&mut state);
+                    wake_later(state);
                     return Poll::Ready(Some(Ok(frame)));
                 }
             }
@@ -409,14 +428,24 @@ impl<B> Drop for Reader<B> {
     fn drop(&mut self) {
         // The caller's body may hold this reader's waker only: let a waiting reader read it.
         let mut state = self.replay.lock();
-        wake_all(&mut state);
+        let waiting = std::mem::take(&mut state.waiting);
+        drop(state);
+        wake(waiting);
     }
 }
 
-fn wake_all<B>(state: &mut State<B>) {
-    for waker in state.waiting.drain(..) {
+/// Wakes readers taken from the state, once its lock is let go (a waker that runs or drops
+/// a task inline must not find it held).
+fn wake(wakers: Vec<Waker>) {
+    for waker in wakers {
         waker.wake();
     }
+}
+
+/// Moves the waiting readers to be woken when the read that holds the lock lets it go.
+fn wake_later<B>(state: &mut State<B>) {
+    let waiting = std::mem::take(&mut state.waiting);
+    state.woken.extend(waiting);
 }
 
 #[cfg(test)]
