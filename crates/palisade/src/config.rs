@@ -82,20 +82,48 @@ pub struct Config {
 impl Config {
     /// A configuration, from a document's text; `origin` names it in errors (its path).
     ///
-    /// Secrets are read now (each from its variable or file).
+    /// Secrets are read now (each from its variable or file; a relative path is relative to
+    /// the working directory).
     ///
     /// # Errors
     ///
     /// The first thing wrong with it, placed at its line and key.
     pub fn from_toml(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        Config::from_toml_in(text, origin, None)
+    }
+
+    fn from_toml_in(text: &str, origin: &str, dir: Option<&Path>) -> Result<Config, ConfigError> {
         let mut config: Config = load::parse(text, origin)?;
+        if let Some(dir) = dir {
+            config.relative_to(dir);
+        }
         config
             .check()
             .map_err(|problem| load::placed(problem, text, origin))?;
         Ok(config)
     }
 
-    /// A configuration, from the document at `path`.
+    /// Relative paths in the document are relative to its directory.
+    fn relative_to(&mut self, dir: &Path) {
+        if let Some(server) = &mut self.server {
+            if let Some(secret) = &mut server.jwt_secret {
+                secret.relative_to(dir);
+            }
+            if let Some(path) = &mut server.jwks_file
+                && path.is_relative()
+            {
+                *path = dir.join(&*path);
+            }
+        }
+        if let Some(client) = &mut self.client
+            && let Some(secret) = &mut client.jwt_secret
+        {
+            secret.relative_to(dir);
+        }
+    }
+
+    /// A configuration, from the document at `path`. Relative paths in it (a secret's
+    /// `file`, `jwks_file`) are relative to the document's directory.
     ///
     /// # Errors
     ///
@@ -104,7 +132,7 @@ impl Config {
         let origin = path.display().to_string();
         let text = std::fs::read_to_string(path)
             .map_err(|error| ConfigError::whole(&origin, format!("cannot be read: {error}")))?;
-        Config::from_toml(&text, &origin)
+        Config::from_toml_in(&text, &origin, path.parent())
     }
 
     fn check(&mut self) -> Result<(), Problem> {

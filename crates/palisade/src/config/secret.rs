@@ -11,7 +11,8 @@ use super::error::{Problem, Segment};
 pub enum SecretSource {
     /// An environment variable: `{ env = "NAME" }`.
     Env(String),
-    /// A file, its trailing newline dropped: `{ file = "/run/secrets/jwt" }`.
+    /// A file, its trailing newline dropped: `{ file = "/run/secrets/jwt" }` (relative to the
+    /// document's directory when [loaded](super::Config::load) from a file).
     File(PathBuf),
     /// A value given in code or on a command line ([`Secret::given`]); never read from a
     /// document.
@@ -58,6 +59,15 @@ impl Secret {
     /// [`Config::from_toml`](super::Config::from_toml) does).
     pub fn expose(&self) -> &str {
         self.value.as_deref().unwrap_or_default()
+    }
+
+    /// A relative file made relative to `dir`.
+    pub(crate) fn relative_to(&mut self, dir: &std::path::Path) {
+        if let SecretSource::File(file) = &mut self.source
+            && file.is_relative()
+        {
+            *file = dir.join(&*file);
+        }
     }
 
     /// Reads the variable or the file; the problem names which, never the value.
