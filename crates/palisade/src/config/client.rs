@@ -323,6 +323,18 @@ impl ClientConfig {
             .max_wait(Duration::from_millis(self.rate_wait_ms.unwrap_or(250)))
     }
 
+    /// Checks a configuration made or changed in code as
+    /// [`Config::from_toml`](super::Config::from_toml) checks a document's; the error names the
+    /// key, without a line.
+    ///
+    /// # Errors
+    ///
+    /// The first thing that cannot work.
+    pub fn validate(&self) -> Result<(), super::ConfigError> {
+        self.check()
+            .map_err(|problem| super::load::placed(problem, "", "configuration"))
+    }
+
     /// Everything a document cannot mean, refused with the key.
     pub(crate) fn check(&self) -> Result<(), Problem> {
         let base = [Segment::Key("client".into())];

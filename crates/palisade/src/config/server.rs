@@ -408,6 +408,18 @@ impl ServerConfig {
         }
     }
 
+    /// Checks a configuration made or changed in code (a program merging its flags into a
+    /// document's) as [`Config::from_toml`](super::Config::from_toml) checks a document's; the
+    /// error names the key, without a line.
+    ///
+    /// # Errors
+    ///
+    /// The first thing that cannot work.
+    pub fn validate(&self) -> Result<(), super::ConfigError> {
+        self.check()
+            .map_err(|problem| super::load::placed(problem, "", "configuration"))
+    }
+
     /// Everything a document cannot mean, refused with the key.
     pub(crate) fn check(&self) -> Result<(), Problem> {
         let base = [Segment::Key("server".into())];
