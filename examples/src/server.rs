@@ -1,20 +1,18 @@
 //! The demo server's flags and its full Palisade stack, shared by the `server` and `stack`
 //! programs.
 
-use std::{net::SocketAddr, num::NonZeroU32, path::PathBuf, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use clap::Args;
+use clap::{ArgMatches, Args, FromArgMatches, parser::ValueSource};
+use palisade::config::{Config, Secret, SecretSource, ServerConfig, ServerMethod};
 use palisade::prelude::*;
-use palisade_core::admit;
 use palisade_core::side::Server as ServerSide;
 use palisade_deadline::DeadlineLayer;
 use palisade_demo::{FILE_DESCRIPTOR_SET, Greeter};
-use palisade_limit::LimitAdmission;
-use palisade_ratelimit::{KeyValue, RateLimitAdmission, backend::Redis};
+use palisade_ratelimit::backend::Redis;
 use palisade_recovery::RecoveryLayer;
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use tonic::transport::{Server, server::TcpIncoming};
-use tower::util::{Either, MapResponseLayer};
 
 use crate::{
     BoxError,
@@ -29,8 +27,18 @@ pub const DEMO_SECRET: &str = "palisade-demo-secret";
 pub const STREAM_SCOPE: &str = "greeter.stream";
 
 /// The demo server's flags, each with a default.
+///
+/// With `--config FILE`, the file's `[server]` table takes every flag by name (`--max-concurrent`
+/// is `max_concurrent`, durations in ms) plus per-method policy (`[[server.method]]`); a flag
+/// given on the command line fills a key the file leaves out, and a key set in both places is
+/// refused. Flags and files make one [`ServerConfig`], which builds every stack.
 #[derive(Args, Clone, Debug)]
 pub struct ServerArgs {
+    /// Read the configuration from this TOML file's `[server]` table (see
+    /// examples/palisade.toml): every flag by name, and per-method policy. A flag given beside
+    /// it fills a key the file leaves out; one the file sets too is refused.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// gRPC listen address.
     #[arg(long, default_value = "127.0.0.1:50051")]
     pub addr: SocketAddr,
@@ -100,6 +108,242 @@ pub struct ServerArgs {
     /// with the caller's token and what is left of its deadline.
     #[arg(long, value_name = "URL")]
     pub upstream: Option<String>,
+    /// The flags given on the command line (ids, `max_concurrent`), filled by
+    /// [`ServerArgs::from_matches`]; a flag whose value differs from its default counts as
+    /// given too.
+    #[arg(skip)]
+    pub given: Vec<String>,
+}
+
+impl ServerArgs {
+    /// The flags `matches` holds, remembering which were given on the command line.
+    pub fn from_matches(matches: &ArgMatches) -> Result<Self, clap::Error> {
+        let mut args = Self::from_arg_matches(matches)?;
+        args.given = matches
+            .ids()
+            .filter(|id| matches.value_source(id.as_str()) == Some(ValueSource::CommandLine))
+            .map(|id| id.as_str().to_owned())
+            .collect();
+        Ok(args)
+    }
+
+    fn given(&self, id: &str) -> bool {
+        self.given.iter().any(|given| given == id)
+    }
+
+    /// The configuration the server runs with: the `--config` file's `[server]` table (if
+    /// any), the flags given for the keys it leaves out, their defaults for the rest, and the
+    /// demo's own rule after the file's (`SayHelloStream` needs the `greeter.stream` scope).
+    ///
+    /// # Errors
+    ///
+    /// The file's [`ConfigError`](palisade::config::ConfigError) (file, line, key), a flag
+    /// given for a key the file sets too, or a merged configuration that cannot work.
+    pub fn server_config(&self) -> Result<ServerConfig, BoxError> {
+        if self.config.is_none() {
+            check_rate_flags(self)?;
+        }
+        let (mut config, file) = match &self.config {
+            Some(path) => {
+                let server = Config::load(path)?
+                    .server
+                    .ok_or_else(|| format!("{}: no [server] table (--config)", path.display()))?;
+                (server, Some(path.display().to_string()))
+            }
+            None => (ServerConfig::default(), None),
+        };
+        let mut merge = Merge::new(file.as_deref());
+        let c = &mut config;
+        let a = self;
+        merge.set(&mut c.addr, "addr", a.given("addr"), Some(a.addr));
+        merge.set(
+            &mut c.metrics_addr,
+            "metrics_addr",
+            a.given("metrics_addr"),
+            Some(a.metrics_addr),
+        );
+        merge.set(
+            &mut c.jwks_file,
+            "jwks_file",
+            a.jwks_file.is_some(),
+            a.jwks_file.clone(),
+        );
+        merge.set(
+            &mut c.jwt_issuer,
+            "jwt_issuer",
+            a.jwt_issuer.is_some(),
+            a.jwt_issuer.clone(),
+        );
+        merge.set(
+            &mut c.jwt_audience,
+            "jwt_audience",
+            a.jwt_audience.is_some(),
+            a.jwt_audience.clone(),
+        );
+        merge.set(
+            &mut c.rate,
+            "rate",
+            a.given("rate") || a.rate != 0,
+            (a.rate != 0).then_some(a.rate),
+        );
+        merge.set(
+            &mut c.burst,
+            "burst",
+            a.given("burst") || a.burst != 1,
+            Some(a.burst),
+        );
+        merge.set(
+            &mut c.rate_key,
+            "rate_key",
+            a.given("rate_key") || a.rate_key != "global",
+            Some(a.rate_key.clone()),
+        );
+        merge.set(
+            &mut c.rate_redis,
+            "rate_redis",
+            a.rate_redis.is_some(),
+            a.rate_redis.clone(),
+        );
+        merge.set(
+            &mut c.max_concurrent,
+            "max_concurrent",
+            a.given("max_concurrent") || a.max_concurrent != 0,
+            (a.max_concurrent != 0).then_some(a.max_concurrent),
+        );
+        merge.set(
+            &mut c.adaptive_concurrency,
+            "adaptive_concurrency",
+            a.adaptive_concurrency,
+            Some(true),
+        );
+        merge.set(
+            &mut c.log_format,
+            "log_format",
+            a.given("log_format"),
+            Some(a.log_format.into()),
+        );
+        merge.set(&mut c.log_start, "log_start", a.log_start, Some(true));
+        merge.set(
+            &mut c.otlp_endpoint,
+            "otlp_endpoint",
+            a.otlp_endpoint.is_some(),
+            a.otlp_endpoint.clone(),
+        );
+        merge.set(
+            &mut c.grace_period,
+            "grace_period",
+            a.given("grace_period"),
+            Some(u64::try_from(a.grace_period.as_millis()).unwrap_or(u64::MAX)),
+        );
+        merge.set(&mut c.bare, "bare", a.bare, Some(true));
+        merge.set(
+            &mut c.max_deadline,
+            "max_deadline",
+            a.max_deadline.is_some(),
+            a.max_deadline,
+        );
+        merge.set(
+            &mut c.default_deadline,
+            "default_deadline",
+            a.default_deadline.is_some(),
+            a.default_deadline,
+        );
+        merge.set(
+            &mut c.upstream,
+            "upstream",
+            a.upstream.is_some(),
+            a.upstream.clone(),
+        );
+        // The secret: the file's, else the flag's (or $PALISADE_JWT_SECRET, or the demo's).
+        let secret_given = a.given("jwt_secret");
+        merge.set(
+            &mut c.jwt_secret,
+            "jwt_secret",
+            secret_given,
+            Some(Secret::given(a.jwt_secret.clone())),
+        );
+        merge.finish()?;
+        c.addr.get_or_insert(a.addr);
+        c.metrics_addr.get_or_insert(a.metrics_addr);
+        c.log_format.get_or_insert(a.log_format.into());
+        c.grace_period
+            .get_or_insert(u64::try_from(a.grace_period.as_millis()).unwrap_or(u64::MAX));
+        if c.jwt_secret.is_none() && c.jwks_file.is_none() && c.bare != Some(true) {
+            c.jwt_secret = Some(Secret::given(a.jwt_secret.clone()));
+        }
+        if c.bare != Some(true) {
+            let mut stream = ServerMethod::default();
+            stream.method = Some("palisade.demo.v1.Greeter/SayHelloStream".into());
+            stream.scopes = Some(vec![STREAM_SCOPE.into()]);
+            c.method.push(stream);
+        }
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+/// Merges flags into a file's keys, refusing a key set in both places.
+pub(crate) struct Merge<'a> {
+    file: Option<&'a str>,
+    result: Result<(), BoxError>,
+}
+
+impl<'a> Merge<'a> {
+    /// Merging into the keys of `file` (none: the flags alone).
+    pub(crate) fn new(file: Option<&'a str>) -> Self {
+        Merge {
+            file,
+            result: Ok(()),
+        }
+    }
+
+    /// The first key set in both places, if any.
+    pub(crate) fn finish(self) -> Result<(), BoxError> {
+        self.result
+    }
+
+    /// `key` from the file, else the flag if `given` (on the command line, or not at its
+    /// default); left out, the key's default applies.
+    pub(crate) fn set<T>(
+        &mut self,
+        slot: &mut Option<T>,
+        key: &str,
+        given: bool,
+        value: Option<T>,
+    ) {
+        if self.result.is_err() {
+            return;
+        }
+        match (slot.is_some(), given, self.file) {
+            (true, true, Some(file)) => {
+                let flag = key.replace('_', "-");
+                self.result = Err(format!(
+                    "--{flag} is given and `{key}` is set in {file}: set it in one place"
+                )
+                .into());
+            }
+            (true, _, _) | (false, false, _) => {}
+            (false, true, _) => *slot = value,
+        }
+    }
+}
+
+impl From<LogFormat> for palisade::config::LogFormat {
+    fn from(format: LogFormat) -> Self {
+        match format {
+            LogFormat::Json => palisade::config::LogFormat::Json,
+            LogFormat::Text => palisade::config::LogFormat::Text,
+        }
+    }
+}
+
+impl From<palisade::config::LogFormat> for LogFormat {
+    fn from(format: palisade::config::LogFormat) -> Self {
+        match format {
+            palisade::config::LogFormat::Json => LogFormat::Json,
+            palisade::config::LogFormat::Text => LogFormat::Text,
+        }
+    }
 }
 
 /// The flags that configure a layer, which `--bare` has none of.
@@ -244,41 +488,76 @@ pub fn greeter() -> Greeter {
         })
 }
 
-/// The deadline layer `--max-deadline` and `--default-deadline` configure; the caller's own
-/// deadline is enforced without them. Health and reflection are skipped (a reflection stream
-/// may stay open as long as its client wants).
+/// The deadline layer `--max-deadline` and `--default-deadline` configure (through
+/// [`ServerConfig::deadline`]); the caller's own deadline is enforced without them. Health and
+/// reflection are skipped (a reflection stream may stay open as long as its client wants).
 pub fn deadline(args: &ServerArgs) -> Result<DeadlineLayer<ServerSide>, BoxError> {
-    let mut builder = DeadlineLayer::server().skip(Matcher::health_and_reflection());
-    if let Some(ms) = args.max_deadline {
-        builder = builder.max(Duration::from_millis(ms));
-    }
-    if let Some(ms) = args.default_deadline {
-        builder = builder.default(Duration::from_millis(ms));
-    }
-    Ok(builder
+    Ok(flags_only(args)
+        .deadline()
         .build()
         .map_err(|error| format!("--max-deadline / --default-deadline: {error}"))?)
+}
+
+/// The flags alone as a configuration (no file, nothing checked).
+fn flags_only(args: &ServerArgs) -> ServerConfig {
+    let mut config = ServerConfig::default();
+    config.rate = (args.rate != 0).then_some(args.rate);
+    config.burst = Some(args.burst);
+    config.rate_key = Some(args.rate_key.clone());
+    config.max_concurrent = (args.max_concurrent != 0).then_some(args.max_concurrent);
+    config.adaptive_concurrency = Some(args.adaptive_concurrency);
+    config.max_deadline = args.max_deadline;
+    config.default_deadline = args.default_deadline;
+    config
+}
+
+/// The Redis backend `rate_redis` asks for, if any (it connects in the background). Call it
+/// inside a Tokio runtime.
+fn redis_on(url: Option<&str>) -> Result<Option<Redis>, BoxError> {
+    let Some(url) = url else {
+        return Ok(None);
+    };
+    // Not the URL itself in the message: it may hold a password.
+    let builder = Redis::open(url)
+        .map_err(|_| "--rate-redis: expected redis://[user:password@]host:port[/db]")?;
+    Ok(Some(builder.build()))
 }
 
 /// The Redis backend `--rate-redis` asks for, if any (it connects in the background). Call it
 /// inside a Tokio runtime.
 pub fn redis_backend(args: &ServerArgs) -> Result<Option<Redis>, BoxError> {
-    let Some(url) = &args.rate_redis else {
-        return Ok(None);
-    };
-    // Not the URL itself in the message: it may hold a password.
-    let builder = Redis::open(url.as_str())
-        .map_err(|_| "--rate-redis: expected redis://[user:password@]host:port[/db]")?;
-    Ok(Some(builder.build()))
+    redis_on(args.rate_redis.as_deref())
 }
 
-/// The rate limit the flags ask for; `None` when `--rate 0`. With `--rate-redis`, its buckets
-/// are in that Redis (call it inside a Tokio runtime then).
+/// The rate limit the flags ask for (through [`ServerConfig::rate_limit`]); `None` when
+/// `--rate 0`. With `--rate-redis`, its buckets are in that Redis (call it inside a Tokio
+/// runtime then).
 pub fn rate_limit(
     args: &ServerArgs,
     registry: &MethodRegistry,
 ) -> Result<Option<RateLimitLayer>, BoxError> {
-    rate_limit_on(args, registry, redis_backend(args)?)
+    check_rate_flags(args)?;
+    let config = flags_only(args);
+    if !config.rate_limited() {
+        return Ok(None);
+    }
+    let redis = redis_backend(args)?;
+    Ok(Some(
+        with_redis(config.rate_limit(), redis)
+            .registry(registry.clone())
+            .build()?,
+    ))
+}
+
+/// `builder` with its buckets in `redis`, when there is one.
+fn with_redis(
+    builder: palisade_ratelimit::RateLimitBuilder,
+    redis: Option<Redis>,
+) -> palisade_ratelimit::RateLimitBuilder {
+    match redis {
+        Some(redis) => builder.backend(redis),
+        None => builder,
+    }
 }
 
 /// Without a rate, the other rate-limit flags would do nothing: refused.
@@ -299,151 +578,39 @@ fn check_rate_flags(args: &ServerArgs) -> Result<(), BoxError> {
     }
 }
 
-/// The body of the routes' responses as the layers inside the preset get them: through
-/// recovery.
-type RoutesBody = palisade_recovery::ResponseBody<tonic::body::Body>;
-
-/// The routes' responses as the in-flight limit returns them: the body in the layer's type.
-type LimitedBody = admit::ResponseBody<RoutesBody, LimitAdmission<palisade_core::side::Server>>;
-
-/// The routes' responses, `--max-concurrent 0`, in the in-flight limit's body type.
-type NotLimited = fn(http::Response<RoutesBody>) -> http::Response<LimitedBody>;
-
-/// The in-flight limit's responses as the rate limit returns them: the body in its type.
-type Unlimited = fn(
-    http::Response<LimitedBody>,
-) -> http::Response<admit::ResponseBody<LimitedBody, RateLimitAdmission>>;
-
-/// The rate limit in the stack, or (`--rate 0`) the responses as they are, their
-/// bodies in the layer's type, so that the stack has one type either way.
-fn rate_limit_in_stack(
-    layer: Option<RateLimitLayer>,
-) -> Either<RateLimitLayer, MapResponseLayer<Unlimited>> {
-    match layer {
-        Some(layer) => Either::Left(layer),
-        None => Either::Right(MapResponseLayer::new(|response: http::Response<_>| {
-            response.map(admit::ResponseBody::passed)
-        })),
-    }
-}
-
-/// The in-flight limit `--max-concurrent` asks for; `None` when 0. Health checks and
-/// reflection are never limited.
+/// The in-flight limit `--max-concurrent` asks for (through
+/// [`ServerConfig::in_flight_limit`]); `None` when 0. Health checks and reflection are never
+/// limited.
 pub fn in_flight_limit(
     args: &ServerArgs,
 ) -> Result<Option<LimitLayer<palisade_core::side::Server>>, BoxError> {
-    let builder = LimitLayer::server()
-        .name("server")
-        .skip(Matcher::health_and_reflection());
-    let builder = match (args.adaptive_concurrency, args.max_concurrent) {
-        (false, 0) => return Ok(None),
-        (false, limit) => builder.max_in_flight(limit),
-        (true, max) => {
-            let defaults = palisade_limit::adaptive::GradientConfig::default();
-            let max_limit = if max == 0 { defaults.max_limit } else { max };
-            builder.adaptive(palisade_limit::adaptive::GradientConfig {
-                max_limit,
-                initial_limit: defaults.initial_limit.min(max_limit),
-                min_concurrency: defaults.min_concurrency.min(max_limit),
-                ..defaults
-            })
-        }
-    };
-    Ok(Some(builder.build()?))
-}
-
-/// The in-flight limit in the stack, or (`--max-concurrent 0`) the routes as they are, their
-/// responses' bodies in the layer's type.
-fn in_flight_limit_in_stack(
-    layer: Option<LimitLayer<palisade_core::side::Server>>,
-) -> Either<LimitLayer<palisade_core::side::Server>, MapResponseLayer<NotLimited>> {
-    match layer {
-        Some(layer) => Either::Left(layer),
-        None => Either::Right(MapResponseLayer::new(|response: http::Response<_>| {
-            response.map(admit::ResponseBody::passed)
-        })),
-    }
-}
-
-/// [`rate_limit`], with the backend `--rate-redis` made already.
-fn rate_limit_on(
-    args: &ServerArgs,
-    registry: &MethodRegistry,
-    redis: Option<Redis>,
-) -> Result<Option<RateLimitLayer>, BoxError> {
-    check_rate_flags(args)?;
-    let Some(rate) = NonZeroU32::new(args.rate) else {
+    let config = flags_only(args);
+    if !config.in_flight_limited() {
         return Ok(None);
-    };
-    let burst = NonZeroU32::new(args.burst).unwrap_or(NonZeroU32::MIN);
-    let quota = Quota::per_second(rate).with_burst(burst);
-    let limit = match args.rate_key.as_str() {
-        "global" => Limit::global(quota),
-        "peer" => Limit::per_key(palisade::ratelimit::Key::peer_ip(), quota),
-        "subject" => Limit::per_key(
-            palisade::ratelimit::Key::extension(|claims: &StandardClaims| {
-                claims.subject().map(KeyValue::from)
-            }),
-            quota,
-        ),
-        other => match other
-            .strip_prefix("metadata:")
-            .map(palisade::ratelimit::Key::try_metadata)
-        {
-            Some(Ok(key)) => Limit::per_key(key, quota),
-            _ => {
-                return Err(format!(
-                    "--rate-key {other:?}: expected global, peer, subject or metadata:NAME"
-                )
-                .into());
-            }
-        },
-    };
-    // Health checks and reflection are never limited. Servers sharing a Redis share buckets
-    // by limit name: name it after the flag, the same on every server.
-    let mut builder = RateLimitLayer::server()
-        .limit(limit.named(format!("server-{}", args.rate_key)))
-        .skip(Matcher::health_and_reflection())
-        .registry(registry.clone());
-    if let Some(redis) = redis {
-        builder = builder.backend(redis);
     }
-    Ok(Some(builder.build()?))
+    Ok(Some(config.in_flight_limit().build()?))
 }
 
-/// JWT verification as the flags ask: the secret or a JWKS file, issuer and audience when
-/// given; health and reflection public; `SayHelloStream` needs the `greeter.stream` scope.
+/// JWT verification as the configuration asks (through [`ServerConfig::auth`]): the secret or
+/// a JWKS file, issuer and audience when given; health and reflection public; `SayHelloStream`
+/// needs the `greeter.stream` scope (the rule [`ServerArgs::server_config`] adds).
 pub fn auth(args: &ServerArgs) -> Result<JwtAuthLayer, BoxError> {
-    let mut builder = JwtAuthLayer::server();
-    builder = match &args.jwks_file {
-        Some(path) => builder.jwks_file(path),
-        None => {
-            if args.jwt_secret == DEMO_SECRET {
-                tracing::warn!(
-                    "verifying tokens with the built-in demo secret; pass --jwt-secret or PALISADE_JWT_SECRET"
-                );
-            }
-            builder.secret(&args.jwt_secret)
-        }
-    };
-    if let Some(issuer) = &args.jwt_issuer {
-        builder = builder.issuer(issuer);
-    }
-    if let Some(audience) = &args.jwt_audience {
-        builder = builder.audience(audience);
-    }
-    Ok(builder
-        .skip(Matcher::health_and_reflection())
-        .policy(
-            Matcher::method("palisade.demo.v1.Greeter/SayHelloStream"),
-            palisade::jwt::Policy::authenticated().scopes([STREAM_SCOPE]),
-        )
-        .build()?)
+    Ok(args.server_config()?.auth().build()?)
 }
 
-/// Starts the demo server on `listener` with the full server stack (or none with `--bare`).
-/// Install the tracer provider and the log subscriber first.
+/// Starts the demo server on `listener` with the full server stack (or none with `--bare`),
+/// configured by [`ServerArgs::server_config`]. Install the tracer provider and the log
+/// subscriber first.
 pub async fn start(args: &ServerArgs, listener: TcpListener) -> Result<RunningServer, BoxError> {
+    start_with(&args.server_config()?, listener).await
+}
+
+/// Starts the demo server on `listener` with the stack `config` builds (or none with `bare`).
+/// Install the tracer provider and the log subscriber first.
+pub async fn start_with(
+    config: &ServerConfig,
+    listener: TcpListener,
+) -> Result<RunningServer, BoxError> {
     let addr = listener.local_addr()?;
     let (tx, rx) = oneshot::channel::<()>();
     // Nagle off, as `Server::serve` sets it: streamed replies would wait for ACKs.
@@ -452,7 +619,7 @@ pub async fn start(args: &ServerArgs, listener: TcpListener) -> Result<RunningSe
     let signal = async {
         let _ = rx.await;
     };
-    if args.bare {
+    if config.bare == Some(true) {
         let routes = palisade_demo::routes(greeter()).await;
         let task = tokio::spawn(
             // Connections tracked (to cut them), not calls: no layer here, even that one, and
@@ -471,11 +638,21 @@ pub async fn start(args: &ServerArgs, listener: TcpListener) -> Result<RunningSe
         });
     }
 
-    check_rate_flags(args)?;
+    if let Some(secret) = &config.jwt_secret
+        && secret.source() == &SecretSource::Given
+        && secret.expose() == DEMO_SECRET
+    {
+        tracing::warn!(
+            "verifying tokens with the built-in demo secret; pass --jwt-secret or PALISADE_JWT_SECRET, or set jwt_secret in the --config file"
+        );
+    }
+    let metrics_addr = config
+        .metrics_addr
+        .ok_or("no metrics_addr: server_config() fills it")?;
     // The recorder comes first: layers register their metric handles when they are built.
-    let metrics_server = PrometheusExporter::new().serve(args.metrics_addr).await?;
+    let metrics_server = PrometheusExporter::new().serve(metrics_addr).await?;
     // After the recorder too: the backend registers its series when it is built.
-    let redis = redis_backend(args)?;
+    let redis = redis_on(config.rate_redis.as_deref())?;
     if let Some(redis) = &redis {
         // Calls are decided by each server alone while Redis does not answer: say so now.
         match tokio::time::timeout(Duration::from_secs(2), redis.ping()).await {
@@ -488,28 +665,22 @@ pub async fn start(args: &ServerArgs, listener: TcpListener) -> Result<RunningSe
     let registry = MethodRegistry::from_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)?
         .with_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)?;
     // After the recorder: the upstream's client layers register their series when built.
-    let greeter = match &args.upstream {
+    let greeter = match &config.upstream {
         Some(upstream) => greeter().with_upstream(crate::client::upstream(upstream)?),
         None => greeter(),
     };
     let routes = palisade_demo::routes(greeter).await;
+    // Every slot from the configuration's builders (the same as `ServerConfig::layers`), with
+    // what a document does not say: the access log's writer and the Redis backend.
     let layers = ServerLayers::new()
-        .registry(registry.clone())
+        .registry(registry)
         .trace(TraceLayer::server().propagator(palisade_trace::W3cPropagator::new()))
-        .logging(crate::telemetry::access_log(
-            LoggingLayer::server()
-                .skip(Matcher::health_and_reflection())
-                .log_start(args.log_start),
-        ))
+        .logging(crate::telemetry::access_log(config.logging()))
         .metrics(MetricsLayer::server())
-        .deadline(deadline(args)?)
-        .auth(auth(args)?)
-        .ratelimit(Custom(rate_limit_in_stack(rate_limit_on(
-            args,
-            &registry,
-            redis.clone(),
-        )?)))
-        .limit(Custom(in_flight_limit_in_stack(in_flight_limit(args)?)))
+        .deadline(config.deadline())
+        .auth(config.auth())
+        .ratelimit(with_redis(config.rate_limit(), redis))
+        .limit(config.in_flight_limit())
         // Innermost, next to the routes: every layer outside sees a handler's panic as an
         // ordinary INTERNAL answer.
         .recovery(RecoveryLayer::server())

@@ -20,6 +20,7 @@
 //! | `recovery` | `palisade-recovery` | [`recovery`] |
 //! | `retry` | `palisade-retry` | [`retry`] |
 //! | `reload` | — | [`reload`]: stacks swapped live, configuration files watched |
+//! | `config` | — | [`config`]: the server and client stacks from one TOML document |
 //!
 //! # Example
 //!
@@ -80,6 +81,8 @@ pub use palisade_retry as retry;
 #[cfg(feature = "trace")]
 pub use palisade_trace as trace;
 
+#[cfg(feature = "config")]
+pub mod config;
 pub mod preset;
 #[cfg(feature = "reload")]
 pub mod reload;

@@ -9,90 +9,57 @@
 //! cargo run -p palisade-examples --bin client -- --calls 5
 //! ```
 
-use std::{num::NonZeroU32, time::Duration};
+use std::time::Duration;
 
-use clap::Parser;
+use clap::CommandFactory;
 use palisade::prelude::*;
 use palisade_core::code::go_name;
 use palisade_examples::{
     BoxError,
-    client::{self, ClientOptions},
+    client::{self, ClientArgs, ClientOptions},
     pb::HelloRequest,
-    server::DEMO_SECRET,
-    shutdown::{self, Signals},
-    telemetry::{self, LogFormat},
+    shutdown::Signals,
+    telemetry,
 };
 
 /// Call the Palisade demo Greeter.
-#[derive(Debug, Parser)]
+///
+/// With `--config FILE`, its `[client]` table configures the client: every flag by name
+/// (`retries = 3`), durations in ms, and per-method policy (`[[client.method]]`; see
+/// examples/palisade.toml). A flag given beside it fills a key the file leaves out; a key set in
+/// both places is refused.
+#[derive(Debug, clap::Parser)]
 #[command(version, about)]
-struct Args {
-    /// The server.
-    #[arg(long, default_value = "http://127.0.0.1:50051")]
-    target: String,
-    /// How many calls to make.
-    #[arg(long, default_value_t = 10)]
-    calls: u32,
-    /// HS256 secret to mint the client's short-lived token with (`sub` = demo-client).
-    #[arg(long, env = "PALISADE_JWT_SECRET", default_value = DEMO_SECRET, hide_env_values = true)]
-    jwt_secret: String,
-    /// The token's space-separated `scope` claim.
-    #[arg(long)]
-    scope: Option<String>,
-    /// Log format of the client's own logs, to stdout.
-    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
-    log_format: LogFormat,
-    /// Export spans with OTLP (gRPC) to this endpoint. Without it no span is sampled (trace
-    /// ids still propagate), unless `OTEL_TRACES_SAMPLER` says otherwise.
-    #[arg(long)]
-    otlp_endpoint: Option<String>,
-    /// How long the call in flight may take to finish after SIGTERM or SIGINT, before the
-    /// client stops anyway: milliseconds, or with a unit (`500ms`, `10s`).
-    #[arg(long, default_value = "10s", value_parser = shutdown::parse_grace_period)]
-    grace_period: Duration,
-    /// Each call's deadline, in ms (sent as `grpc-timeout`, less a 5 ms margin, and enforced
-    /// by the client too); none by default.
-    #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..))]
-    deadline: Option<u64>,
-    /// Attempts of each call at most, the first included (1: no retry; at most 5): retried on
-    /// UNAVAILABLE, with backoff, the server's pushback and the deadline obeyed.
-    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=5))]
-    retries: u32,
-    /// With `--retries 2` or more: hedge instead of retry, starting the next attempt this many
-    /// ms after the last while none has answered.
-    #[arg(long, value_name = "MS")]
-    hedge_delay: Option<u64>,
+struct Cli {
+    #[command(flatten)]
+    client: ClientArgs,
 }
 
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
-    let args = Args::parse();
-    let log_guard = telemetry::init_logs(args.log_format, "warn");
+    let matches = Cli::command().get_matches();
+    let args = match ClientArgs::from_matches(&matches) {
+        Ok(args) => args,
+        Err(error) => error.exit(),
+    };
+    // The file and the flags, merged and checked before anything starts.
+    let config = args.client_config()?;
+    let log_format = config.log_format.map_or(args.log_format, Into::into);
+    let log_guard = telemetry::init_logs(log_format, "warn");
     // From here on, SIGTERM and SIGINT stop the calls instead of ending the process at once.
     let mut signals = Signals::new()?;
     let provider =
-        telemetry::install_tracer("palisade-demo-client", args.otlp_endpoint.as_deref())?;
+        telemetry::install_tracer("palisade-demo-client", config.otlp_endpoint.as_deref())?;
     // Client metrics are recorded into a recorder of their own; the client prints no scrape.
     let _metrics = PrometheusExporter::new().install()?;
-    let retry = client::retry(args.retries, args.hedge_delay.map(Duration::from_millis))?;
-    let options = ClientOptions {
-        retry,
-        jwt_secret: args.jwt_secret,
-        scope: args.scope,
-        token_ttl: Duration::from_secs(300),
-        breaker: BreakerLayer::client()
-            .name("greeter")
-            .consecutive_failures(3)
-            .backoff(Backoff::exponential(
-                Duration::from_secs(1),
-                Duration::from_secs(30),
-            ))
-            .build(),
-        rate: NonZeroU32::new(100).expect("non-zero"),
-        deadline: args.deadline.map(Duration::from_millis),
-    };
-    let mut greeter = client::connect(&args.target, &options)?;
-    for call in 1..=args.calls {
+    let options = ClientOptions::from_config(&config)?;
+    let target = config.target.clone().unwrap_or_else(|| args.target.clone());
+    let calls = config.calls.unwrap_or(args.calls);
+    let grace_period = config
+        .grace_period
+        .map_or(args.grace_period, Duration::from_millis);
+    let mut greeter = client::connect(&target, &options)?;
+    for call in 1..=calls {
         if let Some(signal) = signals.try_recv() {
             println!("{signal}: stopping before call {call}");
             break;
@@ -110,7 +77,7 @@ async fn main() -> Result<(), BoxError> {
                 println!("{signal}: stopping after call {call}, in flight");
                 let result = tokio::select! {
                     result = &mut reply => Some(result),
-                    () = tokio::time::sleep(args.grace_period) => None,
+                    () = tokio::time::sleep(grace_period) => None,
                     _ = signals.recv() => None,
                 };
                 (result, true)

@@ -7,7 +7,7 @@
 //! cargo run -p palisade-examples --bin server -- --rate 10 --burst 20 --rate-key subject
 //! ```
 
-use clap::Parser;
+use clap::CommandFactory;
 use palisade_examples::{
     BoxError,
     server::{self, ServerArgs},
@@ -16,7 +16,12 @@ use palisade_examples::{
 };
 
 /// Serve the Palisade demo Greeter.
-#[derive(Debug, Parser)]
+///
+/// With `--config FILE`, its `[server]` table configures the server: every flag by name
+/// (`max_concurrent = 4`), durations in ms, and per-method policy (`[[server.method]]`; see
+/// examples/palisade.toml). A flag given beside it fills a key the file leaves out; a key set in
+/// both places is refused.
+#[derive(Debug, clap::Parser)]
 #[command(version, about)]
 struct Cli {
     #[command(flatten)]
@@ -25,23 +30,32 @@ struct Cli {
 
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
-    let args = Cli::parse().server;
-    let log_guard = telemetry::init_logs(args.log_format, "info");
+    let matches = Cli::command().get_matches();
+    let args = match ServerArgs::from_matches(&matches) {
+        Ok(args) => args,
+        Err(error) => error.exit(),
+    };
+    // The file and the flags, merged and checked before anything starts.
+    let config = args.server_config()?;
+    let log_format = config.log_format.map_or(args.log_format, Into::into);
+    let log_guard = telemetry::init_logs(log_format, "info");
     // From here on, SIGTERM and SIGINT drain instead of ending the process at once.
     let mut signals = Signals::new()?;
     let provider =
-        telemetry::install_tracer("palisade-demo-server", args.otlp_endpoint.as_deref())?;
-    let listener = tokio::net::TcpListener::bind(args.addr).await?;
-    let running = server::start(&args, listener).await?;
+        telemetry::install_tracer("palisade-demo-server", config.otlp_endpoint.as_deref())?;
+    let listener = tokio::net::TcpListener::bind(config.addr.unwrap_or(args.addr)).await?;
+    let running = server::start_with(&config, listener).await?;
     tracing::info!(
         addr = %running.addr,
         metrics = running.metrics_addr.map(tracing::field::display),
-        bare = args.bare,
+        bare = config.bare == Some(true),
+        config = args.config.as_ref().map(|path| tracing::field::display(path.display())),
         "palisade demo server listening"
     );
-    let served = running
-        .serve_until_signal(&mut signals, args.grace_period)
-        .await;
+    let grace = config
+        .grace_period
+        .map_or(args.grace_period, std::time::Duration::from_millis);
+    let served = running.serve_until_signal(&mut signals, grace).await;
     // Every span ended so far reaches the exporter before exit (off the runtime's threads:
     // the export itself runs on them).
     let flushed = tokio::task::spawn_blocking(move || provider.shutdown()).await?;

@@ -12,7 +12,6 @@
 
 use std::{
     net::SocketAddr,
-    num::NonZeroU32,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -76,6 +75,8 @@ async fn main() -> Result<(), BoxError> {
         max_deadline: None,
         default_deadline: None,
         upstream: None,
+        config: None,
+        given: Vec::new(),
     };
     let upstream_listener = tokio::net::TcpListener::bind(upstream_args.addr).await?;
     let upstream = server::start(&upstream_args, upstream_listener).await?;
@@ -101,6 +102,8 @@ async fn main() -> Result<(), BoxError> {
         max_deadline: None,
         default_deadline: None,
         upstream: Some(format!("http://{}", upstream.addr)),
+        config: None,
+        given: Vec::new(),
     };
     let listener = tokio::net::TcpListener::bind(server_args.addr).await?;
     let running = server::start(&server_args, listener).await?;
@@ -128,8 +131,11 @@ async fn main() -> Result<(), BoxError> {
         scope: None,
         token_ttl: Duration::from_secs(300),
         breaker: breaker.clone(),
-        rate: NonZeroU32::new(1000).expect("non-zero"),
-        deadline: None,
+        config: {
+            let mut config = palisade::config::ClientConfig::default();
+            config.rate = Some(1000);
+            config
+        },
     };
     let mut greeter = client::connect(&target, &options)?;
     let channel = Channel::from_shared(target.clone())?.connect().await?;
