@@ -6,6 +6,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use clap::{ArgMatches, Args, FromArgMatches, parser::ValueSource};
 use palisade::config::{Config, Secret, SecretSource, ServerConfig, ServerMethod};
 use palisade::prelude::*;
+use palisade::reload::ReloadLayer;
 use palisade_core::side::Server as ServerSide;
 use palisade_deadline::DeadlineLayer;
 use palisade_demo::{FILE_DESCRIPTOR_SET, Greeter};
@@ -381,6 +382,8 @@ pub struct RunningServer {
     task: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
     tracker: Tracker,
     _metrics: Option<palisade_metrics::prometheus::MetricsServer>,
+    /// The task that reloads the `--config` file, if the server watches one.
+    watcher: Option<JoinHandle<()>>,
 }
 
 impl RunningServer {
@@ -472,6 +475,9 @@ impl Drop for RunningServer {
     fn drop(&mut self) {
         if let Some(shutdown) = self.shutdown.take() {
             let _ = shutdown.send(());
+        }
+        if let Some(watcher) = self.watcher.take() {
+            watcher.abort();
         }
     }
 }
@@ -602,7 +608,7 @@ pub fn auth(args: &ServerArgs) -> Result<JwtAuthLayer, BoxError> {
 /// configured by [`ServerArgs::server_config`]. Install the tracer provider and the log
 /// subscriber first.
 pub async fn start(args: &ServerArgs, listener: TcpListener) -> Result<RunningServer, BoxError> {
-    start_with(&args.server_config()?, listener).await
+    start_live(args, &args.server_config()?, listener).await
 }
 
 /// Starts the demo server on `listener` with the stack `config` builds (or none with `bare`).
@@ -610,6 +616,30 @@ pub async fn start(args: &ServerArgs, listener: TcpListener) -> Result<RunningSe
 pub async fn start_with(
     config: &ServerConfig,
     listener: TcpListener,
+) -> Result<RunningServer, BoxError> {
+    start_inner(config, listener, None).await
+}
+
+/// [`start_with`], and with `--config`, the file reloaded live: each change of its content
+/// (a write, a rename over it, a ConfigMap update) and each SIGHUP merges it with the flags
+/// again ([`ServerArgs::server_config`]) and swaps the stack it builds in — new calls get the
+/// new policy, calls in flight finish on theirs; a rate limit or in-flight limit whose
+/// settings did not change keeps its state. A file that does not load, or a change that needs
+/// a restart (the addresses, `bare`, `upstream`, the log format, the OTLP endpoint), leaves the
+/// last good policy in force: one ERROR line, `palisade_config_reload_total{result="error"}`.
+pub async fn start_live(
+    args: &ServerArgs,
+    config: &ServerConfig,
+    listener: TcpListener,
+) -> Result<RunningServer, BoxError> {
+    let watched = args.config.is_some() && config.bare != Some(true);
+    start_inner(config, listener, watched.then(|| args.clone())).await
+}
+
+async fn start_inner(
+    config: &ServerConfig,
+    listener: TcpListener,
+    reload: Option<ServerArgs>,
 ) -> Result<RunningServer, BoxError> {
     let addr = listener.local_addr()?;
     let (tx, rx) = oneshot::channel::<()>();
@@ -635,6 +665,7 @@ pub async fn start_with(
             task: Some(task),
             tracker,
             _metrics: None,
+            watcher: None,
         });
     }
 
@@ -670,21 +701,18 @@ pub async fn start_with(
         None => greeter(),
     };
     let routes = palisade_demo::routes(greeter).await;
-    // Every slot from the configuration's builders (the same as `ServerConfig::layers`), with
-    // what a document does not say: the access log's writer and the Redis backend.
-    let layers = ServerLayers::new()
-        .registry(registry)
-        .trace(TraceLayer::server().propagator(palisade_trace::W3cPropagator::new()))
-        .logging(crate::telemetry::access_log(config.logging()))
-        .metrics(MetricsLayer::server())
-        .deadline(config.deadline())
-        .auth(config.auth())
-        .ratelimit(with_redis(config.rate_limit(), redis))
-        .limit(config.in_flight_limit())
-        // Innermost, next to the routes: every layer outside sees a handler's panic as an
-        // ordinary INTERNAL answer.
-        .recovery(RecoveryLayer::server())
-        .build()?;
+    let (layers, kept) = server_stack(config, &registry, redis, None)?;
+    let (layers, reloader) = ReloadLayer::new(layers);
+    let watcher = match reload {
+        Some(args) => Some(watch_config(
+            args,
+            config.clone(),
+            registry,
+            kept,
+            reloader,
+        )?),
+        None => None,
+    };
     let task = tokio::spawn(
         Server::builder()
             .layer(tracker.layer())
@@ -699,5 +727,150 @@ pub async fn start_with(
         task: Some(task),
         tracker,
         _metrics: Some(metrics_server),
+        watcher,
     })
+}
+
+/// The server's layers, as [`ServerConfig::layers`] builds them, with what a document does not
+/// say (the access log's writer, the Redis backend).
+type Stack = palisade::config::ConfigServerStack;
+
+/// The layers a reload carries over when their settings did not change (their buckets,
+/// permits and series stay), and the configuration they were built from.
+struct Kept {
+    config: ServerConfig,
+    ratelimit: RateLimitLayer,
+    limit: palisade_limit::LimitLayer<ServerSide>,
+}
+
+/// Every slot from the configuration's builders (the same as [`ServerConfig::layers`]), with
+/// what a document does not say: the access log's writer and the Redis backend; the rate and
+/// in-flight limits of `kept` reused when their settings are the same.
+fn server_stack(
+    config: &ServerConfig,
+    registry: &MethodRegistry,
+    redis: Option<Redis>,
+    kept: Option<&Kept>,
+) -> Result<(Stack, Kept), BoxError> {
+    let ratelimit = match kept {
+        Some(kept) if same_rate_limit(&kept.config, config) => kept.ratelimit.clone(),
+        _ => with_redis(config.rate_limit(), redis)
+            .registry(registry.clone())
+            .build()?,
+    };
+    let limit = match kept {
+        Some(kept) if same_in_flight_limit(&kept.config, config) => kept.limit.clone(),
+        _ => config
+            .in_flight_limit()
+            .registry(registry.clone())
+            .build()?,
+    };
+    let stack = ServerLayers::new()
+        .registry(registry.clone())
+        .trace(TraceLayer::server().propagator(palisade_trace::W3cPropagator::new()))
+        .logging(crate::telemetry::access_log(config.logging()))
+        .metrics(MetricsLayer::server())
+        .deadline(config.deadline())
+        .auth(config.auth())
+        .ratelimit(ratelimit.clone())
+        .limit(limit.clone())
+        // Innermost, next to the routes: every layer outside sees a handler's panic as an
+        // ordinary INTERNAL answer.
+        .recovery(RecoveryLayer::server())
+        .build()?;
+    let kept = Kept {
+        config: config.clone(),
+        ratelimit,
+        limit,
+    };
+    Ok((stack, kept))
+}
+
+/// Whether two configurations ask for the same rate limit (so its buckets keep their tokens).
+fn same_rate_limit(old: &ServerConfig, new: &ServerConfig) -> bool {
+    let rules = |config: &ServerConfig| -> Vec<_> {
+        config
+            .method
+            .iter()
+            .map(|entry| {
+                (
+                    entry.matcher().map(|matcher| format!("{matcher:?}")),
+                    entry.rate,
+                    entry.burst,
+                )
+            })
+            .collect()
+    };
+    (old.rate, old.burst, &old.rate_key, &old.rate_redis)
+        == (new.rate, new.burst, &new.rate_key, &new.rate_redis)
+        && rules(old) == rules(new)
+}
+
+/// Whether two configurations ask for the same in-flight limit (so its permits carry over).
+fn same_in_flight_limit(old: &ServerConfig, new: &ServerConfig) -> bool {
+    let rules = |config: &ServerConfig| -> Vec<_> {
+        config
+            .method
+            .iter()
+            .map(|entry| {
+                (
+                    entry.matcher().map(|matcher| format!("{matcher:?}")),
+                    entry.max_concurrent,
+                )
+            })
+            .collect()
+    };
+    (old.max_concurrent, old.adaptive_concurrency) == (new.max_concurrent, new.adaptive_concurrency)
+        && rules(old) == rules(new)
+}
+
+/// What a reload cannot change: what the process was started with.
+fn needs_restart(old: &ServerConfig, new: &ServerConfig) -> Option<&'static str> {
+    [
+        (old.addr != new.addr, "addr"),
+        (old.metrics_addr != new.metrics_addr, "metrics_addr"),
+        (old.bare != new.bare, "bare"),
+        (old.upstream != new.upstream, "upstream"),
+        (old.log_format != new.log_format, "log_format"),
+        (old.otlp_endpoint != new.otlp_endpoint, "otlp_endpoint"),
+        (old.grace_period != new.grace_period, "grace_period"),
+    ]
+    .into_iter()
+    .find_map(|(changed, key)| changed.then_some(key))
+}
+
+/// Reloads `args.config` at each change and SIGHUP, swapping the stack it builds in.
+fn watch_config(
+    args: ServerArgs,
+    started: ServerConfig,
+    registry: MethodRegistry,
+    kept: Kept,
+    reloader: palisade::reload::Reloader<Stack>,
+) -> Result<JoinHandle<()>, BoxError> {
+    let path = args.config.clone().ok_or("no --config to watch")?;
+    let mut changes = palisade::reload::changes(&path)?;
+    let reloads = palisade::reload::Reloads::new();
+    Ok(tokio::spawn(async move {
+        let mut kept = kept;
+        while changes.next().await.is_some() {
+            let rebuilt = args.server_config().and_then(|config| {
+                if let Some(key) = needs_restart(&started, &config) {
+                    return Err(format!(
+                        "{}: `{key}` changed, which takes a restart; nothing of this version applied",
+                        path.display()
+                    )
+                    .into());
+                }
+                let redis = redis_on(config.rate_redis.as_deref())?;
+                server_stack(&config, &registry, redis, Some(&kept))
+            });
+            match rebuilt {
+                Ok((stack, rebuilt)) => {
+                    kept = rebuilt;
+                    reloads.applied(reloader.swap(stack));
+                }
+                Err(error) => reloads.refused(&error),
+            }
+        }
+    }))
 }

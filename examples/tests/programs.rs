@@ -690,6 +690,164 @@ burst = 1
     server.stop().await;
 }
 
+/// Issue #19's check of live reload: a 5/s limit from the file lets at most 7 of 20 calls
+/// through; the file replaced (atomically, as a ConfigMap update is) by 1000/s lets all 20
+/// through, same process, while a stream open across the reload completes OK; broken
+/// rewrites (bad TOML, a wrong type, a negative rate, an unknown table) leave that policy in
+/// force, each with one ERROR line and the error counter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_reloads_its_config_file_live_and_a_broken_one_keeps_the_last_good() {
+    let path = config_file("live", "[server]\nrate = 5\nburst = 5\n");
+    let replace = |text: &str| {
+        let staged = path.with_extension("staged");
+        std::fs::write(&staged, text).expect("the new version written");
+        std::fs::rename(&staged, &path).expect("renamed over the old one");
+    };
+    let file = path.display().to_string();
+    let mut server = DemoServer::start(&["--config", &file]).await;
+    let mut client = server.client().await;
+    let token = token();
+    let scoped = HmacMinter::hs256(SECRET)
+        .subject("programs-test")
+        .scope(palisade_examples::server::STREAM_SCOPE)
+        .mint()
+        .expect("a token")
+        .value()
+        .to_owned();
+    let mut streaming = client.clone();
+    let stream = tokio::spawn(async move {
+        // The handler waits 2 s before its replies: the stream is open across the reload.
+        let request = HelloRequest {
+            count: 3,
+            delay_ms: 2000,
+            ..hello("across the reload", 0)
+        };
+        let mut stream = streaming
+            .say_hello_stream(with_token(request, &scoped))
+            .await?
+            .into_inner();
+        let mut replies = 0;
+        while stream.message().await?.is_some() {
+            replies += 1;
+        }
+        Ok::<_, Status>(replies)
+    });
+    let mut ok = 0;
+    for _ in 0..20 {
+        if client
+            .say_hello(with_token(hello("before", 0), &token))
+            .await
+            .is_ok()
+        {
+            ok += 1;
+        }
+    }
+    assert!(ok <= 7, "5/s from the file: {ok} of 20 let through");
+
+    replace("[server]\nrate = 1000\nburst = 1000\n");
+    server
+        .program
+        .line("the reload applied", |line| {
+            line.contains("configuration reloaded")
+        })
+        .await;
+    for call in 0..20 {
+        client
+            .say_hello(with_token(hello("after", 0), &token))
+            .await
+            .unwrap_or_else(|status| panic!("call {call} after the reload: {status:?}"));
+    }
+
+    for (broken, what) in [
+        ("[server\nrate = 1\n", "bad TOML"),
+        ("[server]\nrate = \"fast\"\n", "a wrong type"),
+        ("[server]\nrate = -5\n", "a negative rate"),
+        (
+            "[server]\nrate = 1\n[server.cache]\nsize = 1\n",
+            "an unknown table",
+        ),
+    ] {
+        replace(broken);
+        let line = server
+            .program
+            .line(&format!("{what} refused"), |line| {
+                line.contains("configuration not reloaded")
+            })
+            .await;
+        assert!(
+            line.contains("live.toml"),
+            "{what}: the file is named: {line}"
+        );
+        for call in 0..20 {
+            client
+                .say_hello(with_token(hello("still", 0), &token))
+                .await
+                .unwrap_or_else(|status| panic!("{what}, call {call}: {status:?}"));
+        }
+    }
+    assert_eq!(
+        stream.await.unwrap().unwrap(),
+        3,
+        "the stream open across it completes OK"
+    );
+    let scrape = scrape(server.metrics).await;
+    for expected in [
+        "palisade_config_reload_total{result=\"ok\"} 1",
+        "palisade_config_reload_total{result=\"error\"} 4",
+        "palisade_config_generation 1",
+    ] {
+        assert!(
+            scrape.lines().any(|line| line == expected),
+            "{expected}: {scrape}"
+        );
+    }
+    server.stop().await;
+}
+
+/// A reload that leaves the rate limit's settings as they were keeps its buckets: a bucket
+/// emptied before it is still empty after (a fresh one would let its burst through).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_keeps_the_buckets_of_an_unchanged_rate_limit() {
+    let path = config_file("kept", "[server]\nrate = 5\nburst = 5\n");
+    let file = path.display().to_string();
+    let mut server = DemoServer::start(&["--config", &file]).await;
+    let mut client = server.client().await;
+    let token = token();
+    for _ in 0..10 {
+        let _ = client
+            .say_hello(with_token(hello("empty it", 0), &token))
+            .await;
+    }
+    let staged = path.with_extension("staged");
+    std::fs::write(
+        &staged,
+        "[server]\nrate = 5\nburst = 5\nmax_concurrent = 64\n",
+    )
+    .unwrap();
+    std::fs::rename(&staged, &path).unwrap();
+    server
+        .program
+        .line("the reload applied", |line| {
+            line.contains("configuration reloaded")
+        })
+        .await;
+    let mut ok = 0;
+    for _ in 0..5 {
+        if client
+            .say_hello(with_token(hello("after", 0), &token))
+            .await
+            .is_ok()
+        {
+            ok += 1;
+        }
+    }
+    assert!(
+        ok <= 2,
+        "the emptied bucket carried over: {ok} of 5 through (a new one: 5)"
+    );
+    server.stop().await;
+}
+
 /// A key set in the file and given as a flag is refused, naming both; a flag the file leaves
 /// out fills it; a bad file is refused at start with its line and key.
 #[test]

@@ -44,7 +44,7 @@ async fn main() -> Result<(), BoxError> {
     let provider =
         telemetry::install_tracer("palisade-demo-server", config.otlp_endpoint.as_deref())?;
     let listener = tokio::net::TcpListener::bind(config.addr.unwrap_or(args.addr)).await?;
-    let running = server::start_with(&config, listener).await?;
+    let running = server::start_live(&args, &config, listener).await?;
     tracing::info!(
         addr = %running.addr,
         metrics = running.metrics_addr.map(tracing::field::display),
