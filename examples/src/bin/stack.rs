@@ -3,8 +3,8 @@
 //! missing, forged and expired tokens; a stream that needs a scope; a burst past the rate
 //! limit; a backend outage that opens the client's breaker, and its recovery; one call traced
 //! across both; a panic answered as INTERNAL while other calls go on; a flood shed by the
-//! in-flight limit; a deadline carried across two hops; a flaky backend that retries hide —
-//! then the final `/metrics` scrape.
+//! in-flight limit; a deadline carried across two hops; a flaky backend that retries hide; a
+//! rate limit changed in the config file without a restart — then the final `/metrics` scrape.
 //!
 //! ```text
 //! cargo run --release -p palisade-examples --bin stack
@@ -88,11 +88,12 @@ async fn main() -> Result<(), BoxError> {
         jwks_file: None,
         jwt_issuer: None,
         jwt_audience: None,
-        rate: 5,
-        burst: 10,
-        rate_key: "subject".into(),
+        // Rate and in-flight limits from the file (SERVER_POLICY), not flags.
+        rate: 0,
+        burst: 1,
+        rate_key: "global".into(),
         rate_redis: None,
-        max_concurrent: 4,
+        max_concurrent: 0,
         adaptive_concurrency: false,
         log_format: LogFormat::Text,
         log_start: false,
@@ -102,7 +103,8 @@ async fn main() -> Result<(), BoxError> {
         max_deadline: None,
         default_deadline: None,
         upstream: Some(format!("http://{}", upstream.addr)),
-        config: None,
+        // The same limits from a file the server watches: step 11 changes it.
+        config: Some(story_config(SERVER_POLICY)?),
         given: Vec::new(),
     };
     let listener = tokio::net::TcpListener::bind(server_args.addr).await?;
@@ -431,7 +433,39 @@ async fn main() -> Result<(), BoxError> {
         ok &= result.is_ok_and(|detail| detail.ends_with('3'));
     }
 
-    step("11. The final /metrics scrape (non-zero Palisade and gRPC series)");
+    step("11. A rate limit changed in the config file, no restart: 5/s → 1000/s");
+    let burst = |subject: &'static str| {
+        let raw = raw.clone();
+        async move {
+            let token = HmacMinter::hs256(SECRET).subject(subject).mint()?;
+            let mut through = 0;
+            for _ in 0..15 {
+                let mut raw = raw.clone();
+                if raw
+                    .say_hello(with_token(hello("reload"), Some(token.value())))
+                    .await
+                    .is_ok()
+                {
+                    through += 1;
+                }
+            }
+            Ok::<_, BoxError>(through)
+        }
+    };
+    let before = burst("reload-before").await?;
+    println!("    15 calls back to back at 5/s (burst 10): {before} through");
+    ok &= before < 15;
+    let path = server_args.config.clone().expect("the story's file");
+    let staged = path.with_extension("staged");
+    std::fs::write(&staged, SERVER_POLICY.replace("rate = 5", "rate = 1000"))?;
+    std::fs::rename(&staged, &path)?;
+    let generation = wait_for_generation(metrics_addr, 1).await;
+    println!("    the file replaced (as a ConfigMap update does): generation {generation}");
+    let after = burst("reload-after").await?;
+    println!("    15 calls back to back at 1000/s: {after} through, same process");
+    ok &= generation == 1 && after == 15;
+
+    step("12. The final /metrics scrape (non-zero Palisade and gRPC series)");
     let scrape = scrape(metrics_addr).await?;
     for line in scrape.lines().filter(|line| interesting(line)) {
         println!("    {line}");
@@ -448,6 +482,33 @@ async fn main() -> Result<(), BoxError> {
     }
     println!("\nDone: every step got the gRPC status it should.");
     Ok(())
+}
+
+/// The story server's policy, from a file it watches (step 11 rewrites it).
+const SERVER_POLICY: &str =
+    "[server]\nrate = 5\nburst = 10\nrate_key = \"subject\"\nmax_concurrent = 4\n";
+
+/// Writes the story's configuration file into a directory of its own.
+fn story_config(text: &str) -> Result<std::path::PathBuf, BoxError> {
+    let dir = std::env::temp_dir().join(format!("palisade-stack-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join("palisade.toml");
+    std::fs::write(&path, text)?;
+    Ok(path)
+}
+
+/// Waits (up to 10 s) until the server's `/metrics` says `generation` is in force.
+async fn wait_for_generation(metrics: SocketAddr, generation: u64) -> u64 {
+    let expected = format!("palisade_config_generation {generation}");
+    for _ in 0..500 {
+        if let Ok(scrape) = scrape(metrics).await
+            && scrape.lines().any(|line| line == expected)
+        {
+            return generation;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    0
 }
 
 /// A Greeter that answers `UNAVAILABLE` (trailers-only) to every attempt whose
