@@ -158,7 +158,7 @@ fn unknown_keys_and_tables_are_refused_with_a_suggestion() {
         "[server.breaker]\nfailures = 3\n",
         1,
         "server.breaker",
-        "unknown key",
+        "unknown table",
     );
     assert_eq!(error.suggestion(), None, "{error}");
 }
