@@ -175,6 +175,10 @@ fn unknown_code_names_are_refused_and_go_names_and_numbers_accepted() {
         error.to_string().contains("UNAVAILABLE, DATA_LOSS"),
         "{error}"
     );
+    assert!(
+        error.to_string().ends_with("did you mean `UNAVAILABLE`?"),
+        "{error}"
+    );
     refused_at(
         "[client]\nretries = 3\nretry_on = [99]\n",
         3,
