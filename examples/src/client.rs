@@ -40,6 +40,8 @@ pub struct ClientArgs {
     #[arg(long, default_value_t = 10)]
     pub calls: u32,
     /// HS256 secret to mint the client's short-lived token with (`sub` = demo-client).
+    /// A `jwt_secret` in the `--config` file wins over `PALISADE_JWT_SECRET`; given as a flag
+    /// too, it is refused.
     #[arg(long, env = "PALISADE_JWT_SECRET", default_value = DEMO_SECRET, hide_env_values = true)]
     pub jwt_secret: String,
     /// The token's space-separated `scope` claim.

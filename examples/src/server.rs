@@ -47,6 +47,8 @@ pub struct ServerArgs {
     #[arg(long, default_value = "127.0.0.1:9464")]
     pub metrics_addr: SocketAddr,
     /// HS256 secret for verifying tokens (the demo default warns).
+    /// A `jwt_secret` in the `--config` file wins over `PALISADE_JWT_SECRET`; given as a flag
+    /// too, it is refused.
     #[arg(long, env = "PALISADE_JWT_SECRET", default_value = DEMO_SECRET, hide_env_values = true)]
     pub jwt_secret: String,
     /// A JWKS file (RS/PS/ES/EdDSA keys) to verify with, instead of the secret.

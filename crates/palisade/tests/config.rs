@@ -158,7 +158,7 @@ fn unknown_keys_and_tables_are_refused_with_a_suggestion() {
         "[server.breaker]\nfailures = 3\n",
         1,
         "server.breaker",
-        "unknown key",
+        "unknown table",
     );
     assert_eq!(error.suggestion(), None, "{error}");
 }
@@ -173,6 +173,10 @@ fn unknown_code_names_are_refused_and_go_names_and_numbers_accepted() {
     );
     assert!(
         error.to_string().contains("UNAVAILABLE, DATA_LOSS"),
+        "{error}"
+    );
+    assert!(
+        error.to_string().ends_with("did you mean `UNAVAILABLE`?"),
         "{error}"
     );
     refused_at(

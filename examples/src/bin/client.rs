@@ -43,7 +43,14 @@ async fn main() -> Result<(), BoxError> {
         Err(error) => error.exit(),
     };
     // The file and the flags, merged and checked before anything starts.
-    let config = args.client_config()?;
+    let config = match args.client_config() {
+        Ok(config) => config,
+        Err(error) => {
+            // The error as a person reads it (`FILE:LINE:COL: key …`), not its Debug form.
+            eprintln!("client: {error}");
+            std::process::exit(2);
+        }
+    };
     let log_format = config.log_format.map_or(args.log_format, Into::into);
     let log_guard = telemetry::init_logs(log_format, "warn");
     // From here on, SIGTERM and SIGINT stop the calls instead of ending the process at once.

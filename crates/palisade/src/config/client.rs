@@ -150,7 +150,25 @@ impl<'de> Deserialize<'de> for GrpcCode {
             }
             fn visit_str<E: serde::de::Error>(self, value: &str) -> Result<GrpcCode, E> {
                 code_from_name(value).map(GrpcCode).ok_or_else(|| {
-                    E::custom(format!("unknown code {value:?}; accepted: {CODE_NAMES}"))
+                    let meant = CODE_NAMES
+                        .split([',', ' '])
+                        .filter(|name| {
+                            name.len() > 1
+                                && name.chars().all(|c| c.is_ascii_uppercase() || c == '_')
+                        })
+                        .map(|name| {
+                            (
+                                strsim::damerau_levenshtein(&value.to_ascii_uppercase(), name),
+                                name,
+                            )
+                        })
+                        .filter(|(distance, _)| *distance <= 3)
+                        .min_by_key(|(distance, _)| *distance)
+                        .map(|(_, name)| format!("; did you mean `{name}`?"))
+                        .unwrap_or_default();
+                    E::custom(format!(
+                        "unknown code {value:?}; accepted: {CODE_NAMES}{meant}"
+                    ))
                 })
             }
             fn visit_i64<E: serde::de::Error>(self, value: i64) -> Result<GrpcCode, E> {

@@ -58,7 +58,7 @@ fn typed(
             if path.last() != Some(&Segment::Key(field.clone())) {
                 path.push(Segment::Key(field.clone()));
             }
-            out.message = if path.len() == 1 {
+            out.message = if path.len() == 1 || table_at(text, &path) {
                 "unknown table".to_owned()
             } else {
                 "unknown key".to_owned()
@@ -119,6 +119,31 @@ fn closest(given: &str, accepted: &[String]) -> Option<String> {
         .filter(|(distance, name)| *distance <= (name.len() / 3).max(2))
         .min_by_key(|(distance, _)| *distance)
         .map(|(_, name)| name.clone())
+}
+
+/// Whether the value at `path` is a table (an unknown `[server.breaker]` is a table, not a key).
+fn table_at(text: &str, path: &[Segment]) -> bool {
+    let Ok(table) = DeTable::parse(text) else {
+        return false;
+    };
+    let mut value: Option<&DeValue<'_>> = None;
+    let mut root = Some(table.get_ref());
+    for segment in path {
+        let next = match (segment, root.take(), value) {
+            (Segment::Key(key), Some(table), _)
+            | (Segment::Key(key), None, Some(DeValue::Table(table))) => table
+                .iter()
+                .find(|(name, _)| name.get_ref() == key)
+                .map(|(_, found)| found),
+            (Segment::Index(index), None, Some(DeValue::Array(array))) => array.get(*index),
+            _ => None,
+        };
+        let Some(next) = next else {
+            return false;
+        };
+        value = Some(next.get_ref());
+    }
+    matches!(value, Some(DeValue::Table(_)))
 }
 
 /// The span of the key at `path` in `text` (or of its nearest ancestor the document has).

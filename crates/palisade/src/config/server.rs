@@ -342,7 +342,7 @@ impl ServerConfig {
     /// The rate limit: one limit whose quota is the first matching method entry's `rate` and
     /// `burst`, else the server-wide one (each rule its own buckets), kept per `rate_key`,
     /// named `server-{rate_key}` (servers sharing a Redis share buckets by name). Without any
-    /// rate, a layer that passes every call.
+    /// rate, a layer that passes every call and registers no series.
     pub fn rate_limit(&self) -> RateLimitBuilder {
         let builder = RateLimitLayer::server().skip(Matcher::health_and_reflection());
         let mut quotas = PerMethod::new();
@@ -358,7 +358,8 @@ impl ServerConfig {
         if !self.rate_limited() {
             return builder
                 .limit(Limit::global(Quota::per_second(NonZeroU32::MIN)))
-                .skip(Matcher::any());
+                .skip(Matcher::any())
+                .recorder(std::sync::Arc::new(metrics::NoopRecorder));
         }
         let key_name = self.rate_key.as_deref().unwrap_or("global");
         let limit = match rate_key(key_name) {
@@ -369,7 +370,8 @@ impl ServerConfig {
     }
 
     /// The in-flight limit, named `server`: `max_concurrent` (or adaptive), or per method
-    /// when an entry sets `max_concurrent`. Without any, a layer that passes every call.
+    /// when an entry sets `max_concurrent`. Without any, a layer that passes every call and
+    /// registers no series.
     pub fn in_flight_limit(&self) -> LimitBuilder<Server> {
         let builder = LimitLayer::server()
             .name("server")
@@ -393,7 +395,11 @@ impl ServerConfig {
             self.adaptive_concurrency.unwrap_or(false),
             self.max_concurrent,
         ) {
-            (false, None) => builder.max_in_flight(1).skip(Matcher::any()),
+            // Off: a layer that passes every call and registers no series (no `limit 1` gauge).
+            (false, None) => builder
+                .max_in_flight(1)
+                .skip(Matcher::any())
+                .recorder(metrics::NoopRecorder),
             (false, Some(limit)) => builder.max_in_flight(limit),
             (true, max) => {
                 let defaults = palisade_limit::adaptive::GradientConfig::default();
