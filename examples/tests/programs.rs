@@ -804,6 +804,87 @@ async fn server_reloads_its_config_file_live_and_a_broken_one_keeps_the_last_goo
     server.stop().await;
 }
 
+/// 100 reloads of the file while a load generator runs: no call fails or is lost, and the
+/// server's memory stays flat (its resident set after them within 16 MiB of before).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_file_reloads_under_load_fail_no_call_and_keep_memory_flat() {
+    let path = config_file("hundred", "[server]\nrate = 1000000\nburst = 1000000\n");
+    let replace = |rate: u32| {
+        let staged = path.with_extension("staged");
+        let text = format!("[server]\nrate = {rate}\nburst = 1000000\n");
+        std::fs::write(&staged, text).expect("the new version written");
+        std::fs::rename(&staged, &path).expect("renamed over the old one");
+    };
+    let file = path.display().to_string();
+    let mut server = DemoServer::start(&["--config", &file]).await;
+    let token = token();
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let calls = Arc::new(AtomicUsize::new(0));
+    let mut load = tokio::task::JoinSet::new();
+    for _ in 0..4 {
+        let mut client = server.client().await;
+        let (stop, calls, token) = (Arc::clone(&stop), Arc::clone(&calls), token.clone());
+        load.spawn(async move {
+            loop {
+                tokio::select! {
+                    () = stop.notified() => return,
+                    reply = client.say_hello(with_token(hello("load", 0), &token)) => {
+                        if let Err(status) = reply {
+                            panic!("a call failed during the reloads: {status:?}");
+                        }
+                        calls.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            }
+        });
+    }
+    let resident = |pid: u32| -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let line = status
+            .lines()
+            .find(|line| line.starts_with("VmRSS:"))
+            .unwrap();
+        line.split_whitespace()
+            .nth(1)
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            * 1024
+    };
+    let mut before = None;
+    for n in 0..110_u32 {
+        replace(1_000_000 - (n + 1) % 2);
+        server
+            .program
+            .line(&format!("reload {n} applied"), |line| {
+                line.contains("configuration reloaded")
+            })
+            .await;
+        if n == 9 {
+            // Ten reloads in: what a warm server holds.
+            before = Some(resident(server.program.pid));
+        }
+    }
+    let before = before.expect("measured after ten reloads");
+    let after = resident(server.program.pid);
+    stop.notify_waiters();
+    for _ in 0..4 {
+        stop.notify_one();
+    }
+    while let Some(task) = load.join_next().await {
+        task.expect("no call failed");
+    }
+    assert!(
+        calls.load(Ordering::SeqCst) > 100,
+        "the load ran through the reloads"
+    );
+    assert!(
+        after <= before + 16 * 1024 * 1024,
+        "resident set {before} → {after} bytes over 100 reloads"
+    );
+    server.stop().await;
+}
+
 /// A reload that leaves the rate limit's settings as they were keeps its buckets: a bucket
 /// emptied before it is still empty after (a fresh one would let its burst through).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
