@@ -490,3 +490,38 @@ async fn a_per_method_scope_and_a_public_method() {
     assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
     server.shutdown().await;
 }
+
+/// A limit the document leaves off is a layer that passes and registers no series: /metrics
+/// shows no `palisade_concurrency_limit` of 1 for a server without one.
+#[test]
+fn a_layer_left_off_registers_no_series() {
+    use metrics_util::debugging::DebuggingRecorder;
+    let series = |text: &str| {
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        let server = Config::from_toml(text, "test.toml")
+            .unwrap()
+            .server
+            .unwrap();
+        metrics::with_local_recorder(&recorder, || {
+            server.in_flight_limit().build().unwrap();
+            server.rate_limit().build().unwrap();
+        });
+        let mut names: Vec<String> = snapshotter
+            .snapshot()
+            .into_vec()
+            .into_iter()
+            .map(|(key, ..)| key.key().name().to_owned())
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    };
+    assert_eq!(series("[server]\n"), Vec::<String>::new());
+    let on = series("[server]\nmax_concurrent = 4\nrate = 5\n");
+    assert!(
+        on.iter()
+            .any(|name| name == palisade::limit::CONCURRENCY_LIMIT),
+        "{on:?}"
+    );
+}
