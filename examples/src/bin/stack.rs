@@ -433,7 +433,9 @@ async fn main() -> Result<(), BoxError> {
         ok &= result.is_ok_and(|detail| detail.ends_with('3'));
     }
 
-    step("11. A rate limit changed in the config file, no restart: 5/s → 1000/s");
+    step(
+        "11. A rate limit changed in the config file, no restart: 5/s (burst 10) → 1000/s (burst 1000)",
+    );
     let burst = |subject: &'static str| {
         let raw = raw.clone();
         async move {
@@ -457,7 +459,12 @@ async fn main() -> Result<(), BoxError> {
     ok &= before < 15;
     let path = server_args.config.clone().expect("the story's file");
     let staged = path.with_extension("staged");
-    std::fs::write(&staged, SERVER_POLICY.replace("rate = 5", "rate = 1000"))?;
+    std::fs::write(
+        &staged,
+        SERVER_POLICY
+            .replace("rate = 5", "rate = 1000")
+            .replace("burst = 10", "burst = 1000"),
+    )?;
     std::fs::rename(&staged, &path)?;
     let generation = wait_for_generation(metrics_addr, 1).await;
     println!("    the file replaced (as a ConfigMap update does): generation {generation}");
