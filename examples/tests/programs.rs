@@ -828,11 +828,16 @@ async fn a_hundred_file_reloads_under_load_fail_no_call_and_keep_memory_flat() {
             loop {
                 tokio::select! {
                     () = stop.notified() => return,
-                    reply = client.say_hello(with_token(hello("load", 0), &token)) => {
-                        if let Err(status) = reply {
-                            panic!("a call failed during the reloads: {status:?}");
-                        }
-                        calls.fetch_add(1, Ordering::SeqCst);
+                    // A call that never ends is a lost one: each gets 10 s.
+                    reply = tokio::time::timeout(
+                        Duration::from_secs(10),
+                        client.say_hello(with_token(hello("load", 0), &token)),
+                    ) => {
+                        match reply {
+                            Err(_) => panic!("a call was lost during the reloads"),
+                            Ok(Err(status)) => panic!("a call failed during the reloads: {status:?}"),
+                            Ok(Ok(_)) => calls.fetch_add(1, Ordering::SeqCst),
+                        };
                     }
                 }
             }

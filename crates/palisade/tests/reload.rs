@@ -145,8 +145,11 @@ async fn a_hundred_reloads_under_load_lose_no_call_and_keep_no_old_stack() {
             loop {
                 tokio::select! {
                     () = stop.notified() => return,
-                    reply = client.say_hello(hello()) => {
-                        reply.expect("no call fails during the reloads");
+                    // A call that never ends is a lost one: each gets 10 s.
+                    reply = tokio::time::timeout(Duration::from_secs(10), client.say_hello(hello())) => {
+                        reply
+                            .expect("no call is lost during the reloads")
+                            .expect("no call fails during the reloads");
                         done.fetch_add(1, Ordering::SeqCst);
                     }
                 }
