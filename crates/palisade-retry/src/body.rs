@@ -42,6 +42,10 @@ impl fmt::Display for ReplayError {
 
 impl std::error::Error for ReplayError {}
 
+/// What each kept frame counts against the limits besides its bytes: its handle in the buffer,
+/// so that a body of many tiny (or empty) frames is bounded too.
+pub(crate) const FRAME_COST: usize = 32;
+
 /// The bytes buffered by every call of one layer, against its limit.
 #[derive(Debug)]
 pub(crate) struct Accounting {
@@ -353,10 +357,11 @@ where
             return;
         }
         let accounting = &self.replay.accounting;
-        let fits = state.buffered + data.len() <= accounting.per_call;
-        if fits && accounting.try_add(data.len()) {
+        let cost = data.len() + FRAME_COST;
+        let fits = state.buffered + cost <= accounting.per_call;
+        if fits && accounting.try_add(cost) {
             state.frames.push(data.clone());
-            state.buffered += data.len();
+            state.buffered += cost;
             self.position += 1;
         } else {
             accounting.release(state.buffered);
@@ -376,7 +381,7 @@ where
             .get_mut(state.released..upto)
             .unwrap_or_default()
         {
-            given_back += data.len();
+            given_back += data.len() + FRAME_COST;
             *data = Bytes::new();
         }
         state.released = state.released.max(upto);
@@ -485,7 +490,11 @@ mod tests {
         let first = collect(replay.reader()).await.unwrap();
         assert_eq!(first.0, "hello world");
         assert_eq!(first.1.unwrap()["x-end"], "1");
-        assert_eq!(accounting.buffered(), 11);
+        assert_eq!(
+            accounting.buffered(),
+            11 + 2 * FRAME_COST,
+            "bytes and frames"
+        );
         let again = collect(replay.reader()).await.unwrap();
         assert_eq!(again.0, "hello world");
         assert_eq!(again.1.unwrap()["x-end"], "1");
@@ -513,8 +522,25 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn empty_frames_count_against_the_limit() {
+        // Ten thousand empty data frames: without a cost per frame, a buffer that never fills.
+        let frames = (0..10_000)
+            .map(|_| Ok::<_, std::convert::Infallible>(Frame::data(Bytes::new())))
+            .collect::<Vec<_>>();
+        let accounting = accounting(64 * FRAME_COST, 1 << 20);
+        let replay = Replay::new(
+            StreamBody::new(futures_util::stream::iter(frames)),
+            Arc::clone(&accounting),
+        );
+        collect(replay.reader()).await.unwrap();
+        assert!(!replay.replayable(), "past 64 frames' worth: not kept");
+        assert_eq!(accounting.buffered(), 0);
+    }
+
+    #[tokio::test]
     async fn the_layer_wide_limit_counts_every_call() {
-        let accounting = accounting(1024, 10);
+        // Room for one six-byte frame, not two.
+        let accounting = accounting(1024, 2 * (6 + FRAME_COST) - 1);
         let one = Replay::new(
             Full::new(Bytes::from_static(b"123456")),
             Arc::clone(&accounting),
@@ -526,8 +552,8 @@ mod tests {
         collect(one.reader()).await.unwrap();
         collect(two.reader()).await.unwrap();
         assert!(one.replayable());
-        assert!(!two.replayable(), "12 bytes would pass the layer's 10");
-        assert_eq!(accounting.buffered(), 6);
+        assert!(!two.replayable(), "two frames would pass the layer's limit");
+        assert_eq!(accounting.buffered(), 6 + FRAME_COST);
         drop(one);
         assert_eq!(accounting.buffered(), 0);
     }
@@ -575,7 +601,7 @@ mod tests {
             winner.frame().await.unwrap().unwrap().into_data().unwrap(),
             "one"
         );
-        assert_eq!(accounting.buffered(), 6);
+        assert_eq!(accounting.buffered(), 6 + 2 * FRAME_COST);
         replay.commit(winner.id());
         assert!(!replay.replayable());
         let error = ahead.frame().await.unwrap().unwrap_err();

@@ -149,7 +149,8 @@ impl RetryBuilder {
     }
 
     /// The most bytes of one call's request body kept for replay
-    /// ([`DEFAULT_MAX_BUFFER`] unless set); a larger body is sent once, unretried.
+    /// ([`DEFAULT_MAX_BUFFER`] unless set); a larger body is sent once, unretried. Each frame
+    /// counts 32 bytes besides its own, so a body of many tiny or empty frames is bounded too.
     pub fn max_buffer(mut self, bytes: usize) -> Self {
         self.max_buffer = bytes;
         self
