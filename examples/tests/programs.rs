@@ -894,12 +894,12 @@ async fn a_hundred_file_reloads_under_load_fail_no_call_and_keep_memory_flat() {
 /// emptied before it is still empty after (a fresh one would let its burst through).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_keeps_the_buckets_of_an_unchanged_rate_limit() {
-    let path = config_file("kept", "[server]\nrate = 5\nburst = 5\n");
+    let path = config_file("kept", "[server]\nrate = 1\nburst = 10\n");
     let file = path.display().to_string();
     let mut server = DemoServer::start(&["--config", &file]).await;
     let mut client = server.client().await;
     let token = token();
-    for _ in 0..10 {
+    for _ in 0..20 {
         let _ = client
             .say_hello(with_token(hello("empty it", 0), &token))
             .await;
@@ -907,7 +907,7 @@ async fn a_reload_keeps_the_buckets_of_an_unchanged_rate_limit() {
     let staged = path.with_extension("staged");
     std::fs::write(
         &staged,
-        "[server]\nrate = 5\nburst = 5\nmax_concurrent = 64\n",
+        "[server]\nrate = 1\nburst = 10\nmax_concurrent = 64\n",
     )
     .unwrap();
     std::fs::rename(&staged, &path).unwrap();
@@ -918,7 +918,7 @@ async fn a_reload_keeps_the_buckets_of_an_unchanged_rate_limit() {
         })
         .await;
     let mut ok = 0;
-    for _ in 0..5 {
+    for _ in 0..10 {
         if client
             .say_hello(with_token(hello("after", 0), &token))
             .await
@@ -928,8 +928,8 @@ async fn a_reload_keeps_the_buckets_of_an_unchanged_rate_limit() {
         }
     }
     assert!(
-        ok <= 2,
-        "the emptied bucket carried over: {ok} of 5 through (a new one: 5)"
+        ok <= 5,
+        "the emptied bucket carried over: {ok} of 10 through (a new one: 10)"
     );
     server.stop().await;
 }

@@ -21,7 +21,9 @@ use std::sync::{
 
 use std::fmt;
 
-use metrics::{KeyName, Recorder, SharedString};
+use metrics::{Counter, Key, KeyName, Label, Metadata, Recorder, SharedString};
+
+use crate::Method;
 
 /// Where a layer registers its handles: the `metrics` facade's recorder of the moment (the
 /// default), or one given to its builder (`.recorder(..)`).
@@ -71,6 +73,54 @@ impl fmt::Debug for Registrar {
             Registrar::Recorder(_) => f.write_str("Recorder(..)"),
         }
     }
+}
+
+/// A method's label values, `grpc_service` and `grpc_method`, as a per-method table
+/// ([`Slots`](crate::slots::Slots)) keeps them for the layers that count per method.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MethodLabels {
+    /// `package.Service`.
+    pub service: Box<str>,
+    /// `Method`.
+    pub method: Box<str>,
+}
+
+impl MethodLabels {
+    /// The labels of `method`.
+    pub fn of(method: &Method<'_>) -> Self {
+        MethodLabels {
+            service: method.service().into(),
+            method: method.method().into(),
+        }
+    }
+
+    /// The counter `name{grpc_service, grpc_method}` of these labels in `recorder`.
+    pub fn counter(
+        &self,
+        recorder: &dyn Recorder,
+        name: &'static str,
+        metadata: &'static Metadata<'static>,
+    ) -> Counter {
+        method_counter(recorder, name, &self.service, &self.method, metadata)
+    }
+}
+
+/// The counter `name{grpc_service = service, grpc_method = method}` in `recorder`.
+pub fn method_counter(
+    recorder: &dyn Recorder,
+    name: &'static str,
+    service: &str,
+    method: &str,
+    metadata: &'static Metadata<'static>,
+) -> Counter {
+    let key = Key::from_parts(
+        name,
+        vec![
+            Label::new("grpc_service", service.to_owned()),
+            Label::new("grpc_method", method.to_owned()),
+        ],
+    );
+    recorder.register_counter(&key, metadata)
 }
 
 /// Whether the recorder the `metrics` facade hands out now (the thread's local one, else the

@@ -10,10 +10,11 @@ use std::{
 
 use foldhash::fast::RandomState;
 use http::uri::PathAndQuery;
-use metrics::{Key, Label, Level, Metadata, Recorder};
-pub(crate) use palisade_core::recorder::Registrar;
+use metrics::{Level, Metadata, Recorder};
+pub(crate) use palisade_core::recorder::{MethodLabels as Labels, Registrar};
 use palisade_core::{
     Code, Matcher, Method, Rejection,
+    recorder::method_counter,
     slots::{MAX_PATH_LEN, SlotId, Slots},
 };
 
@@ -108,22 +109,6 @@ impl<'a> PanicReport<'a> {
 
 /// The hook called once per panic.
 pub(crate) type OnPanic = Arc<dyn Fn(&PanicReport<'_>) + Send + Sync>;
-
-/// A method's label values.
-#[derive(Debug)]
-pub(crate) struct Labels {
-    service: Box<str>,
-    method: Box<str>,
-}
-
-impl Labels {
-    fn of(method: &Method<'_>) -> Self {
-        Labels {
-            service: method.service().into(),
-            method: method.method().into(),
-        }
-    }
-}
 
 /// What every service the layer makes shares.
 pub(crate) struct Shared {
@@ -224,14 +209,7 @@ impl fmt::Debug for Shared {
 }
 
 fn register(recorder: &dyn Recorder, service: &str, method: &str) -> metrics::Counter {
-    let key = Key::from_parts(
-        PANICS_TOTAL,
-        vec![
-            Label::new("grpc_service", service.to_owned()),
-            Label::new("grpc_method", method.to_owned()),
-        ],
-    );
-    recorder.register_counter(&key, &METADATA)
+    method_counter(recorder, PANICS_TOTAL, service, method, &METADATA)
 }
 
 /// An RPC's place in the layer's table.

@@ -3,8 +3,11 @@
 
 use std::fmt;
 
-use metrics::{Key, Label, Level, Metadata, Recorder};
-use palisade_core::{Method, recorder::Registrar, slots::Slots};
+use metrics::{Key, Level, Metadata, Recorder};
+use palisade_core::{
+    recorder::{MethodLabels as Labels, Registrar, method_counter},
+    slots::Slots,
+};
 
 /// Attempts after the first (retries and hedges) sent, by method.
 pub const ATTEMPTS_TOTAL: &str = "palisade_retry_attempts_total";
@@ -17,21 +20,6 @@ const UNKNOWN: &str = "unknown";
 
 static METADATA: Metadata<'static> =
     Metadata::new(module_path!(), Level::INFO, Some(module_path!()));
-
-#[derive(Debug)]
-struct Labels {
-    service: Box<str>,
-    method: Box<str>,
-}
-
-impl Labels {
-    fn of(method: &Method<'_>) -> Self {
-        Labels {
-            service: method.service().into(),
-            method: method.method().into(),
-        }
-    }
-}
 
 /// Where the counters are registered, and which methods have series of their own.
 pub(crate) struct Counters {
@@ -117,14 +105,7 @@ impl fmt::Debug for Counters {
 }
 
 fn attempts(recorder: &dyn Recorder, service: &str, method: &str) -> metrics::Counter {
-    let key = Key::from_parts(
-        ATTEMPTS_TOTAL,
-        vec![
-            Label::new("grpc_service", service.to_owned()),
-            Label::new("grpc_method", method.to_owned()),
-        ],
-    );
-    recorder.register_counter(&key, &METADATA)
+    method_counter(recorder, ATTEMPTS_TOTAL, service, method, &METADATA)
 }
 
 fn budget_exhausted(recorder: &dyn Recorder) -> metrics::Counter {

